@@ -7,15 +7,17 @@ from dataclasses import dataclass, field
 
 from raft.messages import Message
 from raft.types import (
+    ConfChange,
+    ConfChangeKind,
     ConfState,
     Entry,
+    EntryKind,
     HardState,
     Index,
     NodeId,
     ReadState,
     Role,
     Snapshot,
-    SnapshotMeta,
     SoftState,
     Term,
 )
@@ -35,9 +37,15 @@ class Restored:
     def bootstrap(
         cls, voters: frozenset[NodeId] | set[NodeId], learners: frozenset[NodeId] = frozenset()
     ) -> Restored:
-        """A brand-new cluster member: empty log, initial membership at index 0."""
-        conf = ConfState(frozenset(voters), frozenset(learners))
-        return cls(snapshot=Snapshot(meta=SnapshotMeta(index=0, term=0, conf=conf)))
+        """A founding member of a new cluster. Like etcd, the initial membership is
+        written as committed conf-change entries at term 1 (identical on every
+        founder), so a node added later learns it by plain log replication."""
+        changes = [ConfChange(ConfChangeKind.ADD_VOTER, n) for n in sorted(voters)]
+        changes += [ConfChange(ConfChangeKind.ADD_LEARNER, n) for n in sorted(learners)]
+        entries = tuple(
+            Entry(1, i, EntryKind.CONF_CHANGE, cc.encode()) for i, cc in enumerate(changes, 1)
+        )
+        return cls(hard_state=HardState(term=1, commit=len(entries)), entries=entries)
 
 
 @dataclass(frozen=True, slots=True)
