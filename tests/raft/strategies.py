@@ -1,0 +1,140 @@
+"""Hypothesis strategies for every Raft value that crosses the codec.
+
+Shared by the codec, describe and simulator tests. Every strategy draws values the
+codec accepts (non-empty node ids of at most 255 UTF-8 bytes, integers in [0, 2**63),
+disjoint voters and learners), so ``decode(encode(x)) == x`` holds for all of them.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from raft.codec import MAX_INT, MAX_NODE_ID_BYTES
+from raft.messages import (
+    AppendEntries,
+    AppendResp,
+    Heartbeat,
+    HeartbeatResp,
+    InstallSnapshot,
+    Message,
+    ReadIndex,
+    ReadIndexResp,
+    RequestVote,
+    SnapshotResp,
+    TimeoutNow,
+    VoteResp,
+)
+from raft.types import (
+    ConfChange,
+    ConfChangeKind,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    NodeId,
+    SnapshotMeta,
+)
+
+__all__ = [
+    "conf_changes",
+    "conf_states",
+    "entries",
+    "hard_states",
+    "indexes",
+    "message_strategies",
+    "messages",
+    "node_ids",
+    "payloads",
+    "snapshot_metas",
+    "terms",
+]
+
+# Mostly small values, as a real cluster has, with the full range mixed in.
+terms = indexes = offsets = st.one_of(st.integers(0, 20), st.integers(0, MAX_INT - 1))
+payloads = st.binary(max_size=64)
+
+node_ids: st.SearchStrategy[NodeId] = st.one_of(
+    st.sampled_from(["n1", "n2", "n3", "n4", "n5", "n10"]),
+    # st.text never draws lone surrogates, so every id encodes to UTF-8.
+    st.text(min_size=1, max_size=80).filter(lambda s: len(s.encode()) <= MAX_NODE_ID_BYTES),
+    st.text("xyz", min_size=MAX_NODE_ID_BYTES - 2, max_size=MAX_NODE_ID_BYTES),
+)
+"""Ids the codec accepts: non-empty and at most 255 UTF-8 bytes."""
+
+conf_changes: st.SearchStrategy[ConfChange] = st.builds(
+    ConfChange, st.sampled_from(ConfChangeKind), node_ids
+)
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> Entry:
+    """Normal entries carry opaque bytes; conf-change entries a valid ConfChange."""
+    kind = draw(st.sampled_from(EntryKind))
+    data = draw(conf_changes).encode() if kind is EntryKind.CONF_CHANGE else draw(payloads)
+    return Entry(draw(terms), draw(indexes), kind, data)
+
+
+@st.composite
+def conf_states(draw: st.DrawFn) -> ConfState:
+    members = draw(st.frozensets(node_ids, max_size=7))
+    learners = draw(st.frozensets(st.sampled_from(sorted(members)))) if members else frozenset()
+    return ConfState(members - learners, learners)
+
+
+snapshot_metas: st.SearchStrategy[SnapshotMeta] = st.builds(
+    SnapshotMeta, index=indexes, term=terms, conf=conf_states()
+)
+hard_states: st.SearchStrategy[HardState] = st.builds(
+    HardState, term=terms, vote=st.none() | node_ids, commit=indexes
+)
+
+_common = {"src": node_ids, "dst": node_ids, "term": terms}
+
+message_strategies: dict[type, st.SearchStrategy[Message]] = {
+    AppendEntries: st.builds(
+        AppendEntries,
+        **_common,
+        prev_index=indexes,
+        prev_term=terms,
+        entries=st.lists(entries(), max_size=5).map(tuple),
+        commit=indexes,
+    ),
+    AppendResp: st.builds(
+        AppendResp,
+        **_common,
+        index=indexes,
+        reject=st.booleans(),
+        hint_index=indexes,
+        hint_term=terms,
+    ),
+    RequestVote: st.builds(
+        RequestVote,
+        **_common,
+        last_index=indexes,
+        last_term=terms,
+        pre_vote=st.booleans(),
+        transfer=st.booleans(),
+    ),
+    VoteResp: st.builds(VoteResp, **_common, granted=st.booleans(), pre_vote=st.booleans()),
+    Heartbeat: st.builds(Heartbeat, **_common, commit=indexes, ctx=payloads),
+    HeartbeatResp: st.builds(HeartbeatResp, **_common, ctx=payloads),
+    InstallSnapshot: st.builds(
+        InstallSnapshot,
+        **_common,
+        meta=snapshot_metas,
+        offset=offsets,
+        data=payloads,
+        done=st.booleans(),
+    ),
+    SnapshotResp: st.builds(
+        SnapshotResp, **_common, index=indexes, offset=offsets, reject=st.booleans()
+    ),
+    TimeoutNow: st.builds(TimeoutNow, **_common),
+    ReadIndex: st.builds(ReadIndex, **_common, ctx=payloads),
+    ReadIndexResp: st.builds(
+        ReadIndexResp, **_common, ctx=payloads, index=indexes, reject=st.booleans()
+    ),
+}
+"""One strategy per message class, keyed by class (tests assert every class is here)."""
+
+messages: st.SearchStrategy[Message] = st.one_of(*message_strategies.values())
