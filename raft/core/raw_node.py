@@ -22,7 +22,7 @@ from raft.config import Config
 from raft.core.raft import Raft
 from raft.core.ready import Ready, Restored, Status
 from raft.messages import Message
-from raft.types import ConfChange, Entry, Index, NodeId, Term
+from raft.types import ConfChange, Entry, Index, NodeId, Snapshot, Term
 
 TraceSink = Callable[[str], None]
 
@@ -77,11 +77,14 @@ class RawNode:
         """Ask the leader to hand leadership to ``to`` once it has caught up."""
         self._raft.transfer_leader(to)
 
-    def create_snapshot(self, index: Index, data: bytes) -> None:
-        """The application's state as of applied ``index`` is ``data``; the core keeps
-        it for lagging followers and compacts its log up to ``index``. The runtime
-        persists the snapshot itself before calling this."""
-        self._raft.create_snapshot(index, data)
+    def create_snapshot(self, index: Index, data: bytes) -> Snapshot:
+        """The application's state as of applied ``index`` is ``data``: the core keeps
+        it for lagging followers, compacts its in-memory log up to ``index`` and returns
+        the snapshot (with the membership as of ``index``) for the runtime to persist
+        with ``Storage.save_snapshot``, which compacts the durable log in turn.
+        Raises ProposalDropped if ``index`` is already compacted or a received snapshot
+        is still being persisted."""
+        return self._raft.create_snapshot(index, data)
 
     def report_unreachable(self, peer: NodeId) -> None:
         """The transport failed to deliver to ``peer``: stop pipelining, probe."""
