@@ -489,9 +489,12 @@ class Raft:
         else:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
-            self._bcast_append()
-        elif was_paused or pr.state is ProgressState.REPLICATE:
+            self._append_dirty = True  # one broadcast of the new commit per batch
+        if was_paused:
             self._send_all_appends(m.src)
+        else:
+            while self._maybe_send_append(m.src, send_if_empty=False):
+                pass
         if m.src == self.lead_transferee and pr.match == self.log.last_index:
             self._send_timeout_now(m.src)
 
