@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raft.core.ready import Restored
+from raft.storage import CorruptStorage, DiskStorage, StorageError
+from raft.storage.disk import HARD_STATE_FILE, SNAPSHOT_FILE
+from raft.types import HardState, Snapshot
+
+from .helpers import ents, flip, snap
+
+HS = HardState(term=3, vote="n2", commit=4)
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("wal-*.log"))
+
+
+def test_fresh_directory_loads_empty(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path / "node")
+    assert st.is_empty()
+    assert st.load() == Restored()
+    st.close()
+    assert DiskStorage(tmp_path / "node").is_empty()
+
+
+def test_round_trip_and_reopen(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path)
+    st.save(HS, ents(1, 5, 1), None, sync=True)
+    expected = Restored(HS, Snapshot(), tuple(ents(1, 5, 1)))
+    assert st.load() == expected
+    assert not st.is_empty()
+    st.close()
+    st = DiskStorage(tmp_path)
+    assert st.load() == expected
+    assert st.load() == expected  # the second load reads from disk
+    st.close()
+
+
+def test_conflict_truncation(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path)
+    st.save(None, ents(1, 10, 1), None, sync=True)
+    st.save(None, ents(6, 8, 2), None, sync=True)
+    want = tuple(ents(1, 5, 1) + ents(6, 8, 2))
+    assert st.load().entries == want
+    st.close()
+    assert DiskStorage(tmp_path).load().entries == want
+
+
+def test_group_commit_fsyncs_once_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import raft.storage.wal as wal_module
+
+    st = DiskStorage(tmp_path)
+    st.save(None, ents(1, 1, 1), None, sync=True)  # segment creation is not measured
+    calls: list[int] = []
+    real = wal_module.os.fsync
+    monkeypatch.setattr(wal_module.os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    st.save(None, ents(2, 500, 1), None, sync=True)
+    assert len(calls) == 1
+    st.save(None, ents(501, 600, 1), None, sync=False)
+    assert len(calls) == 1
+    st.close()
+
+
+def test_unsynced_hard_state_is_written_by_the_next_sync(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path)
+    st.save(HS, ents(1, 2, 1), None, sync=False)
+    assert not (tmp_path / HARD_STATE_FILE).exists()
+    assert st.load().hard_state == HS
+    st.save(None, (), None, sync=True)
+    assert (tmp_path / HARD_STATE_FILE).exists()
+    st.close()
+    assert DiskStorage(tmp_path).load().hard_state == HS
+
+
+def test_segment_rotation_and_restart(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path, segment_bytes=128)
+    for i in range(1, 40, 3):
+        st.save(HS, ents(i, i + 2, 1), None, sync=True)
+    st.close()
+    assert len(segments(tmp_path)) > 5
+    st = DiskStorage(tmp_path, segment_bytes=128)
+    assert st.load().entries == tuple(ents(1, 39, 1))
+    st.close()
+
+
+def test_torn_tail_recovered_on_reopen(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path)
+    st.save(HS, ents(1, 10, 1), None, sync=True)
+    st.close()
+    [path] = segments(tmp_path)
+    path.write_bytes(path.read_bytes()[:-5] + b"\xffgarbage")
+    st = DiskStorage(tmp_path)
+    assert st.load().entries == tuple(ents(1, 9, 1))
+    assert st.wal.truncated_tail is not None
+    st.save(None, ents(10, 12, 2), None, sync=True)
+    st.close()
+    assert DiskStorage(tmp_path).load().entries == tuple(ents(1, 9, 1) + ents(10, 12, 2))
+
+
+def test_corruption_in_the_middle_stops_the_node(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path)
+    st.save(HS, ents(1, 10, 1), None, sync=True)
+    st.close()
+    [path] = segments(tmp_path)
+    flip(path, 30)  # inside the second record
+    with pytest.raises(CorruptStorage) as info:
+        DiskStorage(tmp_path)
+    assert path.name in str(info.value) and info.value.offset > 0
+
+
+@pytest.mark.parametrize("name", [HARD_STATE_FILE, SNAPSHOT_FILE])
+@pytest.mark.parametrize("offset", [0, 25, -1])
+def test_corrupt_hard_state_or_snapshot_raises(tmp_path: Path, name: str, offset: int) -> None:
+    st = DiskStorage(tmp_path)
+    st.save(HS, ents(1, 5, 1), None, sync=True)
+    st.save_snapshot(snap(3, 1, b"some state machine image"))
+    st.close()
+    path = tmp_path / name
+    flip(path, offset % path.stat().st_size)
+    with pytest.raises(CorruptStorage) as info:
+        DiskStorage(tmp_path)
+    assert name in str(info.value)
+
+
+def test_snapshot_compaction_deletes_covered_segments(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path, segment_bytes=100)
+    st.save(HS, ents(1, 30, 1), None, sync=True)
+    before = segments(tmp_path)
+    st.save_snapshot(snap(20, 1))
+    after = segments(tmp_path)
+    assert before[: len(before) - len(after)] and set(after) < set(before)
+    assert all(s.max_index > 20 for s in st.wal.segments[:1])
+    restored = st.load()
+    assert restored.snapshot == snap(20, 1)
+    assert restored.entries == tuple(ents(21, 30, 1))
+    st.close()
+    assert DiskStorage(tmp_path, segment_bytes=100).load() == restored
+
+
+def test_restart_after_snapshot_and_more_entries(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path, segment_bytes=100)
+    st.save(HS, ents(1, 30, 1), None, sync=True)
+    st.save_snapshot(snap(25, 1))
+    st.save(HardState(4, "n1", 30), ents(31, 40, 4), None, sync=True)
+    st.close()
+    st = DiskStorage(tmp_path, segment_bytes=100)
+    restored = st.load()
+    assert restored.hard_state == HardState(4, "n1", 30)
+    assert restored.snapshot == snap(25, 1)
+    assert restored.entries == tuple(ents(26, 30, 1) + ents(31, 40, 4))
+    st.save_snapshot(snap(38, 4))
+    st.close()
+    assert DiskStorage(tmp_path).load().entries == tuple(ents(39, 40, 4))
+
+
+def test_installed_snapshot_keeps_matching_tail(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path)
+    st.save(None, ents(1, 10, 2), None, sync=True)
+    st.save(None, (), snap(5, 2), sync=True)
+    assert st.load().entries == tuple(ents(6, 10, 2))
+
+
+def test_installed_snapshot_discards_disagreeing_log(tmp_path: Path) -> None:
+    """§5.3 InstallSnapshot: a log that disagrees at the snapshot index is discarded whole,
+    and stays discarded after a restart."""
+    st = DiskStorage(tmp_path)
+    st.save(None, ents(1, 10, 1), None, sync=True)
+    st.save(HS, ents(8, 8, 3), snap(7, 2), sync=True)
+    assert st.load().entries == tuple(ents(8, 8, 3))
+    st.close()
+    restored = DiskStorage(tmp_path).load()
+    assert restored.snapshot == snap(7, 2)
+    assert restored.entries == tuple(ents(8, 8, 3))
+
+
+def test_installed_snapshot_past_the_log(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path)
+    st.save(None, ents(1, 3, 1), None, sync=True)
+    st.save(None, ents(51, 52, 5), snap(50, 4), sync=True)
+    st.close()
+    assert DiskStorage(tmp_path).load().entries == tuple(ents(51, 52, 5))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda st: st.save(None, ents(5, 6, 1), None, sync=True),  # hole after index 3
+        lambda st: st.save(None, [*ents(4, 4, 1), *ents(6, 6, 1)], None, sync=True),
+        lambda st: st.save_snapshot(snap(4, 1)),  # past the last index
+        lambda st: st.save_snapshot(snap(2, 9)),  # wrong term
+    ],
+)
+def test_bad_calls_are_refused_without_side_effects(tmp_path: Path, bad: object) -> None:
+    st = DiskStorage(tmp_path)
+    st.save(None, ents(1, 3, 1), None, sync=True)
+    with pytest.raises(StorageError):
+        bad(st)  # type: ignore[operator]
+    assert st.load().entries == tuple(ents(1, 3, 1))
+    st.close()
+
+
+def test_old_snapshot_and_use_after_close_are_refused(tmp_path: Path) -> None:
+    st = DiskStorage(tmp_path)
+    st.save(None, ents(1, 3, 1), None, sync=True)
+    st.save_snapshot(snap(3, 1))
+    with pytest.raises(StorageError):
+        st.save(None, (), snap(2, 1), sync=True)
+    st.close()
+    with pytest.raises(StorageError):
+        st.load()
