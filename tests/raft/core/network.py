@@ -17,7 +17,7 @@ from raft.config import Config
 from raft.core.raw_node import RawNode
 from raft.core.ready import Ready, Restored
 from raft.messages import Message
-from raft.types import Entry, HardState, NodeId, ReadState, Role, Snapshot
+from raft.types import Entry, EntryKind, HardState, NodeId, ReadState, Role, Snapshot
 
 MsgPredicate = Callable[[Message], bool]
 
@@ -94,6 +94,30 @@ class Network:
         self.applied.setdefault(node, [])
         self.read_states.setdefault(node, [])
         return self.nodes[node]
+
+    def rewrite(
+        self, node: NodeId, extra_terms: Iterable[int], term: int, vote: NodeId | None = None
+    ) -> RawNode:
+        """Restart ``node`` with the bootstrap log plus uncommitted entries of the given
+        terms and hard state (``term``, ``vote``): how paper tests build Figure 7/8 logs."""
+        disk = self.disks[node]
+        boot = [e for e in disk.entries if e.term == 1 and e.kind is EntryKind.CONF_CHANGE]
+        extra = [Entry(t, len(boot) + i) for i, t in enumerate(extra_terms, 1)]
+        disk.entries = boot + extra
+        disk.hard_state = HardState(term=term, vote=vote, commit=len(boot))
+        self.start(node)
+        self.send()
+        return self.nodes[node]
+
+    def create_snapshot(self, node: NodeId, index: int, data: bytes) -> Snapshot:
+        """Snapshot the application at ``index``: the runtime persists it, then the core
+        compacts its log (RawNode.create_snapshot's contract)."""
+        self.nodes[node].create_snapshot(index, data)
+        snap = self.nodes[node]._raft.log.snapshot
+        disk = self.disks[node]
+        disk.snapshot = snap
+        disk.entries = [e for e in disk.entries if e.index > index]
+        return snap
 
     def crash(self, node: NodeId) -> None:
         """Lose everything volatile: only ``disks[node]`` survives."""
