@@ -1,0 +1,715 @@
+"""A whole Raft cluster in one thread, driven by one seed.
+
+Theory of operation
+-------------------
+Everything random in a run — message delays, drops, duplicates, crashes, partitions,
+membership changes, client choices, each node's election timeouts — derives from a
+single ``random.Random(seed)``, and time is a virtual integer clock in milliseconds.
+A run is a loop over a priority queue of ``(time, seq, kind, a, b)`` events: pop one,
+advance the clock to it, let it touch (usually) one node, drain that node's Ready
+batches, then check every safety invariant against what changed. ``seq`` breaks ties
+in insertion order, so the same seed yields the same run, byte for byte: there are
+no threads, no wall clock and no I/O, and nothing iterates over a set.
+
+A node is a ``RawNode`` plus a :class:`MemoryStorage` plus a :class:`Register`
+state machine. Draining follows the Ready contract exactly — persist, then send,
+then apply, then advance — so the storage holds precisely what the core was told
+is durable. A crash throws away the RawNode and the state machine; in
+``lose_unsynced`` runs the storage also loses every write that was not synced.
+A restart rebuilds the node from ``storage.load()`` alone, exactly like a process.
+
+Messages travel as bytes through :class:`Network` (the real codec on every hop), and
+messages in flight to a crashed node die with it (each delivery names the
+incarnation it was sent to). Faults come from a *nemesis* that fires at random
+intervals whose rate is drawn per seed, or from an explicit schedule (the hypothesis
+test uses that, so a failure shrinks to a few faults).
+
+The run has two phases. In the fault phase, clients run a register workload while the
+nemesis does its worst, for ``steps`` events. Then everything is healed — nodes
+restarted, partitions removed, the network made reliable — and in the quiet phase
+the cluster must elect a leader, resolve every client operation, commit a probe
+write and serve a probe read, and bring every live member's state machine up to the
+leader's commit index, within ``quiet_ms`` of virtual time. Safety violations raise
+``InvariantViolation``; being stuck raises ``LivenessViolation``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from raft.config import Config
+from raft.core.raw_node import RawNode
+from raft.core.ready import Restored
+from raft.describe import describe_conf_state, describe_hard_state, describe_snapshot_meta
+from raft.errors import InvariantViolation
+from raft.messages import Message
+from raft.sim import invariants as inv
+from raft.sim.faults import Fault, Nemesis, Scenario, resolve
+from raft.sim.network import NetConfig, Network
+from raft.sim.trace import Trace, failure_report
+from raft.sim.workload import (
+    FAIL,
+    OK,
+    PENDING,
+    Client,
+    ClientConfig,
+    History,
+    NodeDown,
+    Op,
+    Register,
+)
+from raft.storage.memory import MemoryStorage
+from raft.types import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryKind,
+    Index,
+    NodeId,
+    ReadState,
+    Role,
+    Snapshot,
+)
+
+TICK, DELIVER, CLIENT, NEMESIS, FAULT, RESTART, HEAL, WIPE, FRESH, QUIET = range(10)
+TICK_MS = 10  # one core tick per 10 virtual ms, so an election timeout is 100-200 ms
+QUIET_CHECK_MS = 50
+BASE_CONFIG = Config(
+    id="n0",
+    election_ticks=10,
+    heartbeat_ticks=1,
+    snapshot_chunk_bytes=256,  # small, so every snapshot transfer is chunked
+    max_msg_entries=16,
+    max_inflight_msgs=8,
+)
+
+
+@dataclass(slots=True)
+class SimNode:
+    """One simulated server; ``raw`` and ``sm`` are None while it is down."""
+
+    id: NodeId
+    storage: MemoryStorage
+    raw: RawNode | None = None
+    sm: Register | None = None
+    incarnation: int = 0
+    last_snap: Index = 0  # index of the snapshot in storage
+    waiting_reads: list[tuple[Index, Op]] = field(default_factory=list)
+    writes: dict[Index, list[Op]] = field(default_factory=dict)  # by proposed index
+    reads: dict[bytes, Op] = field(default_factory=dict)  # by ctx, until a ReadState
+    unreachable: set[NodeId] = field(default_factory=set)  # sorted before use
+
+
+class Cluster:
+    """The simulated cluster, its clients and its nemesis. See the module docstring."""
+
+    def __init__(
+        self,
+        seed: int,
+        nodes: int = 3,
+        scenario: Scenario | None = None,
+        trace: Trace | None = None,
+    ) -> None:
+        self.seed = seed
+        self.ids: list[NodeId] = [f"n{i}" for i in range(1, nodes + 1)]
+        self.node_ids = self.ids  # the ClientHost view
+        master = random.Random(seed)
+        node_rngs = [random.Random(master.getrandbits(64)) for _ in self.ids]
+        self._rng = random.Random(master.getrandbits(64))  # restarts, tick phases
+        params_rng = random.Random(master.getrandbits(64))
+        net_rng = random.Random(master.getrandbits(64))
+        nemesis_rng = random.Random(master.getrandbits(64))
+        self._client_seeds = random.Random(master.getrandbits(64))
+        self.scenario = scenario or Scenario()
+        self.params = p = resolve(self.scenario, params_rng, nodes)
+        self.network = Network(net_rng, NetConfig(drop_p=p.drop_p, dup_p=p.dup_p))
+        self.nemesis = Nemesis(self, nemesis_rng, self.scenario, p)
+        self.trace = trace if trace is not None else Trace()
+        self.ghost = inv.Ghost()
+        self.history = History()
+        self.now = 0
+        self.events = 0
+        self.faults = 0
+        self.stats: Counter[str] = Counter()  # what happened, for summaries and tuning
+        self._queue: list[tuple[int, int, int, Any, Any]] = []
+        self._seq = 0
+        self.conf = ConfState(frozenset(self.ids))
+        self._conf_upto: Index = 0
+        self.removed: dict[NodeId, Index] = {}  # removed node -> index of its removal
+        self.quiet = False
+        self._settled = False
+        self._quiet_deadline = 0
+        self._probes: dict[int, bool] = {}  # probe client id -> succeeded
+        self._handlers = [
+            self._on_tick,
+            self._on_deliver,
+            self._on_client,
+            self._on_nemesis,
+            self._on_fault,
+            self._on_restart,
+            self._on_heal,
+            self._on_wipe,
+            self._on_fresh,
+            self._on_quiet,
+        ]
+        self.clients: list[Client] = []
+        for _ in range(p.clients):
+            self._add_client(ClientConfig())
+        boot = Restored.bootstrap(frozenset(self.ids))
+        self.nodes: dict[NodeId, SimNode] = {}
+        for nid in self.ids:
+            self.nodes[nid] = SimNode(nid, MemoryStorage.from_restored(boot))
+        for nid, rng in zip(self.ids, node_rngs, strict=True):
+            self._start(self.nodes[nid], boot, rng)
+        for c in self.clients:
+            self.wake(c, self._rng.randint(0, 300))
+        if self.scenario.schedule is not None:
+            for at, fault in self.scenario.schedule:
+                self._push(at, FAULT, fault, None)
+        else:
+            self._push(self.nemesis.next_gap(), NEMESIS, None, None)
+
+    # ---- running -----------------------------------------------------------------
+
+    def run(self, steps: int) -> None:
+        """Fault phase for ``steps`` events, then heal and require liveness."""
+        self._loop(steps, None)
+        self._heal_all()
+        self._loop(None, self._quiet_deadline)
+        if not self._settled:
+            problems = "; ".join(self._unsettled())
+            raise inv.liveness(f"not settled {self.scenario.quiet_ms} ms after healing: {problems}")
+        self._final_checks()
+
+    def _loop(self, max_events: int | None, deadline: int | None) -> None:
+        q = self._queue
+        pop = heapq.heappop
+        handlers = self._handlers
+        budget = self.events + max_events if max_events is not None else None
+        while q and not self._settled:
+            if budget is not None and self.events >= budget:
+                return
+            if deadline is not None and q[0][0] > deadline:
+                return
+            t, _, kind, a, b = pop(q)
+            self.now = t
+            self.events += 1
+            handlers[kind](a, b)
+
+    def _push(self, at: int, kind: int, a: Any, b: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (at, self._seq, kind, a, b))
+
+    def note(self, who: str, text: str) -> None:
+        self.trace.add(self.now, who, text)
+
+    # ---- event handlers ----------------------------------------------------------
+
+    def _on_tick(self, nid: NodeId, inc: int) -> None:
+        n = self.nodes[nid]
+        if n.incarnation != inc or n.raw is None:
+            return  # a tick of a previous life
+        n.raw.tick()
+        self._push(self.now + TICK_MS, TICK, nid, inc)
+        self.drain_and_check(nid)
+
+    def _on_deliver(self, to: tuple[NodeId, int], what: tuple[NodeId, bytes, Message]) -> None:
+        nid, inc = to
+        src, payload, sent = what
+        n = self.nodes[nid]
+        if n.incarnation != inc or n.raw is None:
+            return  # died with the node it was sent to
+        msg = self.network.receive(src, nid, payload)
+        if msg is None:
+            self.trace.add(self.now, nid, "cut", sent)
+            return
+        if msg != sent:
+            raise inv.violation("codec", f"decode(encode(m)) != m for {sent!r}: {msg!r}")
+        self.trace.add(self.now, nid, "recv", msg)
+        n.raw.step(msg)
+        self.drain_and_check(nid)
+
+    def _on_client(self, cid: int, _: None) -> None:
+        self.clients[cid].wake(self)
+
+    def _on_nemesis(self, _a: None, _b: None) -> None:
+        if self.quiet:
+            return
+        fault = self.nemesis.random_fault()
+        if fault is not None:
+            self._on_fault(fault, None)
+        self._push(self.now + self.nemesis.next_gap(), NEMESIS, None, None)
+
+    def _on_fault(self, fault: Fault, _: None) -> None:
+        if self.quiet:
+            return
+        self.faults += 1
+        self.note("nemesis", f"fault {fault.kind} a={fault.a} b={fault.b} for {fault.duration}ms")
+        self.nemesis.apply(fault)
+
+    def _on_restart(self, nid: NodeId, inc: int) -> None:
+        if self.nodes[nid].incarnation == inc:
+            self.restart(nid)
+
+    def _on_heal(self, pid: int, _: None) -> None:
+        self.network.heal(pid)
+        self.note("nemesis", f"healed partition {pid}")
+
+    def _on_wipe(self, nid: NodeId, _: None) -> None:
+        """A removal was applied: the node is stopped and its storage destroyed."""
+        n = self.nodes[nid]
+        if nid not in self.removed:
+            return
+        self.note("nemesis", f"{nid} removed (at {self.removed[nid]}): stopped and wiped")
+        self._kill(n)
+        n.storage = MemoryStorage()
+        n.last_snap = 0
+        self.ghost.forget_node(nid)
+
+    def _on_fresh(self, nid: NodeId, _: None) -> None:
+        """A wiped node was added back: it starts empty and learns everything from
+        the leader (log or snapshot)."""
+        n = self.nodes[nid]
+        if n.raw is None and nid not in self.removed:
+            self.note("nemesis", f"{nid} re-added: starting with empty storage")
+            self.stats["readds"] += 1
+            self._start(n, Restored(), random.Random(self._rng.getrandbits(64)))
+
+    def _on_quiet(self, _a: None, _b: None) -> None:
+        if not self._unsettled():
+            self._settled = True
+        else:
+            self._push(self.now + QUIET_CHECK_MS, QUIET, None, None)
+
+    # ---- one node: drain, apply, snapshot ----------------------------------------
+
+    def drain_and_check(self, nid: NodeId) -> None:
+        """Process every Ready of ``nid``, then check its invariants."""
+        n = self.nodes[nid]
+        raw = n.raw
+        if raw is None:
+            return
+        self._drain(n, raw)
+        inv.check_node(self.ghost, raw.status(), raw.term_at, n.storage.last_index)
+
+    def _drain(self, n: SimNode, raw: RawNode) -> None:
+        """Handle Ready batches per their contract until there are none, telling the
+        core about peers its messages could not reach (as a transport would)."""
+        while True:
+            while raw.has_ready():
+                self._handle_ready(n, raw)
+            if not n.unreachable:
+                break
+            for peer in sorted(n.unreachable):
+                raw.report_unreachable(peer)
+            n.unreachable.clear()
+        self._maybe_snapshot(n, raw)
+
+    def _handle_ready(self, n: SimNode, raw: RawNode) -> None:
+        rd = raw.ready()
+        self.trace.add(self.now, n.id, "ready", rd)
+        if rd.entries:
+            prev = raw.term_at(rd.entries[0].index - 1)
+            inv.check_appended(self.ghost, n.id, rd.entries, prev)
+        n.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync)
+        if rd.snapshot is not None:
+            self._install(n, rd.snapshot)
+        for m in rd.messages:
+            self._send(n, m)
+        for e in rd.committed_entries:
+            self._apply(n, e)
+        for rs in rd.read_states:
+            self._read_state(n, rs)
+        raw.advance(rd)
+        if n.waiting_reads:
+            self._serve_reads(n)
+
+    def _send(self, n: SimNode, m: Message) -> None:
+        dst = self.nodes.get(m.dst)
+        if dst is None:
+            raise inv.violation("routing", f"message to unknown node: {m!r}")
+        payload, delays = self.network.transmit(m)
+        for d in delays:
+            self._push(self.now + d, DELIVER, (m.dst, dst.incarnation), (m.src, payload, m))
+        if self.params.report_unreachable and (
+            dst.raw is None or (m.src, m.dst) in self.network.cut_links
+        ):
+            n.unreachable.add(m.dst)
+
+    def _apply(self, n: SimNode, e: Entry) -> None:
+        inv.check_applied(self.ghost, n.id, e)
+        assert n.sm is not None
+        n.sm.apply(e)
+        if e.kind is EntryKind.CONF_CHANGE and e.index > self._conf_upto:
+            self._conf_applied(e)
+        ops = n.writes.pop(e.index, None)
+        if ops:
+            for op in ops:
+                self._resolve_write(op, e.data)
+
+    def _install(self, n: SimNode, snap: Snapshot) -> None:
+        """A leader's snapshot replaced the log: the state machine adopts it."""
+        self._adopt(n, snap)
+        self.stats["snapshots_installed"] += 1
+        self.trace.add(self.now, n.id, "installed snapshot", f"at {snap.meta.index}")
+
+    def _adopt(self, n: SimNode, snap: Snapshot) -> None:
+        sm = Register.restore(snap.data)
+        index = snap.meta.index
+        if sm.applied != index:
+            raise inv.violation(
+                "snapshot", f"{n.id}: snapshot at {index} holds state as of {sm.applied}"
+            )
+        inv.check_restored(self.ghost, n.id, index, sm.commands)
+        n.sm = sm
+        n.last_snap = index
+        if n.writes:  # writes whose index the snapshot covers: its content decides
+            content = dict(sm.commands)
+            for i in sorted(i for i in n.writes if i <= index):
+                for op in n.writes.pop(i):
+                    self._resolve_write(op, content.get(i, b""))
+
+    def _maybe_snapshot(self, n: SimNode, raw: RawNode) -> None:
+        sm = n.sm
+        assert sm is not None
+        if sm.applied - n.last_snap < self.params.snapshot_every:
+            return
+        st = raw.status()
+        if st.applied != sm.applied:
+            raise inv.violation(
+                "applied", f"{n.id} core says applied {st.applied}, state machine {sm.applied}"
+            )
+        snap = raw.create_snapshot(sm.applied, sm.snapshot_bytes())
+        meta = snap.meta
+        if meta.index != sm.applied or meta.term != raw.term_at(meta.index) or meta.conf != st.conf:
+            raise inv.violation(
+                "snapshot", f"{n.id} took {describe_snapshot_meta(meta)} at applied {sm.applied}"
+            )
+        n.storage.save_snapshot(snap)
+        n.last_snap = meta.index
+        self.stats["snapshots_taken"] += 1
+        self.trace.add(self.now, n.id, "snapshot", describe_snapshot_meta(meta))
+
+    def _conf_applied(self, e: Entry) -> None:
+        """The first application of a membership change anywhere makes it the
+        cluster's configuration (applied means committed, so all will agree)."""
+        self._conf_upto = e.index
+        cc = ConfChange.decode(e.data)
+        self.conf = self.conf.apply(cc)
+        self.stats[f"conf_{cc.kind.name.lower()}"] += 1
+        self.note(
+            "cluster",
+            f"conf at {e.index}: {cc.kind.name} {cc.node} -> {describe_conf_state(self.conf)}",
+        )
+        if cc.node not in self.conf.members:
+            self.removed[cc.node] = e.index
+            self._push(self.now, WIPE, cc.node, None)
+        elif cc.node in self.removed:
+            del self.removed[cc.node]
+            self._push(self.now, FRESH, cc.node, None)
+
+    # ---- clients -------------------------------------------------------------------
+
+    def _add_client(self, config: ClientConfig) -> Client:
+        rng = random.Random(self._client_seeds.getrandbits(64))
+        c = Client(len(self.clients), rng, self.history, config, self._on_complete)
+        self.clients.append(c)
+        return c
+
+    def wake(self, client: Client, at: int) -> None:
+        self._push(at, CLIENT, client.cid, None)
+
+    def client_propose(self, nid: NodeId, op: Op) -> Index:
+        n = self.nodes[nid]
+        if n.raw is None:
+            raise NodeDown(f"{nid} is down")
+        index = n.raw.propose(op.key)
+        op.index, op.node = index, nid
+        n.writes.setdefault(index, []).append(op)
+        self.trace.add(self.now, nid, f"client {op.client} proposed {op.key!r} at {index}")
+        self.drain_and_check(nid)
+        return index
+
+    def client_read(self, nid: NodeId, op: Op) -> None:
+        n = self.nodes[nid]
+        if n.raw is None:
+            raise NodeDown(f"{nid} is down")
+        n.raw.read_index(op.key)
+        op.node = nid
+        n.reads[op.key] = op
+        self.trace.add(self.now, nid, f"client {op.client} read {op.key!r}")
+        self.drain_and_check(nid)
+
+    def _read_state(self, n: SimNode, rs: ReadState) -> None:
+        op = n.reads.pop(rs.ctx, None)
+        if op is not None:
+            n.waiting_reads.append((rs.index, op))
+
+    def _serve_reads(self, n: SimNode) -> None:
+        """Reads whose index the state machine has reached return its state."""
+        sm = n.sm
+        assert sm is not None
+        ready = [(i, op) for i, op in n.waiting_reads if i <= sm.applied]
+        if not ready:
+            return
+        n.waiting_reads = [(i, op) for i, op in n.waiting_reads if i > sm.applied]
+        result = frozenset(d for _, d in sm.commands)
+        h = self.history
+        for i, op in ready:
+            if op.outcome != PENDING:
+                continue
+            acked = (w.key for w in h.acked[: op.acked_before])
+            inv.check_read(op.key, result, acked, h.proposed)
+            op.index = i
+            self.clients[op.client].finish(self, op, OK)
+
+    def _resolve_write(self, op: Op, data: bytes) -> None:
+        if op.outcome != PENDING:
+            return
+        if data != op.key:
+            self.clients[op.client].finish(self, op, FAIL)
+            return
+        inv.check_write_ack(op.key, op.index, op.acked_before)
+        h = self.history
+        h.acked.append(op)
+        h.max_acked_index = max(h.max_acked_index, op.index)
+        self.clients[op.client].finish(self, op, OK)
+
+    def _on_complete(self, op: Op) -> None:
+        self.trace.add(
+            self.now, op.node or "-", f"client {op.client} {op.kind} {op.key!r}", op.outcome
+        )
+        if op.client in self._probes and op.outcome == OK:
+            self._probes[op.client] = True
+            self.clients[op.client].stopped = True
+
+    # ---- faults (called by the nemesis) ------------------------------------------------
+
+    def raw(self, nid: NodeId) -> RawNode | None:
+        return self.nodes[nid].raw
+
+    def leader(self) -> NodeId | None:
+        """The live leader with the highest term, if any."""
+        best: tuple[int, NodeId] | None = None
+        for nid in self.ids:
+            raw = self.nodes[nid].raw
+            if raw is not None:
+                st = raw.status()
+                if st.role is Role.LEADER and (best is None or st.term > best[0]):
+                    best = (st.term, nid)
+        return best[1] if best else None
+
+    def down_count(self) -> int:
+        return sum(1 for nid in self.ids if self.nodes[nid].raw is None and nid not in self.removed)
+
+    def crash(self, nid: NodeId, down_ms: int) -> None:
+        n = self.nodes[nid]
+        if n.raw is None:
+            return
+        lose = self.params.lose_unsynced
+        self.note("nemesis", f"crash {nid}{' (losing unsynced writes)' if lose else ''}")
+        self._kill(n)
+        self.stats["crashes"] += 1
+        if lose:
+            n.storage = n.storage.crash()
+        if down_ms:
+            self._push(self.now + down_ms, RESTART, nid, n.incarnation)
+
+    def _kill(self, n: SimNode) -> None:
+        n.raw = None
+        n.sm = None
+        n.incarnation += 1
+        n.waiting_reads = []
+        n.reads = {}
+        self.ghost.forget_lifetime(n.id)
+
+    def restart(self, nid: NodeId) -> None:
+        n = self.nodes[nid]
+        if n.raw is not None or nid in self.removed:
+            return
+        restored = n.storage.load()
+        inv.check_restart_commit(self.ghost, nid, restored.hard_state.commit)
+        self.stats["restarts"] += 1
+        self.note("nemesis", f"restart {nid} from {describe_hard_state(restored.hard_state)}")
+        self._start(n, restored, random.Random(self._rng.getrandbits(64)))
+
+    def _start(self, n: SimNode, restored: Restored, rng: random.Random) -> None:
+        """Bring a node up from what its storage holds, as a fresh process would."""
+        snap = restored.snapshot
+        cfg = replace(BASE_CONFIG, id=n.id, applied=snap.meta.index)
+        n.raw = RawNode(cfg, restored, rng, trace=self._sink)
+        n.incarnation += 1
+        self._adopt(n, snap)
+        self._push(self.now + self._rng.randint(1, TICK_MS), TICK, n.id, n.incarnation)
+        self.drain_and_check(n.id)
+
+    def _sink(self, line: str) -> None:
+        self.trace.add(self.now, "", line)
+
+    def partition(self, groups: list[list[NodeId]], ms: int) -> None:
+        pid = self.network.split(groups)
+        self.stats["partitions"] += 1
+        self.note("nemesis", f"partition {pid}: {' | '.join(' '.join(g) for g in groups)}")
+        if ms:
+            self._push(self.now + ms, HEAL, pid, None)
+
+    def cut(self, src: NodeId, dst: NodeId, ms: int) -> None:
+        pid = self.network.add_partition([(src, dst)])
+        self.stats["one_way_cuts"] += 1
+        self.note("nemesis", f"partition {pid}: one-way cut {src} -> {dst}")
+        if ms:
+            self._push(self.now + ms, HEAL, pid, None)
+
+    def heal(self) -> None:
+        self.network.heal()
+        self.note("nemesis", "healed all partitions")
+
+    def can_readd(self, nid: NodeId) -> bool:
+        """Only once no member can still count the removed node's old votes."""
+        at = self.removed[nid]
+        for m in sorted(self.conf.members):
+            n = self.nodes[m]
+            if n.raw is None or n.sm is None or n.sm.applied < at or n.last_snap < at:
+                return False
+        return True
+
+    # ---- the quiet phase: heal everything, then demand progress ------------------------
+
+    def _heal_all(self) -> None:
+        self.quiet = True
+        self.note("nemesis", "quiet phase: healing everything")
+        self.network.heal()
+        self.network.calm()
+        for c in self.clients:
+            c.stopped = True
+        for nid in self.ids:
+            self.restart(nid)
+        # Probes: one write and one read that must succeed (retrying as clients do).
+        for ratio in (1.0, 0.0):
+            probe = self._add_client(ClientConfig(write_ratio=ratio))
+            self._probes[probe.cid] = False
+            self.wake(probe, self.now + 1)
+        self._quiet_deadline = self.now + self.scenario.quiet_ms
+        self._push(self.now + QUIET_CHECK_MS, QUIET, None, None)
+
+    def _unsettled(self) -> list[str]:
+        """What still stands between the healed cluster and a settled one."""
+        lead = self.leader()
+        if lead is None:
+            return ["no leader"]
+        raw = self.nodes[lead].raw
+        assert raw is not None
+        st = raw.status()
+        problems = []
+        if not all(self._probes.values()):
+            problems.append("probe write/read not yet successful")
+        pending = self.history.pending()
+        if pending:
+            problems.append(f"{len(pending)} client ops pending, e.g. {pending[0]}")
+        if st.commit != st.last_index:
+            problems.append(f"leader {lead} commit {st.commit} < last index {st.last_index}")
+        for m in sorted(st.conf.members):
+            n = self.nodes[m]
+            if n.raw is None or n.sm is None:
+                problems.append(f"member {m} is down")
+            elif n.sm.applied != st.commit:
+                problems.append(f"{m} applied {n.sm.applied}, leader {lead} commit {st.commit}")
+        return problems
+
+    def _final_checks(self) -> None:
+        lead = self.leader()
+        assert lead is not None
+        raw = self.nodes[lead].raw
+        assert raw is not None
+        commit = raw.status().commit
+        inv.check_final(((op.key, op.index) for op in self.history.acked), self.ghost, commit)
+
+    def summary(self) -> dict[str, int]:
+        ops = self.history.ops
+        return dict(self.stats) | {
+            "events": self.events,
+            "virtual_ms": self.now,
+            "faults": self.faults,
+            "writes_ok": len(self.history.acked),
+            "reads_ok": sum(1 for op in ops if op.kind == "read" and op.outcome == OK),
+            "ops": len(ops),
+            "max_commit": self.ghost.max_commit,
+            "msgs": self.network.sent,
+        }
+
+
+@dataclass(slots=True)
+class RunResult:
+    """Outcome of one seed. ``report`` is the printable failure report (or "")."""
+
+    seed: int
+    nodes: int
+    steps: int
+    ok: bool
+    events: int
+    invariant: str = ""
+    message: str = ""
+    report: str = ""
+    summary: dict[str, int] = field(default_factory=dict)
+    trace: list[str] = field(default_factory=list)
+
+
+def run_seed(
+    seed: int,
+    nodes: int = 3,
+    steps: int = 3000,
+    scenario: Scenario | None = None,
+    keep_trace: bool = False,
+    trace_lines: int = 200,
+) -> RunResult:
+    """Run one seed and judge it. Any exception escaping the core is a failure too."""
+    trace = Trace(trace_lines, keep_all=keep_trace)
+    cluster: Cluster | None = None
+    try:
+        cluster = Cluster(seed, nodes, scenario, trace)
+        cluster.run(steps)
+    except InvariantViolation as exc:
+        name = getattr(exc, "invariant", "invariant")
+        return _failed(seed, nodes, steps, cluster, trace, name, str(exc), keep_trace)
+    except Exception as exc:  # a crash of the core (or of the simulator) is a bug too
+        detail = "".join(traceback.format_exception(exc)[-6:])
+        return _failed(seed, nodes, steps, cluster, trace, "exception", detail, keep_trace)
+    return RunResult(
+        seed,
+        nodes,
+        steps,
+        True,
+        cluster.events,
+        summary=cluster.summary(),
+        trace=trace.full() if keep_trace else [],
+    )
+
+
+def _failed(
+    seed: int,
+    nodes: int,
+    steps: int,
+    cluster: Cluster | None,
+    trace: Trace,
+    name: str,
+    message: str,
+    keep_trace: bool,
+) -> RunResult:
+    lines = trace.lines()
+    return RunResult(
+        seed,
+        nodes,
+        steps,
+        False,
+        cluster.events if cluster is not None else 0,
+        invariant=name,
+        message=message,
+        report=failure_report(seed, nodes, steps, name, message, lines),
+        summary=cluster.summary() if cluster is not None else {},
+        trace=trace.full() if keep_trace else [],
+    )

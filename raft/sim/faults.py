@@ -1,0 +1,260 @@
+"""What can go wrong in a simulated run, and how often: the scenario and the nemesis.
+
+A :class:`Scenario` holds the knobs of a run; every knob left as None is drawn from
+the seed, so a sweep of seeds covers calm and violent runs alike, while a test that
+hunts a specific bug pins them to aggressive values. A :class:`Fault` is one
+injected failure; the :class:`Nemesis` either draws them at random intervals or
+replays an explicit ``(time, fault)`` schedule (which is what lets hypothesis shrink a
+failing run to a handful of faults).
+
+Membership faults keep the cluster able to make progress: a voter is demoted or
+removed only while more than a majority of the nodes remain voters, the leader is
+never the target, and a removed node comes back only with wiped storage, as a
+learner, after every member has applied (and snapshotted past) its removal — so
+no configuration that still counts the old node's vote can meet the wiped one.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from raft.errors import ProposalDropped
+from raft.types import ConfChange, ConfChangeKind, NodeId
+
+if TYPE_CHECKING:
+    from raft.sim.cluster import Cluster
+
+CRASH = "crash"
+CRASH_LEADER = "crash-leader"
+RESTART = "restart"
+SPLIT = "split"
+ISOLATE = "isolate"
+ISOLATE_LEADER = "isolate-leader"
+CUT = "cut"
+HEAL = "heal"
+TRANSFER = "transfer"
+DEMOTE = "demote"
+PROMOTE = "promote"
+REMOVE = "remove"
+READD = "readd"
+
+FAULT_KINDS = (
+    CRASH,
+    CRASH_LEADER,
+    RESTART,
+    SPLIT,
+    ISOLATE,
+    ISOLATE_LEADER,
+    CUT,
+    HEAL,
+    TRANSFER,
+    DEMOTE,
+    PROMOTE,
+    REMOVE,
+    READD,
+)
+MEMBERSHIP_KINDS = (DEMOTE, PROMOTE, REMOVE, READD)
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    CRASH: 3,
+    CRASH_LEADER: 2,
+    SPLIT: 2,
+    ISOLATE: 1.5,
+    ISOLATE_LEADER: 2,
+    CUT: 1.5,
+    HEAL: 1,
+    TRANSFER: 1.5,
+    DEMOTE: 2,
+    PROMOTE: 3,
+    REMOVE: 2,
+    READD: 3,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One injected failure. ``a``/``b`` pick nodes (modulo the cluster size; for
+    SPLIT, ``a`` is a bitmask of one side); ``duration`` is how long a crash or a
+    partition lasts, in virtual ms (0: until healed)."""
+
+    kind: str
+    a: int = 0
+    b: int = 0
+    duration: int = 0
+
+
+@dataclass(slots=True)
+class Scenario:
+    """Knobs of a run; None means "draw from the seed"."""
+
+    nemesis_ms: tuple[int, int] | None = None  # gap between random faults
+    weights: dict[str, float] | None = None
+    schedule: tuple[tuple[int, Fault], ...] | None = None  # replaces the random nemesis
+    lose_unsynced: bool | None = None
+    drop_p: float | None = None
+    dup_p: float | None = None
+    max_down: int | None = None  # nodes crashed at once
+    snapshot_every: int | None = None
+    clients: int | None = None
+    report_unreachable: bool | None = None  # the transport notices cut links / dead peers
+    down_ms: tuple[int, int] = (10, 1500)
+    partition_ms: tuple[int, int] = (50, 2500)
+    quiet_ms: int = 10_000
+    membership: bool = True
+
+
+@dataclass(slots=True)
+class Params:
+    """A scenario with every knob decided: what this run actually does."""
+
+    nemesis_ms: tuple[int, int]
+    weights: dict[str, float]
+    lose_unsynced: bool
+    drop_p: float
+    dup_p: float
+    max_down: int
+    snapshot_every: int
+    clients: int
+    report_unreachable: bool
+
+
+def resolve(s: Scenario, rng: random.Random, n: int) -> Params:
+    """Decide the scenario's open knobs from ``rng`` (always drawing, so the stream
+    of later draws does not depend on which knobs a test pinned)."""
+    gap = rng.choice([(20, 150), (50, 400), (150, 900), (400, 2500)])
+    scale = {k: w * rng.uniform(0.2, 1.0) for k, w in DEFAULT_WEIGHTS.items()}
+    lose = rng.random() < 0.5
+    drop = rng.choice([0.0, 0.0, 0.01, 0.05, 0.15])
+    dup = rng.choice([0.0, 0.01, 0.05])
+    down = rng.choice([1, max(1, n // 2), n - 1])
+    snap = rng.randint(5, 50)
+    clients = rng.randint(3, 5)
+    unreachable = rng.random() < 0.5
+    weights = dict(s.weights) if s.weights is not None else scale
+    if not s.membership:
+        for k in MEMBERSHIP_KINDS:
+            weights[k] = 0.0
+    return Params(
+        nemesis_ms=s.nemesis_ms or gap,
+        weights=weights,
+        lose_unsynced=lose if s.lose_unsynced is None else s.lose_unsynced,
+        drop_p=drop if s.drop_p is None else s.drop_p,
+        dup_p=dup if s.dup_p is None else s.dup_p,
+        max_down=down if s.max_down is None else s.max_down,
+        snapshot_every=snap if s.snapshot_every is None else s.snapshot_every,
+        clients=clients if s.clients is None else s.clients,
+        report_unreachable=unreachable if s.report_unreachable is None else s.report_unreachable,
+    )
+
+
+class Nemesis:
+    """Draws faults (or replays a schedule) and carries them out on the cluster."""
+
+    def __init__(self, cluster: Cluster, rng: random.Random, scenario: Scenario, p: Params):
+        self.c = cluster
+        self.rng = rng
+        self.scenario = scenario
+        self.p = p
+        self._kinds = [k for k in FAULT_KINDS if p.weights.get(k, 0) > 0]
+        self._weights = [p.weights[k] for k in self._kinds]
+
+    def next_gap(self) -> int:
+        lo, hi = self.p.nemesis_ms
+        return self.rng.randint(lo, hi)
+
+    def random_fault(self) -> Fault | None:
+        if not self._kinds:
+            return None
+        rng = self.rng
+        kind = rng.choices(self._kinds, self._weights)[0]
+        n = len(self.c.ids)
+        lo, hi = self.scenario.partition_ms
+        if kind in (CRASH, CRASH_LEADER):
+            lo, hi = self.scenario.down_ms
+        return Fault(kind, rng.randrange(1 << n), rng.randrange(n), rng.randint(lo, hi))
+
+    # ---- carrying out a fault ----------------------------------------------------
+
+    def apply(self, f: Fault) -> None:
+        c = self.c
+        ids = c.ids
+        node = ids[f.a % len(ids)]
+        leader = c.leader()
+        if f.kind == CRASH_LEADER or f.kind == ISOLATE_LEADER:
+            if leader is None:
+                return
+            node = leader
+        if f.kind in (CRASH, CRASH_LEADER):
+            if c.down_count() < self.p.max_down:
+                c.crash(node, f.duration)
+        elif f.kind == RESTART:
+            c.restart(node)
+        elif f.kind == SPLIT:
+            side = [x for i, x in enumerate(ids) if f.a >> i & 1]
+            rest = [x for x in ids if x not in side]
+            if side and rest:
+                c.partition([side, rest], f.duration)
+        elif f.kind in (ISOLATE, ISOLATE_LEADER):
+            c.partition([[node], [x for x in ids if x != node]], f.duration)
+        elif f.kind == CUT:
+            dst = ids[f.b % len(ids)]
+            if dst != node:
+                c.cut(node, dst, f.duration)
+        elif f.kind == HEAL:
+            c.heal()
+        elif f.kind == TRANSFER:
+            self._transfer(leader, ids[f.b % len(ids)])
+        else:
+            self._membership(f.kind, leader, f.b)
+
+    def _transfer(self, leader: NodeId | None, to: NodeId) -> None:
+        raw = self.c.raw(leader) if leader is not None else None
+        if raw is not None and leader is not None and to in self.c.conf.voters and to != leader:
+            self.c.note("nemesis", f"transfer leadership {leader} -> {to}")
+            raw.transfer_leader(to)
+            self.c.drain_and_check(leader)
+
+    def _membership(self, kind: str, leader: NodeId | None, pick: int) -> None:
+        """Propose ``kind`` (or, if it does not apply now, the next membership change
+        that does, so a random nemesis keeps membership moving)."""
+        c = self.c
+        raw = c.raw(leader) if leader is not None else None
+        if raw is None or leader is None:
+            return
+        order = MEMBERSHIP_KINDS[MEMBERSHIP_KINDS.index(kind) :] + MEMBERSHIP_KINDS
+        for k in order:
+            cands, cc_kind = self._candidates(k, leader)
+            if cands:
+                break
+        else:
+            return
+        target = cands[pick % len(cands)]
+        try:
+            index = raw.propose_conf_change(ConfChange(cc_kind, target))
+        except ProposalDropped as exc:
+            c.note("nemesis", f"{k} {target} refused: {exc}")
+            return
+        c.note("nemesis", f"{k}: proposed {cc_kind.name} {target} at {index} via {leader}")
+        c.drain_and_check(leader)
+
+    def _candidates(self, kind: str, leader: NodeId) -> tuple[list[NodeId], ConfChangeKind]:
+        """Targets for which ``kind`` is allowed now (see the module docstring)."""
+        c = self.c
+        conf = c.conf
+        spare = len(conf.voters) > len(c.ids) // 2 + 1
+        if kind == DEMOTE:
+            return (sorted(conf.voters - {leader}) if spare else []), ConfChangeKind.ADD_LEARNER
+        if kind == PROMOTE:
+            # Only live learners the leader has heard from: promoting a dead one would
+            # stall commits until it restarts.
+            raw = c.raw(leader)
+            assert raw is not None
+            progress = raw.status().progress
+            live = [x for x in sorted(conf.learners) if c.raw(x) is not None and x in progress]
+            return [x for x in live if progress[x].match > 0], ConfChangeKind.ADD_VOTER
+        if kind == REMOVE:
+            others = sorted(conf.members - {leader})
+            return [x for x in others if spare or x not in conf.voters], ConfChangeKind.REMOVE_NODE
+        return [x for x in sorted(c.removed) if c.can_readd(x)], ConfChangeKind.ADD_LEARNER
