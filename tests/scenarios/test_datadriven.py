@@ -73,7 +73,9 @@ def _echo(case: TestCase) -> str:
 def test_run_file_compares_and_reports(tmp_path: Path) -> None:
     f = tmp_path / "t.txt"
     f.write_text("echo a\n----\na\n\necho b\n----\nwrong\n")
-    with pytest.raises(AssertionError, match=r"(?s)t.txt:5: echo b.*expected\nwrong\n--- actual\nb"):
+    with pytest.raises(
+        AssertionError, match=r"(?s)t.txt:5: echo b.*expected\nwrong\n--- actual\nb"
+    ):
         run_file(f, _echo)
 
 
