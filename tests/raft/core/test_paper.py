@@ -771,3 +771,36 @@ def test_restarted_node_keeps_log_and_commit() -> None:
     assert net.commit("n2") == idx
     # Config.applied comes from the application's durable state: nothing is re-applied.
     assert [e.index for e in net.applied["n2"]].count(idx) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: after a snapshot whose id already matches the follower's log, "
+    "Raft._handle_snapshot_chunk acks AppendResp(index=log.last_index), claiming unverified "
+    "stale entries past the snapshot; the leader trusts that match and ships its commit "
+    "index, so the follower applies a different entry (etcd acks the commit index instead)",
+)
+def test_snapshot_ack_never_claims_unverified_entries() -> None:
+    """State Machine Safety: "if a server has applied a log entry at a given index to its
+    state machine, no other server will ever apply a different log entry for the same
+    index". A follower that already holds the snapshot's last entry may only vouch for
+    what the snapshot covers, not for its own later, possibly stale, entries.
+    Reference: §5.4.3 (Figure 3), §5.1 (dissertation, InstallSnapshot)"""
+    net = net3(pre_vote=False, check_quorum=False)
+    net.rewrite("n1", [2], term=4)  # 2/4
+    net.rewrite("n2", [2], term=4)  # 2/4
+    net.rewrite("n3", [2, 3], term=4)  # 2/4 3/5: 3/5 was never committed
+    net.cut("n1", "n3")
+    net.elect("n1")  # term 5 with n2; commits 2/4 and the no-op 5/5
+    assert net.commit("n1") == 5
+    net.create_snapshot("n1", 4, b"state@4")  # matches n3's 2/4
+    net.recover()
+    net.tick(["n1"], n=2)
+    assert net.sent_of(InstallSnapshot, dst="n3")
+    acks = [m.index for m in net.sent_of(AppendResp, src="n3") if not m.reject]
+    assert all(i <= 4 for i in acks), f"n3 acked {acks} but only matches through 4"
+    by_index: dict[int, set[tuple[int, int]]] = {}
+    for n in ids(3):
+        for e in net.applied[n]:
+            by_index.setdefault(e.index, set()).add((e.term, e.index))
+    assert all(len(v) == 1 for v in by_index.values()), by_index
