@@ -37,44 +37,23 @@ from __future__ import annotations
 
 import heapq
 import random
-import traceback
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from typing import Any
 
 from raft.config import Config
 from raft.core.raw_node import RawNode
 from raft.core.ready import Restored
-from raft.describe import describe_conf_state, describe_hard_state, describe_snapshot_meta
-from raft.errors import InvariantViolation
+from raft.describe import describe_conf_state, describe_hard_state
 from raft.messages import Message
 from raft.sim import invariants as inv
 from raft.sim.faults import Fault, Nemesis, Scenario, resolve
 from raft.sim.network import NetConfig, Network
-from raft.sim.trace import Trace, failure_report
-from raft.sim.workload import (
-    FAIL,
-    OK,
-    PENDING,
-    Client,
-    ClientConfig,
-    History,
-    NodeDown,
-    Op,
-    Register,
-)
+from raft.sim.node import SimNode
+from raft.sim.trace import Trace
+from raft.sim.workload import FAIL, OK, PENDING, Client, ClientConfig, History, Op
 from raft.storage.memory import MemoryStorage
-from raft.types import (
-    ConfChange,
-    ConfState,
-    Entry,
-    EntryKind,
-    Index,
-    NodeId,
-    ReadState,
-    Role,
-    Snapshot,
-)
+from raft.types import ConfChange, ConfState, Entry, Index, NodeId, Role
 
 TICK, DELIVER, CLIENT, NEMESIS, FAULT, RESTART, HEAL, WIPE, FRESH, QUIET = range(10)
 TICK_MS = 10  # one core tick per 10 virtual ms, so an election timeout is 100-200 ms
@@ -87,22 +66,6 @@ BASE_CONFIG = Config(
     max_msg_entries=16,
     max_inflight_msgs=8,
 )
-
-
-@dataclass(slots=True)
-class SimNode:
-    """One simulated server; ``raw`` and ``sm`` are None while it is down."""
-
-    id: NodeId
-    storage: MemoryStorage
-    raw: RawNode | None = None
-    sm: Register | None = None
-    incarnation: int = 0
-    last_snap: Index = 0  # index of the snapshot in storage
-    waiting_reads: list[tuple[Index, Op]] = field(default_factory=list)
-    writes: dict[Index, list[Op]] = field(default_factory=dict)  # by proposed index
-    reads: dict[bytes, Op] = field(default_factory=dict)  # by ctx, until a ReadState
-    unreachable: set[NodeId] = field(default_factory=set)  # sorted before use
 
 
 class Cluster:
@@ -134,7 +97,6 @@ class Cluster:
         self.history = History()
         self.now = 0
         self.events = 0
-        self.faults = 0
         self.stats: Counter[str] = Counter()  # what happened, for summaries and tuning
         self._queue: list[tuple[int, int, int, Any, Any]] = []
         self._seq = 0
@@ -145,7 +107,7 @@ class Cluster:
         self._settled = False
         self._quiet_deadline = 0
         self._probes: dict[int, bool] = {}  # probe client id -> succeeded
-        self._handlers = [
+        self._handlers: list[Callable[[Any, Any], None]] = [
             self._on_tick,
             self._on_deliver,
             self._on_client,
@@ -161,9 +123,9 @@ class Cluster:
         for _ in range(p.clients):
             self._add_client(ClientConfig())
         boot = Restored.bootstrap(frozenset(self.ids))
-        self.nodes: dict[NodeId, SimNode] = {}
-        for nid in self.ids:
-            self.nodes[nid] = SimNode(nid, MemoryStorage.from_restored(boot))
+        self.nodes = {
+            nid: SimNode(self, nid, MemoryStorage.from_restored(boot)) for nid in self.ids
+        }
         for nid, rng in zip(self.ids, node_rngs, strict=True):
             self._start(self.nodes[nid], boot, rng)
         for c in self.clients:
@@ -208,6 +170,16 @@ class Cluster:
     def note(self, who: str, text: str) -> None:
         self.trace.add(self.now, who, text)
 
+    def core_trace(self, line: str) -> None:
+        """The trace sink handed to every RawNode (its lines name the node)."""
+        self.trace.add(self.now, "", line)
+
+    def transmit(self, m: Message, incarnation: int) -> None:
+        """Put ``m`` on the wire to the ``incarnation`` of its destination."""
+        payload, delays = self.network.transmit(m)
+        for d in delays:
+            self._push(self.now + d, DELIVER, (m.dst, incarnation), (m.src, payload, m))
+
     # ---- event handlers ----------------------------------------------------------
 
     def _on_tick(self, nid: NodeId, inc: int) -> None:
@@ -216,7 +188,7 @@ class Cluster:
             return  # a tick of a previous life
         n.raw.tick()
         self._push(self.now + TICK_MS, TICK, nid, inc)
-        self.drain_and_check(nid)
+        n.drain_and_check()
 
     def _on_deliver(self, to: tuple[NodeId, int], what: tuple[NodeId, bytes, Message]) -> None:
         nid, inc = to
@@ -232,7 +204,7 @@ class Cluster:
             raise inv.violation("codec", f"decode(encode(m)) != m for {sent!r}: {msg!r}")
         self.trace.add(self.now, nid, "recv", msg)
         n.raw.step(msg)
-        self.drain_and_check(nid)
+        n.drain_and_check()
 
     def _on_client(self, cid: int, _: None) -> None:
         self.clients[cid].wake(self)
@@ -248,7 +220,7 @@ class Cluster:
     def _on_fault(self, fault: Fault, _: None) -> None:
         if self.quiet:
             return
-        self.faults += 1
+        self.stats["faults"] += 1
         self.note("nemesis", f"fault {fault.kind} a={fault.a} b={fault.b} for {fault.duration}ms")
         self.nemesis.apply(fault)
 
@@ -266,7 +238,7 @@ class Cluster:
         if nid not in self.removed:
             return
         self.note("nemesis", f"{nid} removed (at {self.removed[nid]}): stopped and wiped")
-        self._kill(n)
+        n.kill()
         n.storage = MemoryStorage()
         n.last_snap = 0
         self.ghost.forget_node(nid)
@@ -286,118 +258,14 @@ class Cluster:
         else:
             self._push(self.now + QUIET_CHECK_MS, QUIET, None, None)
 
-    # ---- one node: drain, apply, snapshot ----------------------------------------
+    # ---- called by nodes -------------------------------------------------------------
 
-    def drain_and_check(self, nid: NodeId) -> None:
-        """Process every Ready of ``nid``, then check its invariants."""
-        n = self.nodes[nid]
-        raw = n.raw
-        if raw is None:
-            return
-        self._drain(n, raw)
-        inv.check_node(self.ghost, raw.status(), raw.term_at, n.storage.last_index)
-
-    def _drain(self, n: SimNode, raw: RawNode) -> None:
-        """Handle Ready batches per their contract until there are none, telling the
-        core about peers its messages could not reach (as a transport would)."""
-        while True:
-            while raw.has_ready():
-                self._handle_ready(n, raw)
-            if not n.unreachable:
-                break
-            for peer in sorted(n.unreachable):
-                raw.report_unreachable(peer)
-            n.unreachable.clear()
-        self._maybe_snapshot(n, raw)
-
-    def _handle_ready(self, n: SimNode, raw: RawNode) -> None:
-        rd = raw.ready()
-        self.trace.add(self.now, n.id, "ready", rd)
-        if rd.entries:
-            prev = raw.term_at(rd.entries[0].index - 1)
-            inv.check_appended(self.ghost, n.id, rd.entries, prev)
-        n.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync)
-        if rd.snapshot is not None:
-            self._install(n, rd.snapshot)
-        for m in rd.messages:
-            self._send(n, m)
-        for e in rd.committed_entries:
-            self._apply(n, e)
-        for rs in rd.read_states:
-            self._read_state(n, rs)
-        raw.advance(rd)
-        if n.waiting_reads:
-            self._serve_reads(n)
-
-    def _send(self, n: SimNode, m: Message) -> None:
-        dst = self.nodes.get(m.dst)
-        if dst is None:
-            raise inv.violation("routing", f"message to unknown node: {m!r}")
-        payload, delays = self.network.transmit(m)
-        for d in delays:
-            self._push(self.now + d, DELIVER, (m.dst, dst.incarnation), (m.src, payload, m))
-        if self.params.report_unreachable and (
-            dst.raw is None or (m.src, m.dst) in self.network.cut_links
-        ):
-            n.unreachable.add(m.dst)
-
-    def _apply(self, n: SimNode, e: Entry) -> None:
-        inv.check_applied(self.ghost, n.id, e)
-        assert n.sm is not None
-        n.sm.apply(e)
-        if e.kind is EntryKind.CONF_CHANGE and e.index > self._conf_upto:
-            self._conf_applied(e)
-        ops = n.writes.pop(e.index, None)
-        if ops:
-            for op in ops:
-                self._resolve_write(op, e.data)
-
-    def _install(self, n: SimNode, snap: Snapshot) -> None:
-        """A leader's snapshot replaced the log: the state machine adopts it."""
-        self._adopt(n, snap)
-        self.stats["snapshots_installed"] += 1
-        self.trace.add(self.now, n.id, "installed snapshot", f"at {snap.meta.index}")
-
-    def _adopt(self, n: SimNode, snap: Snapshot) -> None:
-        sm = Register.restore(snap.data)
-        index = snap.meta.index
-        if sm.applied != index:
-            raise inv.violation(
-                "snapshot", f"{n.id}: snapshot at {index} holds state as of {sm.applied}"
-            )
-        inv.check_restored(self.ghost, n.id, index, sm.commands)
-        n.sm = sm
-        n.last_snap = index
-        if n.writes:  # writes whose index the snapshot covers: its content decides
-            content = dict(sm.commands)
-            for i in sorted(i for i in n.writes if i <= index):
-                for op in n.writes.pop(i):
-                    self._resolve_write(op, content.get(i, b""))
-
-    def _maybe_snapshot(self, n: SimNode, raw: RawNode) -> None:
-        sm = n.sm
-        assert sm is not None
-        if sm.applied - n.last_snap < self.params.snapshot_every:
-            return
-        st = raw.status()
-        if st.applied != sm.applied:
-            raise inv.violation(
-                "applied", f"{n.id} core says applied {st.applied}, state machine {sm.applied}"
-            )
-        snap = raw.create_snapshot(sm.applied, sm.snapshot_bytes())
-        meta = snap.meta
-        if meta.index != sm.applied or meta.term != raw.term_at(meta.index) or meta.conf != st.conf:
-            raise inv.violation(
-                "snapshot", f"{n.id} took {describe_snapshot_meta(meta)} at applied {sm.applied}"
-            )
-        n.storage.save_snapshot(snap)
-        n.last_snap = meta.index
-        self.stats["snapshots_taken"] += 1
-        self.trace.add(self.now, n.id, "snapshot", describe_snapshot_meta(meta))
-
-    def _conf_applied(self, e: Entry) -> None:
+    def conf_applied(self, e: Entry) -> None:
         """The first application of a membership change anywhere makes it the
-        cluster's configuration (applied means committed, so all will agree)."""
+        cluster's configuration (applied means committed, so all will agree; and
+        first applications happen in index order, since each node applies in order)."""
+        if e.index <= self._conf_upto:
+            return
         self._conf_upto = e.index
         cc = ConfChange.decode(e.data)
         self.conf = self.conf.apply(cc)
@@ -413,6 +281,25 @@ class Cluster:
             del self.removed[cc.node]
             self._push(self.now, FRESH, cc.node, None)
 
+    def resolve_write(self, op: Op, data: bytes) -> None:
+        """The node ``op`` was proposed to applied ``data`` at ``op.index``."""
+        if op.outcome != PENDING:
+            return
+        if data != op.key:
+            self.clients[op.client].finish(self, op, FAIL)
+            return
+        inv.check_write_ack(op.key, op.index, op.acked_before)
+        h = self.history
+        h.acked.append(op)
+        h.max_acked_index = max(h.max_acked_index, op.index)
+        self.clients[op.client].finish(self, op, OK)
+
+    def complete_read(self, op: Op, result: frozenset[bytes]) -> None:
+        h = self.history
+        acked = (w.key for w in h.acked[: op.acked_before])
+        inv.check_read(op.key, result, acked, h.proposed)
+        self.clients[op.client].finish(self, op, OK)
+
     # ---- clients -------------------------------------------------------------------
 
     def _add_client(self, config: ClientConfig) -> Client:
@@ -425,65 +312,14 @@ class Cluster:
         self._push(at, CLIENT, client.cid, None)
 
     def client_propose(self, nid: NodeId, op: Op) -> Index:
-        n = self.nodes[nid]
-        if n.raw is None:
-            raise NodeDown(f"{nid} is down")
-        index = n.raw.propose(op.key)
-        op.index, op.node = index, nid
-        n.writes.setdefault(index, []).append(op)
-        self.trace.add(self.now, nid, f"client {op.client} proposed {op.key!r} at {index}")
-        self.drain_and_check(nid)
-        return index
+        return self.nodes[nid].propose(op)
 
     def client_read(self, nid: NodeId, op: Op) -> None:
-        n = self.nodes[nid]
-        if n.raw is None:
-            raise NodeDown(f"{nid} is down")
-        n.raw.read_index(op.key)
-        op.node = nid
-        n.reads[op.key] = op
-        self.trace.add(self.now, nid, f"client {op.client} read {op.key!r}")
-        self.drain_and_check(nid)
-
-    def _read_state(self, n: SimNode, rs: ReadState) -> None:
-        op = n.reads.pop(rs.ctx, None)
-        if op is not None:
-            n.waiting_reads.append((rs.index, op))
-
-    def _serve_reads(self, n: SimNode) -> None:
-        """Reads whose index the state machine has reached return its state."""
-        sm = n.sm
-        assert sm is not None
-        ready = [(i, op) for i, op in n.waiting_reads if i <= sm.applied]
-        if not ready:
-            return
-        n.waiting_reads = [(i, op) for i, op in n.waiting_reads if i > sm.applied]
-        result = frozenset(d for _, d in sm.commands)
-        h = self.history
-        for i, op in ready:
-            if op.outcome != PENDING:
-                continue
-            acked = (w.key for w in h.acked[: op.acked_before])
-            inv.check_read(op.key, result, acked, h.proposed)
-            op.index = i
-            self.clients[op.client].finish(self, op, OK)
-
-    def _resolve_write(self, op: Op, data: bytes) -> None:
-        if op.outcome != PENDING:
-            return
-        if data != op.key:
-            self.clients[op.client].finish(self, op, FAIL)
-            return
-        inv.check_write_ack(op.key, op.index, op.acked_before)
-        h = self.history
-        h.acked.append(op)
-        h.max_acked_index = max(h.max_acked_index, op.index)
-        self.clients[op.client].finish(self, op, OK)
+        self.nodes[nid].read(op)
 
     def _on_complete(self, op: Op) -> None:
-        self.trace.add(
-            self.now, op.node or "-", f"client {op.client} {op.kind} {op.key!r}", op.outcome
-        )
+        text = f"client {op.client} {op.kind} {op.key!r} at {op.index}"
+        self.trace.add(self.now, op.node or "-", text, op.outcome)
         if op.client in self._probes and op.outcome == OK:
             self._probes[op.client] = True
             self.clients[op.client].stopped = True
@@ -513,20 +349,12 @@ class Cluster:
             return
         lose = self.params.lose_unsynced
         self.note("nemesis", f"crash {nid}{' (losing unsynced writes)' if lose else ''}")
-        self._kill(n)
+        n.kill()
         self.stats["crashes"] += 1
         if lose:
             n.storage = n.storage.crash()
         if down_ms:
             self._push(self.now + down_ms, RESTART, nid, n.incarnation)
-
-    def _kill(self, n: SimNode) -> None:
-        n.raw = None
-        n.sm = None
-        n.incarnation += 1
-        n.waiting_reads = []
-        n.reads = {}
-        self.ghost.forget_lifetime(n.id)
 
     def restart(self, nid: NodeId) -> None:
         n = self.nodes[nid]
@@ -539,17 +367,8 @@ class Cluster:
         self._start(n, restored, random.Random(self._rng.getrandbits(64)))
 
     def _start(self, n: SimNode, restored: Restored, rng: random.Random) -> None:
-        """Bring a node up from what its storage holds, as a fresh process would."""
-        snap = restored.snapshot
-        cfg = replace(BASE_CONFIG, id=n.id, applied=snap.meta.index)
-        n.raw = RawNode(cfg, restored, rng, trace=self._sink)
-        n.incarnation += 1
-        self._adopt(n, snap)
+        n.start(restored, rng, BASE_CONFIG)
         self._push(self.now + self._rng.randint(1, TICK_MS), TICK, n.id, n.incarnation)
-        self.drain_and_check(n.id)
-
-    def _sink(self, line: str) -> None:
-        self.trace.add(self.now, "", line)
 
     def partition(self, groups: list[list[NodeId]], ms: int) -> None:
         pid = self.network.split(groups)
@@ -634,82 +453,9 @@ class Cluster:
         return dict(self.stats) | {
             "events": self.events,
             "virtual_ms": self.now,
-            "faults": self.faults,
             "writes_ok": len(self.history.acked),
             "reads_ok": sum(1 for op in ops if op.kind == "read" and op.outcome == OK),
             "ops": len(ops),
             "max_commit": self.ghost.max_commit,
             "msgs": self.network.sent,
         }
-
-
-@dataclass(slots=True)
-class RunResult:
-    """Outcome of one seed. ``report`` is the printable failure report (or "")."""
-
-    seed: int
-    nodes: int
-    steps: int
-    ok: bool
-    events: int
-    invariant: str = ""
-    message: str = ""
-    report: str = ""
-    summary: dict[str, int] = field(default_factory=dict)
-    trace: list[str] = field(default_factory=list)
-
-
-def run_seed(
-    seed: int,
-    nodes: int = 3,
-    steps: int = 3000,
-    scenario: Scenario | None = None,
-    keep_trace: bool = False,
-    trace_lines: int = 200,
-) -> RunResult:
-    """Run one seed and judge it. Any exception escaping the core is a failure too."""
-    trace = Trace(trace_lines, keep_all=keep_trace)
-    cluster: Cluster | None = None
-    try:
-        cluster = Cluster(seed, nodes, scenario, trace)
-        cluster.run(steps)
-    except InvariantViolation as exc:
-        name = getattr(exc, "invariant", "invariant")
-        return _failed(seed, nodes, steps, cluster, trace, name, str(exc), keep_trace)
-    except Exception as exc:  # a crash of the core (or of the simulator) is a bug too
-        detail = "".join(traceback.format_exception(exc)[-6:])
-        return _failed(seed, nodes, steps, cluster, trace, "exception", detail, keep_trace)
-    return RunResult(
-        seed,
-        nodes,
-        steps,
-        True,
-        cluster.events,
-        summary=cluster.summary(),
-        trace=trace.full() if keep_trace else [],
-    )
-
-
-def _failed(
-    seed: int,
-    nodes: int,
-    steps: int,
-    cluster: Cluster | None,
-    trace: Trace,
-    name: str,
-    message: str,
-    keep_trace: bool,
-) -> RunResult:
-    lines = trace.lines()
-    return RunResult(
-        seed,
-        nodes,
-        steps,
-        False,
-        cluster.events if cluster is not None else 0,
-        invariant=name,
-        message=message,
-        report=failure_report(seed, nodes, steps, name, message, lines),
-        summary=cluster.summary() if cluster is not None else {},
-        trace=trace.full() if keep_trace else [],
-    )

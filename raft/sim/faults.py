@@ -214,7 +214,7 @@ class Nemesis:
         if raw is not None and leader is not None and to in self.c.conf.voters and to != leader:
             self.c.note("nemesis", f"transfer leadership {leader} -> {to}")
             raw.transfer_leader(to)
-            self.c.drain_and_check(leader)
+            self.c.nodes[leader].drain_and_check()
 
     def _membership(self, kind: str, leader: NodeId | None, pick: int) -> None:
         """Propose ``kind`` (or, if it does not apply now, the next membership change
@@ -237,7 +237,7 @@ class Nemesis:
             c.note("nemesis", f"{k} {target} refused: {exc}")
             return
         c.note("nemesis", f"{k}: proposed {cc_kind.name} {target} at {index} via {leader}")
-        c.drain_and_check(leader)
+        c.nodes[leader].drain_and_check()
 
     def _candidates(self, kind: str, leader: NodeId) -> tuple[list[NodeId], ConfChangeKind]:
         """Targets for which ``kind`` is allowed now (see the module docstring)."""

@@ -19,14 +19,19 @@ from raft.messages import MESSAGE_TYPES
 _Record = tuple[int, str, str, Any]
 
 
+def _one_line(text: str) -> str:
+    """Fold a multi-line ``describe_ready`` into ``A: x, y | B: z``."""
+    return text.replace(":\n  ", ": ").replace("\n  ", ", ").replace("\n", " | ")
+
+
 def _render(rec: _Record) -> str:
     now, who, verb, obj = rec
     if obj is None:
         text = verb
     elif isinstance(obj, str):
         text = f"{verb} {obj}" if verb else obj
-    elif isinstance(obj, Ready):
-        text = f"{verb} {describe_ready(obj)}"
+    elif isinstance(obj, Ready):  # one line per event: fold describe_ready's sections
+        text = f"{verb} " + _one_line(describe_ready(obj))
     elif isinstance(obj, MESSAGE_TYPES):
         text = f"{verb} {describe_message(obj)}"  # type: ignore[arg-type]
     else:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no stubs upstream
 
 from raft.errors import InvariantViolation, ProposalDropped
 from raft.types import Entry, EntryKind, Index, NodeId
