@@ -504,11 +504,11 @@ class PeerTransport:
         elif node not in self._links:
             reason = f"unknown node id {node!r} (known peers: {', '.join(sorted(self._links))})"
         else:
+            writer.write(_pack_hello("ok"))
+            await writer.drain()
             if (old := self._inbound.get(node)) is not None:
                 old.close()  # the peer redialed; its old connection is dead or dying
             self._inbound[node] = writer
-            writer.write(_pack_hello("ok"))
-            await writer.drain()
             log.debug("%s: accepted %s from %s", self.node_id, node, remote)
             return node
         self._stats["rejected"] += 1
