@@ -193,8 +193,7 @@ class Raft:
         self._reset(self.term)
         self.lead = self.id
         self.role = Role.LEADER
-        for pr in self.prs.values():
-            pr.become_probe()
+        # _reset left every follower probing from our last index + 1 (Figure 2).
         self.prs[self.id].become_replicate()
         # The no-op commits every earlier entry once it commits (§5.4.2), and gates
         # membership changes until this leader has committed in its own term.
@@ -490,7 +489,9 @@ class Raft:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
             self._append_dirty = True  # one broadcast of the new commit per batch
-        if was_paused:
+        if was_paused and not self._append_dirty:
+            # A paused follower missed commit updates; the pending broadcast (if any)
+            # tells it anyway, so send now only when none is due.
             self._send_all_appends(m.src)
         else:
             while self._maybe_send_append(m.src, send_if_empty=False):
@@ -626,7 +627,10 @@ class Raft:
             return
         self._incoming = None
         self._restore(Snapshot(meta=m.meta, data=bytes(inc[1])))
-        self._send(AppendResp(src=self.id, dst=m.src, term=self.term, index=self.log.last_index))
+        # Acknowledge only what is known to match the leader: the commit index (the
+        # snapshot index after a restore). Entries past it were never checked against
+        # the leader's log, so claiming them could commit a divergent tail.
+        self._send(AppendResp(src=self.id, dst=m.src, term=self.term, index=self.log.committed))
 
     def _restore(self, snap: Snapshot) -> None:
         """Adopt a leader's snapshot unless our log already covers it (§5.1)."""
