@@ -1,0 +1,138 @@
+"""Composition root of one node process: config → storage → engine → transport → server.
+
+``kv node --config cluster.toml --id n1`` calls :func:`main`. The node logs to
+``<data_dir>/node.log``, writes ``<data_dir>/node.pid`` while it runs, shuts down
+cleanly on SIGTERM/SIGINT, and on the next start recovers everything from its data
+directory (a founding member bootstraps the cluster membership only when that
+directory is empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvstore.config import ClusterConfig, Fsync, NodeConfig, load_config
+from kvstore.server import ClientServer
+from kvstore.state_machine import KVStateMachine
+from raft.runtime.node import RaftEngine
+from raft.runtime.transport import PeerTransport
+from raft.storage.disk import DiskStorage
+
+log = logging.getLogger(__name__)
+
+PID_FILE = "node.pid"
+LOG_FILE = "node.log"
+
+
+def pid_path(node: NodeConfig) -> Path:
+    return node.data_dir / PID_FILE
+
+
+def log_path(node: NodeConfig) -> Path:
+    return node.data_dir / LOG_FILE
+
+
+@dataclass
+class RunningNode:
+    """The parts of a started node, for orderly shutdown."""
+
+    engine: RaftEngine
+    transport: PeerTransport
+    server: ClientServer
+
+    async def close(self) -> None:
+        await self.server.close()
+        await self.transport.close()
+        await self.engine.close()
+
+
+async def start_node(cfg: ClusterConfig, node_id: str) -> RunningNode:
+    """Build and start every layer of ``node_id``; the caller owns shutdown."""
+    me = cfg.node(node_id)
+    me.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = DiskStorage(me.data_dir / "raft")
+    sm = KVStateMachine()
+    engine = RaftEngine(
+        config=cfg.raft.core_config(node_id),
+        storage=storage,
+        state_machine=sm,
+        bootstrap_voters=frozenset(n.id for n in cfg.nodes),
+        tick_seconds=cfg.raft.tick_ms / 1000,
+        snapshot_threshold=cfg.raft.snapshot_threshold,
+        sync_writes=cfg.raft.fsync is Fsync.ALWAYS,
+    )
+    transport = PeerTransport(
+        node_id,
+        cfg.id,
+        me.peer_address,
+        cfg.peer_addresses(node_id),
+        engine.deliver,
+        engine.unreachable,
+        rng=random.Random(),
+        max_frame_bytes=cfg.raft.max_frame_bytes,
+        queue_limit=cfg.raft.peer_queue_limit,
+    )
+    engine.attach(transport)
+    engine.start()
+    await transport.start()
+    server = ClientServer(
+        engine,
+        sm,
+        node_id,
+        {n.id: str(n.client_address) for n in cfg.nodes},
+        cfg.client,
+        request_timeout=max(2.0, 20 * cfg.raft.election_ticks * cfg.raft.tick_ms / 1000),
+    )
+    await server.start(me.client_address.host, me.client_address.port)
+    return RunningNode(engine, transport, server)
+
+
+async def serve(cfg: ClusterConfig, node_id: str) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or a fatal engine error (exit 1)."""
+    node = await start_node(cfg, node_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    failed = loop.create_task(node.engine.wait_failed())
+    stopping = loop.create_task(stop.wait())
+    log.info("%s: serving (pid %d)", node_id, os.getpid())
+    await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if failed.done():
+        log.critical("%s: raft loop failed, stopping: %r", node_id, failed.result())
+        code = 1
+    else:
+        log.info("%s: shutting down on signal", node_id)
+    failed.cancel()
+    stopping.cancel()
+    await node.close()
+    log.info("%s: stopped", node_id)
+    return code
+
+
+def main(config_path: Path, node_id: str, *, log_level: str = "INFO") -> int:
+    """Entry point of ``kv node``: load and validate config, log to the data dir, run."""
+    cfg = load_config(config_path)
+    me = cfg.node(node_id)
+    me.data_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        filename=log_path(me),
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    pid_file = pid_path(me)
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        return asyncio.run(serve(cfg, node_id))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
