@@ -1,0 +1,742 @@
+"""Client library: leader discovery, pipelining, retries, exactly-once writes.
+
+Theory of operation. :class:`AsyncClient` keeps at most one connection per node and
+pipelines every request over it: each request gets a fresh id and a future, one reader
+task per connection resolves futures as responses arrive, in any order
+(docs/PROTOCOL.md §3). Each public call runs a retry loop until its ``deadline``:
+
+- it goes to the cached leader, else the next endpoint in turn;
+- NOT_LEADER with an address switches to that node at once and caches it (redirect,
+  not forwarding: §6);
+- UNAVAILABLE, TIMEOUT, INTERNAL, a lost connection or an attempt that outlives
+  ``timeout`` back off exponentially with jitter and try again, on another node if the
+  one tried seems gone.
+
+Writes carry a session (§7): a random 16-byte client id, a ``seq`` per write that every
+retry of that write reuses, and ``ack``, the highest seq below which every write has
+finished. The state machine answers a duplicate seq from its session table, so a write
+retried after a leader change applies once. A write that gave up after any attempt
+whose fate is unknown raises :class:`Indeterminate`, never :class:`Unavailable`: callers
+(and the linearizability checker) must be able to tell "may have happened" from "did
+not happen".
+
+:class:`Client` is the same API, synchronous, running an AsyncClient on a private event
+loop in a background thread (for the CLI and scripts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from raft.errors import CodecError
+from raft.framing import FrameDecoder, encode_frame
+
+from . import protocol as p
+from .protocol import Code, Consistency, KeyValue, Limits, ProtocolError
+
+__all__ = [
+    "AsyncClient",
+    "BadRequest",
+    "Client",
+    "ClientError",
+    "CompareFailed",
+    "Indeterminate",
+    "KeyValue",
+    "NodeStatus",
+    "NotFound",
+    "ScanResult",
+    "SessionExpired",
+    "TooLarge",
+    "Unavailable",
+    "WriteResult",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+KeyLike = bytes | str
+
+# ---- results and errors --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """An applied put, delete or cas: the store revision it produced and the key's
+    previous value (None if it was absent)."""
+
+    revision: int
+    prev: KeyValue | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """One page of a scan; ``more`` means keys were left out (limit or frame size):
+    continue from ``kvs[-1].key + b"\\x00"``."""
+
+    kvs: tuple[KeyValue, ...]
+    more: bool
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node: str
+    role: str
+    term: int
+    leader: str | None
+    leader_addr: str | None
+    commit: int
+    applied: int
+
+
+class ClientError(Exception):
+    """Base of every error this library raises on purpose."""
+
+
+class NotFound(ClientError):
+    """The key does not exist (definite)."""
+
+
+class CompareFailed(ClientError):
+    """A cas expectation did not hold; nothing was written (definite). ``current`` is
+    what the key held when the cas was applied."""
+
+    def __init__(self, current: KeyValue | None, revision: int) -> None:
+        super().__init__(f"compare failed (current version {current and current.version})")
+        self.current = current
+        self.revision = revision
+
+
+class Unavailable(ClientError):
+    """No node could serve the request before the deadline. For a write: it certainly
+    was not applied (every attempt was refused before entering the log)."""
+
+
+class Indeterminate(ClientError):
+    """The write may or may not have been applied (an attempt timed out or its
+    connection died after sending). Deliberately not a subclass of Unavailable."""
+
+
+class SessionExpired(ClientError):
+    """The write's session had expired; it was not applied (definite). The client has
+    already started a new session for later writes."""
+
+
+class BadRequest(ClientError):
+    """The server rejected the request as malformed: a client bug, retrying won't help."""
+
+
+class TooLarge(BadRequest):
+    """Key or value over the limit the server announced."""
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth retrying. ``indefinite``: the request was sent
+    and its outcome is unknown."""
+
+    def __init__(self, reason: str, *, indefinite: bool, node_gone: bool = False) -> None:
+        super().__init__(reason)
+        self.indefinite = indefinite
+        self.node_gone = node_gone
+
+
+# ---- one connection ------------------------------------------------------------------
+
+
+class _Connection:
+    """A handshaken connection to one node, pipelining requests by id."""
+
+    def __init__(
+        self,
+        addr: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        hello: p.HelloOk,
+    ) -> None:
+        self.addr = addr
+        self.hello = hello
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder(hello.limits.max_frame_bytes)
+        self._pending: dict[int, tuple[p.Op, asyncio.Future[p.Response]]] = {}
+        self._next_id = 1
+        self.closed = False
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @classmethod
+    async def open(cls, addr: str, timeout: float) -> _Connection:
+        host, port = _split_address(addr)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(encode_frame(p.encode_hello(p.Hello())))
+                decoder = FrameDecoder(64 << 10)
+                while (frame := decoder.next_frame()) is None:
+                    chunk = await reader.read(64 << 10)
+                    if not chunk:
+                        raise ConnectionError(f"{addr} closed during handshake")
+                    decoder.feed(chunk)
+                reply = p.decode_hello_reply(frame)
+            except BaseException:
+                writer.close()
+                raise
+        if isinstance(reply, p.ErrorResponse):
+            writer.close()
+            raise ConnectionError(f"{addr} refused the handshake: {reply.code} {reply.message}")
+        return cls(addr, reader, writer, reply)
+
+    async def request(self, build: Callable[[int], p.Request], timeout: float) -> p.Response:
+        """Send one request and wait for its response. Raises _Retry; ``indefinite``
+        is set once the bytes may have left."""
+        if self.closed:
+            raise _Retry(f"connection to {self.addr} closed", indefinite=False, node_gone=True)
+        rid = self._next_id
+        self._next_id += 1
+        req = build(rid)
+        fut: asyncio.Future[p.Response] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (p.op_of(req), fut)
+        try:
+            self._writer.write(encode_frame(p.encode_request(req)))
+            async with asyncio.timeout(timeout):
+                await self._writer.drain()
+                return await fut
+        except TimeoutError:
+            raise _Retry(f"no response from {self.addr} in {timeout}s", indefinite=True) from None
+        except (ConnectionError, _ConnectionLost) as exc:
+            raise _Retry(str(exc), indefinite=True, node_gone=True) from None
+        finally:
+            self._pending.pop(rid, None)
+
+    def _op_for(self, rid: int) -> p.Op | None:
+        entry = self._pending.get(rid)
+        return None if entry is None else entry[0]
+
+    async def _read_loop(self) -> None:
+        reason = "connection closed by server"
+        try:
+            while chunk := await self._reader.read(256 << 10):
+                self._decoder.feed(chunk)
+                for frame in self._decoder.frames():
+                    resp = p.decode_response(frame, self._op_for, self.hello.limits)
+                    if resp is None:
+                        continue  # late answer to an attempt we abandoned
+                    if resp.id is None:
+                        assert isinstance(resp, p.ErrorResponse)
+                        reason = f"server closing connection: {resp.code} {resp.message}"
+                        continue
+                    _, fut = self._pending.pop(resp.id)
+                    if not fut.done():
+                        fut.set_result(resp)
+        except (ProtocolError, CodecError) as exc:
+            reason = f"protocol violation by {self.addr}: {exc}"
+            log.warning("%s", reason)
+        except OSError as exc:
+            reason = f"connection to {self.addr} lost: {exc}"
+        finally:
+            self._fail_all(reason)
+
+    def _fail_all(self, reason: str) -> None:
+        self.closed = True
+        self._writer.close()
+        for _, fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(_ConnectionLost(reason))
+        self._pending.clear()
+
+    async def close(self) -> None:
+        self.closed = True
+        self._writer.close()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+def _split_address(addr: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[v6]:port"`` too) → (host, port); ValueError otherwise."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"endpoint {addr!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+# ---- sessions ------------------------------------------------------------------------
+
+
+class _Session:
+    """Seq numbering for one client id. Invariant: every seq in ``_open`` is > ``ack``.
+
+    The state machine opens a session only on ``seq == 1`` (kvstore/state_machine.py):
+    were seq 2 to arrive first, it would be refused as SESSION_EXPIRED. So seq 1 goes
+    alone, and later writes wait until it has finished before they are sent."""
+
+    def __init__(self, client_id: bytes) -> None:
+        self.client_id = client_id
+        self._next_seq = 1
+        self._open: set[int] = set()
+        self._opened = asyncio.Event()
+
+    def begin(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        self._open.add(seq)
+        return seq
+
+    async def wait_opened(self) -> None:
+        await self._opened.wait()
+
+    def finish(self, seq: int) -> None:
+        """The write is over (answered, or given up for good): it may be acknowledged,
+        since it will never be retried."""
+        self._open.discard(seq)
+        if seq == 1:
+            self._opened.set()
+
+    @property
+    def ack(self) -> int:
+        return (min(self._open) if self._open else self._next_seq) - 1
+
+    def header(self, seq: int) -> p.Session:
+        return p.Session(client=self.client_id, seq=seq, ack=self.ack)
+
+
+# ---- the client ----------------------------------------------------------------------
+
+
+def _key(k: KeyLike) -> bytes:
+    return k.encode() if isinstance(k, str) else k
+
+
+class AsyncClient:
+    """Asyncio client for a raftkv cluster. Safe to share between tasks of one loop.
+
+    ``timeout`` bounds one attempt (connect + request); ``deadline`` bounds a whole call
+    including retries. ``client_id`` (16 bytes) names the write session; random by
+    default -- pass one only to resume a session you know is still open."""
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        *,
+        timeout: float = 5.0,
+        deadline: float = 30.0,
+        client_id: bytes | None = None,
+        backoff_base: float = 0.02,
+        backoff_cap: float = 1.0,
+        max_writes_in_flight: int = 1000,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("need at least one endpoint")
+        for e in endpoints:
+            _split_address(e)  # fail now on a typo, not at the deadline
+        if client_id is not None and len(client_id) != p.CLIENT_ID_BYTES:
+            raise ValueError(f"client_id must be {p.CLIENT_ID_BYTES} bytes")
+        self._endpoints = list(endpoints)
+        self._timeout = timeout
+        self._deadline = deadline
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._rng = rng or random.Random()
+        self._session = _Session(client_id or os.urandom(p.CLIENT_ID_BYTES))
+        # The state machine keeps 1024 results per session; more writes in flight could
+        # make it forget one whose retry then comes back STALE_SEQ (indefinite).
+        self._write_slots = asyncio.Semaphore(max_writes_in_flight)
+        self._conns: dict[str, asyncio.Task[_Connection]] = {}
+        self._leader: str | None = None
+        self._next_endpoint = 0
+        self._closed = False
+
+    @property
+    def client_id(self) -> bytes:
+        return self._session.client_id
+
+    @property
+    def leader(self) -> str | None:
+        """The cached leader address, if any."""
+        return self._leader
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- public operations -----------------------------------------------------------
+
+    async def get(self, key: KeyLike, *, consistency: str = "linearizable") -> KeyValue:
+        """The key's current value; raises NotFound."""
+        k, c = _key(key), Consistency(consistency)
+        resp = await self._call(
+            lambda rid: p.Get(id=rid, key=k, consistency=c),
+            None,
+            leader_only=c is Consistency.LINEARIZABLE,
+        )
+        assert isinstance(resp, p.GetResponse)
+        return resp.kv
+
+    async def scan(
+        self,
+        prefix: KeyLike | None = None,
+        *,
+        start: KeyLike | None = None,
+        end: KeyLike | None = None,
+        limit: int | None = None,
+        consistency: str = "linearizable",
+    ) -> ScanResult:
+        """One page of keys: those starting with ``prefix``, or in ``[start, end)``
+        (``end=None``: no upper bound)."""
+        if prefix is not None and (start is not None or end is not None):
+            raise ValueError("give prefix or start/end, not both")
+        if prefix is not None:
+            s, e = _key(prefix), p.prefix_end(_key(prefix))
+        else:
+            s, e = _key(start or b""), None if end is None else _key(end)
+        c = Consistency(consistency)
+        resp = await self._call(
+            lambda rid: p.Scan(id=rid, start=s, end=e, limit=limit, consistency=c),
+            None,
+            leader_only=c is Consistency.LINEARIZABLE,
+        )
+        assert isinstance(resp, p.ScanResponse)
+        return ScanResult(resp.kvs, resp.more, resp.revision)
+
+    async def put(self, key: KeyLike, value: KeyLike) -> WriteResult:
+        k, v = _key(key), _key(value)
+        return await self._write(lambda rid, s: p.Put(id=rid, key=k, value=v, session=s))
+
+    async def delete(self, key: KeyLike) -> WriteResult:
+        """Remove the key; raises NotFound if it was absent."""
+        k = _key(key)
+        return await self._write(lambda rid, s: p.Delete(id=rid, key=k, session=s))
+
+    async def cas(
+        self,
+        key: KeyLike,
+        *,
+        new_value: KeyLike,
+        expected_value: KeyLike | None = None,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        """Set ``key`` to ``new_value`` iff the expectations hold (``expected_version=0``:
+        the key must not exist); raises CompareFailed otherwise."""
+        if expected_value is None and expected_version is None:
+            raise ValueError("cas needs expected_value and/or expected_version")
+        k, nv = _key(key), _key(new_value)
+        ev = None if expected_value is None else _key(expected_value)
+        return await self._write(
+            lambda rid, s: p.Cas(
+                id=rid,
+                key=k,
+                new_value=nv,
+                session=s,
+                expected_value=ev,
+                expected_version=expected_version,
+            )
+        )
+
+    async def status(self, endpoint: str | None = None) -> NodeStatus:
+        """One node's view of the cluster (``endpoint``, or whichever node answers)."""
+        resp = await self._call(lambda rid: p.Status(id=rid), None, leader_only=False, pin=endpoint)
+        assert isinstance(resp, p.StatusResponse)
+        return NodeStatus(
+            resp.node,
+            resp.role,
+            resp.term,
+            resp.leader,
+            resp.leader_addr,
+            resp.commit,
+            resp.applied,
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        conns, self._conns = list(self._conns.values()), {}
+        for task in conns:
+            if not task.done():
+                task.cancel()
+            try:
+                conn = await task
+            except BaseException:
+                continue
+            await conn.close()
+
+    # ---- retry loop --------------------------------------------------------------------
+
+    async def _write(self, build: Callable[[int, p.Session], p.Request]) -> WriteResult:
+        async with self._write_slots:
+            return await self._write_in_slot(build)
+
+    async def _write_in_slot(self, build: Callable[[int, p.Session], p.Request]) -> WriteResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._deadline
+        renewed = False
+        while True:
+            session = self._session
+            seq = session.begin()
+            try:
+                if seq > 1:
+                    async with asyncio.timeout_at(deadline):
+                        await session.wait_opened()
+                resp = await self._call(
+                    functools.partial(_with_session, build, session, seq),
+                    session,
+                    deadline=deadline,
+                )
+            except TimeoutError:
+                raise Unavailable("gave up waiting for the session to open") from None
+            except SessionExpired:
+                # Definite: no attempt of this write can have been applied, so it is safe
+                # to send it again as a new write of the fresh session (once).
+                if renewed or loop.time() >= deadline:
+                    raise
+                renewed = True
+                continue
+            finally:
+                session.finish(seq)
+            break
+        if isinstance(resp, p.CompareFailedResponse):
+            raise CompareFailed(resp.current, resp.revision)
+        assert isinstance(resp, p.WriteResponse)
+        return WriteResult(resp.revision, resp.prev)
+
+    async def _call(
+        self,
+        build: Callable[[int], p.Request],
+        session: _Session | None,
+        *,
+        leader_only: bool = True,
+        pin: str | None = None,
+        deadline: float | None = None,
+    ) -> p.Response:
+        """Attempts until a final answer or the deadline. ``session`` marks a write;
+        ``leader_only`` requests succeed only at the leader, so success caches it."""
+        if self._closed:
+            raise ClientError("client is closed")
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self._deadline
+        indefinite = False  # some attempt of this write may have been applied
+        failures = redirects = 0
+        last = "no attempt made"
+        while (remaining := deadline - loop.time()) > 0:
+            if self._closed:
+                break
+            addr = pin or self._pick()
+            try:
+                resp = await self._attempt(addr, build, min(self._timeout, remaining))
+            except _Retry as exc:
+                last = f"{addr}: {exc}"
+                indefinite = indefinite or (session is not None and exc.indefinite)
+                if exc.node_gone:
+                    self._node_failed(addr)
+            else:
+                if not isinstance(resp, p.ErrorResponse):
+                    if leader_only:
+                        self._leader = addr
+                    return resp
+                self._raise_if_final(resp, session, indefinite)
+                last = f"{addr}: {resp.code} {resp.message}"
+                if resp.code in (Code.TIMEOUT, Code.INTERNAL):
+                    indefinite = indefinite or session is not None
+                elif resp.code is Code.NOT_LEADER:
+                    self._leader = resp.leader_addr
+                    if resp.leader_addr is None:
+                        self._next_endpoint += 1
+                    elif resp.leader_addr != addr and redirects < 3:
+                        redirects += 1
+                        continue  # follow the redirect at once
+                elif resp.code is Code.UNAVAILABLE:
+                    self._node_failed(addr)
+            failures += 1
+            await asyncio.sleep(min(self._backoff(failures), max(0.0, deadline - loop.time())))
+        if session is not None and indefinite:
+            raise Indeterminate(f"gave up; the write may have been applied ({last})")
+        if self._closed:
+            raise ClientError("client closed")
+        raise Unavailable(f"gave up after {self._deadline}s: {last}")
+
+    def _raise_if_final(
+        self, resp: p.ErrorResponse, session: _Session | None, indefinite: bool
+    ) -> None:
+        """Map a final error code to its exception; retryable codes return."""
+        match resp.code:
+            case Code.NOT_FOUND:
+                raise NotFound(resp.message)
+            case Code.TOO_LARGE:
+                raise TooLarge(resp.message)
+            case Code.BAD_REQUEST | Code.UNKNOWN_OP:
+                raise BadRequest(f"{resp.code}: {resp.message}")
+            case Code.SESSION_EXPIRED:
+                if session is not None and self._session is session:
+                    self._session = _Session(os.urandom(p.CLIENT_ID_BYTES))
+                if indefinite:
+                    raise Indeterminate(f"session expired after an unknown outcome: {resp.message}")
+                raise SessionExpired(resp.message)
+            case Code.STALE_SEQ:
+                # The session forgot this seq's result: retrying cannot tell us more.
+                raise Indeterminate(f"outcome forgotten by the server: {resp.message}")
+
+    async def _attempt(
+        self, addr: str, build: Callable[[int], p.Request], timeout: float
+    ) -> p.Response:
+        start = time.monotonic()
+        try:
+            conn = await self._connection(addr, timeout)
+        except (OSError, TimeoutError, ProtocolError, CodecError) as exc:
+            raise _Retry(f"cannot connect: {exc!r}", indefinite=False, node_gone=True) from None
+        req = build(0)
+        _check_limits(req, conn.hello.limits)
+        left = max(0.001, timeout - (time.monotonic() - start))
+        return await conn.request(build, left)
+
+    async def _connection(self, addr: str, timeout: float) -> _Connection:
+        """The pooled connection to ``addr``: concurrent callers share one dial."""
+        task = self._conns.get(addr)
+        if (
+            task is not None
+            and task.done()
+            and (task.cancelled() or task.exception() is not None or task.result().closed)
+        ):
+            task = None
+        if task is None:
+            task = asyncio.get_running_loop().create_task(_Connection.open(addr, timeout))
+            self._conns[addr] = task
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if self._conns.get(addr) is task and task.done():
+                del self._conns[addr]
+            raise
+
+    def _pick(self) -> str:
+        if self._leader is not None:
+            return self._leader
+        return self._endpoints[self._next_endpoint % len(self._endpoints)]
+
+    def _node_failed(self, addr: str) -> None:
+        if self._leader == addr:
+            self._leader = None
+        if self._endpoints[self._next_endpoint % len(self._endpoints)] == addr:
+            self._next_endpoint += 1
+
+    def _backoff(self, failures: int) -> float:
+        """Exponential backoff with "equal jitter": spreads retrying clients apart."""
+        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** min(failures, 30))
+        return float(ceiling * (0.5 + 0.5 * self._rng.random()))
+
+
+def _with_session(
+    build: Callable[[int, p.Session], p.Request], session: _Session, seq: int, rid: int
+) -> p.Request:
+    """The request for one attempt: the ack is recomputed, the seq never changes."""
+    return build(rid, session.header(seq))
+
+
+def _check_limits(req: p.Request, limits: Limits) -> None:
+    """Refuse locally what the server would refuse, so it fails the same way at rest and
+    under load (a definite error: nothing was sent)."""
+    keys = [getattr(req, "key", b"")]
+    values = [getattr(req, n, None) for n in ("value", "new_value", "expected_value")]
+    if any(len(k) > limits.max_key_bytes for k in keys):
+        raise TooLarge(f"key exceeds the server's limit of {limits.max_key_bytes} bytes")
+    if any(v is not None and len(v) > limits.max_value_bytes for v in values):
+        raise TooLarge(f"value exceeds the server's limit of {limits.max_value_bytes} bytes")
+
+
+# ---- synchronous facade ----------------------------------------------------------------
+
+
+class Client:
+    """Synchronous client: an AsyncClient on a private event loop in a daemon thread.
+    Same methods and errors as AsyncClient; safe to call from several threads."""
+
+    def __init__(self, endpoints: list[str], **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="raftkv-client", daemon=True
+        )
+        self._thread.start()
+        self._async = self._run(_make_async(endpoints, kwargs))
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def client_id(self) -> bytes:
+        return self._async.client_id
+
+    def get(self, key: KeyLike, *, consistency: str = "linearizable") -> KeyValue:
+        return self._run(self._async.get(key, consistency=consistency))
+
+    def scan(
+        self,
+        prefix: KeyLike | None = None,
+        *,
+        start: KeyLike | None = None,
+        end: KeyLike | None = None,
+        limit: int | None = None,
+        consistency: str = "linearizable",
+    ) -> ScanResult:
+        return self._run(
+            self._async.scan(prefix, start=start, end=end, limit=limit, consistency=consistency)
+        )
+
+    def put(self, key: KeyLike, value: KeyLike) -> WriteResult:
+        return self._run(self._async.put(key, value))
+
+    def delete(self, key: KeyLike) -> WriteResult:
+        return self._run(self._async.delete(key))
+
+    def cas(
+        self,
+        key: KeyLike,
+        *,
+        new_value: KeyLike,
+        expected_value: KeyLike | None = None,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        return self._run(
+            self._async.cas(
+                key,
+                new_value=new_value,
+                expected_value=expected_value,
+                expected_version=expected_version,
+            )
+        )
+
+    def status(self, endpoint: str | None = None) -> NodeStatus:
+        return self._run(self._async.status(endpoint))
+
+    def close(self) -> None:
+        if not self._loop.is_running():
+            return
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+async def _make_async(endpoints: list[str], kwargs: dict[str, Any]) -> AsyncClient:
+    return AsyncClient(endpoints, **kwargs)

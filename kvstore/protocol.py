@@ -1,0 +1,821 @@
+"""The client protocol's values and their msgpack encoding: the single gateway for
+client bytes (docs/PROTOCOL.md is the normative description; this module is its code).
+
+Theory of operation. After the 4-byte length prefix (raft.framing) every payload is one
+msgpack map with string keys. A connection opens with a hello exchange, then carries
+requests ``{"id", "op", ...}`` and responses ``{"id", "code", ...}``.
+
+Decoding trusts nothing: bytes either become a well-typed value or raise
+:class:`ProtocolError` carrying the error code the peer should get -- never another
+exception type, never an allocation beyond the unpack limits. Types are checked exactly
+(``True`` is not an int, a str is not bytes), integers lie in ``[0, 2**63)``, and
+unknown fields are rejected rather than ignored: a misspelt ``expected_version`` on a
+cas must not silently turn it into an unconditional write. Encoding trusts its input,
+which comes from our own server or client code.
+
+Nothing here touches a socket or a clock, so the server, the client and the fuzz tests
+share it unchanged (h11's sans-I/O split).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import msgpack  # type: ignore[import-untyped]  # no stubs upstream
+
+__all__ = [
+    "CLIENT_ID_BYTES",
+    "MAX_INT",
+    "PROTOCOL_NAME",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "Cas",
+    "Code",
+    "CompareFailedResponse",
+    "Consistency",
+    "Delete",
+    "ErrorResponse",
+    "Get",
+    "GetResponse",
+    "Hello",
+    "HelloOk",
+    "KeyValue",
+    "Limits",
+    "Op",
+    "ProtocolError",
+    "Put",
+    "Request",
+    "Response",
+    "Scan",
+    "ScanResponse",
+    "Session",
+    "Status",
+    "StatusResponse",
+    "WriteResponse",
+    "decode_hello",
+    "decode_hello_reply",
+    "decode_request",
+    "decode_response",
+    "encode_hello",
+    "encode_hello_reply",
+    "encode_request",
+    "encode_response",
+    "is_definite",
+    "prefix_end",
+]
+
+PROTOCOL_NAME = "raftkv"
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+CLIENT_ID_BYTES = 16
+MAX_INT = 1 << 63
+"""Exclusive upper bound of every integer on the wire (ids, seqs, revisions)."""
+
+_MAX_STR = 4096  # op names, consistency, node ids, addresses, error messages
+_MAX_MAP = 32  # the widest map in the protocol has 9 fields
+
+
+class Code(enum.StrEnum):
+    """Response codes. Whether a failure is definite depends on the op: see
+    :func:`is_definite`."""
+
+    OK = "OK"
+    NOT_FOUND = "NOT_FOUND"
+    COMPARE_FAILED = "COMPARE_FAILED"
+    NOT_LEADER = "NOT_LEADER"
+    UNAVAILABLE = "UNAVAILABLE"
+    TIMEOUT = "TIMEOUT"
+    SESSION_EXPIRED = "SESSION_EXPIRED"
+    STALE_SEQ = "STALE_SEQ"
+    BAD_REQUEST = "BAD_REQUEST"
+    UNKNOWN_OP = "UNKNOWN_OP"
+    TOO_LARGE = "TOO_LARGE"
+    INTERNAL = "INTERNAL"
+    UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
+
+
+class Op(enum.StrEnum):
+    GET = "get"
+    SCAN = "scan"
+    PUT = "put"
+    DELETE = "delete"
+    CAS = "cas"
+    STATUS = "status"
+
+
+WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
+
+_ALWAYS_DEFINITE = frozenset(
+    {
+        Code.OK,
+        Code.NOT_FOUND,
+        Code.COMPARE_FAILED,
+        Code.NOT_LEADER,
+        Code.UNAVAILABLE,
+        Code.SESSION_EXPIRED,
+        Code.BAD_REQUEST,
+        Code.UNKNOWN_OP,
+        Code.TOO_LARGE,
+        Code.UNSUPPORTED_VERSION,
+    }
+)
+
+
+def is_definite(code: Code, op: Op) -> bool:
+    """True when a write answered with ``code`` certainly did (OK, NOT_FOUND,
+    COMPARE_FAILED: it was applied and this is its outcome) or certainly did not happen.
+    TIMEOUT, INTERNAL and STALE_SEQ on a write may hide an applied command (Maelstrom's
+    rule: when in doubt, indefinite), and so may SESSION_EXPIRED on a retry, which this
+    function cannot see: it answers for a first attempt. Reads never change anything."""
+    return op not in WRITE_OPS or code in _ALWAYS_DEFINITE
+
+
+class Consistency(enum.StrEnum):
+    LINEARIZABLE = "linearizable"
+    SERIALIZABLE = "serializable"
+
+
+class ProtocolError(Exception):
+    """Input that is not a valid protocol value. ``code`` is what the peer gets back;
+    ``request_id`` is set when the request's id could be read, so the server can answer
+    that request instead of dropping the connection."""
+
+    def __init__(self, code: Code, message: str, request_id: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Sizes both sides must agree on; the server announces its own in the hello reply so
+    a client fails fast and the same way under load as at rest (REFERENCES, item 10)."""
+
+    max_frame_bytes: int = 4 << 20
+    max_key_bytes: int = 4096
+    max_value_bytes: int = 1 << 20
+    max_scan_limit: int = 1000
+
+    def __post_init__(self) -> None:
+        if min(self.max_frame_bytes, self.max_key_bytes, self.max_scan_limit) < 1:
+            raise ValueError("limits must be positive")
+        # A put of a maximal key and value plus envelope must fit in one frame.
+        if self.max_key_bytes + self.max_value_bytes + 512 > self.max_frame_bytes:
+            raise ValueError("max_frame_bytes too small for max_key_bytes + max_value_bytes")
+
+
+# ---- values ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyValue:
+    """One key's current version (etcd's mvccpb.KeyValue): ``version`` counts writes
+    since the key was (re)created; revisions are store-wide and only grow."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """Exactly-once bookkeeping (dissertation §6.3): ``seq`` numbers this client's
+    writes from 1; a retry reuses it; every seq <= ``ack`` has had its response."""
+
+    client: bytes
+    seq: int
+    ack: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Get:
+    id: int
+    key: bytes
+    consistency: Consistency = Consistency.LINEARIZABLE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scan:
+    """Keys in ``[start, end)`` in byte order; ``end=None`` means no upper bound."""
+
+    id: int
+    start: bytes
+    end: bytes | None = None
+    limit: int | None = None
+    consistency: Consistency = Consistency.LINEARIZABLE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Put:
+    id: int
+    key: bytes
+    value: bytes
+    session: Session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delete:
+    id: int
+    key: bytes
+    session: Session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cas:
+    """Write ``new_value`` iff every given expectation holds. ``expected_version=0``
+    means "the key does not exist"; giving neither expectation is a BAD_REQUEST."""
+
+    id: int
+    key: bytes
+    new_value: bytes
+    session: Session
+    expected_value: bytes | None = None
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    id: int
+
+
+Request = Get | Scan | Put | Delete | Cas | Status
+
+_OP_OF: dict[type, Op] = {
+    Get: Op.GET,
+    Scan: Op.SCAN,
+    Put: Op.PUT,
+    Delete: Op.DELETE,
+    Cas: Op.CAS,
+    Status: Op.STATUS,
+}
+
+
+def op_of(request: Request) -> Op:
+    return _OP_OF[type(request)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorResponse:
+    """Any failure but COMPARE_FAILED. ``id`` is None only for a connection-level error
+    sent just before the server closes. ``leader``/``leader_addr`` accompany NOT_LEADER
+    (and UNAVAILABLE never, by definition)."""
+
+    id: int | None
+    code: Code
+    message: str = ""
+    leader: str | None = None
+    leader_addr: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetResponse:
+    id: int
+    kv: KeyValue
+    revision: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanResponse:
+    id: int
+    kvs: tuple[KeyValue, ...]
+    more: bool
+    revision: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteResponse:
+    """A put, delete or cas that was applied: ``revision`` is the store revision after
+    it, ``prev`` the key's value before it (None if absent)."""
+
+    id: int
+    revision: int
+    prev: KeyValue | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompareFailedResponse:
+    """A cas whose expectation did not hold: nothing was written; ``current`` is what
+    the key held when the cas was applied (None if absent)."""
+
+    id: int
+    revision: int
+    current: KeyValue | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusResponse:
+    id: int
+    node: str
+    role: str
+    term: int
+    leader: str | None
+    leader_addr: str | None
+    commit: int
+    applied: int
+
+
+Response = (
+    ErrorResponse
+    | GetResponse
+    | ScanResponse
+    | WriteResponse
+    | CompareFailedResponse
+    | StatusResponse
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HelloOk:
+    version: int
+    node: str
+    leader: str | None
+    leader_addr: str | None
+    limits: Limits = field(default_factory=Limits)
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix`` (etcd's
+    GetPrefixRangeEnd), or None when there is none (empty or all-0xff prefix)."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return None
+    p[-1] += 1
+    return bytes(p)
+
+
+# ---- msgpack -----------------------------------------------------------------------
+
+Obj = Any  # what msgpack hands back: validated field by field before use
+
+
+def _reject_ext(code: int, data: bytes) -> NoReturn:
+    raise ProtocolError(Code.BAD_REQUEST, f"msgpack ext type {code} is not part of the protocol")
+
+
+def _unpack(data: bytes, *, max_bin: int, max_array: int) -> dict[str, Obj]:
+    """msgpack → a map with str keys, every size bounded, every failure a ProtocolError."""
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=False,
+            strict_map_key=True,
+            timestamp=0,
+            ext_hook=_reject_ext,
+            max_bin_len=max_bin,
+            max_str_len=_MAX_STR,
+            max_array_len=max_array,
+            max_map_len=_MAX_MAP,
+            max_ext_len=0,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, ...
+        raise ProtocolError(Code.BAD_REQUEST, f"malformed msgpack: {exc}") from exc
+    if type(obj) is not dict:
+        raise ProtocolError(Code.BAD_REQUEST, f"payload is a {type(obj).__name__}, not a map")
+    for k in obj:
+        if type(k) is not str:
+            raise ProtocolError(Code.BAD_REQUEST, "map keys must be strings")
+    return obj
+
+
+def _pack(obj: Obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+class _Fields:
+    """Typed access to one decoded map; every failure names the field and carries the
+    request id, so the server can answer instead of hanging up."""
+
+    def __init__(self, m: dict[str, Obj], allowed: frozenset[str], rid: int | None) -> None:
+        self.m = m
+        self.rid = rid
+        extra = m.keys() - allowed
+        if extra:
+            self.fail(Code.BAD_REQUEST, f"unknown field(s) {sorted(extra)}")
+
+    def fail(self, code: Code, message: str) -> NoReturn:
+        raise ProtocolError(code, message, self.rid)
+
+    def _get(self, name: str, optional: bool) -> Obj:
+        if name not in self.m:
+            if optional:
+                return None
+            self.fail(Code.BAD_REQUEST, f"missing field {name!r}")
+        return self.m[name]
+
+    def _bad(self, name: str, want: str, v: Obj) -> NoReturn:
+        self.fail(Code.BAD_REQUEST, f"field {name!r} must be {want}, got {type(v).__name__}")
+
+    def int_(self, name: str) -> int:
+        v = self._get(name, False)
+        if type(v) is not int or not 0 <= v < MAX_INT:
+            self._bad(name, "an integer in [0, 2**63)", v)
+        return v
+
+    def opt_int(self, name: str) -> int | None:
+        return None if self.m.get(name) is None else self.int_(name)
+
+    def bool_(self, name: str) -> bool:
+        v = self._get(name, False)
+        if type(v) is not bool:
+            self._bad(name, "a boolean", v)
+        return v
+
+    def bytes_(self, name: str) -> bytes:
+        v = self._get(name, False)
+        if type(v) is not bytes:
+            self._bad(name, "binary", v)
+        return v
+
+    def opt_bytes(self, name: str) -> bytes | None:
+        return None if self.m.get(name) is None else self.bytes_(name)
+
+    def str_(self, name: str) -> str:
+        v = self._get(name, False)
+        if type(v) is not str:
+            self._bad(name, "a string", v)
+        return v
+
+    def opt_str(self, name: str) -> str | None:
+        return None if self.m.get(name) is None else self.str_(name)
+
+    def map_(self, name: str) -> dict[str, Obj]:
+        v = self._get(name, False)
+        if type(v) is not dict or any(type(k) is not str for k in v):
+            self._bad(name, "a map with string keys", v)
+        return v
+
+    def opt_map(self, name: str) -> dict[str, Obj] | None:
+        return None if self.m.get(name) is None else self.map_(name)
+
+
+# ---- hello -------------------------------------------------------------------------
+
+_HELLO_FIELDS = frozenset({"hello", "version"})
+_HELLO_REPLY_FIELDS = frozenset(
+    {"hello", "version", "node", "leader", "leader_addr", "limits", "code", "message", "versions"}
+)
+_LIMIT_FIELDS = frozenset({"max_frame_bytes", "max_key_bytes", "max_value_bytes", "max_scan_limit"})
+
+
+def encode_hello(hello: Hello) -> bytes:
+    return _pack({"hello": PROTOCOL_NAME, "version": hello.version})
+
+
+def decode_hello(data: bytes) -> Hello:
+    """The client's first frame. Any version number decodes; the server decides whether
+    it speaks it (UNSUPPORTED_VERSION), so a newer client learns which versions exist."""
+    f = _Fields(_unpack(data, max_bin=0, max_array=0), _HELLO_FIELDS, None)
+    if f.str_("hello") != PROTOCOL_NAME:
+        f.fail(Code.BAD_REQUEST, f"not a {PROTOCOL_NAME} hello")
+    return Hello(version=f.int_("version"))
+
+
+def encode_hello_reply(reply: HelloOk | ErrorResponse) -> bytes:
+    if isinstance(reply, ErrorResponse):
+        m: dict[str, Obj] = {"hello": PROTOCOL_NAME, "code": str(reply.code)}
+        m["message"] = reply.message
+        m["versions"] = list(SUPPORTED_VERSIONS)
+        return _pack(m)
+    lim = reply.limits
+    return _pack(
+        {
+            "hello": PROTOCOL_NAME,
+            "version": reply.version,
+            "node": reply.node,
+            "leader": reply.leader,
+            "leader_addr": reply.leader_addr,
+            "limits": {
+                "max_frame_bytes": lim.max_frame_bytes,
+                "max_key_bytes": lim.max_key_bytes,
+                "max_value_bytes": lim.max_value_bytes,
+                "max_scan_limit": lim.max_scan_limit,
+            },
+        }
+    )
+
+
+def decode_hello_reply(data: bytes) -> HelloOk | ErrorResponse:
+    f = _Fields(_unpack(data, max_bin=0, max_array=64), _HELLO_REPLY_FIELDS, None)
+    if f.str_("hello") != PROTOCOL_NAME:
+        f.fail(Code.BAD_REQUEST, f"not a {PROTOCOL_NAME} hello reply")
+    if "code" in f.m:
+        return ErrorResponse(id=None, code=_code(f), message=f.opt_str("message") or "")
+    lm = _Fields(f.map_("limits"), _LIMIT_FIELDS, None)
+    try:
+        limits = Limits(
+            max_frame_bytes=lm.int_("max_frame_bytes"),
+            max_key_bytes=lm.int_("max_key_bytes"),
+            max_value_bytes=lm.int_("max_value_bytes"),
+            max_scan_limit=lm.int_("max_scan_limit"),
+        )
+    except ValueError as exc:
+        raise ProtocolError(Code.BAD_REQUEST, f"bad limits: {exc}") from exc
+    return HelloOk(
+        version=f.int_("version"),
+        node=f.str_("node"),
+        leader=f.opt_str("leader"),
+        leader_addr=f.opt_str("leader_addr"),
+        limits=limits,
+    )
+
+
+# ---- requests ----------------------------------------------------------------------
+
+_SESSION = ("client", "seq", "ack")
+_REQUEST_FIELDS: dict[Op, frozenset[str]] = {
+    Op.GET: frozenset({"id", "op", "key", "consistency"}),
+    Op.SCAN: frozenset({"id", "op", "start", "end", "limit", "consistency"}),
+    Op.PUT: frozenset({"id", "op", "key", "value", *_SESSION}),
+    Op.DELETE: frozenset({"id", "op", "key", *_SESSION}),
+    Op.CAS: frozenset(
+        {"id", "op", "key", "new_value", "expected_value", "expected_version", *_SESSION}
+    ),
+    Op.STATUS: frozenset({"id", "op"}),
+}
+_OPS: dict[str, Op] = {o.value: o for o in Op}
+_CONSISTENCIES: dict[str, Consistency] = {c.value: c for c in Consistency}
+
+
+def _session_map(s: Session) -> dict[str, Obj]:
+    return {"client": s.client, "seq": s.seq, "ack": s.ack}
+
+
+def encode_request(req: Request) -> bytes:
+    m: dict[str, Obj] = {"id": req.id, "op": str(op_of(req))}
+    match req:
+        case Get():
+            m.update(key=req.key, consistency=str(req.consistency))
+        case Scan():
+            m.update(start=req.start, end=req.end, limit=req.limit)
+            m["consistency"] = str(req.consistency)
+        case Put():
+            m.update(key=req.key, value=req.value, **_session_map(req.session))
+        case Delete():
+            m.update(key=req.key, **_session_map(req.session))
+        case Cas():
+            m.update(key=req.key, new_value=req.new_value, **_session_map(req.session))
+            m.update(expected_value=req.expected_value, expected_version=req.expected_version)
+        case Status():
+            pass
+    return _pack(m)
+
+
+def decode_request(data: bytes, limits: Limits) -> Request:
+    """A request frame → a validated request, or ProtocolError.
+
+    ``request_id`` is set on the error whenever the id was readable. Order matters:
+    the id is read first, so even a request with an unknown op or bad field can be
+    answered rather than costing the client its connection."""
+    m = _unpack(data, max_bin=limits.max_frame_bytes, max_array=0)
+    rid = m.get("id")
+    if type(rid) is not int or not 0 <= rid < MAX_INT:
+        raise ProtocolError(Code.BAD_REQUEST, "missing or invalid request id")
+    op_name = m.get("op")
+    if type(op_name) is not str:
+        raise ProtocolError(Code.BAD_REQUEST, "missing or invalid field 'op'", rid)
+    op = _OPS.get(op_name)
+    if op is None:
+        raise ProtocolError(Code.UNKNOWN_OP, f"unknown op {op_name[:64]!r}", rid)
+    f = _Fields(m, _REQUEST_FIELDS[op], rid)
+    match op:
+        case Op.GET:
+            return Get(id=rid, key=_key(f, limits), consistency=_consistency(f))
+        case Op.SCAN:
+            return _scan(f, rid, limits)
+        case Op.PUT:
+            key = _key(f, limits)
+            return Put(id=rid, key=key, value=_value(f, "value", limits), session=_session(f))
+        case Op.DELETE:
+            return Delete(id=rid, key=_key(f, limits), session=_session(f))
+        case Op.CAS:
+            return _cas(f, rid, limits)
+        case Op.STATUS:
+            return Status(id=rid)
+
+
+def _key(f: _Fields, limits: Limits) -> bytes:
+    key = f.bytes_("key")
+    if not key:
+        f.fail(Code.BAD_REQUEST, "key must not be empty")
+    if len(key) > limits.max_key_bytes:
+        f.fail(Code.TOO_LARGE, f"key of {len(key)} bytes exceeds {limits.max_key_bytes}")
+    return key
+
+
+def _value(f: _Fields, name: str, limits: Limits) -> bytes:
+    value = f.bytes_(name)
+    if len(value) > limits.max_value_bytes:
+        f.fail(Code.TOO_LARGE, f"{name} of {len(value)} bytes exceeds {limits.max_value_bytes}")
+    return value
+
+
+def _consistency(f: _Fields) -> Consistency:
+    name = f.opt_str("consistency")
+    if name is None:
+        return Consistency.LINEARIZABLE
+    c = _CONSISTENCIES.get(name)
+    if c is None:
+        f.fail(Code.BAD_REQUEST, f"consistency must be one of {sorted(_CONSISTENCIES)}")
+    return c
+
+
+def _session(f: _Fields) -> Session:
+    client, seq, ack = f.bytes_("client"), f.int_("seq"), f.int_("ack")
+    if len(client) != CLIENT_ID_BYTES:
+        f.fail(Code.BAD_REQUEST, f"client id must be {CLIENT_ID_BYTES} bytes")
+    if seq < 1 or ack >= seq:
+        f.fail(Code.BAD_REQUEST, "session needs seq >= 1 and ack < seq")
+    return Session(client=client, seq=seq, ack=ack)
+
+
+def _scan(f: _Fields, rid: int, limits: Limits) -> Scan:
+    start, end = f.bytes_("start"), f.opt_bytes("end")
+    for name, k in (("start", start), ("end", end)):
+        if k is not None and len(k) > limits.max_key_bytes:
+            f.fail(Code.TOO_LARGE, f"{name} of {len(k)} bytes exceeds {limits.max_key_bytes}")
+    limit = f.opt_int("limit")
+    if limit == 0:
+        f.fail(Code.BAD_REQUEST, "limit must be >= 1 (or nil for the server's maximum)")
+    return Scan(id=rid, start=start, end=end, limit=limit, consistency=_consistency(f))
+
+
+def _cas(f: _Fields, rid: int, limits: Limits) -> Cas:
+    key = _key(f, limits)
+    new_value = _value(f, "new_value", limits)
+    expected_value = (
+        None if f.m.get("expected_value") is None else _value(f, "expected_value", limits)
+    )
+    expected_version = f.opt_int("expected_version")
+    if expected_value is None and expected_version is None:
+        f.fail(Code.BAD_REQUEST, "cas needs expected_value and/or expected_version")
+    return Cas(
+        id=rid,
+        key=key,
+        new_value=new_value,
+        session=_session(f),
+        expected_value=expected_value,
+        expected_version=expected_version,
+    )
+
+
+# ---- responses ---------------------------------------------------------------------
+
+_KV_FIELDS = frozenset({"key", "value", "create_revision", "mod_revision", "version"})
+_CODES: dict[str, Code] = {c.value: c for c in Code}
+
+
+def _kv_map(kv: KeyValue | None) -> dict[str, Obj] | None:
+    if kv is None:
+        return None
+    return {
+        "key": kv.key,
+        "value": kv.value,
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+    }
+
+
+def encode_response(resp: Response) -> bytes:
+    m: dict[str, Obj] = {"id": resp.id}
+    match resp:
+        case ErrorResponse():
+            m.update(code=str(resp.code), message=resp.message)
+            if resp.code is Code.NOT_LEADER:
+                m.update(leader=resp.leader, leader_addr=resp.leader_addr)
+        case GetResponse():
+            m.update(code="OK", kv=_kv_map(resp.kv), revision=resp.revision)
+        case ScanResponse():
+            m.update(code="OK", kvs=[_kv_map(kv) for kv in resp.kvs], more=resp.more)
+            m["revision"] = resp.revision
+        case WriteResponse():
+            m.update(code="OK", revision=resp.revision, prev=_kv_map(resp.prev))
+        case CompareFailedResponse():
+            m.update(code="COMPARE_FAILED", revision=resp.revision, current=_kv_map(resp.current))
+        case StatusResponse():
+            m.update(code="OK", node=resp.node, role=resp.role, term=resp.term)
+            m.update(leader=resp.leader, leader_addr=resp.leader_addr)
+            m.update(commit=resp.commit, applied=resp.applied)
+    return _pack(m)
+
+
+def _code(f: _Fields) -> Code:
+    name = f.str_("code")
+    code = _CODES.get(name)
+    if code is None:
+        f.fail(Code.BAD_REQUEST, f"unknown response code {name[:64]!r}")
+    return code
+
+
+def _kv(f: _Fields, name: str) -> KeyValue:
+    return _kv_of(f.map_(name), f.rid)
+
+
+def _kv_of(m: dict[str, Obj], rid: int | None) -> KeyValue:
+    g = _Fields(m, _KV_FIELDS, rid)
+    return KeyValue(
+        key=g.bytes_("key"),
+        value=g.bytes_("value"),
+        create_revision=g.int_("create_revision"),
+        mod_revision=g.int_("mod_revision"),
+        version=g.int_("version"),
+    )
+
+
+def _opt_kv(f: _Fields, name: str) -> KeyValue | None:
+    m = f.opt_map(name)
+    return None if m is None else _kv_of(m, f.rid)
+
+
+_ERROR_FIELDS = frozenset({"id", "code", "message", "leader", "leader_addr"})
+_OK_FIELDS: dict[Op, frozenset[str]] = {
+    Op.GET: frozenset({"id", "code", "kv", "revision"}),
+    Op.SCAN: frozenset({"id", "code", "kvs", "more", "revision"}),
+    Op.PUT: frozenset({"id", "code", "revision", "prev"}),
+    Op.DELETE: frozenset({"id", "code", "revision", "prev"}),
+    Op.CAS: frozenset({"id", "code", "revision", "prev"}),
+    Op.STATUS: frozenset(
+        {"id", "code", "node", "role", "term", "leader", "leader_addr", "commit", "applied"}
+    ),
+}
+_COMPARE_FAILED_FIELDS = frozenset({"id", "code", "revision", "current"})
+
+
+def decode_response(
+    data: bytes, op_for: Callable[[int], Op | None], limits: Limits
+) -> Response | None:
+    """A response frame → a validated response, or ProtocolError (the client should
+    then drop the connection: the server is not speaking the protocol).
+
+    The shape of an OK response depends on the request's op, which only the caller knows
+    (``op_for(id)``). None means a well-formed response to an id that is no longer
+    pending: the late answer to a request the caller already gave up on."""
+    m = _unpack(data, max_bin=limits.max_frame_bytes, max_array=limits.max_scan_limit)
+    rid = m.get("id")
+    if rid is not None and (type(rid) is not int or not 0 <= rid < MAX_INT):
+        raise ProtocolError(Code.BAD_REQUEST, "invalid response id")
+    code = _code(_Fields(m, frozenset(m.keys()), rid))
+    if rid is None and code is Code.OK:
+        raise ProtocolError(Code.BAD_REQUEST, "an OK response must carry an id")
+    op = None if rid is None else op_for(rid)
+    if rid is not None and op is None:
+        return None
+    if code is Code.COMPARE_FAILED and op is Op.CAS:
+        assert rid is not None
+        f = _Fields(m, _COMPARE_FAILED_FIELDS, rid)
+        return CompareFailedResponse(
+            id=rid, revision=f.int_("revision"), current=_opt_kv(f, "current")
+        )
+    if code is not Code.OK or op is None:
+        f = _Fields(m, _ERROR_FIELDS, rid)
+        return ErrorResponse(
+            id=rid,
+            code=code,
+            message=f.opt_str("message") or "",
+            leader=f.opt_str("leader"),
+            leader_addr=f.opt_str("leader_addr"),
+        )
+    assert rid is not None
+    f = _Fields(m, _OK_FIELDS[op], rid)
+    match op:
+        case Op.GET:
+            return GetResponse(id=rid, kv=_kv(f, "kv"), revision=f.int_("revision"))
+        case Op.SCAN:
+            kvs = f.m.get("kvs")
+            if type(kvs) is not tuple or any(type(x) is not dict for x in kvs):
+                f.fail(Code.BAD_REQUEST, "field 'kvs' must be an array of maps")
+            return ScanResponse(
+                id=rid,
+                kvs=tuple(_kv_of(x, rid) for x in kvs),
+                more=f.bool_("more"),
+                revision=f.int_("revision"),
+            )
+        case Op.PUT | Op.DELETE | Op.CAS:
+            return WriteResponse(id=rid, revision=f.int_("revision"), prev=_opt_kv(f, "prev"))
+        case Op.STATUS:
+            return StatusResponse(
+                id=rid,
+                node=f.str_("node"),
+                role=f.str_("role"),
+                term=f.int_("term"),
+                leader=f.opt_str("leader"),
+                leader_addr=f.opt_str("leader_addr"),
+                commit=f.int_("commit"),
+                applied=f.int_("applied"),
+            )

@@ -1,0 +1,414 @@
+"""The client-facing asyncio server: protocol frames in, engine calls, responses out.
+
+Theory of operation. One handler task per TCP connection does the handshake, then
+reads frames and spawns one task per request, so a slow linearizable read or a write
+waiting for its commit never holds up the requests pipelined behind it
+(docs/PROTOCOL.md §3). At most ``max_in_flight`` requests of one connection run at
+once; beyond that the handler simply stops reading, and TCP pushes back on the client.
+Responses leave through one lock per connection, so frames never interleave and a
+client that stops reading stalls only its own connection.
+
+Every byte from a client goes through :mod:`kvstore.protocol`. A request that decodes
+far enough to show its id gets an error response and the connection lives on; a stream
+that cannot be read any more (bad msgpack, a frame over the limit, no id) ends the
+connection: the requests already running are answered first, then one error with
+``"id": nil``, then close. Nothing a client sends can raise out of its handler, so no
+client affects another.
+
+Writes become commands (kvstore/commands.py) carrying the client's session and this
+node's wall clock, and go through ``Engine.propose``; linearizable reads wait for
+``Engine.read_barrier`` and then read the local state machine. Engine errors map onto
+codes by what they promise: NotLeader and ProposalDropped certainly did not apply
+(NOT_LEADER / UNAVAILABLE), TimeoutError may have (TIMEOUT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from raft.engine import Engine
+from raft.errors import NotLeader, ProposalDropped
+from raft.framing import FrameDecoder, FrameTooLarge, encode_frame
+from raft.types import NodeId
+
+from . import protocol as p
+from .commands import Cas, Command, CommandError, Delete, Header, Put, encode_command
+from .mvcc import END_OF_KEYSPACE
+from .mvcc import KeyValue as StoredKV
+from .protocol import Code, Consistency, Limits, ProtocolError
+from .state_machine import Result, ResultCode
+
+__all__ = ["ClientServer", "ReadableState", "wall_clock_ms"]
+
+log = logging.getLogger(__name__)
+
+_HANDSHAKE_TIMEOUT = 10.0
+_READ_CHUNK = 256 << 10
+_RESPONSE_SLACK = 1024  # bytes kept free in a frame for the response envelope
+_KV_OVERHEAD = 96  # msgpack bytes per kv beyond key and value (5 field names, 3 ints)
+
+
+class ReadableState(Protocol):
+    """What the server reads locally: the KV state machine's read side."""
+
+    @property
+    def revision(self) -> int: ...
+
+    def get(self, key: bytes) -> StoredKV | None: ...
+
+    def range(
+        self, start: bytes, end: bytes | None = None, limit: int | None = None
+    ) -> tuple[list[StoredKV], bool]: ...
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def limits_from_settings(settings: Any) -> Limits:
+    """``Limits`` as given, or built from a cluster.toml ClientSettings (duck-typed so the
+    server does not pin that class's optional fields)."""
+    if isinstance(settings, Limits):
+        return settings
+    default = Limits()
+    return Limits(
+        max_frame_bytes=getattr(settings, "max_request_bytes", default.max_frame_bytes),
+        max_key_bytes=getattr(settings, "max_key_bytes", default.max_key_bytes),
+        max_value_bytes=getattr(settings, "max_value_bytes", default.max_value_bytes),
+        max_scan_limit=getattr(settings, "max_scan_limit", default.max_scan_limit),
+    )
+
+
+class ClientServer:
+    """Serves the client protocol for one node.
+
+    ``client_addresses`` maps node ids to client addresses (for NOT_LEADER redirects);
+    it is read at request time, so the caller may fill it after binding to port 0.
+    ``request_timeout`` bounds each engine call; keep it below the clients' attempt
+    timeout so they hear TIMEOUT rather than silence."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        state_machine: ReadableState,
+        node_id: NodeId,
+        client_addresses: dict[NodeId, str],
+        settings: Any = None,
+        now_ms: Callable[[], int] = wall_clock_ms,
+        *,
+        request_timeout: float | None = None,
+        max_in_flight: int = 1024,
+    ) -> None:
+        self._engine = engine
+        self._sm = state_machine
+        self._node_id = node_id
+        self._addresses = client_addresses
+        self._limits = limits_from_settings(settings if settings is not None else Limits())
+        self._now_ms = now_ms
+        self._timeout = request_timeout or getattr(settings, "request_timeout", None) or 5.0
+        self._max_in_flight = max_in_flight
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful after ``start(host, 0)``)."""
+        assert self._server is not None and self._server.sockets, "server not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._on_connect, host, port)
+        log.info("client server %s listening on %s:%d", self._node_id, host, self.port)
+
+    async def close(self) -> None:
+        """Stop listening, end every connection, and wait until all handlers are gone."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve_connection(reader, writer))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    # ---- one connection ----------------------------------------------------------------
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = writer.get_extra_info("peername")
+        conn = _Connection(writer, self._max_in_flight)
+        # One decoder for the whole stream: bytes pipelined right behind the hello are
+        # already the first requests.
+        decoder = FrameDecoder(self._limits.max_frame_bytes)
+        try:
+            if await self._handshake(reader, decoder, conn):
+                fatal = await self._read_requests(reader, decoder, conn)
+                await conn.drain_tasks()
+                if fatal is not None:
+                    log.info("closing client %s: %s %s", peer, fatal.code, fatal.message)
+                    await conn.send(p.encode_response(fatal))
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("client %s gone: %r", peer, exc)
+        except asyncio.CancelledError:
+            conn.cancel_tasks()
+            raise
+        except Exception:
+            log.exception("client handler for %s failed", peer)
+        finally:
+            conn.cancel_tasks()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handshake(
+        self, reader: asyncio.StreamReader, decoder: FrameDecoder, conn: _Connection
+    ) -> bool:
+        try:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                while (frame := decoder.next_frame()) is None:
+                    chunk = await reader.read(_READ_CHUNK)
+                    if not chunk:
+                        return False
+                    decoder.feed(chunk)
+            hello = p.decode_hello(frame)
+        except (ProtocolError, FrameTooLarge) as exc:
+            msg = exc.message if isinstance(exc, ProtocolError) else str(exc)
+            await conn.send(p.encode_hello_reply(_error(None, Code.BAD_REQUEST, msg)))
+            return False
+        if hello.version not in p.SUPPORTED_VERSIONS:
+            msg = f"version {hello.version} not supported"
+            await conn.send(p.encode_hello_reply(_error(None, Code.UNSUPPORTED_VERSION, msg)))
+            return False
+        leader = self._leader_hint()
+        reply = p.HelloOk(
+            version=hello.version,
+            node=self._node_id,
+            leader=leader,
+            leader_addr=None if leader is None else self._addresses.get(leader),
+            limits=self._limits,
+        )
+        await conn.send(p.encode_hello_reply(reply))
+        return True
+
+    async def _read_requests(
+        self, reader: asyncio.StreamReader, decoder: FrameDecoder, conn: _Connection
+    ) -> p.ErrorResponse | None:
+        """Read and dispatch until EOF (None) or an unreadable stream (the error)."""
+        chunk = b""
+        while True:
+            try:
+                decoder.feed(chunk)
+                for frame in decoder.frames():
+                    try:
+                        req = p.decode_request(frame, self._limits)
+                    except ProtocolError as exc:
+                        if exc.request_id is None:
+                            return _error(None, exc.code, exc.message)
+                        await conn.send(
+                            p.encode_response(_error(exc.request_id, exc.code, exc.message))
+                        )
+                        continue
+                    await conn.spawn(self._answer(req, conn))
+            except FrameTooLarge as exc:
+                return _error(None, Code.TOO_LARGE, str(exc))
+            chunk = await reader.read(_READ_CHUNK)
+            if not chunk:
+                return None
+
+    async def _answer(self, req: p.Request, conn: _Connection) -> None:
+        resp = await self.handle(req)
+        await conn.send(p.encode_response(resp))
+
+    # ---- requests ------------------------------------------------------------------------
+
+    async def handle(self, req: p.Request) -> p.Response:
+        """One validated request → its response. Never raises (bar cancellation)."""
+        try:
+            match req:
+                case p.Get() | p.Scan():
+                    if req.consistency is Consistency.LINEARIZABLE:
+                        await self._engine.read_barrier(self._timeout)
+                    return self._read(req)
+                case p.Put() | p.Delete() | p.Cas():
+                    return await self._write(req)
+                case p.Status():
+                    return self._status(req)
+        except NotLeader as exc:
+            return self._not_leader(req.id, exc.leader)
+        except ProposalDropped as exc:
+            return _error(req.id, Code.UNAVAILABLE, f"proposal dropped: {exc}")
+        except TimeoutError:
+            return _error(req.id, Code.TIMEOUT, f"no outcome within {self._timeout}s")
+        except CommandError as exc:
+            return _error(req.id, Code.BAD_REQUEST, str(exc))
+        except Exception as exc:
+            log.exception("request %r failed", req)
+            return _error(req.id, Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    def _read(self, req: p.Get | p.Scan) -> p.Response:
+        revision = self._sm.revision
+        if isinstance(req, p.Get):
+            kv = self._sm.get(req.key)
+            if kv is None:
+                return _error(req.id, Code.NOT_FOUND, "key not found")
+            return p.GetResponse(id=req.id, kv=_kv(kv), revision=revision)
+        limit = min(req.limit or self._limits.max_scan_limit, self._limits.max_scan_limit)
+        # Wire ``end=nil`` is "no upper bound" (mvcc's END_OF_KEYSPACE); a literal end of
+        # b"\x00" bounds an empty range, since every key is non-empty.
+        if req.end == END_OF_KEYSPACE:
+            return p.ScanResponse(id=req.id, kvs=(), more=False, revision=revision)
+        end = END_OF_KEYSPACE if req.end is None else req.end
+        kvs, more = self._sm.range(req.start, end, limit)
+        budget = self._limits.max_frame_bytes - _RESPONSE_SLACK
+        out: list[p.KeyValue] = []
+        for kv in kvs:
+            budget -= len(kv.key) + len(kv.value) + _KV_OVERHEAD
+            if budget < 0 and out:
+                more = True  # cut to fit one frame; the client continues from the last key
+                break
+            out.append(_kv(kv))
+        return p.ScanResponse(id=req.id, kvs=tuple(out), more=more, revision=revision)
+
+    async def _write(self, req: p.Put | p.Delete | p.Cas) -> p.Response:
+        s = req.session
+        header = Header(s.client, s.seq, s.ack, self._now_ms())
+        cmd: Command
+        match req:
+            case p.Put():
+                cmd = Put(req.key, req.value)
+            case p.Delete():
+                cmd = Delete(req.key)
+            case p.Cas():
+                cmd = Cas(req.key, req.expected_value, req.expected_version, req.new_value)
+        result = await self._engine.propose(encode_command(header, cmd), self._timeout)
+        if not isinstance(result, Result):
+            raise TypeError(f"engine returned {type(result).__name__}, not a Result")
+        return _write_response(req.id, result)
+
+    def _status(self, req: p.Status) -> p.Response:
+        st = self._engine.status()
+        return p.StatusResponse(
+            id=req.id,
+            node=st.id,
+            role=st.role,
+            term=st.term,
+            leader=st.leader,
+            leader_addr=None if st.leader is None else self._addresses.get(st.leader),
+            commit=st.commit,
+            applied=st.applied,
+        )
+
+    def _not_leader(self, rid: int, leader: NodeId | None) -> p.ErrorResponse:
+        if leader is None or leader == self._node_id:
+            return _error(rid, Code.UNAVAILABLE, "no leader known")
+        return p.ErrorResponse(
+            id=rid,
+            code=Code.NOT_LEADER,
+            message=f"not the leader; try {leader}",
+            leader=leader,
+            leader_addr=self._addresses.get(leader),
+        )
+
+    def _leader_hint(self) -> NodeId | None:
+        try:
+            return self._engine.status().leader
+        except Exception:  # an engine still starting must not fail the handshake
+            log.debug("engine status unavailable", exc_info=True)
+            return None
+
+
+def _error(rid: int | None, code: Code, message: str) -> p.ErrorResponse:
+    return p.ErrorResponse(id=rid, code=code, message=message)
+
+
+def _opt_kv(kv: StoredKV | None) -> p.KeyValue | None:
+    return None if kv is None else _kv(kv)
+
+
+def _kv(kv: StoredKV) -> p.KeyValue:
+    return p.KeyValue(
+        key=kv.key,
+        value=kv.value,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        version=kv.version,
+    )
+
+
+def _write_response(rid: int, r: Result) -> p.Response:
+    match r.code:
+        case ResultCode.OK:
+            return p.WriteResponse(id=rid, revision=r.revision, prev=_opt_kv(r.prev))
+        case ResultCode.COMPARE_FAILED:
+            return p.CompareFailedResponse(id=rid, revision=r.revision, current=_opt_kv(r.kv))
+        case ResultCode.NOT_FOUND:
+            return _error(rid, Code.NOT_FOUND, r.message or "key not found")
+        case ResultCode.SESSION_EXPIRED:
+            return _error(rid, Code.SESSION_EXPIRED, r.message or "session expired")
+        case ResultCode.STALE_SEQ:
+            return _error(rid, Code.STALE_SEQ, r.message or "seq below the session floor")
+    # BAD_COMMAND: we proposed bytes the state machine could not decode: our bug.
+    log.error("state machine rejected our command: %s %s", r.code.name, r.message)
+    return _error(rid, Code.INTERNAL, f"{r.code.name}: {r.message}")
+
+
+class _Connection:
+    """Per-connection write lock and in-flight request tasks."""
+
+    def __init__(self, writer: asyncio.StreamWriter, max_in_flight: int) -> None:
+        self._writer = writer
+        self._lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, payload: bytes) -> None:
+        """One frame, whole; drain under the lock so a slow reader back-pressures us."""
+        async with self._lock:
+            if self._writer.is_closing():
+                raise ConnectionResetError("client connection closed")
+            self._writer.write(encode_frame(payload))
+            await self._writer.drain()
+
+    async def spawn(self, coro: Any) -> None:
+        """Run one request; waits (so the caller stops reading) while the limit is hit."""
+        await self._slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._guard(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    async def _guard(self, coro: Any) -> None:
+        try:
+            await coro
+        except OSError as exc:
+            log.debug("response not delivered: %r", exc)
+        except Exception:
+            log.exception("request task failed")
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def drain_tasks(self) -> None:
+        """Let running requests finish (each is bounded by the request timeout)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()

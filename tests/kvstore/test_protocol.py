@@ -1,0 +1,344 @@
+"""kvstore.protocol: every value round-trips, and no input raises anything but
+ProtocolError (h11's fuzz invariant), with the code a client would get back."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]  # no stubs upstream
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvstore import protocol as p
+from kvstore.protocol import Code, Consistency, Limits, Op, ProtocolError
+
+LIMITS = Limits(max_frame_bytes=64 << 10, max_key_bytes=64, max_value_bytes=1024)
+CLIENT = bytes(range(16))
+
+# ---- strategies ------------------------------------------------------------------------
+
+uint = st.integers(0, p.MAX_INT - 1)
+rid = uint
+key = st.binary(min_size=1, max_size=LIMITS.max_key_bytes)
+value = st.binary(max_size=64)
+consistency = st.sampled_from(list(Consistency))
+
+
+@st.composite
+def sessions(draw: st.DrawFn) -> p.Session:
+    seq = draw(st.integers(1, p.MAX_INT - 1))
+    ack = draw(st.integers(0, seq - 1))
+    return p.Session(client=draw(st.binary(min_size=16, max_size=16)), seq=seq, ack=ack)
+
+
+@st.composite
+def cas_requests(draw: st.DrawFn) -> p.Cas:
+    ev = draw(st.none() | value)
+    ever = draw(st.none() | uint) if ev is not None else draw(uint)
+    return p.Cas(
+        id=draw(rid),
+        key=draw(key),
+        new_value=draw(value),
+        session=draw(sessions()),
+        expected_value=ev,
+        expected_version=ever,
+    )
+
+
+requests = st.one_of(
+    st.builds(p.Get, id=rid, key=key, consistency=consistency),
+    st.builds(
+        p.Scan,
+        id=rid,
+        start=st.binary(max_size=LIMITS.max_key_bytes),
+        end=st.none() | st.binary(max_size=LIMITS.max_key_bytes),
+        limit=st.none() | st.integers(1, 10_000),
+        consistency=consistency,
+    ),
+    st.builds(p.Put, id=rid, key=key, value=value, session=sessions()),
+    st.builds(p.Delete, id=rid, key=key, session=sessions()),
+    cas_requests(),
+    st.builds(p.Status, id=rid),
+)
+
+kvs = st.builds(
+    p.KeyValue,
+    key=key,
+    value=value,
+    create_revision=uint,
+    mod_revision=uint,
+    version=uint,
+)
+node = st.text(min_size=1, max_size=16)
+error_codes = st.sampled_from([c for c in Code if c not in (Code.OK, Code.COMPARE_FAILED)])
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
+    i = draw(rid)
+    kind = draw(st.sampled_from(["error", "get", "scan", "write", "cas_failed", "status"]))
+    if kind == "error":
+        code = draw(error_codes)
+        leader = draw(st.none() | node) if code is Code.NOT_LEADER else None
+        addr = draw(st.none() | st.just("127.0.0.1:7001")) if code is Code.NOT_LEADER else None
+        resp: p.Response = p.ErrorResponse(
+            id=i, code=code, message=draw(st.text(max_size=20)), leader=leader, leader_addr=addr
+        )
+        return resp, draw(st.sampled_from(list(Op)))
+    if kind == "get":
+        return p.GetResponse(id=i, kv=draw(kvs), revision=draw(uint)), Op.GET
+    if kind == "scan":
+        resp = p.ScanResponse(
+            id=i,
+            kvs=tuple(draw(st.lists(kvs, max_size=5))),
+            more=draw(st.booleans()),
+            revision=draw(uint),
+        )
+        return resp, Op.SCAN
+    if kind == "write":
+        op = draw(st.sampled_from([Op.PUT, Op.DELETE, Op.CAS]))
+        return p.WriteResponse(id=i, revision=draw(uint), prev=draw(st.none() | kvs)), op
+    if kind == "cas_failed":
+        resp = p.CompareFailedResponse(id=i, revision=draw(uint), current=draw(st.none() | kvs))
+        return resp, Op.CAS
+    resp = p.StatusResponse(
+        id=i,
+        node=draw(node),
+        role=draw(st.sampled_from(["leader", "follower"])),
+        term=draw(uint),
+        leader=draw(st.none() | node),
+        leader_addr=draw(st.none() | st.just("h:1")),
+        commit=draw(uint),
+        applied=draw(uint),
+    )
+    return resp, Op.STATUS
+
+
+# ---- round trips -----------------------------------------------------------------------
+
+
+@given(requests)
+def test_request_round_trip(req: p.Request) -> None:
+    assert p.decode_request(p.encode_request(req), LIMITS) == req
+
+
+@given(responses())
+def test_response_round_trip(case: tuple[p.Response, Op]) -> None:
+    resp, op = case
+    assert p.decode_response(p.encode_response(resp), lambda _: op, LIMITS) == resp
+
+
+def test_response_to_abandoned_request_is_none() -> None:
+    data = p.encode_response(p.WriteResponse(id=9, revision=1, prev=None))
+    assert p.decode_response(data, lambda _: None, LIMITS) is None
+
+
+def test_connection_level_error_round_trip() -> None:
+    resp = p.ErrorResponse(id=None, code=Code.TOO_LARGE, message="frame too large")
+    assert p.decode_response(p.encode_response(resp), lambda _: None, LIMITS) == resp
+
+
+def test_hello_round_trip() -> None:
+    assert p.decode_hello(p.encode_hello(p.Hello())) == p.Hello(version=1)
+    ok = p.HelloOk(version=1, node="n1", leader="n2", leader_addr="h:1", limits=LIMITS)
+    assert p.decode_hello_reply(p.encode_hello_reply(ok)) == ok
+    err = p.ErrorResponse(id=None, code=Code.UNSUPPORTED_VERSION, message="no")
+    assert p.decode_hello_reply(p.encode_hello_reply(err)) == err
+
+
+def test_hello_wire_format_is_the_documented_one() -> None:
+    """docs/PROTOCOL.md §2 spells these maps out for other-language clients."""
+    assert msgpack.unpackb(p.encode_hello(p.Hello())) == {"hello": "raftkv", "version": 1}
+    ok = p.HelloOk(version=1, node="n1", leader=None, leader_addr=None)
+    m = msgpack.unpackb(p.encode_hello_reply(ok))
+    assert m["hello"] == "raftkv" and m["node"] == "n1" and m["leader"] is None
+    assert set(m["limits"]) == {"max_frame_bytes", "max_key_bytes", "max_value_bytes"} | {
+        "max_scan_limit"
+    }
+
+
+def test_request_wire_format_is_the_documented_one() -> None:
+    req = p.Put(id=3, key=b"k", value=b"v", session=p.Session(client=CLIENT, seq=2, ack=1))
+    assert msgpack.unpackb(p.encode_request(req)) == {
+        "id": 3,
+        "op": "put",
+        "key": b"k",
+        "value": b"v",
+        "client": CLIENT,
+        "seq": 2,
+        "ack": 1,
+    }
+
+
+# ---- strict validation -----------------------------------------------------------------
+
+
+def _req(**fields: Any) -> bytes:
+    return msgpack.packb(fields, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+SESSION = {"client": CLIENT, "seq": 1, "ack": 0}
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"id": 1, "op": "get", "key": "text-not-bin"}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "get"}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "get", "key": b""}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "get", "key": b"k", "consistency": "eventual"}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "get", "key": b"k", "consistancy": "serializable"}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "get", "key": b"x" * 65}, Code.TOO_LARGE),
+        ({"id": 1, "op": "frobnicate"}, Code.UNKNOWN_OP),
+        ({"id": 1, "op": 7}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "put", "key": b"k", "value": b"v"}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "put", "key": b"k", "value": b"v" * 1025, **SESSION}, Code.TOO_LARGE),
+        ({"id": 1, "op": "put", "key": b"k", "value": True, **SESSION}, Code.BAD_REQUEST),
+        (
+            {"id": 1, "op": "put", "key": b"k", "value": b"", **SESSION, "client": b"short"},
+            Code.BAD_REQUEST,
+        ),
+        ({"id": 1, "op": "put", "key": b"k", "value": b"", **SESSION, "seq": 0}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "put", "key": b"k", "value": b"", **SESSION, "ack": 1}, Code.BAD_REQUEST),
+        (
+            {"id": 1, "op": "put", "key": b"k", "value": b"", **SESSION, "seq": True},
+            Code.BAD_REQUEST,
+        ),
+        ({"id": 1, "op": "cas", "key": b"k", "new_value": b"", **SESSION}, Code.BAD_REQUEST),
+        (
+            {
+                "id": 1,
+                "op": "cas",
+                "key": b"k",
+                "new_value": b"",
+                "expected_version": -1,
+                **SESSION,
+            },
+            Code.BAD_REQUEST,
+        ),
+        ({"id": 1, "op": "scan", "start": b"", "limit": 0}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "scan", "start": b"", "end": b"x" * 65}, Code.TOO_LARGE),
+        ({"id": 1, "op": "status", "key": b"k"}, Code.BAD_REQUEST),
+    ],
+)
+def test_bad_request_is_answered_with_its_id(fields: dict[str, Any], code: Code) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.decode_request(_req(**fields), LIMITS)
+    assert info.value.code is code
+    assert info.value.request_id == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",  # never-used msgpack byte
+        msgpack.packb([1, "get"]),
+        msgpack.packb({1: "int key"}),
+        msgpack.packb({"op": "get", "key": b"k"}),  # no id
+        msgpack.packb({"id": -1, "op": "get"}),
+        msgpack.packb({"id": True, "op": "get"}),
+        msgpack.packb({"id": 1 << 63, "op": "get"}),
+        msgpack.packb({"id": 1, "op": "get", "key": msgpack.ExtType(5, b"x")}),
+        msgpack.packb({"id": 1}) + b"trailing",
+    ],
+)
+def test_unreadable_request_has_no_id(data: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.decode_request(data, LIMITS)
+    assert info.value.code is Code.BAD_REQUEST
+    # An ext value hides inside a readable map, but the whole payload is refused.
+    assert info.value.request_id is None
+
+
+def test_bad_hello() -> None:
+    with pytest.raises(ProtocolError):
+        p.decode_hello(_req(hello="http", version=1))
+    with pytest.raises(ProtocolError):
+        p.decode_hello(_req(hello="raftkv"))
+    assert p.decode_hello(_req(hello="raftkv", version=7)).version == 7  # server decides
+
+
+def test_prefix_end() -> None:
+    assert p.prefix_end(b"a") == b"b"
+    assert p.prefix_end(b"a\xff") == b"b"
+    assert p.prefix_end(b"\xff\xff") is None
+    assert p.prefix_end(b"") is None
+
+
+def test_definite_codes() -> None:
+    assert p.is_definite(Code.TIMEOUT, Op.GET)
+    assert not p.is_definite(Code.TIMEOUT, Op.PUT)
+    assert not p.is_definite(Code.INTERNAL, Op.CAS)
+    assert not p.is_definite(Code.STALE_SEQ, Op.DELETE)
+    for code in (Code.NOT_LEADER, Code.UNAVAILABLE, Code.COMPARE_FAILED, Code.TOO_LARGE):
+        assert p.is_definite(code, Op.PUT)
+
+
+def test_limits_must_fit_a_maximal_put() -> None:
+    with pytest.raises(ValueError):
+        Limits(max_frame_bytes=1024, max_key_bytes=512, max_value_bytes=512)
+
+
+# ---- fuzz: only ProtocolError ------------------------------------------------------------
+
+FIELD_NAMES = sorted(
+    {"id", "op", "key", "value", "start", "end", "limit", "consistency", "new_value"}
+    | {"expected_value", "expected_version", "client", "seq", "ack", "code", "message"}
+    | {"kv", "kvs", "more", "revision", "prev", "current", "leader", "leader_addr"}
+    | {"hello", "version", "node", "limits", "role", "term", "commit", "applied"}
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.binary(max_size=70),
+    st.sampled_from([*(o.value for o in Op), *(c.value for c in Code), "linearizable"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+maps = st.dictionaries(st.sampled_from(FIELD_NAMES), values, max_size=9)
+
+
+def _all_decoders(data: bytes) -> None:
+    for decode in (
+        lambda d: p.decode_request(d, LIMITS),
+        lambda d: p.decode_response(d, lambda _: Op.SCAN, LIMITS),
+        lambda d: p.decode_response(d, lambda _: Op.CAS, LIMITS),
+        lambda d: p.decode_response(d, lambda _: Op.STATUS, LIMITS),
+        p.decode_hello,
+        p.decode_hello_reply,
+    ):
+        with contextlib.suppress(ProtocolError):
+            decode(data)
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_raise_only_protocol_error(data: bytes) -> None:
+    _all_decoders(data)
+
+
+@settings(max_examples=300)
+@given(maps)
+def test_arbitrary_maps_raise_only_protocol_error(m: dict[str, Any]) -> None:
+    _all_decoders(msgpack.packb(m, use_bin_type=True))
+
+
+@settings(max_examples=300)
+@given(requests, st.data())
+def test_mutated_requests_raise_only_protocol_error(req: p.Request, data: st.DataObject) -> None:
+    m = msgpack.unpackb(p.encode_request(req))
+    name = data.draw(st.sampled_from([*m, "extra"]))
+    m[name] = data.draw(values)
+    _all_decoders(msgpack.packb(m, use_bin_type=True))
