@@ -140,7 +140,15 @@ class Cluster:
 
     def run(self, steps: int) -> None:
         """Fault phase for ``steps`` events, then heal and require liveness."""
+        self.run_faults(steps)
+        self.run_quiet()
+
+    def run_faults(self, steps: int) -> None:
+        """Process ``steps`` more events of the fault phase."""
         self._loop(steps, None)
+
+    def run_quiet(self) -> None:
+        """Heal everything; the cluster must then settle within ``quiet_ms``."""
         self._heal_all()
         self._loop(None, self._quiet_deadline)
         if not self._settled:
