@@ -4,6 +4,9 @@ known-bad history")."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from typing import Any
+
 import pytest
 
 from raft.core.ready import Status
@@ -43,7 +46,7 @@ def terms(*ts: int) -> inv.TermAt:
     return table.get
 
 
-def raises(name: str) -> pytest.RaisesContext[InvariantViolation]:
+def raises(name: str) -> AbstractContextManager[Any]:
     return pytest.raises(InvariantViolation, match=f"^{name}: ")
 
 
