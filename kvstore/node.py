@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PID_FILE = "node.pid"
 LOG_FILE = "node.log"
+SERVER_REQUEST_TIMEOUT_S = 4.0
 
 
 def pid_path(node: NodeConfig) -> Path:
@@ -88,7 +89,9 @@ async def start_node(cfg: ClusterConfig, node_id: str) -> RunningNode:
         node_id,
         {n.id: str(n.client_address) for n in cfg.nodes},
         cfg.client,
-        request_timeout=max(2.0, 20 * cfg.raft.election_ticks * cfg.raft.tick_ms / 1000),
+        # Below the client library's 5 s attempt timeout, so a client hears TIMEOUT (and
+        # retries with the same seq) rather than silence.
+        request_timeout=SERVER_REQUEST_TIMEOUT_S,
     )
     await server.start(me.client_address.host, me.client_address.port)
     return RunningNode(engine, transport, server)
