@@ -1,0 +1,191 @@
+"""The replicated command format: round trips, and the gateway's fuzz invariant (any
+bytes decode or raise CommandError, never anything else)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack  # type: ignore[import-untyped]
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvstore.commands import (
+    CLIENT_ID_LEN,
+    COMMAND_TAGS,
+    FORMAT_VERSION,
+    MAX_INT,
+    MAX_KEY_LEN,
+    MAX_VALUE_LEN,
+    TXN_TAG,
+    Cas,
+    Command,
+    CommandError,
+    Delete,
+    Header,
+    Noop,
+    Put,
+    decode_command,
+    encode_command,
+)
+
+keys = st.binary(min_size=1, max_size=64)
+values = st.binary(max_size=256)
+ints = st.integers(min_value=0, max_value=MAX_INT - 1)
+
+
+@st.composite
+def headers(draw: st.DrawFn) -> Header:
+    seq = draw(st.integers(min_value=1, max_value=MAX_INT - 1))
+    ack = draw(st.integers(min_value=0, max_value=seq - 1))
+    cid = draw(st.binary(min_size=CLIENT_ID_LEN, max_size=CLIENT_ID_LEN))
+    return Header(cid, seq, ack, draw(ints))
+
+
+cas = st.builds(Cas, keys, st.none() | values, st.none() | ints, values).filter(
+    lambda c: c.expected_value is not None or c.expected_version is not None
+)
+commands: st.SearchStrategy[Command] = st.one_of(
+    st.just(Noop()), st.builds(Put, keys, values), st.builds(Delete, keys), cas
+)
+
+H = Header(b"c" * CLIENT_ID_LEN, 1, 0, 0)
+
+
+def raw(*items: object) -> bytes:
+    data: bytes = msgpack.packb(list(items), use_bin_type=True)
+    return data
+
+
+HDR = [H.client_id, 1, 0, 0]
+
+
+@given(headers(), commands)
+def test_round_trip(header: Header, cmd: Command) -> None:
+    assert decode_command(encode_command(header, cmd)) == (header, cmd)
+
+
+@given(headers(), commands)
+def test_encoding_is_deterministic_and_tagged(header: Header, cmd: Command) -> None:
+    data = encode_command(header, cmd)
+    assert data == encode_command(header, cmd)
+    version, tag, *_ = msgpack.unpackb(data)
+    assert (version, tag) == (FORMAT_VERSION, COMMAND_TAGS[type(cmd)])
+
+
+def test_tags_are_explicit_and_txn_is_reserved() -> None:
+    assert {Noop: 0, Put: 1, Delete: 2, Cas: 3} == COMMAND_TAGS
+    assert TXN_TAG not in COMMAND_TAGS.values()
+    with pytest.raises(CommandError, match="reserved"):
+        decode_command(raw(FORMAT_VERSION, TXN_TAG, HDR))
+
+
+@given(st.binary(max_size=512))
+def test_arbitrary_bytes_raise_only_command_error(data: bytes) -> None:
+    with contextlib.suppress(CommandError):
+        decode_command(data)
+
+
+junk = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1)
+    | st.binary(max_size=20)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=6),
+    max_leaves=20,
+)
+
+
+@given(st.lists(junk, max_size=8))
+def test_arbitrary_msgpack_arrays_raise_only_command_error(items: list[object]) -> None:
+    with contextlib.suppress(CommandError):
+        decode_command(raw(*items))
+
+
+@given(headers(), commands, st.data())
+def test_truncated_or_extended_encodings_are_rejected(
+    header: Header, cmd: Command, data: st.DataObject
+) -> None:
+    enc = encode_command(header, cmd)
+    cut = data.draw(st.integers(min_value=0, max_value=len(enc) - 1))
+    with pytest.raises(CommandError):
+        decode_command(enc[:cut])
+    with pytest.raises(CommandError):
+        decode_command(enc + b"\x00")
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        Put(b"", b"v"),
+        Put(b"k" * (MAX_KEY_LEN + 1), b"v"),
+        Put(b"k", b"v" * (MAX_VALUE_LEN + 1)),
+        Delete(b""),
+        Cas(b"k", b"v" * (MAX_VALUE_LEN + 1), None, b""),
+        Cas(b"k", None, None, b"v"),  # no expectation: a Put in disguise
+        Cas(b"k", None, -1, b"v"),
+    ],
+)
+def test_invalid_commands_rejected_on_encode(cmd: Command) -> None:
+    with pytest.raises(CommandError):
+        encode_command(H, cmd)
+
+
+def test_size_limits_are_inclusive() -> None:
+    big = Put(b"k" * MAX_KEY_LEN, b"v" * MAX_VALUE_LEN)
+    assert decode_command(encode_command(H, big)) == (H, big)
+    both = Cas(b"k" * MAX_KEY_LEN, b"v" * MAX_VALUE_LEN, 7, b"w" * MAX_VALUE_LEN)
+    assert decode_command(encode_command(H, both)) == (H, both)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        Header(b"c" * 15, 1, 0, 0),
+        Header(b"c" * 17, 1, 0, 0),
+        Header(b"c" * 16, 0, 0, 0),  # seq starts at 1
+        Header(b"c" * 16, 3, 3, 0),  # ack_seq < seq
+        Header(b"c" * 16, 3, -1, 0),
+        Header(b"c" * 16, 1, 0, -5),
+        Header(b"c" * 16, MAX_INT, 0, 0),
+        Header(b"c" * 16, True, 0, 0),
+    ],
+)
+def test_invalid_headers_rejected(header: Header) -> None:
+    with pytest.raises(CommandError):
+        encode_command(header, Noop())
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (raw(2, 1, HDR, b"k", b"v"), "format version"),
+        (raw(True, 1, HDR, b"k", b"v"), "format version"),
+        (raw(1, 99, HDR), "tag"),
+        (raw(1, 1, HDR, b"k"), "Put takes 2"),
+        (raw(1, 1, HDR, "k", b"v"), "malformed msgpack"),  # strings are not in the format
+        (raw(1, 1, HDR, b"k", None), "value"),
+        (raw(1, 0, [HDR[0], 1, 0]), "header"),
+        (raw(1, 0, [HDR[0], 1.0, 0, 0]), "seq"),
+        (msgpack.packb({"a": 1}), "malformed msgpack"),
+        (b"", "malformed msgpack"),
+        (raw(1, 0), "want array"),
+    ],
+)
+def test_malformed_commands_name_the_problem(data: bytes, match: str) -> None:
+    with pytest.raises(CommandError, match=match):
+        decode_command(data)
+
+
+def test_oversize_input_rejected_before_unpacking() -> None:
+    with pytest.raises(CommandError, match="exceeds"):
+        decode_command(b"\x00" * (3 * MAX_VALUE_LEN))
+    bin32_header_claiming_4gib = b"\xc6\xff\xff\xff\xff"
+    with pytest.raises(CommandError):
+        decode_command(bin32_header_claiming_4gib)
+
+
+def test_non_bytes_input_is_a_command_error() -> None:
+    with pytest.raises(CommandError):
+        decode_command("text")  # type: ignore[arg-type]

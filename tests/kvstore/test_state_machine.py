@@ -1,0 +1,425 @@
+"""KVStateMachine: commands, exactly-once sessions (dissertation §6.3), deterministic
+expiry and eviction, malformed entries, snapshots, and replica determinism."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvstore.commands import Cas, Command, Delete, Header, Noop, Put, encode_command
+from kvstore.mvcc import KeyValue
+from kvstore.state_machine import KVStateMachine, Result, ResultCode, SnapshotError
+from raft.engine import StateMachine
+from raft.errors import InvariantViolation
+
+OK = ResultCode.OK
+
+
+def cid(n: int) -> bytes:
+    return bytes([n]) * 16
+
+
+@dataclass
+class Client:
+    """A well-behaved client: consecutive seqs, acks what it has been answered."""
+
+    id: bytes
+    now_ms: int = 0
+    seq: int = 0
+    ack: int = 0
+
+    def cmd(self, cmd: Command, *, ack: int | None = None) -> bytes:
+        self.seq += 1
+        return self.at(self.seq, cmd, ack=ack)
+
+    def at(self, seq: int, cmd: Command, *, ack: int | None = None) -> bytes:
+        return encode_command(
+            Header(self.id, seq, self.ack if ack is None else ack, self.now_ms), cmd
+        )
+
+
+@dataclass
+class Replica:
+    sm: KVStateMachine = field(default_factory=KVStateMachine)
+    index: int = 0
+
+    def apply(self, data: bytes) -> Result:
+        self.index += 1
+        return self.sm.apply(self.index, data)
+
+
+def state_without_index(sm: KVStateMachine) -> Any:
+    _, _, *rest = msgpack.unpackb(sm.snapshot())
+    return rest
+
+
+# ---- commands -------------------------------------------------------------------------
+
+
+def test_implements_the_engine_protocol() -> None:
+    kv = KVStateMachine()
+    sm: StateMachine = kv  # the structural check is mypy's
+    sm.restore(sm.snapshot())
+    assert sm.apply(1, b"") == Result(
+        ResultCode.BAD_COMMAND, None, None, 0, kv.apply(2, b"").message
+    )
+
+
+def test_put_get_delete() -> None:
+    r, c = Replica(), Client(cid(1))
+    res = r.apply(c.cmd(Put(b"k", b"v")))
+    assert res == Result(OK, KeyValue(b"k", b"v", 1, 1, 1), None, 1)
+    res2 = r.apply(c.cmd(Put(b"k", b"w")))
+    assert res2 == Result(OK, KeyValue(b"k", b"w", 1, 2, 2), res.kv, 2)
+    assert r.apply(c.cmd(Delete(b"k"))) == Result(OK, None, res2.kv, 3)
+    assert r.apply(c.cmd(Delete(b"k"))) == Result(ResultCode.NOT_FOUND, None, None, 3)
+    assert r.sm.get(b"k") is None and r.sm.revision == 3
+    assert r.apply(c.cmd(Noop())) == Result(OK, None, None, 3)
+
+
+def test_range_reads_through_the_state_machine() -> None:
+    r, c = Replica(), Client(cid(1))
+    for k in (b"a/1", b"a/2", b"b"):
+        r.apply(c.cmd(Put(k, b"")))
+    kvs, more = r.sm.range(b"a/", b"a0", limit=1)
+    assert [kv.key for kv in kvs] == [b"a/1"] and more
+    assert r.sm.range(b"b") == ([KeyValue(b"b", b"", 3, 3, 1)], False)
+
+
+@pytest.mark.parametrize(
+    ("existing", "cas", "code"),
+    [
+        (None, Cas(b"k", None, 0, b"new"), OK),  # version 0: create if absent
+        (b"old", Cas(b"k", None, 0, b"new"), ResultCode.COMPARE_FAILED),
+        (b"old", Cas(b"k", b"old", None, b"new"), OK),
+        (b"old", Cas(b"k", b"other", None, b"new"), ResultCode.COMPARE_FAILED),
+        (None, Cas(b"k", b"", None, b"new"), ResultCode.COMPARE_FAILED),  # absent != b""
+        (b"old", Cas(b"k", None, 1, b"new"), OK),
+        (b"old", Cas(b"k", None, 2, b"new"), ResultCode.COMPARE_FAILED),
+        (b"old", Cas(b"k", b"old", 1, b"new"), OK),
+        (b"old", Cas(b"k", b"old", 2, b"new"), ResultCode.COMPARE_FAILED),
+        (b"old", Cas(b"k", b"nope", 1, b"new"), ResultCode.COMPARE_FAILED),
+    ],
+)
+def test_cas(existing: bytes | None, cas: Cas, code: ResultCode) -> None:
+    r, c = Replica(), Client(cid(1))
+    if existing is not None:
+        r.apply(c.cmd(Put(b"k", existing)))
+    before = r.sm.get(b"k")
+    res = r.apply(c.cmd(cas))
+    assert res.code is code
+    if code is OK:
+        assert res.prev == before and res.kv == r.sm.get(b"k")
+        assert res.kv is not None and res.kv.value == b"new"
+        assert res.revision == (2 if existing else 1)
+    else:
+        assert res.kv == before and res.prev is None  # current record, to retry from
+        assert r.sm.get(b"k") == before and r.sm.revision == (1 if existing else 0)
+
+
+def test_cas_version_zero_after_delete_creates_again() -> None:
+    r, c = Replica(), Client(cid(1))
+    r.apply(c.cmd(Put(b"k", b"1")))
+    r.apply(c.cmd(Delete(b"k")))
+    res = r.apply(c.cmd(Cas(b"k", None, 0, b"2")))
+    assert res.code is OK and res.kv == KeyValue(b"k", b"2", 3, 3, 1)
+
+
+# ---- exactly once ---------------------------------------------------------------------
+
+
+def test_duplicate_is_not_reapplied_and_gets_the_same_result() -> None:
+    r, c, other = Replica(), Client(cid(1)), Client(cid(2))
+    put = c.cmd(Put(b"k", b"v"))
+    first = r.apply(put)
+    r.apply(other.cmd(Put(b"x", b"y")))
+    again = r.apply(put)  # e.g. the client retried through a new leader
+    assert again == first and again.revision == 1
+    assert r.sm.revision == 2 and r.sm.get(b"k") == KeyValue(b"k", b"v", 1, 1, 1)
+
+
+def test_pipelined_seqs_and_ack_trimming() -> None:
+    r, c = Replica(), Client(cid(1))
+    sent = [c.cmd(Put(b"k", bytes([i]))) for i in range(5)]  # seqs 1..5, ack 0
+    results = [r.apply(d) for d in sent]
+    assert r.sm.revision == 5
+    assert r.apply(sent[1]) == results[1]  # not yet acknowledged: still cached
+    r.apply(c.cmd(Noop(), ack=3))  # seq 6: answers 1..3 received
+    stale = r.apply(sent[1])
+    assert stale.code is ResultCode.STALE_SEQ and r.sm.revision == 5
+    assert r.apply(sent[3]) == results[3]  # seq 4 still cached
+    # An older ack (a delayed duplicate proposal) never lowers the floor.
+    assert r.apply(c.at(7, Noop(), ack=1)).code is OK
+    assert r.apply(sent[2]).code is ResultCode.STALE_SEQ
+
+
+def test_cached_results_are_bounded_per_session() -> None:
+    r, c = Replica(KVStateMachine(max_results_per_session=3)), Client(cid(1))
+    sent = [c.cmd(Put(b"k", bytes([i]))) for i in range(5)]
+    results = [r.apply(d) for d in sent]
+    # seqs 1 and 2 were dropped (lowest first): their retries must not re-apply.
+    for d in sent[:2]:
+        assert r.apply(d).code is ResultCode.STALE_SEQ
+    assert [r.apply(d) for d in sent[2:]] == results[2:]
+    assert r.sm.revision == 5
+
+
+def test_out_of_order_seqs_within_a_session_apply_once_each() -> None:
+    r, c = Replica(), Client(cid(1))
+    r.apply(c.at(1, Noop()))
+    r3 = r.apply(c.at(3, Put(b"k", b"3")))
+    r2 = r.apply(c.at(2, Put(b"k", b"2")))
+    assert r.apply(c.at(3, Put(b"k", b"3"))) == r3 and r.apply(c.at(2, Put(b"k", b"2"))) == r2
+    assert r.sm.revision == 2
+
+
+def test_unknown_session_is_opened_only_by_seq_1() -> None:
+    r, c = Replica(), Client(cid(1))
+    res = r.apply(c.at(2, Put(b"k", b"v"), ack=0))
+    assert res.code is ResultCode.SESSION_EXPIRED
+    assert r.sm.session_count == 0 and r.sm.revision == 0
+    assert r.apply(c.at(1, Put(b"k", b"v"))).code is OK and r.sm.session_count == 1
+
+
+def test_session_expires_after_ttl_of_replicated_clock() -> None:
+    r = Replica(KVStateMachine(session_ttl_ms=1000))
+    a, b = Client(cid(1)), Client(cid(2))
+    r.apply(a.cmd(Noop()))  # a active at 0
+    b.now_ms = 1000
+    r.apply(b.cmd(Noop()))  # idle exactly ttl: kept
+    assert r.sm.session_count == 2
+    b.now_ms = 1001
+    r.apply(b.cmd(Noop()))  # idle longer than ttl: evicted during this apply
+    assert r.sm.session_count == 1 and r.sm.clock_ms == 1001
+    a.now_ms = 1001
+    assert r.apply(a.cmd(Put(b"k", b"v"))).code is ResultCode.SESSION_EXPIRED
+    assert r.sm.revision == 0
+
+
+def test_clock_never_runs_backwards() -> None:
+    r = Replica(KVStateMachine(session_ttl_ms=1000))
+    a, b = Client(cid(1), now_ms=5000), Client(cid(2), now_ms=100)
+    r.apply(a.cmd(Noop()))
+    # A new leader whose wall clock lags: the session opened now counts as active at 5000,
+    # so it is not expired by the lag itself.
+    r.apply(b.cmd(Noop()))
+    assert r.sm.clock_ms == 5000
+    a.now_ms = 6000
+    r.apply(a.cmd(Noop()))
+    assert r.sm.session_count == 2
+
+
+def test_session_count_is_bounded_evicting_least_recently_active() -> None:
+    r = Replica(KVStateMachine(max_sessions=2))
+    a, b, c, d = (Client(cid(n)) for n in (1, 2, 3, 4))
+    r.apply(b.cmd(Noop()))
+    r.apply(a.cmd(Noop()))  # a and b tie on activity (clock 0)
+    r.apply(c.cmd(Noop()))  # evicts a: the tie goes to the lowest client_id
+    assert r.apply(a.cmd(Noop())).code is ResultCode.SESSION_EXPIRED
+    c.now_ms = d.now_ms = 10
+    r.apply(c.cmd(Noop()))  # c active at 10, b at 0
+    r.apply(d.cmd(Noop()))  # evicts b, the least recently active
+    assert r.apply(b.cmd(Noop())).code is ResultCode.SESSION_EXPIRED
+    assert r.apply(c.cmd(Noop())).code is OK and r.sm.session_count == 2
+
+
+# ---- malformed entries, indexes, snapshots --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\xc1", b"garbage", msgpack.packb([1, 4, [cid(1), 1, 0, 0]]), msgpack.packb([9])],
+)
+def test_malformed_entry_is_bad_command_and_changes_nothing(data: bytes) -> None:
+    r, c = Replica(), Client(cid(1))
+    r.apply(c.cmd(Put(b"k", b"v")))
+    before = state_without_index(r.sm)
+    res = r.apply(data)
+    assert res.code is ResultCode.BAD_COMMAND and res.message and res.revision == 1
+    assert state_without_index(r.sm) == before and r.sm.applied_index == 2
+
+
+def test_apply_requires_increasing_index() -> None:
+    r, c = Replica(), Client(cid(1))
+    r.apply(c.cmd(Noop()))
+    with pytest.raises(InvariantViolation):
+        r.sm.apply(1, c.cmd(Noop()))
+
+
+def test_snapshot_restore_round_trip_behaves_identically() -> None:
+    r, a, b = Replica(KVStateMachine(session_ttl_ms=1000)), Client(cid(1)), Client(cid(2))
+    put = a.cmd(Put(b"k", b"v"))
+    r.apply(put)
+    r.apply(b.cmd(Cas(b"k", b"v", None, b"w")))
+    r.apply(b.cmd(Delete(b"missing")))
+    snap = r.sm.snapshot()
+    twin = Replica(KVStateMachine(session_ttl_ms=1000), index=r.index)
+    twin.sm.restore(snap)
+    assert twin.sm.snapshot() == snap and twin.sm.applied_index == 3
+    b.now_ms = 1500
+    follow = [put, a.cmd(Noop()), b.cmd(Put(b"k", b"z")), b"bad", put]
+    assert [r.apply(d) for d in follow] == [twin.apply(d) for d in follow]
+    assert twin.sm.snapshot() == r.sm.snapshot()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x93\x01\x02\x03",
+        msgpack.packb([2, 0, 0, [0, []], []]),  # unknown format version
+        msgpack.packb([1, 0, 0, [0, []], [[b"short", 0, 0, []]]]),
+        msgpack.packb([1, 0, 0, [0, []], [[cid(1), 0, 5, [[5, [0, None, None, 0, ""]]]]]]),
+        msgpack.packb([1, 0, 0, [0, []], [[cid(1), 0, 0, [[1, [99, None, None, 0, ""]]]]]]),
+        msgpack.packb([1, 0, 0, [0, []], [[cid(1), 0, 0, []], [cid(2), 0, 0, []]]]),
+    ],
+)
+def test_restore_rejects_bad_snapshots_and_keeps_state(data: bytes) -> None:
+    r, c = Replica(KVStateMachine(max_sessions=1)), Client(cid(1))
+    r.apply(c.cmd(Put(b"k", b"v")))
+    before = r.sm.snapshot()
+    with pytest.raises(SnapshotError):
+        r.sm.restore(data)
+    assert r.sm.snapshot() == before
+
+
+# ---- determinism ----------------------------------------------------------------------
+
+CLIENTS = [cid(n) for n in range(4)]
+KEYS = [b"a", b"b", b"c"]
+small_values = st.sampled_from([b"", b"1", b"2"])
+commands: st.SearchStrategy[Command] = st.one_of(
+    st.just(Noop()),
+    st.builds(Put, st.sampled_from(KEYS), small_values),
+    st.builds(Delete, st.sampled_from(KEYS)),
+    st.builds(
+        Cas,
+        st.sampled_from(KEYS),
+        st.none() | small_values,
+        st.sampled_from([None, 0, 1, 2]),
+        small_values,
+    ).filter(lambda c: c.expected_value is not None or c.expected_version is not None),
+)
+
+
+@st.composite
+def logs(draw: st.DrawFn) -> list[bytes]:
+    """A log: mostly well-formed commands with small seqs (so duplicates, gaps, stale
+    acks and reopened sessions are common) from more clients than ``max_sessions``, a
+    leader clock that creeps, jumps past the TTL and sometimes lags, and some garbage."""
+    log, base, last = [], 0, [0] * len(CLIENTS)
+    for _ in range(draw(st.integers(0, 60))):
+        if draw(st.integers(0, 19)) == 0:
+            log.append(draw(st.binary(max_size=8)))
+            continue
+        base += draw(st.sampled_from([0] * 6 + [100, 100, 400, 400, 1600]))
+        client = draw(st.integers(0, len(CLIENTS) - 1))
+        move = draw(st.sampled_from(["next"] * 5 + ["retry", "retry", "restart"]))
+        if move == "restart" or last[client] == 0:
+            last[client] = 1
+        elif move == "next":
+            last[client] += 1
+        seq = draw(st.integers(1, last[client])) if move == "retry" else last[client]
+        header = Header(
+            CLIENTS[client],
+            seq,
+            draw(st.integers(max(0, seq - 3), seq - 1)),
+            max(0, base - draw(st.sampled_from([0, 0, 0, 300]))),
+        )
+        log.append(encode_command(header, draw(commands)))
+    return log
+
+
+def new_sm() -> KVStateMachine:
+    return KVStateMachine(session_ttl_ms=1500, max_sessions=3, max_results_per_session=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(logs(), st.data())
+def test_replicas_are_deterministic_across_snapshot_restore(
+    log: list[bytes], data: st.DataObject
+) -> None:
+    a, b = new_sm(), new_sm()
+    results = []
+    for i, e in enumerate(log, 1):
+        ra, rb = a.apply(i, e), b.apply(i, e)
+        assert ra == rb
+        results.append(ra)
+    assert a.snapshot() == b.snapshot()
+
+    # A replica restored from a snapshot at any point continues exactly as one that
+    # applied the whole log (dict insertion order differs; nothing may depend on it).
+    cut = data.draw(st.integers(0, len(log)))
+    c = new_sm()
+    for i, e in enumerate(log[:cut], 1):
+        c.apply(i, e)
+    d = new_sm()
+    d.restore(c.snapshot())
+    assert d.snapshot() == c.snapshot()
+    for i, e in enumerate(log[cut:], cut + 1):
+        assert d.apply(i, e) == results[i - 1]
+    assert d.snapshot() == a.snapshot()
+
+
+@settings(max_examples=200, deadline=None)
+@given(logs())
+def test_exactly_once_writes_match_a_session_model(log: list[bytes]) -> None:
+    """Every successful write advances the revision by one, and no request -- a
+    (client, seq) pair within one incarnation of a session -- ever writes twice.
+
+    NB: across incarnations seq 1 may write again (a retry of seq 1 reaching an evicted
+    session reopens it): the documented reason clients open sessions with a Noop."""
+    sm = new_sm()
+    incarnation: dict[bytes, int] = {}
+    writes: set[tuple[bytes, int, int]] = set()
+    for i, e in enumerate(log, 1):
+        before = sm.revision
+        try:
+            client_id, seq = msgpack.unpackb(e)[2][:2]
+        except Exception:
+            client_id, seq = b"", 0  # garbage: must not write
+        session = sm._sessions.get(client_id)
+        sm.apply(i, e)
+        if sm._sessions.get(client_id) not in (None, session):  # opened (again)
+            incarnation[client_id] = incarnation.get(client_id, 0) + 1
+        if sm.revision != before:
+            assert sm.revision == before + 1
+            request = (client_id, incarnation.get(client_id, 0), seq)
+            assert request not in writes
+            writes.add(request)
+
+
+def test_snapshot_bytes_do_not_depend_on_hash_seed() -> None:
+    """Replicas run in different processes: iteration order of dicts and sets keyed by
+    bytes must never leak into state. Two hash seeds, same log, same bytes."""
+    script = textwrap.dedent(
+        """
+        import hashlib
+        from kvstore.commands import Header, Put, Delete, encode_command
+        from kvstore.state_machine import KVStateMachine
+        sm = KVStateMachine(session_ttl_ms=50, max_sessions=20, max_results_per_session=4)
+        for i in range(1, 400):
+            cid = bytes([i % 37]) * 16
+            cmd = Put(b"k%d" % (i % 23), b"v") if i % 5 else Delete(b"k%d" % (i % 23))
+            sm.apply(i, encode_command(Header(cid, 1 + i // 37, 0, i), cmd))
+        print(hashlib.sha256(sm.snapshot()).hexdigest())
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    digests = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": root}
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
