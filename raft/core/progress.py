@@ -41,6 +41,12 @@ class Inflights:
             _, size = self._items.popleft()
             self._bytes -= size
 
+    def free_first(self) -> None:
+        """Forget the oldest message; after a heartbeat round trip it was likely lost."""
+        if self._items:
+            _, size = self._items.popleft()
+            self._bytes -= size
+
     def reset(self) -> None:
         self._items.clear()
         self._bytes = 0

@@ -508,6 +508,10 @@ class Raft:
                 self._send_snapshot_chunk(m.src, pr)
         else:
             pr.probe_sent = False
+            if pr.state is ProgressState.REPLICATE and pr.inflights.full():
+                # Appends may have been lost: let one more go, so the follower either
+                # acks (freeing the window) or rejects the gap (and we probe).
+                pr.inflights.free_first()
             if pr.match < self.log.last_index:
                 self._send_all_appends(m.src)
         if m.ctx and m.src in self.conf.voters:

@@ -261,9 +261,11 @@ def test_figure8_old_term_entry_committed_only_with_current_term_entry() -> None
     # Drop the no-op wherever it would be accepted, so n3 first rejects the probe at
     # 6/2, the leader backs off, and only 2/6 gets through.
     net.drop(
-        lambda m: isinstance(m, AppendEntries)
-        and any(e.term == 4 for e in m.entries)
-        and net.nodes[m.dst].term_at(m.prev_index) == m.prev_term
+        lambda m: (
+            isinstance(m, AppendEntries)
+            and any(e.term == 4 for e in m.entries)
+            and net.nodes[m.dst].term_at(m.prev_index) == m.prev_term
+        )
     )
     net.elect("n1")
     assert net.term("n1") == 4
@@ -800,3 +802,26 @@ def test_snapshot_ack_never_claims_unverified_entries() -> None:
         for e in net.applied[n]:
             by_index.setdefault(e.index, set()).add((e.term, e.index))
     assert all(len(v) == 1 for v in by_index.values()), by_index
+
+
+def test_leader_recovers_from_lost_appends_with_full_inflight_window() -> None:
+    """A leader pipelining in REPLICATE state must not stall forever when every append
+    in its in-flight window is lost: a heartbeat response frees a slot, the next append
+    exposes the gap, and the follower is probed back into line (found by the simulator,
+    seed 29). Reference: §5.3 ("the leader retries AppendEntries indefinitely")"""
+    net = net3(max_inflight_msgs=2, max_msg_entries=1)
+    net.elect("n1")
+    net.cut("n1", "n3")  # only n2 acks; n3's pipeline is lost below
+    for i in range(3):
+        net.nodes["n1"].propose(b"a%d" % i)
+        net.send()
+    net.recover()
+    net.drop(to("n2"))  # n2's next appends vanish, filling its window
+    for i in range(4):
+        net.nodes["n1"].propose(b"b%d" % i)
+        net.send()
+    net.recover()
+    net.tick(["n1"], n=3)  # heartbeats only: no new proposals
+    last = net.nodes["n1"].status().last_index
+    assert net.commit("n1") == last
+    assert net.log("n2") == net.log("n1")
