@@ -39,6 +39,7 @@ import heapq
 import random
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from raft.config import Config
@@ -63,8 +64,6 @@ BASE_CONFIG = Config(
     election_ticks=10,
     heartbeat_ticks=1,
     snapshot_chunk_bytes=256,  # small, so every snapshot transfer is chunked
-    max_msg_entries=16,
-    max_inflight_msgs=8,
 )
 
 
@@ -91,6 +90,9 @@ class Cluster:
         self.scenario = scenario or Scenario()
         self.params = p = resolve(self.scenario, params_rng, nodes)
         self.network = Network(net_rng, NetConfig(drop_p=p.drop_p, dup_p=p.dup_p))
+        self.config = replace(
+            BASE_CONFIG, max_msg_entries=p.max_msg_entries, max_inflight_msgs=p.max_inflight_msgs
+        )
         self.nemesis = Nemesis(self, nemesis_rng, self.scenario, p)
         self.trace = trace if trace is not None else Trace()
         self.ghost = inv.Ghost()
@@ -375,7 +377,7 @@ class Cluster:
         self._start(n, restored, random.Random(self._rng.getrandbits(64)))
 
     def _start(self, n: SimNode, restored: Restored, rng: random.Random) -> None:
-        n.start(restored, rng, BASE_CONFIG)
+        n.start(restored, rng, self.config)
         self._push(self.now + self._rng.randint(1, TICK_MS), TICK, n.id, n.incarnation)
 
     def partition(self, groups: list[list[NodeId]], ms: int) -> None:

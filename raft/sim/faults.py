@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from raft.errors import ProposalDropped
 from raft.types import ConfChange, ConfChangeKind, NodeId
@@ -56,6 +56,7 @@ FAULT_KINDS = (
     READD,
 )
 MEMBERSHIP_KINDS = (DEMOTE, PROMOTE, REMOVE, READD)
+T = TypeVar("T")
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     CRASH: 3,
@@ -99,6 +100,8 @@ class Scenario:
     snapshot_every: int | None = None
     clients: int | None = None
     report_unreachable: bool | None = None  # the transport notices cut links / dead peers
+    max_msg_entries: int | None = None  # core flow control: small values split appends
+    max_inflight_msgs: int | None = None
     down_ms: tuple[int, int] = (10, 1500)
     partition_ms: tuple[int, int] = (50, 2500)
     quiet_ms: int = 10_000
@@ -118,11 +121,17 @@ class Params:
     snapshot_every: int
     clients: int
     report_unreachable: bool
+    max_msg_entries: int
+    max_inflight_msgs: int
+
+
+def _or(pinned: T | None, drawn: T) -> T:
+    return drawn if pinned is None else pinned
 
 
 def resolve(s: Scenario, rng: random.Random, n: int) -> Params:
-    """Decide the scenario's open knobs from ``rng`` (always drawing, so the stream
-    of later draws does not depend on which knobs a test pinned)."""
+    """Decide the scenario's open knobs from ``rng`` (always drawing every knob, so
+    the draws a seed makes do not depend on which knobs a test pinned)."""
     gap = rng.choice([(20, 150), (50, 400), (150, 900), (400, 2500)])
     scale = {k: w * rng.uniform(0.2, 1.0) for k, w in DEFAULT_WEIGHTS.items()}
     lose = rng.random() < 0.5
@@ -132,20 +141,24 @@ def resolve(s: Scenario, rng: random.Random, n: int) -> Params:
     snap = rng.randint(5, 50)
     clients = rng.randint(3, 5)
     unreachable = rng.random() < 0.5
+    msg_entries = rng.choice([1, 4, 16, 64])
+    inflight = rng.choice([1, 4, 8, 256])
     weights = dict(s.weights) if s.weights is not None else scale
     if not s.membership:
         for k in MEMBERSHIP_KINDS:
             weights[k] = 0.0
     return Params(
-        nemesis_ms=s.nemesis_ms or gap,
+        nemesis_ms=_or(s.nemesis_ms, gap),
         weights=weights,
-        lose_unsynced=lose if s.lose_unsynced is None else s.lose_unsynced,
-        drop_p=drop if s.drop_p is None else s.drop_p,
-        dup_p=dup if s.dup_p is None else s.dup_p,
-        max_down=down if s.max_down is None else s.max_down,
-        snapshot_every=snap if s.snapshot_every is None else s.snapshot_every,
-        clients=clients if s.clients is None else s.clients,
-        report_unreachable=unreachable if s.report_unreachable is None else s.report_unreachable,
+        lose_unsynced=_or(s.lose_unsynced, lose),
+        drop_p=_or(s.drop_p, drop),
+        dup_p=_or(s.dup_p, dup),
+        max_down=_or(s.max_down, down),
+        snapshot_every=_or(s.snapshot_every, snap),
+        clients=_or(s.clients, clients),
+        report_unreachable=_or(s.report_unreachable, unreachable),
+        max_msg_entries=_or(s.max_msg_entries, msg_entries),
+        max_inflight_msgs=_or(s.max_inflight_msgs, inflight),
     )
 
 
