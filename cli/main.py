@@ -15,6 +15,9 @@ from collections.abc import Callable
 
 import click
 
+from cli.cluster import cluster, node
+from cli.kv_commands import COMMANDS
+
 # The distribution name in pyproject.toml; ``--version`` reads it from the installed
 # metadata so the version has a single source of truth.
 _DIST_NAME = "raftkv"
@@ -52,6 +55,10 @@ def sim(
         if value is not None:
             argv += [flag, str(value)]
     ctx.exit(_load_sim_main()(argv))
+
+
+for _command in (node, cluster, *COMMANDS):
+    cli.add_command(_command)
 
 
 def _load_sim_main() -> Callable[[list[str] | None], int]:

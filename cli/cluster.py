@@ -1,0 +1,177 @@
+"""``kv node`` (one node in the foreground) and ``kv cluster up/down/status`` (every node
+of a config as background processes on this host). The work is in kvstore.cluster and
+kvstore.node; this module parses options and renders."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from cli.kv_commands import DEFAULT_CONFIG, ExitCode, console, fail, load_config_or_exit
+
+if TYPE_CHECKING:
+    from kvstore.cluster import NodeInfo
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help="Cluster config file.",
+)
+
+
+@click.command(short_help="Run one node in the foreground.")
+@_config_option
+@click.option("--id", "node_id", required=True, help="This node's id in the config.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+def node(config_path: str, node_id: str, log_level: str) -> None:
+    """Run node ID of the config until SIGTERM/SIGINT. It logs to <data_dir>/node.log
+    and keeps its pid in <data_dir>/node.pid. A broken config exits 2 naming the line."""
+    cfg = load_config_or_exit(config_path)
+    try:
+        cfg.node(node_id)
+    except KeyError:
+        ids = ", ".join(n.id for n in cfg.nodes)
+        fail(ExitCode.USAGE, f"{config_path}: no node {node_id!r} (nodes: {ids})")
+    from kvstore.node import main
+
+    try:
+        code = main(Path(config_path), node_id, log_level=log_level)
+    except OSError as exc:  # typically a port already in use or an unwritable data_dir
+        fail(ExitCode.ERROR, f"node {node_id} cannot run: {exc}")
+    sys.exit(code)
+
+
+@click.group(short_help="Start, stop and inspect the local cluster.")
+def cluster() -> None:
+    """Run every node of a cluster.toml on this host as background processes."""
+
+
+def _table(nodes: Sequence[NodeInfo], title: str | None = None) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("node", "pid", "role", "term", "commit", "applied", "lag", "leader", "client"):
+        table.add_column(
+            col, justify="right" if col in ("pid", "term", "commit", "applied", "lag") else "left"
+        )
+    for n in nodes:
+        s = n.status
+        role = {"leader": "[bold green]leader[/]", "down": "[red]down[/]"}.get(n.role, n.role)
+        table.add_row(
+            n.id,
+            str(n.pid) if n.pid is not None else "-",
+            role,
+            *(
+                str(v) if v is not None else "-"
+                for v in (s and s.term, s and s.commit, s and s.applied, n.lag)
+            ),
+            (s and s.leader) or "-",
+            n.client_address,
+        )
+    console().print(table)
+
+
+@cluster.command(short_help="Start every node; wait for a leader.")
+@_config_option
+@click.option("--fresh", is_flag=True, help="Wipe the data directories first (nodes must be down).")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    help="Seconds to wait for a leader.",
+)
+def up(config_path: str, fresh: bool, wait: float) -> None:
+    """Start the config's nodes that are not running, detached (output in
+    <data_dir>/node.out), and wait until a leader is elected."""
+    from kvstore.cluster import ClusterError, start_cluster
+
+    load_config_or_exit(config_path)
+    try:
+        report = start_cluster(Path(config_path), fresh=fresh, wait=wait)
+    except ClusterError as exc:
+        fail(ExitCode.ERROR, str(exc))
+    for nid, pid in report.already_running.items():
+        click.echo(f"{nid}: already running (pid {pid})")
+    for nid, pid in report.started.items():
+        click.echo(f"{nid}: started (pid {pid})")
+    _table(report.nodes)
+    for nid, tail in report.exited.items():
+        log = report_log(report.nodes, nid)
+        click.echo(f"kv: {nid} exited at start; see {log}\n{tail}", err=True)
+    if report.leader is None:
+        if wait > 0:
+            fail(ExitCode.ERROR, f"no leader elected within {wait:g} s (see each node.log)")
+        return
+    click.echo(f"leader: {report.leader}")
+    if report.exited:
+        sys.exit(int(ExitCode.ERROR))
+
+
+def report_log(nodes: Sequence[NodeInfo], nid: str) -> str:
+    for n in nodes:
+        if n.id == nid:
+            return str(n.data_dir / "node.out")
+    return "node.out"
+
+
+@cluster.command(short_help="Stop every node.")
+@_config_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before SIGKILL.",
+)
+def down(config_path: str, timeout: float) -> None:
+    """Stop the config's nodes (by the pids in their pid files, after checking each pid
+    is still that node): SIGTERM, then SIGKILL after --timeout."""
+    from kvstore.cluster import stop_cluster
+
+    load_config_or_exit(config_path)
+    for r in stop_cluster(Path(config_path), timeout=timeout):
+        pid = f" (pid {r.pid})" if r.pid is not None else ""
+        note = {
+            "stopped": "stopped",
+            "killed": f"killed: still running {timeout:g} s after SIGTERM",
+            "not running": "not running",
+            "stale pid file": "not running; removed a stale pid file",
+        }.get(r.outcome, r.outcome)
+        click.echo(f"{r.id}: {note}{pid}")
+
+
+@cluster.command(short_help="Show every node's role, term, commit and lag.")
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of per-node objects.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for each node's answer.",
+)
+def status(config_path: str, as_json: bool, timeout: float) -> None:
+    """Each node's process and Raft state; lag is the leader's commit index minus the
+    node's applied index. A node that does not answer shows as down."""
+    from kvstore.cluster import cluster_status
+
+    load_config_or_exit(config_path, as_json=as_json)
+    nodes = cluster_status(Path(config_path), timeout=timeout)
+    if as_json:
+        click.echo(json.dumps([n.to_json() for n in nodes]))
+    else:
+        _table(nodes)
