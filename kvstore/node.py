@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import random
@@ -23,7 +24,9 @@ from kvstore.server import ClientServer
 from kvstore.state_machine import KVStateMachine
 from raft.runtime.node import RaftEngine
 from raft.runtime.transport import PeerTransport
+from raft.storage.base import Storage
 from raft.storage.disk import DiskStorage
+from raft.storage.write_behind import WriteBehindStorage
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +57,28 @@ class RunningNode:
         await self.engine.close()
 
 
-async def start_node(cfg: ClusterConfig, node_id: str) -> RunningNode:
+class UnsafeMode(enum.Enum):
+    """Deliberately broken behaviours, used only by the fault-injection harness's own
+    tests to show that it catches them. Never use them for data you care about."""
+
+    STALE_READS = "stale-reads"  # linearizable reads served locally, no ReadIndex
+    LAZY_FSYNC = "lazy-fsync"  # writes acknowledged before they reach the disk
+
+
+LAZY_FSYNC_DELAY_S = 2.0
+
+
+async def start_node(
+    cfg: ClusterConfig, node_id: str, unsafe: UnsafeMode | None = None
+) -> RunningNode:
     """Build and start every layer of ``node_id``; the caller owns shutdown."""
     me = cfg.node(node_id)
     me.data_dir.mkdir(parents=True, exist_ok=True)
-    storage = DiskStorage(me.data_dir / "raft")
+    storage: Storage = DiskStorage(me.data_dir / "raft")
+    if unsafe is UnsafeMode.LAZY_FSYNC:
+        storage = WriteBehindStorage(storage, LAZY_FSYNC_DELAY_S)
+    if unsafe is not None:
+        log.warning("%s: RUNNING IN UNSAFE MODE %s (harness self-test only)", node_id, unsafe)
     sm = KVStateMachine()
     engine = RaftEngine(
         config=cfg.raft.core_config(node_id),
@@ -68,6 +88,7 @@ async def start_node(cfg: ClusterConfig, node_id: str) -> RunningNode:
         tick_seconds=cfg.raft.tick_ms / 1000,
         snapshot_threshold=cfg.raft.snapshot_threshold,
         sync_writes=cfg.raft.fsync is Fsync.ALWAYS,
+        unsafe_local_reads=unsafe is UnsafeMode.STALE_READS,
     )
     transport = PeerTransport(
         node_id,
@@ -97,9 +118,9 @@ async def start_node(cfg: ClusterConfig, node_id: str) -> RunningNode:
     return RunningNode(engine, transport, server)
 
 
-async def serve(cfg: ClusterConfig, node_id: str) -> int:
+async def serve(cfg: ClusterConfig, node_id: str, unsafe: UnsafeMode | None = None) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal engine error (exit 1)."""
-    node = await start_node(cfg, node_id)
+    node = await start_node(cfg, node_id, unsafe)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -121,7 +142,9 @@ async def serve(cfg: ClusterConfig, node_id: str) -> int:
     return code
 
 
-def main(config_path: Path, node_id: str, *, log_level: str = "INFO") -> int:
+def main(
+    config_path: Path, node_id: str, *, log_level: str = "INFO", unsafe: UnsafeMode | None = None
+) -> int:
     """Entry point of ``kv node``: load and validate config, log to the data dir, run."""
     cfg = load_config(config_path)
     me = cfg.node(node_id)
@@ -134,7 +157,7 @@ def main(config_path: Path, node_id: str, *, log_level: str = "INFO") -> int:
     pid_file = pid_path(me)
     pid_file.write_text(f"{os.getpid()}\n")
     try:
-        return asyncio.run(serve(cfg, node_id))
+        return asyncio.run(serve(cfg, node_id, unsafe))
     finally:
         with contextlib.suppress(FileNotFoundError):
             if pid_file.read_text().strip() == str(os.getpid()):

@@ -65,7 +65,11 @@ class RaftEngine:
         snapshot_threshold: int,
         sync_writes: bool = True,
         rng: random.Random | None = None,
+        unsafe_local_reads: bool = False,
     ) -> None:
+        """``unsafe_local_reads`` deliberately breaks linearizability (reads skip
+        ReadIndex and may be stale); it exists only so the fault-injection harness can
+        prove it catches stale reads."""
         self.id = config.id
         self._config = config
         self._storage = storage
@@ -75,6 +79,7 @@ class RaftEngine:
         self._snapshot_threshold = snapshot_threshold
         self._sync_writes = sync_writes
         self._rng = rng or random.Random()
+        self._unsafe_local_reads = unsafe_local_reads
         self._transport: Transport | None = None
         self._node: RawNode | None = None
         self._inputs: list[Input] = []
@@ -196,6 +201,8 @@ class RaftEngine:
         self._enqueue(lambda: self._require_node().transfer_leader(to))
 
     async def read_barrier(self, timeout: float) -> Index:
+        if self._unsafe_local_reads:
+            return self._applied  # BROKEN ON PURPOSE: no leadership check at all
         ctx = next(self._read_ids).to_bytes(8, "big")
         fut: asyncio.Future[Index] = asyncio.get_running_loop().create_future()
 
