@@ -6,23 +6,31 @@ Everything random in a run — message delays, drops, duplicates, crashes, parti
 membership changes, client choices, each node's election timeouts — derives from a
 single ``random.Random(seed)``, and time is a virtual integer clock in milliseconds.
 A run is a loop over a priority queue of ``(time, seq, kind, a, b)`` events: pop one,
-advance the clock to it, let it touch (usually) one node, drain that node's Ready
-batches, then check every safety invariant against what changed. ``seq`` breaks ties
-in insertion order, so the same seed yields the same run, byte for byte: there are
-no threads, no wall clock and no I/O, and nothing iterates over a set.
+advance the clock to it, let it touch one node, drain that node's Ready batches, then
+check the invariants against what changed. ``seq`` breaks ties in insertion order, so
+the same seed yields the same run, byte for byte: there are no threads, no wall clock,
+no I/O, and nothing iterates over a set of strings (whose order changes with
+``PYTHONHASHSEED``, which would make a seed printed by CI useless on a laptop).
 
-A node is a ``RawNode`` plus a :class:`MemoryStorage` plus a :class:`Register`
-state machine. Draining follows the Ready contract exactly — persist, then send,
-then apply, then advance — so the storage holds precisely what the core was told
-is durable. A crash throws away the RawNode and the state machine; in
-``lose_unsynced`` runs the storage also loses every write that was not synced.
-A restart rebuilds the node from ``storage.load()`` alone, exactly like a process.
+A node (:mod:`raft.sim.node`) is a ``RawNode`` plus a ``MemoryStorage`` plus a
+:class:`~raft.sim.workload.Register` state machine. Draining follows the Ready contract
+exactly — persist, then send, then apply, then advance — so storage holds precisely
+what the core was told is durable. A crash throws away the RawNode and the state
+machine; in ``lose_unsynced`` runs the storage also loses every write that was not
+synced. A restart rebuilds the node from ``storage.load()`` alone, like a process.
 
-Messages travel as bytes through :class:`Network` (the real codec on every hop), and
-messages in flight to a crashed node die with it (each delivery names the
-incarnation it was sent to). Faults come from a *nemesis* that fires at random
-intervals whose rate is drawn per seed, or from an explicit schedule (the hypothesis
-test uses that, so a failure shrinks to a few faults).
+Messages travel as bytes through :class:`~raft.sim.network.Network` (the real codec
+on every hop), and die with a crashed destination: each delivery names the
+incarnation it was sent to. Faults come from the nemesis (:mod:`raft.sim.faults`),
+at random intervals whose rate is drawn per seed, or from an explicit schedule (the
+hypothesis test uses one, so a failure shrinks to a few faults).
+
+Invariants (:mod:`raft.sim.invariants`) are checked after every event, on the node
+the event touched (no other node changed), against a ghost history of all nodes and
+lifetimes: every entry handed out for persistence, every commit point, every applied
+entry, every snapshot restored, every client outcome. The membership the simulator
+acts on is the first application of each change anywhere; a removed node is stopped
+and wiped at once, and a wiped node comes back only as a new learner.
 
 The run has two phases. In the fault phase, clients run a register workload while the
 nemesis does its worst, for ``steps`` events. Then everything is healed — nodes

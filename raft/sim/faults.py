@@ -230,19 +230,19 @@ class Nemesis:
             self.c.nodes[leader].drain_and_check()
 
     def _membership(self, kind: str, leader: NodeId | None, pick: int) -> None:
-        """Propose ``kind`` (or, if it does not apply now, the next membership change
-        that does, so a random nemesis keeps membership moving)."""
+        """Propose ``kind`` or, if it does not apply now, another membership change
+        that does (chosen by ``pick``), so a random nemesis keeps membership moving."""
         c = self.c
         raw = c.raw(leader) if leader is not None else None
         if raw is None or leader is None:
             return
-        order = MEMBERSHIP_KINDS[MEMBERSHIP_KINDS.index(kind) :] + MEMBERSHIP_KINDS
-        for k in order:
-            cands, cc_kind = self._candidates(k, leader)
-            if cands:
-                break
-        else:
+        options = {k: self._candidates(k, leader) for k in MEMBERSHIP_KINDS}
+        usable = [k for k in MEMBERSHIP_KINDS if options[k][0]]
+        if not usable:
+            c.note("nemesis", f"{kind}: no membership change applies")
             return
+        k = kind if kind in usable else usable[pick % len(usable)]
+        cands, cc_kind = options[k]
         target = cands[pick % len(cands)]
         try:
             index = raw.propose_conf_change(ConfChange(cc_kind, target))
