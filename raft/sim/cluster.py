@@ -204,6 +204,9 @@ class Cluster:
         n = self.nodes[nid]
         if n.incarnation != inc or n.raw is None:
             return  # a tick of a previous life
+        if n.paused_until > self.now:  # a stalled process misses its timer
+            self._push(n.paused_until, TICK, nid, inc)
+            return
         n.raw.tick()
         self._push(self.now + TICK_MS, TICK, nid, inc)
         n.drain_and_check()
@@ -214,6 +217,9 @@ class Cluster:
         n = self.nodes[nid]
         if n.incarnation != inc or n.raw is None:
             return  # died with the node it was sent to
+        if n.paused_until > self.now:  # waits in the socket buffer
+            self._push(n.paused_until, DELIVER, to, what)
+            return
         msg = self.network.receive(src, nid, payload)
         if msg is None:
             self.trace.add(self.now, nid, "cut", sent)
@@ -345,7 +351,9 @@ class Cluster:
     # ---- faults (called by the nemesis) ------------------------------------------------
 
     def raw(self, nid: NodeId) -> RawNode | None:
-        return self.nodes[nid].raw
+        """The node's RawNode if it is up and not stalled (so it can take requests)."""
+        n = self.nodes[nid]
+        return n.raw if n.paused_until <= self.now else None
 
     def leader(self) -> NodeId | None:
         """The live leader with the highest term, if any."""
@@ -388,6 +396,16 @@ class Cluster:
         n.start(restored, rng, self.config)
         self._push(self.now + self._rng.randint(1, TICK_MS), TICK, n.id, n.incarnation)
 
+    def pause(self, nid: NodeId, ms: int) -> None:
+        """Stall a node (a GC pause, a stopped VM): it keeps its state but handles
+        nothing until ``ms`` have passed; then it sees everything that arrived."""
+        n = self.nodes[nid]
+        if n.raw is None or not ms:
+            return
+        n.paused_until = max(n.paused_until, self.now + ms)
+        self.stats["pauses"] += 1
+        self.note("nemesis", f"pause {nid} until {n.paused_until}ms")
+
     def partition(self, groups: list[list[NodeId]], ms: int) -> None:
         pid = self.network.split(groups)
         self.stats["partitions"] += 1
@@ -425,6 +443,7 @@ class Cluster:
         for c in self.clients:
             c.stopped = True
         for nid in self.ids:
+            self.nodes[nid].paused_until = 0
             self.restart(nid)
         # Probes: one write and one read that must succeed (retrying as clients do).
         for ratio in (1.0, 0.0):

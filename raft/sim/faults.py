@@ -32,6 +32,8 @@ RESTART = "restart"
 SPLIT = "split"
 ISOLATE = "isolate"
 ISOLATE_LEADER = "isolate-leader"
+PAUSE = "pause"
+PAUSE_LEADER = "pause-leader"
 CUT = "cut"
 HEAL = "heal"
 TRANSFER = "transfer"
@@ -47,6 +49,8 @@ FAULT_KINDS = (
     SPLIT,
     ISOLATE,
     ISOLATE_LEADER,
+    PAUSE,
+    PAUSE_LEADER,
     CUT,
     HEAL,
     TRANSFER,
@@ -64,6 +68,8 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     SPLIT: 2,
     ISOLATE: 1.5,
     ISOLATE_LEADER: 2,
+    PAUSE: 1,
+    PAUSE_LEADER: 1.5,
     CUT: 1.5,
     HEAL: 1,
     TRANSFER: 1.5,
@@ -195,7 +201,7 @@ class Nemesis:
         ids = c.ids
         node = ids[f.a % len(ids)]
         leader = c.leader()
-        if f.kind == CRASH_LEADER or f.kind == ISOLATE_LEADER:
+        if f.kind in (CRASH_LEADER, ISOLATE_LEADER, PAUSE_LEADER):
             if leader is None:
                 return
             node = leader
@@ -209,6 +215,8 @@ class Nemesis:
             rest = [x for x in ids if x not in side]
             if side and rest:
                 c.partition([side, rest], f.duration)
+        elif f.kind in (PAUSE, PAUSE_LEADER):
+            c.pause(node, f.duration)
         elif f.kind in (ISOLATE, ISOLATE_LEADER):
             c.partition([[node], [x for x in ids if x != node]], f.duration)
         elif f.kind == CUT:

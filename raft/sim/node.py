@@ -46,6 +46,7 @@ class SimNode:
         self.reads: dict[bytes, Op] = {}  # client reads by ctx, until their ReadState
         self.waiting_reads: list[tuple[Index, Op]] = []  # ReadState seen, not yet applied
         self.unreachable: set[NodeId] = set()  # peers a send failed to reach (sorted on use)
+        self.paused_until = 0  # virtual ms; events wait, clients are turned away
 
     # ---- life cycle --------------------------------------------------------------
 
@@ -62,6 +63,7 @@ class SimNode:
         """Lose everything but storage (which the caller may also degrade)."""
         self.raw = None
         self.sm = None
+        self.paused_until = 0
         self.incarnation += 1
         self.waiting_reads = []
         self.reads = {}
@@ -71,8 +73,8 @@ class SimNode:
     # ---- client requests (direct calls: clients sit next to their node) ----------
 
     def propose(self, op: Op) -> Index:
-        if self.raw is None:
-            raise NodeDown(f"{self.id} is down")
+        if self.raw is None or self.paused_until > self.c.now:
+            raise NodeDown(f"{self.id} is down or stalled")
         index = self.raw.propose(op.key)
         op.index, op.node = index, self.id
         self.writes.setdefault(index, []).append(op)
@@ -81,8 +83,8 @@ class SimNode:
         return index
 
     def read(self, op: Op) -> None:
-        if self.raw is None:
-            raise NodeDown(f"{self.id} is down")
+        if self.raw is None or self.paused_until > self.c.now:
+            raise NodeDown(f"{self.id} is down or stalled")
         self.raw.read_index(op.key)
         op.node = self.id
         self.reads[op.key] = op
