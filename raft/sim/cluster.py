@@ -478,12 +478,21 @@ class Cluster:
         return problems
 
     def _final_checks(self) -> None:
+        """Every acked write is in the final log; every live log's committed part
+        is exactly the applied history."""
         lead = self.leader()
         assert lead is not None
         raw = self.nodes[lead].raw
         assert raw is not None
         commit = raw.status().commit
         inv.check_final(((op.key, op.index) for op in self.history.acked), self.ghost, commit)
+        for nid in self.ids:
+            node = self.nodes[nid].raw
+            if node is not None:
+                st = node.status()
+                inv.check_committed_log(
+                    self.ghost, nid, node.entries(st.first_index, st.commit + 1)
+                )
 
     def summary(self) -> dict[str, int]:
         ops = self.history.ops

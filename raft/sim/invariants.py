@@ -263,3 +263,15 @@ def check_final(acked: Iterable[tuple[bytes, Index]], g: Ghost, final_commit: In
                 f"acknowledged write {key!r} at {index}: final log has it at {at} "
                 f"(final commit {final_commit})",
             )
+
+
+def check_committed_log(g: Ghost, node: NodeId, entries: Iterable[Entry]) -> None:
+    """(5) The committed entries a node still holds are the ones applied everywhere."""
+    for e in entries:
+        seen = g.applied.get(e.index)
+        if seen is not None and seen != e:
+            raise violation(
+                "state-machine-safety",
+                f"{node} holds committed {e.term}/{e.index}, but {seen.term}/{seen.index} "
+                "was applied",
+            )

@@ -192,6 +192,14 @@ def test_final_log_holds_every_acked_write_once() -> None:
         inv.check_final([(b"b", 2)], g, final_commit=1)
 
 
+def test_committed_log_must_match_applied_history() -> None:
+    g = inv.Ghost()
+    inv.check_applied(g, "n1", Entry(1, 1, data=b"a"))
+    inv.check_committed_log(g, "n2", [Entry(1, 1, data=b"a"), Entry(2, 2)])
+    with raises("state-machine-safety"):
+        inv.check_committed_log(g, "n2", [Entry(2, 1, data=b"a")])
+
+
 def test_liveness_is_reported_distinctly() -> None:
     exc = inv.liveness("stuck")
     assert isinstance(exc, inv.LivenessViolation)
