@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +52,9 @@ def node(config_path: str, node_id: str, log_level: str) -> None:
         code = main(Path(config_path), node_id, log_level=log_level)
     except OSError as exc:  # typically a port already in use or an unwritable data_dir
         fail(ExitCode.ERROR, f"node {node_id} cannot run: {exc}")
+    except Exception as exc:  # e.g. CorruptStorage: keep the traceback, end on one line
+        traceback.print_exc()
+        fail(ExitCode.ERROR, f"node {node_id} stopped: {type(exc).__name__}: {exc}")
     sys.exit(code)
 
 

@@ -453,7 +453,8 @@ def bench(
     from rich.table import Table
 
     table = Table(
-        title=f"kv bench: {workload}, {clients} clients, {value_size} B values, {keys} keys"
+        title=f"kv bench: {workload}, {clients} client{'s' if clients > 1 else ''}, "
+        f"{value_size} B values, {keys} keys"
         + ("" if workload == "put" else f", {consistency} reads")
     )
     for col in ("op", "ok", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"):
