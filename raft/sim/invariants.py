@@ -57,6 +57,9 @@ class Ghost:
     )
     committed: dict[Index, Term] = field(default_factory=dict)  # sampled commit points
     max_commit: Index = 0
+    # Highest commit index seen at a node whose current term was t: everything up to it
+    # was committed in some term <= t, so every leader of a term > t must hold it.
+    commit_by_term: dict[Term, Index] = field(default_factory=dict)
     applied: dict[Index, Entry] = field(default_factory=dict)
     command_index: dict[bytes, Index] = field(default_factory=dict)
     # Per node, this lifetime: last commit seen, and (lead term, last index, its term).
@@ -116,15 +119,20 @@ def check_leader(g: Ghost, st: Status, term_at: TermAt) -> None:
 
 
 def check_leader_completeness(g: Ghost, st: Status, term_at: TermAt) -> None:
-    """(4) A new leader holds every entry committed so far (§3.6.3). Checking the
-    highest commit point suffices: log matching extends it to the whole prefix."""
-    mc = g.max_commit
+    """(4) A leader of term T holds every entry committed in earlier terms (§3.6.3).
+
+    Not "everything committed so far": a candidate whose votes were granted long ago
+    may become leader of its (by now stale) term late — a legal, harmless leader that
+    cannot commit anything. Checking the highest qualifying commit point suffices:
+    log matching extends it to the whole prefix."""
+    mc = max((i for t, i in g.commit_by_term.items() if t < st.term), default=0)
     if mc == 0:
         return
     if st.last_index < mc:
         raise violation(
             "leader-completeness",
-            f"{st.id} leads term {st.term} with last index {st.last_index} < commit {mc}",
+            f"{st.id} leads term {st.term} with last index {st.last_index} < {mc}, "
+            "committed in an earlier term",
         )
     want = g.committed.get(mc)
     have = term_at(mc)
@@ -158,6 +166,8 @@ def check_commit(g: Ghost, st: Status, term_at: TermAt, persisted_last: Index) -
             "state-machine-safety", f"{st.id} committed {t}/{c} but {seen}/{c} was committed"
         )
     g.max_commit = max(g.max_commit, c)
+    if c > g.commit_by_term.get(st.term, 0):
+        g.commit_by_term[st.term] = c
 
 
 def check_restart_commit(g: Ghost, node: NodeId, stored_commit: Index) -> None:

@@ -105,6 +105,16 @@ def test_leader_completeness() -> None:
         inv.check_node(g3, status("n1", Role.LEADER, term=3, last=2), terms(1, 1), 2)
 
 
+def test_late_leader_of_a_stale_term_is_legal() -> None:
+    """A candidate whose votes were granted before a pause may become leader of its
+    old term after later terms committed more; only later-term leaders must hold it."""
+    g = inv.Ghost()
+    inv.check_node(g, status("n2", term=3, commit=6, last=6), terms(1, 1, 1, 3, 3, 3), 6)
+    inv.check_node(g, status("n1", Role.LEADER, term=2, last=4), terms(1, 1, 1, 2), 4)
+    with raises("leader-completeness"):
+        inv.check_node(g, status("n3", Role.LEADER, term=4, last=4), terms(1, 1, 1, 2), 4)
+
+
 def test_commit_monotonic_and_durable() -> None:
     g = inv.Ghost()
     inv.check_node(g, status(commit=2, last=3), terms(1, 1, 1), 3)
