@@ -29,6 +29,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ __all__ = [
     "NodeInfo",
     "StartReport",
     "StopResult",
+    "busy_addresses",
     "cluster_status",
     "is_node_process",
     "node_command",
@@ -197,6 +199,25 @@ def spawn_node(config_path: Path, node: NodeConfig) -> int:
     _children[proc.pid] = proc
     pid_path(node).write_text(f"{proc.pid}\n")
     return proc.pid
+
+
+def busy_addresses(node: NodeConfig) -> list[str]:
+    """The node's peer and client addresses that cannot be bound now, with why.
+
+    Checked before starting: a node that cannot bind exits at once, but another
+    cluster already listening there would answer ``status`` in its place and make a
+    failed start look like success."""
+    busy = []
+    for addr in (node.peer_address, node.client_address):
+        family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                # Like asyncio's servers: a port in TIME_WAIT is free.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((addr.host, addr.port))
+        except OSError as exc:
+            busy.append(f"{addr}: {exc.strerror or exc}")
+    return busy
 
 
 def stop_pid(pid: int, timeout: float) -> str:
@@ -438,6 +459,13 @@ def start_cluster(
             listed = ", ".join(f"{k} (pid {v})" for k, v in running.items())
             raise ClusterError(f"refusing --fresh while nodes are running: {listed}")
         wipe_data(cfg)
+    to_start = [nid for nid in ids if nid not in running]
+    busy = {nid: b for nid in to_start if (b := busy_addresses(cfg.node(nid)))}
+    if busy:
+        listed = "; ".join(f"{nid}: {', '.join(b)}" for nid, b in busy.items())
+        raise ClusterError(
+            f"cannot start, addresses in use (another cluster or process?): {listed}"
+        )
     for nid in ids:
         if nid in running:
             report.already_running[nid] = running[nid]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,15 @@ def test_cluster_up_status_down(make_cluster: MakeCluster) -> None:
     is not one of them."""
     lc = make_cluster(start=False)
     cfg = str(lc.config)
+
+    # Another process listening on a node's address: refused before anything starts
+    # (otherwise that process could answer status and fake a successful start).
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", lc.cfg.nodes[1].client_address.port))
+        squatter.listen()
+        blocked = kv("cluster", "up", "--config", cfg)
+    assert blocked.returncode == 1 and b"in use" in blocked.stderr, blocked.stderr
+    assert not any((n.data_dir / "node.pid").exists() for n in lc.cfg.nodes)
 
     up = kv("cluster", "up", "--config", cfg)
     assert up.returncode == 0, up.stderr
