@@ -1,7 +1,8 @@
 """The ``jepsen-like`` command line: a thin shell over the harness's library code.
 
-``main`` is the click group; each subcommand registers itself on it (``check`` here; the
-run loop adds ``run``). Rendering uses ``rich``; the verdicts and counter-examples come
+``main`` is the click group; each subcommand registers itself on it (``check``, and
+``run``, whose work is in ``jepsen_like.runner``, imported only when ``run`` is used).
+Rendering uses ``rich``; the verdicts and counter-examples come
 from ``jepsen_like.checker`` unchanged, so the CLI adds no logic a test could miss.
 
 Exit codes of ``check``: 0 linearizable, 1 not linearizable, 2 unknown (budget exhausted)
@@ -13,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Final
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
 
 import click
 from rich.console import Console
@@ -148,3 +151,215 @@ def _ops_table(title: str, extra: str | None = None) -> Table:
 def _op_cells(op: Operation, description: str) -> tuple[str, ...]:
     ret = "-" if math.isinf(op.ret) else str(int(op.ret))
     return (str(op.line), str(op.process), description, str(op.call), ret, str(op.status))
+
+
+# ---- run ------------------------------------------------------------------------------
+
+_WORKLOAD_HELP = "register or set (append, watch, lock: not available yet, see docs/TESTING.md)"
+_NEMESIS_HELP = (
+    "Comma list of faults: partition (= partition-halves, -one, -leader, -ring, -bridge), "
+    "kill (= kill-one, -leader, -all), pause (= pause-one, -leader), latency, drop, or none. "
+    "member/transfer/clock: not available."
+)
+
+
+@main.command("run")
+@click.option("--workload", default="register", show_default=True, help=_WORKLOAD_HELP)
+@click.option("--nemesis", default="partition", show_default=True, help=_NEMESIS_HELP)
+@click.option(
+    "--nemesis-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds of health, then of fault, alternately.",
+)
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=1.0),
+    default=60.0,
+    show_default=True,
+    help="Seconds of workload.",
+)
+@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.1),
+    default=100.0,
+    show_default=True,
+    help="Target operations per second, all clients together.",
+)
+@click.option("--keys", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--ops-per-key",
+    type=click.IntRange(min=10),
+    default=300,
+    show_default=True,
+    help="register: invocations per key before it is replaced by a fresh key.",
+)
+@click.option("--nodes", type=click.Choice(["3", "5"]), default="3", show_default=True)
+@click.option("--seed", type=int, default=None, help="Fixes every random choice of the harness.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("jepsen-runs"),
+    show_default=True,
+    help="Directory of run directories (a 'latest' link points at the newest).",
+)
+@click.option(
+    "--unsafe",
+    type=click.Choice(["stale-reads", "lazy-fsync"]),
+    default=None,
+    help="Start every node in a deliberately BROKEN mode (harness self-test only).",
+)
+@click.option("--tick-ms", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--election-ticks", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option(
+    "--check-time-limit",
+    type=click.FloatRange(min=0.1),
+    default=120.0,
+    show_default=True,
+    help="Seconds of linearizability search before 'unknown'.",
+)
+@click.option("--keep-data", is_flag=True, help="Keep node data directories of a valid run.")
+def run_command(
+    workload: str,
+    nemesis: str,
+    nemesis_interval: float,
+    time_limit: float,
+    concurrency: int,
+    rate: float,
+    keys: int,
+    ops_per_key: int,
+    nodes: str,
+    seed: int | None,
+    out: Path,
+    unsafe: str | None,
+    tick_ms: int,
+    election_ticks: int,
+    check_time_limit: float,
+    keep_data: bool,
+) -> None:
+    """Run WORKLOAD against a fresh local cluster while the NEMESIS injects faults,
+    then check the history and write the evidence to a run directory.
+
+    Exits 0 if every checker says valid, 1 if one found a violation, 2 if the verdict
+    is unknown or the run failed.
+    """
+    from jepsen_like.runner import RunOptions, run, validate_options
+
+    console = Console(highlight=False, stderr=True)
+    opts = RunOptions(
+        workload=workload,
+        nemesis=nemesis,
+        nemesis_interval=nemesis_interval,
+        time_limit=time_limit,
+        concurrency=concurrency,
+        rate=rate,
+        keys=keys,
+        ops_per_key=ops_per_key,
+        nodes=int(nodes),
+        seed=seed,
+        out=out,
+        unsafe=unsafe,
+        tick_ms=tick_ms,
+        election_ticks=election_ticks,
+        check_time_limit=check_time_limit,
+        keep_data=keep_data,
+        command=" ".join(["jepsen-like", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else "",
+    )
+    try:
+        validate_options(opts)
+    except ValueError as exc:  # refused before anything starts
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_UNKNOWN)
+    if unsafe:
+        console.print(
+            Text(f"UNSAFE MODE {unsafe}: the store is broken on purpose", style="bold red")
+        )
+    with _RunProgress(console, time_limit) as hook:
+        outcome = run(opts, hook)
+    _render_outcome(outcome, Console(highlight=False))
+    sys.exit(outcome.exit_code)
+
+
+class _RunProgress:
+    """A rich progress bar fed by the runner's progress hook."""
+
+    def __init__(self, console: Console, time_limit: float) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.time_limit = time_limit
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[facts]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("starting", total=time_limit, facts="")
+
+    def __enter__(self) -> Callable[[str, dict[str, Any]], None]:
+        self.progress.start()
+        return self.update
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, phase: str, facts: dict[str, Any]) -> None:
+        counts = facts.get("counts") or {}
+        text = " ".join(f"{k} {counts.get(k, 0)}" for k in ("ok", "fail", "info"))
+        if facts.get("fault"):
+            text += f"  [red]{facts['fault']}[/]"
+        self.progress.update(
+            self.task,
+            description=phase,
+            completed=min(self.time_limit, facts.get("elapsed") or 0.0),
+            facts=text,
+        )
+
+
+def _render_outcome(outcome: Any, console: Console) -> None:
+    """Verdict table, per-fault throughput, and the counter-example if any."""
+    res = outcome.results
+    stats = res.get("stats", {})
+    table = Table(title=f"jepsen-like run: {res['run']['workload']} x {res['run']['nemesis']}")
+    for column in ("checker", "verdict", "summary"):
+        table.add_column(column)
+    words = {True: ("VALID", "bold green"), False: ("INVALID", "bold red")}
+    for name, c in outcome.checkers.items():
+        word, style = words.get(c["valid"], ("UNKNOWN", "bold yellow"))
+        table.add_row(name, Text(word, style=style), c.get("summary", ""))
+    if outcome.error:
+        table.add_row("run", Text("ERROR", style="bold yellow"), outcome.error)
+    console.print(table)
+    faults = Table(title="Throughput by fault")
+    for column in ("fault", "windows", "seconds", "ops/s", "ok/s"):
+        faults.add_column(column, justify="left" if column == "fault" else "right")
+    for kind, k in sorted(stats.get("by_fault_kind", {}).items()):
+        faults.add_row(
+            kind, str(k["count"]), f"{k['seconds']:.1f}", f"{k['ops_per_s']}", f"{k['ok_per_s']}"
+        )
+    healthy = stats.get("healthy") or {}
+    if healthy:
+        faults.add_row("(none)", "", f"{healthy['seconds']:.1f}", "", f"{healthy['ok_per_s']}")
+    console.print(faults)
+    by_type = stats.get("by_type", {})
+    console.print(
+        f"{stats.get('invocations', 0)} operations: "
+        + ", ".join(f"{by_type.get(k, 0)} {k}" for k in ("ok", "fail", "info", "pending"))
+        + f"; {stats.get('ops_per_s', 0)} ops/s ({stats.get('ok_per_s', 0)} ok/s)"
+    )
+    if isinstance(outcome.check, CheckResult) and outcome.check.verdict is Verdict.ILLEGAL:
+        for counterexample in outcome.check.counterexamples:
+            _render_counterexample(counterexample, console)
+    set_result = outcome.checkers.get("set")
+    if set_result and set_result["valid"] is False:
+        for what in ("lost", "unexpected", "duplicated"):
+            if set_result[what]:
+                shown = ", ".join(map(str, set_result[what][:30]))
+                more = len(set_result[what]) - 30
+                console.print(
+                    f"[bold red]{what}[/]: {shown}" + (f" ... +{more}" if more > 0 else "")
+                )
+    console.print(f"Evidence: {outcome.run_dir}/report.html (seed {res['run']['seed']})")

@@ -57,8 +57,9 @@ KV_STATE_MACHINE_MODULES = frozenset(
         "kvstore.watch",
     }
 )
-# jepsen_like drives the store from the outside, like any client.
-JEPSEN_ALLOWED_KVSTORE = ("kvstore.client", "kvstore.config")
+# jepsen_like drives the store from the outside, like any client; kvstore.cluster (which
+# itself uses only client and config) starts and stops node processes by pid for it.
+JEPSEN_ALLOWED_KVSTORE = ("kvstore.client", "kvstore.config", "kvstore.cluster")
 UPPER_OF_RAFT = ("kvstore", "cli", "jepsen_like")
 UPPER_OF_KVSTORE = ("cli", "jepsen_like")
 

@@ -1,0 +1,334 @@
+"""The system under test: a local cluster of real node processes wired through proxies.
+
+Jepsen calls this the "db": it installs, starts, kills and pauses the database. Here
+the nodes are ``kv node`` processes on 127.0.0.1, started and stopped through
+:mod:`kvstore.cluster` (the same code as ``kv cluster up``), each with its *own* config
+file: identical except that every other node's ``peer_address`` is the proxy for the
+link from this node (see :mod:`jepsen_like.proxy`), while its own is its real listen
+address. Clients dial the nodes' client addresses directly, as Jepsen's clients do:
+faults sit between the nodes, not between clients and nodes.
+
+Every pid this module starts is remembered in :data:`STARTED` until it is known dead,
+and an ``atexit`` hook SIGKILLs any survivor, so an interrupted run (Ctrl-C, a test
+timeout, a bug) never leaves nodes behind. Processes are only ever signalled by pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from kvstore.cluster import (
+    OUT_FILE,
+    node_command,
+    pid_alive,
+    spawn_node,
+    stop_pid,
+    wait_for_leader,
+)
+from kvstore.config import ClusterConfig, load_config
+
+__all__ = ["STARTED", "DBError", "LocalDB", "free_ports", "kill_survivors", "render_config"]
+
+Address = tuple[str, int]
+STARTED: set[int] = set()
+"""Pids started by this process and not yet seen dead (the atexit safety net)."""
+_UNSAFE_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class DBError(Exception):
+    """The cluster could not be brought to the state asked for."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 right now (bound together, then
+    released: a small race with other programs, acceptable for a test harness)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(
+    me: str,
+    *,
+    cluster_id: str,
+    data_root: Path,
+    raft: Mapping[str, int | bool | str],
+    peer: Mapping[str, Address],
+    client: Mapping[str, Address],
+    data_dirs: Mapping[str, Path],
+) -> str:
+    """cluster.toml text as ``me`` must see the cluster: ``peer`` holds, for every node,
+    the address ``me`` dials for it (a proxy) and, for ``me``, its real listen address.
+    Same schema as :func:`kvstore.config.generate_config`; :func:`load_config` validates."""
+    lines = [
+        f"# Node {me}'s view of the jepsen-like test cluster: the other nodes' peer",
+        "# addresses are fault-injecting proxies owned by the harness.",
+        "[cluster]",
+        f"id = {_toml_str(cluster_id)}",
+        f"data_root = {_toml_str(str(data_root))}",
+        "",
+        "[raft]",
+    ]
+    for key, value in raft.items():
+        shown = ("true" if value else "false") if isinstance(value, bool) else value
+        lines.append(f"{key} = {_toml_str(shown) if isinstance(shown, str) else shown}")
+    for node in sorted(peer):
+        lines += [
+            "",
+            "[[nodes]]",
+            f"id = {_toml_str(node)}",
+            f'peer_address = "{peer[node][0]}:{peer[node][1]}"',
+            f'client_address = "{client[node][0]}:{client[node][1]}"',
+            f"data_dir = {_toml_str(str(data_dirs[node]))}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class LocalDB:
+    """``n`` nodes ``n1..nN``; real addresses are chosen at construction."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        n: int,
+        *,
+        raft: Mapping[str, int | bool | str],
+        unsafe: str | None = None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.nodes = [f"n{i}" for i in range(1, n + 1)]
+        self.raft = dict(raft)
+        self.unsafe = unsafe
+        ports = free_ports(2 * n)
+        self.peer_addresses: dict[str, Address] = {
+            node: ("127.0.0.1", ports[i]) for i, node in enumerate(self.nodes)
+        }
+        self.client_addresses: dict[str, Address] = {
+            node: ("127.0.0.1", ports[n + i]) for i, node in enumerate(self.nodes)
+        }
+        self.data_dirs = {node: run_dir / "data" / node for node in self.nodes}
+        self.config_paths = {node: run_dir / "config" / f"{node}.toml" for node in self.nodes}
+        self.configs: dict[str, ClusterConfig] = {}
+        self.pids: dict[str, int] = {}  # running (or paused) node processes
+        self.paused: set[str] = set()
+        self.restarts = dict.fromkeys(self.nodes, 0)
+
+    def endpoints(self) -> list[str]:
+        return [f"{h}:{p}" for h, p in (self.client_addresses[n] for n in self.nodes)]
+
+    def write_configs(self, dial: Mapping[tuple[str, str], Address]) -> None:
+        """One config per node; ``dial[(src, dst)]`` is where src reaches dst."""
+        for me in self.nodes:
+            peer = {
+                other: (self.peer_addresses[me] if other == me else dial[(me, other)])
+                for other in self.nodes
+            }
+            path = self.config_paths[me]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                render_config(
+                    me,
+                    cluster_id="jepsen",
+                    data_root=self.run_dir / "data",
+                    raft=self.raft,
+                    peer=peer,
+                    client=self.client_addresses,
+                    data_dirs=self.data_dirs,
+                )
+            )
+            self.configs[me] = load_config(path)  # the node's own validation, up front
+
+    # ---- processes -----------------------------------------------------------------
+
+    def start(self, node: str) -> int:
+        """Start ``node`` (which must not be running); returns its pid."""
+        if node in self.pids and pid_alive(self.pids[node]):
+            raise DBError(f"{node} is already running (pid {self.pids[node]})")
+        cfg_node = self.configs[node].node(node)
+        if self.unsafe is None:
+            pid = spawn_node(self.config_paths[node], cfg_node)
+        else:
+            pid = self._spawn_unsafe(node)
+        STARTED.add(pid)
+        self.pids[node] = pid
+        self.paused.discard(node)
+        return pid
+
+    def _spawn_unsafe(self, node: str) -> int:
+        """``kv node ... --unsafe MODE``. TODO(harness): kvstore.cluster.spawn_node takes
+        no extra arguments yet; once it does, this mirror of it goes."""
+        cfg_node = self.configs[node].node(node)
+        cfg_node.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [*node_command(self.config_paths[node].resolve(), node), "--unsafe", self.unsafe]
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        with open(cfg_node.data_dir / OUT_FILE, "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.config_paths[node].parent,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        _UNSAFE_CHILDREN[proc.pid] = proc
+        return proc.pid
+
+    def running(self, node: str) -> bool:
+        pid = self.pids.get(node)
+        return pid is not None and _alive(pid)
+
+    def kill(self, nodes: list[str]) -> list[str]:
+        """SIGKILL ``nodes`` all at once (as close together as signals allow), then wait
+        until each is gone. Returns the nodes that were running."""
+        victims = {n: self.pids[n] for n in nodes if self.running(n)}
+        for pid in victims.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_dead(list(victims.values()), 10.0)
+        for n in victims:
+            del self.pids[n]
+            self.paused.discard(n)
+        return list(victims)
+
+    def restart(self, node: str) -> int | None:
+        """Start ``node`` again if it is not running (data dir kept)."""
+        if self.running(node):
+            return None
+        self.restarts[node] += 1
+        return self.start(node)
+
+    def pause(self, node: str) -> bool:
+        if not self.running(node):
+            return False
+        os.kill(self.pids[node], signal.SIGSTOP)
+        self.paused.add(node)
+        return True
+
+    def resume(self, node: str) -> bool:
+        if node not in self.paused:
+            return False
+        self.paused.discard(node)
+        if self.running(node):
+            os.kill(self.pids[node], signal.SIGCONT)
+        return True
+
+    def dead(self) -> list[str]:
+        return [n for n in self.nodes if not self.running(n)]
+
+    def exit_tail(self, node: str, lines: int = 8) -> str:
+        try:
+            text = (self.data_dirs[node] / OUT_FILE).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    # ---- cluster state -------------------------------------------------------------
+
+    async def wait_for_leader(self, timeout: float) -> str | None:
+        """The leader a majority acknowledges, polled for up to ``timeout`` seconds (or
+        None). Fails fast, with the node's output, if a node dies while starting."""
+        cfg = self.configs[self.nodes[0]]  # client addresses are the same in every view
+        watch = {n: p for n, p in self.pids.items() if n not in self.paused}
+        leader, _, exited = await asyncio.to_thread(wait_for_leader, cfg, timeout, watch)
+        if exited:
+            detail = "; ".join(f"{n}: {t.strip() or '(no output)'}" for n, t in exited.items())
+            raise DBError(f"node(s) exited: {detail}")
+        return leader
+
+    async def leader(self) -> str | None:
+        """The current leader, if one is acknowledged within a second."""
+        cfg = self.configs[self.nodes[0]]
+        leader, _, _ = await asyncio.to_thread(wait_for_leader, cfg, 1.0, None)
+        return leader
+
+    async def stop_all(self, timeout: float = 5.0) -> dict[str, str]:
+        """SIGCONT the paused, then SIGTERM every node (SIGKILL after ``timeout``)."""
+        for node in list(self.paused):
+            self.resume(node)
+        pids = dict(self.pids)
+        outcomes = await asyncio.gather(
+            *(asyncio.to_thread(stop_pid, p, timeout) for p in pids.values())
+        )
+        for pid in pids.values():
+            _forget(pid)
+        self.pids.clear()
+        return dict(zip(pids, outcomes, strict=True))
+
+    def kill_all_now(self) -> None:
+        """Error path: SIGCONT + SIGKILL every node we know of, without waiting long."""
+        for pid in list(self.pids.values()):
+            _kill_hard(pid)
+        _wait_dead(list(self.pids.values()), 5.0)
+        self.pids.clear()
+        self.paused.clear()
+
+
+def _alive(pid: int) -> bool:
+    child = _UNSAFE_CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        _forget(pid)
+        return False
+    if pid_alive(pid):
+        return True
+    _forget(pid)
+    return False
+
+
+def _forget(pid: int) -> None:
+    STARTED.discard(pid)
+    child = _UNSAFE_CHILDREN.pop(pid, None)
+    if child is not None:
+        child.poll()
+
+
+def _wait_dead(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    left = set(pids)
+    while left and time.monotonic() < deadline:
+        left = {p for p in left if _alive(p)}
+        if left:
+            time.sleep(0.01)
+
+
+def _kill_hard(pid: int) -> None:
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def kill_survivors() -> list[int]:
+    """SIGKILL every pid this process started that may still run; returns them."""
+    pids = [p for p in list(STARTED) if _alive(p)]
+    for pid in pids:
+        _kill_hard(pid)
+    _wait_dead(pids, 5.0)
+    return pids
+
+
+atexit.register(kill_survivors)

@@ -1,0 +1,362 @@
+"""The run directory: the evidence a reader needs to believe (or doubt) a verdict.
+
+``write_evidence`` leaves, in the run directory:
+
+- ``history.jsonl``: every operation record (written live by the recorder);
+- ``nemesis.jsonl``: the fault timeline, one event per line;
+- ``logs/<node>.log`` and ``logs/<node>.out``: copies of every node's log and output;
+- ``config/<node>.toml``: each node's view of the cluster (written at start);
+- ``results.json``: verdicts, operation counts, throughput and latency, per-fault stats;
+- ``report.html``: one self-contained page (inline SVG, no external assets) with the
+  latency scatter and throughput over time, fault windows shaded, and the checker's
+  counter-example when there is one.
+
+``summarize`` is pure: records and timeline in, statistics out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from jepsen_like.history import Record, RecordType
+from jepsen_like.nemesis import TimelineEvent
+from jepsen_like.svg import Band, Series, line_chart, scatter
+
+__all__ = ["Window", "copy_logs", "fault_windows", "render_html", "summarize", "write_evidence"]
+
+_NS = 1_000_000_000
+_COLORS = {"ok": "#2a9d2a", "fail": "#d62728", "info": "#e0a800"}
+_BAND_COLORS = {
+    "partition": "#1f77b4",
+    "kill": "#d62728",
+    "pause": "#9467bd",
+    "latency": "#ff7f0e",
+    "drop": "#8c564b",
+}
+
+
+class Window(dict[str, Any]):
+    """A fault window: id, kind, start/end (s), details. A dict, so it is JSON as is."""
+
+
+def fault_windows(timeline: Sequence[TimelineEvent], end_ns: int) -> list[Window]:
+    """Pair each start with its stop (or the final heal, or ``end_ns``)."""
+    open_: dict[int, TimelineEvent] = {}
+    windows: list[Window] = []
+    for ev in timeline:
+        if ev.event == "start" and ev.fault is not None:
+            open_[ev.fault] = ev
+        elif ev.event in ("stop", "error") and ev.fault in open_:
+            start = open_.pop(ev.fault)  # type: ignore[arg-type]
+            windows.append(_window(start, ev.time, ev.details))
+        elif ev.event == "heal":
+            for fid in list(open_):
+                windows.append(_window(open_.pop(fid), ev.time, ev.details))
+    windows += [_window(ev, end_ns, {}) for ev in open_.values()]
+    return sorted(windows, key=lambda w: w["start_s"])
+
+
+def _window(start: TimelineEvent, end_ns: int, stop_details: dict[str, Any]) -> Window:
+    return Window(
+        id=start.fault,
+        kind=start.kind,
+        start_s=start.time / _NS,
+        end_s=end_ns / _NS,
+        details=start.details,
+        stop_details=stop_details,
+    )
+
+
+def _group(kind: str) -> str:
+    return kind.split("-", 1)[0]
+
+
+def _completions(records: Sequence[Record]) -> list[tuple[Record, Record]]:
+    """(invoke, completion) pairs, in completion order."""
+    open_: dict[int, Record] = {}
+    pairs = []
+    for rec in records:
+        if rec.type is RecordType.INVOKE:
+            open_[rec.process] = rec
+        elif (inv := open_.pop(rec.process, None)) is not None:
+            pairs.append((inv, rec))
+    return pairs
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    s = sorted(values)
+
+    def q(p: float) -> float:
+        return round(s[min(len(s) - 1, math.ceil(p * len(s)) - 1)], 2)
+
+    return {"n": len(s), "p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max": round(s[-1], 2)}
+
+
+def summarize(
+    records: Sequence[Record],
+    timeline: Sequence[TimelineEvent],
+    *,
+    workload_start_ns: int,
+    workload_end_ns: int,
+) -> dict[str, Any]:
+    """Operation counts, throughput, latency, and the same per fault kind."""
+    pairs = _completions(records)
+    invoked = sum(1 for r in records if r.type is RecordType.INVOKE)
+    in_run = [(i, c) for i, c in pairs if workload_start_ns <= c.time <= workload_end_ns]
+    duration = max(1e-9, (workload_end_ns - workload_start_ns) / _NS)
+    by_f: dict[str, Counter[str]] = defaultdict(Counter)
+    latency: dict[str, list[float]] = defaultdict(list)
+    for inv, done in pairs:
+        by_f[inv.f][str(done.type)] += 1
+        if done.type is RecordType.OK:
+            latency[inv.f].append((done.time - inv.time) / 1e6)
+    by_type = Counter(str(c.type) for _, c in pairs)
+    by_type["pending"] = invoked - len(pairs)
+    windows = fault_windows(timeline, workload_end_ns)
+    for w in windows:
+        lo, hi = w["start_s"] * _NS, w["end_s"] * _NS
+        inside = Counter(str(c.type) for _, c in pairs if lo <= c.time < hi)
+        secs = max(1e-9, w["end_s"] - w["start_s"])
+        w["ops"] = dict(inside)
+        w["ops_per_s"] = round(sum(inside.values()) / secs, 1)
+        w["ok_per_s"] = round(inside["ok"] / secs, 1)
+    by_kind: dict[str, dict[str, Any]] = {}
+    for w in windows:
+        k = by_kind.setdefault(w["kind"], {"count": 0, "seconds": 0.0, "ops": Counter()})
+        k["count"] += 1
+        k["seconds"] += w["end_s"] - w["start_s"]
+        k["ops"].update(w["ops"])
+    for k in by_kind.values():
+        k["ops_per_s"] = round(sum(k["ops"].values()) / max(1e-9, k["seconds"]), 1)
+        k["ok_per_s"] = round(k["ops"]["ok"] / max(1e-9, k["seconds"]), 1)
+        k["seconds"] = round(k["seconds"], 2)
+        k["ops"] = dict(k["ops"])
+    faulty = [(w["start_s"] * _NS, w["end_s"] * _NS) for w in windows]
+    healthy = Counter(
+        str(c.type) for _, c in in_run if not any(lo <= c.time < hi for lo, hi in faulty)
+    )
+    healthy_s = duration - sum(
+        max(0.0, min(hi, workload_end_ns) - max(lo, workload_start_ns)) / _NS for lo, hi in faulty
+    )
+    return {
+        "invocations": invoked,
+        "by_type": dict(by_type),
+        "by_f": {f: dict(c) for f, c in sorted(by_f.items())},
+        "workload_seconds": round(duration, 2),
+        "ops_per_s": round(len(in_run) / duration, 1),
+        "ok_per_s": round(sum(1 for _, c in in_run if c.type is RecordType.OK) / duration, 1),
+        "latency_ms": {f: _percentiles(v) for f, v in sorted(latency.items())},
+        "healthy": {
+            "seconds": round(healthy_s, 2),
+            "ops": dict(healthy),
+            "ok_per_s": round(healthy["ok"] / max(1e-9, healthy_s), 1),
+        },
+        "faults": windows,
+        "by_fault_kind": by_kind,
+    }
+
+
+def copy_logs(data_dirs: dict[str, Path], run_dir: Path) -> list[str]:
+    """Copy each node's node.log and node.out into ``run_dir/logs``."""
+    out = run_dir / "logs"
+    out.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for node, d in sorted(data_dirs.items()):
+        for name, suffix in (("node.log", "log"), ("node.out", "out")):
+            src = d / name
+            if src.exists():
+                dst = out / f"{node}.{suffix}"
+                shutil.copyfile(src, dst)
+                copied.append(str(dst.relative_to(run_dir)))
+    return copied
+
+
+def write_evidence(
+    run_dir: Path,
+    results: dict[str, Any],
+    records: Sequence[Record],
+    timeline: Sequence[TimelineEvent],
+) -> None:
+    with open(run_dir / "nemesis.jsonl", "w", encoding="utf-8") as f:
+        for ev in timeline:
+            f.write(json.dumps(ev.to_json(), default=str) + "\n")
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (run_dir / "report.html").write_text(render_html(results, records), encoding="utf-8")
+
+
+# ---- report.html ---------------------------------------------------------------------
+
+_CSS = """
+body{font-family:sans-serif;margin:24px;max-width:1000px;color:#222}
+h1{font-size:22px} h2{font-size:17px;margin-top:28px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+.valid{color:#2a9d2a;font-weight:bold}.invalid{color:#d62728;font-weight:bold}
+.unknown{color:#b8860b;font-weight:bold} code,pre{font-size:12px;background:#f6f6f6}
+pre{padding:8px;overflow-x:auto}
+"""
+
+
+_VERDICT_WORDS = {True: "valid", False: "INVALID", None: "unknown"}
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _charts(results: dict[str, Any], records: Sequence[Record]) -> str:
+    stats = results.get("stats", {})
+    bands = [
+        Band(w["start_s"], w["end_s"], w["kind"], _BAND_COLORS.get(_group(w["kind"]), "#777"))
+        for w in stats.get("faults", [])
+    ]
+    pairs = _completions(records)
+    x_max = max([c.time / _NS for _, c in pairs] + [1.0])
+    points: dict[str, list[tuple[float, float]]] = {"ok": [], "fail": [], "info": []}
+    for inv, done in pairs:
+        points[str(done.type)].append((inv.time / _NS, max(0.01, (done.time - inv.time) / 1e6)))
+    cap = 20_000  # keep the page light: thin evenly beyond this many points per series
+    series = [Series(t, _COLORS[t], pts[:: max(1, len(pts) // cap)]) for t, pts in points.items()]
+    lat = scatter(series, bands, x_max=x_max, x_label="time (s)", y_label="latency (ms, log)")
+    buckets: dict[str, Counter[int]] = {t: Counter() for t in points}
+    for _, done in pairs:
+        buckets[str(done.type)][int(done.time // _NS)] += 1
+    seconds = range(int(x_max) + 1)
+    thr = line_chart(
+        [
+            Series(t, _COLORS[t], [(s + 0.5, float(buckets[t][s])) for s in seconds])
+            for t in buckets
+        ],
+        bands,
+        x_max=x_max,
+        x_label="time (s)",
+        y_label="completions / s",
+    )
+    return f"<h2>Latency over time</h2>{lat}<h2>Throughput</h2>{thr}"
+
+
+def _counterexamples(results: dict[str, Any]) -> str:
+    parts = []
+    for name, checker in results.get("checkers", {}).items():
+        if name == "linearizable":
+            for p in checker.get("partitions", []):
+                ce = p.get("counterexample")
+                if not ce:
+                    continue
+                rows = [
+                    (o["line"], o["process"], o["description"], o["call"], o["return"], o["status"])
+                    for o in ce["prefix"][-12:]
+                ]
+                cands = [
+                    (
+                        "*" if c["index"] == ce["blocking"]["index"] else "",
+                        c["line"],
+                        c["process"],
+                        c["description"],
+                        c["call"],
+                        c["return"],
+                        "legal" if c["legal_after_prefix"] else "illegal",
+                    )
+                    for c in ce["candidates"][:15]
+                ]
+                parts.append(
+                    f"<h3>Key {escape(ce['key'])}</h3><p><b>{escape(ce['explanation'])}</b></p>"
+                    f"<p>Linearizable prefix ({len(ce['prefix'])} ops, last 12 shown); state "
+                    f"after it: <code>{escape(ce['state'])}</code></p>"
+                    + _table(["line", "process", "op", "call (ns)", "return (ns)", "status"], rows)
+                    + "<p>Could not be linearized next (* = the culprit):</p>"
+                    + _table(["", "line", "process", "op", "call", "return", "after prefix"], cands)
+                )
+        elif name == "set" and checker.get("valid") is False:
+            parts.append(
+                "<h3>Set</h3>"
+                + _table(
+                    ["lost", "unexpected", "duplicated"],
+                    [
+                        (
+                            ", ".join(map(str, checker["lost"][:200])),
+                            ", ".join(map(str, checker["unexpected"][:200])),
+                            ", ".join(map(str, checker["duplicated"][:200])),
+                        )
+                    ],
+                )
+            )
+    if not parts:
+        return ""
+    return "<h2>Counter-example</h2>" + "".join(parts)
+
+
+def render_html(results: dict[str, Any], records: Sequence[Record]) -> str:
+    run = results.get("run", {})
+    verdict = results.get("verdict", "unknown")
+    cls = {"valid": "valid", "invalid": "invalid"}.get(verdict, "unknown")
+    stats = results.get("stats", {})
+    checker_rows = [
+        (name, _VERDICT_WORDS[c.get("valid")], c.get("summary", ""))
+        for name, c in results.get("checkers", {}).items()
+    ]
+    fault_rows = [
+        (
+            kind,
+            k["count"],
+            k["seconds"],
+            k["ops_per_s"],
+            k["ok_per_s"],
+        )
+        for kind, k in sorted(stats.get("by_fault_kind", {}).items())
+    ]
+    healthy = stats.get("healthy", {})
+    if healthy:
+        fault_rows.append(("(no fault)", "", healthy["seconds"], "", healthy["ok_per_s"]))
+    lat_rows = [
+        (f, v.get("n"), v.get("p50"), v.get("p95"), v.get("p99"), v.get("max"))
+        for f, v in stats.get("latency_ms", {}).items()
+    ]
+    timeline_rows = [
+        (f"{w['start_s']:.1f}&ndash;{w['end_s']:.1f}", w["kind"], json.dumps(w["details"])[:160])
+        for w in stats.get("faults", [])
+    ]
+    error = results.get("error")
+    title = f"{run.get('workload')} &times; {', '.join(run.get('nemesis_kinds', [])) or 'none'}"
+    unsafe = f", UNSAFE mode {escape(str(run['unsafe']))}" if run.get("unsafe") else ""
+    counts = [
+        (f, c.get("ok", 0), c.get("fail", 0), c.get("info", 0))
+        for f, c in stats.get("by_f", {}).items()
+    ]
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>jepsen-like: {escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{escape(title)}: <span class='{cls}'>{escape(verdict.upper())}</span></h1>"
+        + (f"<p class='invalid'>Error: {escape(str(error))}</p>" if error else "")
+        + f"<p><code>{escape(str(run.get('command', '')))}</code><br>seed {run.get('seed')}, "
+        f"{run.get('nodes')} nodes{unsafe}, "
+        f"{stats.get('invocations', 0)} operations, {stats.get('ops_per_s', 0)} ops/s "
+        f"({stats.get('ok_per_s', 0)} ok/s)</p>"
+        + _table(["checker", "verdict", "summary"], checker_rows)
+        + _table(["op", "ok", "p50 ms", "p95 ms", "p99 ms", "max ms"], lat_rows)
+        + _charts(results, records)
+        + _counterexamples(results)
+        + "<h2>Faults</h2>"
+        + _table(["fault", "windows", "seconds", "ops/s", "ok/s"], fault_rows)
+        + _table(["window (s)", "fault", "details"], timeline_rows)
+        + "<h2>Operation counts</h2>"
+        + _table(
+            ["op", "ok", "fail", "info"],
+            counts,
+        )
+        + "<p>Files: history.jsonl, nemesis.jsonl, results.json, logs/, config/</p>"
+        "</body></html>\n"
+    )

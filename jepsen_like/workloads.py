@@ -1,0 +1,538 @@
+"""Workloads: many logical clients driving the real store, recording a history.
+
+Theory of operation
+-------------------
+A workload runs ``concurrency`` worker slots. Each slot is one *process* at a time
+(Jepsen's term: a logical single-threaded client) with its own ``AsyncClient`` pair, and
+performs one operation at a time: record ``invoke``, call the store, record the
+completion. The completion type follows Maelstrom's error model (docs/PROTOCOL.md §8):
+
+- ``ok``: the call returned (a read of a missing key is ``ok`` with value ``null``);
+- ``fail``: a *definite* refusal, the operation certainly did not take effect
+  (``Unavailable``, ``NotFound``, ``CompareFailed``, ``SessionExpired``, ``BadRequest``);
+- ``info``: unknown (``Indeterminate``, the harness's own timeout, any unexpected
+  error). A process whose operation ended ``info`` may still have it in flight, so it
+  never invokes again: the slot retires it and continues as a new process (number
+  + ``concurrency``), with new clients and so a new write session.
+
+Each process has a *home node*: its clients list that node's address first, so
+processes spread over the cluster. Writes follow the store's redirects to the leader;
+reads use a separate client that has only ever been sent reads, so a read goes to the
+home node unless that node redirects it. A correct node redirects a linearizable read to
+the leader (or refuses it); a node that wrongly serves it locally is therefore *seen*
+doing so from its minority side of a partition, which is what lets the harness catch
+stale reads at all.
+
+Workloads (``WORKLOADS``):
+
+- ``register``: read / write / cas on a few registers with unique written values;
+  checked for linearizability per key with the register model
+  (:func:`jepsen_like.checker.check`). Each key takes at most ``ops_per_key``
+  invocations and is then replaced by a fresh key (Jepsen's independent keys), which
+  bounds every per-key search the checker must do.
+- ``set``: each add of a unique integer ``e`` is ``put("set/<e>", "1")``; after the
+  faults are healed a final linearizable scan reads the set back. Checked by
+  :func:`check_set`: every acknowledged add present, nothing duplicated or invented.
+
+``append``, ``watch`` and ``lock`` need transactions, watches and locks the store does
+not offer yet; asking for them is an error that says so.
+
+Every loop is bounded: by the stop event, by the client's deadline and by an outer
+timeout per operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+from jepsen_like.checker import CheckResult, Verdict, check
+from jepsen_like.history import Operation, Record, RecordType, Status, dump_history
+from jepsen_like.models import RegisterModel
+from kvstore.client import (
+    AsyncClient,
+    BadRequest,
+    ClientError,
+    CompareFailed,
+    Indeterminate,
+    NotFound,
+    SessionExpired,
+    Unavailable,
+)
+
+__all__ = [
+    "UNAVAILABLE_WORKLOADS",
+    "WORKLOADS",
+    "Recorder",
+    "RegisterWorkload",
+    "SetResult",
+    "SetWorkload",
+    "Workload",
+    "WorkloadError",
+    "WorkloadOptions",
+    "check_set",
+    "make_workload",
+    "workload_class",
+]
+
+UNAVAILABLE_WORKLOADS: Final[dict[str, str]] = {
+    "append": "needs multi-key transactions (Elle's list-append), which the store does not "
+    "offer yet",
+    "watch": "needs a watch operation, which the client protocol does not offer yet",
+    "lock": "needs a lock/lease service, which the store does not offer yet",
+}
+
+
+class WorkloadError(ValueError):
+    """An unknown or unavailable workload was asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadOptions:
+    endpoints: tuple[str, ...]  # client addresses, one per node, in node order
+    concurrency: int = 10
+    rate: float = 100.0  # target invocations per second, all processes together
+    keys: int = 3  # registers in use at once
+    ops_per_key: int = 300
+    seed: int = 0
+    attempt_timeout: float = 1.0  # one client attempt
+    op_deadline: float = 4.0  # one operation, retries included
+    final_read_timeout: float = 30.0
+
+
+# ---- the history ---------------------------------------------------------------------
+
+
+class Recorder:
+    """Appends records to memory and, line by line, to ``history.jsonl`` (so a crashed
+    run still leaves its history). Times are ns since the recorder's creation."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.t0 = time.monotonic_ns()
+        self.records: list[Record] = []
+        self._out: IO[str] | None = open(path, "w", encoding="utf-8") if path else None  # noqa: SIM115
+
+    def now(self) -> int:
+        return time.monotonic_ns() - self.t0
+
+    def add(self, process: int, rtype: RecordType, f: str, key: str, value: Any) -> Record:
+        rec = Record(process=process, type=rtype, f=f, key=key, value=value, time=self.now())
+        self.records.append(rec)
+        if self._out is not None:
+            self._out.writelines(dump_history([rec]))
+        return rec
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def counts(self) -> Counter[str]:
+        """Completions by type (``ok``, ``fail``, ``info``) so far."""
+        return Counter(str(r.type) for r in self.records if r.type is not RecordType.INVOKE)
+
+
+# ---- processes and their clients -----------------------------------------------------
+
+
+class _Process:
+    """One logical client: a number, a home node, a read client and a write client."""
+
+    def __init__(self, number: int, opts: WorkloadOptions) -> None:
+        self.number = number
+        n = len(opts.endpoints)
+        home = number % n
+        order = [opts.endpoints[(home + i) % n] for i in range(n)]
+        self.home = opts.endpoints[home]
+        kwargs: dict[str, Any] = {
+            "timeout": opts.attempt_timeout,
+            "deadline": opts.op_deadline,
+            "backoff_cap": 0.5,
+            "rng": random.Random(f"{opts.seed}:client:{number}"),
+        }
+        self.reads = AsyncClient(order, **kwargs)
+        self.writes = AsyncClient(order, **kwargs)
+
+    async def close(self) -> None:
+        await asyncio.gather(self.reads.close(), self.writes.close(), return_exceptions=True)
+
+
+Outcome = tuple[RecordType, Any]  # completion type and value
+
+
+async def _perform(
+    rec: Recorder,
+    proc: _Process,
+    f: str,
+    key: str,
+    value: Any,
+    call: Callable[[], Awaitable[Any]],
+    timeout: float,
+) -> Outcome:
+    """Invoke, call, complete: the one place client errors become completion types."""
+    rec.add(proc.number, RecordType.INVOKE, f, key, value)
+    try:
+        async with asyncio.timeout(timeout):
+            result = await call()
+        outcome: Outcome = (RecordType.OK, result)
+    except NotFound:
+        outcome = (RecordType.OK, None) if f == "read" else (RecordType.FAIL, value)
+    except (CompareFailed, Unavailable, SessionExpired, BadRequest):
+        outcome = (RecordType.FAIL, value)
+    except (Indeterminate, TimeoutError, ClientError, OSError):
+        outcome = (RecordType.INFO, value)
+    rtype, out = outcome
+    # Only a read's completion carries what it returned; the rest echo their input.
+    rec.add(proc.number, rtype, f, key, out if rtype is RecordType.OK and f == "read" else value)
+    return outcome
+
+
+class _Slots:
+    """The worker slots: each holds its current process and retires it after ``info``."""
+
+    def __init__(self, opts: WorkloadOptions) -> None:
+        self.opts = opts
+        self.procs = [_Process(i, opts) for i in range(opts.concurrency)]
+        self._closing: list[asyncio.Task[None]] = []
+
+    def retire(self, slot: int) -> _Process:
+        old = self.procs[slot]
+        self._closing.append(asyncio.get_running_loop().create_task(old.close()))
+        new = self.procs[slot] = _Process(old.number + self.opts.concurrency, self.opts)
+        return new
+
+    def fresh(self) -> _Process:
+        """A process numbered after every process so far (for final reads)."""
+        top = max(p.number for p in self.procs)
+        proc = _Process(top + 1, self.opts)
+        self.procs.append(proc)
+        return proc
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self.procs), *self._closing)
+
+
+# ---- workloads -------------------------------------------------------------------------
+
+
+class Workload:
+    """Shared driver: ``run`` until stopped, then ``final`` reads, then ``check``."""
+
+    name = ""
+
+    def __init__(self, opts: WorkloadOptions, recorder: Recorder) -> None:
+        self.opts = opts
+        self.rec = recorder
+        self.rng = random.Random(f"{opts.seed}:workload")
+        self.slots = _Slots(opts)
+        self.latencies: list[float] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        workers = [
+            asyncio.get_running_loop().create_task(self._worker(slot, stop))
+            for slot in range(self.opts.concurrency)
+        ]
+        await asyncio.gather(*workers)
+
+    async def _worker(self, slot: int, stop: asyncio.Event) -> None:
+        rng = random.Random(f"{self.opts.seed}:slot:{slot}")
+        # Each slot aims at rate/concurrency ops/s; stagger uniformly around that.
+        mean_gap = self.opts.concurrency / self.opts.rate
+        await _sleep_unless(stop, rng.uniform(0, mean_gap))
+        while not stop.is_set():
+            proc = self.slots.procs[slot]
+            rtype, _ = await self.step(proc, rng)
+            if rtype is RecordType.INFO:
+                self.slots.retire(slot)
+            await _sleep_unless(stop, rng.uniform(0, 2 * mean_gap))
+
+    async def step(self, proc: _Process, rng: random.Random) -> Outcome:
+        raise NotImplementedError
+
+    async def final(self) -> None:
+        """Reads after the faults are healed (part of the history)."""
+
+    def check(self, ops: Sequence[Operation], time_budget_s: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        await self.slots.close()
+
+    @property
+    def op_timeout(self) -> float:
+        # The client gives up at its deadline; this outer bound only catches a hang.
+        return self.opts.op_deadline + 2.0
+
+
+class RegisterWorkload(Workload):
+    """read / write / cas on ``keys`` registers; see the module docstring."""
+
+    name = "register"
+
+    def __init__(self, opts: WorkloadOptions, recorder: Recorder) -> None:
+        super().__init__(opts, recorder)
+        self._next_key = 0
+        self.active: list[str] = []
+        self._uses: dict[str, int] = {}
+        self._next_value: dict[str, int] = {}
+        self._last_seen: dict[str, int | None] = {}  # last value a completed op showed
+        for _ in range(opts.keys):
+            self.active.append(self._new_key())
+
+    def _new_key(self) -> str:
+        key = f"k{self._next_key}"
+        self._next_key += 1
+        self._uses[key] = 0
+        self._next_value[key] = 1
+        return key
+
+    def _pick_key(self, rng: random.Random) -> str:
+        slot = rng.randrange(len(self.active))
+        key = self.active[slot]
+        self._uses[key] += 1
+        if self._uses[key] >= self.opts.ops_per_key:
+            self.active[slot] = self._new_key()  # key retires; in-flight ops finish on it
+        return key
+
+    def _unique_value(self, key: str) -> int:
+        value = self._next_value[key]
+        self._next_value[key] += 1
+        return value
+
+    async def step(self, proc: _Process, rng: random.Random) -> Outcome:
+        key = self._pick_key(rng)
+        store_key = f"register/{key}"
+        roll = rng.random()
+        if roll < 0.5:
+            return await self._read(proc, key)
+        new = self._unique_value(key)
+        if roll < 0.75:
+            outcome = await _perform(
+                self.rec,
+                proc,
+                "write",
+                key,
+                new,
+                lambda: proc.writes.put(store_key, str(new)),
+                self.op_timeout,
+            )
+        else:
+            expected = self._last_seen.get(key)
+
+            async def cas() -> None:
+                if expected is None:
+                    await proc.writes.cas(store_key, new_value=str(new), expected_version=0)
+                else:
+                    await proc.writes.cas(
+                        store_key, new_value=str(new), expected_value=str(expected)
+                    )
+
+            outcome = await _perform(
+                self.rec, proc, "cas", key, [expected, new], cas, self.op_timeout
+            )
+        if outcome[0] is RecordType.OK:
+            self._last_seen[key] = new
+        return outcome
+
+    async def _read(self, proc: _Process, key: str) -> Outcome:
+        async def read() -> int:
+            kv = await proc.reads.get(f"register/{key}")
+            return int(kv.value)
+
+        outcome = await _perform(self.rec, proc, "read", key, None, read, self.op_timeout)
+        if outcome[0] is RecordType.OK:
+            self._last_seen[key] = outcome[1]
+        return outcome
+
+    async def final(self) -> None:
+        """One linearizable read of every key ever used, by a fresh process, retried
+        (as new processes) until it succeeds or the final-read time runs out."""
+        deadline = time.monotonic() + self.opts.final_read_timeout
+        proc = self.slots.fresh()
+        for n in range(self._next_key):
+            key = f"k{n}"
+            while time.monotonic() < deadline:
+                rtype, _ = await self._read(proc, key)
+                if rtype is RecordType.OK:
+                    break
+                if rtype is RecordType.INFO:
+                    proc = self.slots.fresh()
+                await asyncio.sleep(0.2)
+
+    def check(self, ops: Sequence[Operation], time_budget_s: float) -> dict[str, Any]:
+        result: CheckResult = check(RegisterModel(), ops, time_budget_s=time_budget_s)
+        return {
+            "checker": "linearizable",
+            "model": "register",
+            "valid": _valid(result.verdict),
+            "result": result,
+        }
+
+
+class SetWorkload(Workload):
+    """Unique adds, then one final read of the whole set; see the module docstring."""
+
+    name = "set"
+    PREFIX: Final = "set/"
+
+    def __init__(self, opts: WorkloadOptions, recorder: Recorder) -> None:
+        super().__init__(opts, recorder)
+        self._next_element = 0
+
+    async def step(self, proc: _Process, rng: random.Random) -> Outcome:
+        element = self._next_element
+        self._next_element += 1
+        return await _perform(
+            self.rec,
+            proc,
+            "add",
+            "set",
+            element,
+            lambda: proc.writes.put(f"{self.PREFIX}{element:09d}", "1"),
+            self.op_timeout,
+        )
+
+    async def _scan_all(self, client: AsyncClient) -> list[int]:
+        elements: list[int] = []
+        start = self.PREFIX.encode()
+        end = b"set0"  # prefix_end("set/")
+        while True:
+            page = await client.scan(start=start, end=end)
+            elements += [int(kv.key[len(self.PREFIX) :]) for kv in page.kvs]
+            if not page.more or not page.kvs:
+                return elements
+            start = page.kvs[-1].key + b"\x00"
+
+    async def final(self) -> None:
+        deadline = time.monotonic() + self.opts.final_read_timeout
+        while time.monotonic() < deadline:
+            proc = self.slots.fresh()
+            rtype, _ = await _perform(
+                self.rec,
+                proc,
+                "read",
+                "set",
+                None,
+                lambda proc=proc: self._scan_all(proc.reads),  # type: ignore[misc]
+                self.opts.final_read_timeout,
+            )
+            if rtype is RecordType.OK:
+                return
+            await asyncio.sleep(0.5)
+
+    def check(self, ops: Sequence[Operation], time_budget_s: float) -> dict[str, Any]:
+        result = check_set(ops)
+        return {"checker": "set", "valid": result.valid, "result": result}
+
+
+WORKLOADS: Final[dict[str, type[Workload]]] = {"register": RegisterWorkload, "set": SetWorkload}
+
+
+def workload_class(name: str) -> type[Workload]:
+    """The workload called ``name``; WorkloadError says why when there is none."""
+    if name in UNAVAILABLE_WORKLOADS:
+        raise WorkloadError(f"workload {name!r} is not available: {UNAVAILABLE_WORKLOADS[name]}")
+    if name not in WORKLOADS:
+        known = ", ".join(sorted(WORKLOADS))
+        raise WorkloadError(f"unknown workload {name!r}; choose from {known}")
+    return WORKLOADS[name]
+
+
+def make_workload(name: str, opts: WorkloadOptions, recorder: Recorder) -> Workload:
+    return workload_class(name)(opts, recorder)
+
+
+def _valid(verdict: Verdict) -> bool | None:
+    return {Verdict.OK: True, Verdict.ILLEGAL: False, Verdict.UNKNOWN: None}[verdict]
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    if seconds > 0 and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+
+# ---- the set checker (pure) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetResult:
+    """What the final read says about the adds. ``valid`` is None when no final read
+    succeeded (nothing can be said)."""
+
+    valid: bool | None
+    attempted: int
+    acknowledged: int  # adds that returned ok
+    unknown: int  # adds that ended info
+    failed: int  # adds that ended fail
+    read: int  # elements in the final read
+    lost: tuple[int, ...] = ()  # acknowledged, absent from the final read
+    unexpected: tuple[int, ...] = ()  # read, never attempted (invented) or definitely failed
+    duplicated: tuple[int, ...] = ()  # read more than once
+    recovered: tuple[int, ...] = ()  # info adds that are present
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "attempted": self.attempted,
+            "acknowledged": self.acknowledged,
+            "unknown": self.unknown,
+            "failed": self.failed,
+            "read": self.read,
+            "lost_count": len(self.lost),
+            "unexpected_count": len(self.unexpected),
+            "duplicated_count": len(self.duplicated),
+            "recovered_count": len(self.recovered),
+            "lost": list(self.lost),
+            "unexpected": list(self.unexpected),
+            "duplicated": list(self.duplicated),
+            "recovered": list(self.recovered),
+            "notes": list(self.notes),
+        }
+
+
+def check_set(ops: Sequence[Operation]) -> SetResult:
+    """Compare the adds with the last successful final read."""
+    by_status: dict[Status, set[Any]] = {s: set() for s in Status}
+    reads: list[Operation] = []
+    for op in ops:
+        if op.f == "add":
+            by_status[op.status].add(op.input.value)
+        elif op.f == "read" and op.status is Status.OK:
+            reads.append(op)
+    ok, info, failed = by_status[Status.OK], by_status[Status.INFO], by_status[Status.FAIL]
+    attempted = ok | info | failed
+    counts = {"attempted": len(attempted), "acknowledged": len(ok), "unknown": len(info)}
+    if not reads:
+        return SetResult(
+            None, **counts, failed=len(failed), read=0, notes=("no final read succeeded",)
+        )
+    final = max(reads, key=lambda op: op.ret)
+    seen = Counter(final.output)  # type: ignore[arg-type]
+    present = set(seen)
+    lost = tuple(sorted(ok - present))
+    unexpected = tuple(sorted(present - (ok | info)))
+    duplicated = tuple(sorted(e for e, c in seen.items() if c > 1))
+    recovered = tuple(sorted(info & present))
+    notes = []
+    if failed & present:
+        notes.append(f"{len(failed & present)} element(s) of definitely failed adds are present")
+    return SetResult(
+        not (lost or unexpected or duplicated),
+        **counts,
+        failed=len(failed),
+        read=sum(seen.values()),
+        lost=lost,
+        unexpected=unexpected,
+        duplicated=duplicated,
+        recovered=recovered,
+        notes=tuple(notes),
+    )
