@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cli.kv_commands import DEFAULT_CONFIG, ExitCode, console, fail, load_config_or_exit
+from kvstore.node import UnsafeMode
 
 if TYPE_CHECKING:
     from kvstore.cluster import NodeInfo
@@ -37,7 +38,14 @@ _config_option = click.option(
     default="INFO",
     show_default=True,
 )
-def node(config_path: str, node_id: str, log_level: str) -> None:
+@click.option(
+    "--unsafe",
+    type=click.Choice([m.value for m in UnsafeMode]),
+    default=None,
+    hidden=True,
+    help="Break the node on purpose (fault-injection harness self-test only).",
+)
+def node(config_path: str, node_id: str, log_level: str, unsafe: str | None) -> None:
     """Run node ID of the config until SIGTERM/SIGINT. It logs to <data_dir>/node.log
     and keeps its pid in <data_dir>/node.pid. A broken config exits 2 naming the line."""
     cfg = load_config_or_exit(config_path)
@@ -49,7 +57,12 @@ def node(config_path: str, node_id: str, log_level: str) -> None:
     from kvstore.node import main
 
     try:
-        code = main(Path(config_path), node_id, log_level=log_level)
+        code = main(
+            Path(config_path),
+            node_id,
+            log_level=log_level,
+            unsafe=UnsafeMode(unsafe) if unsafe else None,
+        )
     except OSError as exc:  # typically a port already in use or an unwritable data_dir
         fail(ExitCode.ERROR, f"node {node_id} cannot run: {exc}")
     except Exception as exc:  # e.g. CorruptStorage: keep the traceback, end on one line
