@@ -84,9 +84,19 @@ class ClusterError(Exception):
 # ---- processes --------------------------------------------------------------------------
 
 
-def node_command(config_path: Path, node_id: str) -> list[str]:
+def node_command(config_path: Path, node_id: str, extra_args: Sequence[str] = ()) -> list[str]:
     """The argv of one node process (``kv node`` through this interpreter)."""
-    return [sys.executable, "-m", "cli.main", "node", "--config", str(config_path), "--id", node_id]
+    return [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "node",
+        "--config",
+        str(config_path),
+        "--id",
+        node_id,
+        *extra_args,
+    ]
 
 
 def pid_path(node: NodeConfig) -> Path:
@@ -177,8 +187,9 @@ def running_pid(node: NodeConfig, config_path: Path) -> int | None:
     return None
 
 
-def spawn_node(config_path: Path, node: NodeConfig) -> int:
-    """Start ``node`` as a detached background process; returns its pid."""
+def spawn_node(config_path: Path, node: NodeConfig, extra_args: Sequence[str] = ()) -> int:
+    """Start ``node`` as a detached background process; returns its pid. ``extra_args``
+    go to ``kv node`` (e.g. ``["--log-level", "DEBUG"]``)."""
     node.data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     # The node runs ``-m cli.main``: make the project importable even without an install.
@@ -187,7 +198,7 @@ def spawn_node(config_path: Path, node: NodeConfig) -> int:
     )
     with open(node.data_dir / OUT_FILE, "ab") as out:
         proc = subprocess.Popen(
-            node_command(config_path.resolve(), node.id),
+            node_command(config_path.resolve(), node.id, extra_args),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

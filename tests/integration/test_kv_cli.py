@@ -213,3 +213,13 @@ def test_broken_config_exits_2_naming_the_line(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists(), "nothing may start from a broken config"
     unknown = kv("node", "--config", str(ROOT / "cluster.toml"), "--id", "n9")
     assert unknown.returncode == 2 and b"n9" in unknown.stderr
+
+
+def test_node_unsafe_choices_match_the_node() -> None:
+    """kv node spells out kvstore.node.UnsafeMode's values (to keep kv's start fast);
+    they must not drift apart."""
+    from cli.cluster import node
+    from kvstore.node import UnsafeMode
+
+    opt = next(p for p in node.params if p.name == "unsafe")
+    assert list(opt.type.choices) == [m.value for m in UnsafeMode]  # type: ignore[attr-defined]
