@@ -130,7 +130,11 @@ class Cluster:
             self._on_quiet,
         ]
         self.clients: list[Client] = []
-        for _ in range(p.clients):
+        self._boot(node_rngs)
+
+    def _boot(self, node_rngs: list[random.Random]) -> None:
+        """Found the cluster, start its clients and arm the nemesis (time 0)."""
+        for _ in range(self.params.clients):
             self._add_client(ClientConfig())
         boot = Restored.bootstrap(frozenset(self.ids))
         self.nodes = {
@@ -442,8 +446,7 @@ class Cluster:
         self.network.calm()
         for c in self.clients:
             c.stopped = True
-        for nid in self.ids:
-            self.nodes[nid].paused_until = 0
+        for nid in self.ids:  # (pauses simply run out: they are short)
             self.restart(nid)
         # Probes: one write and one read that must succeed (retrying as clients do).
         for ratio in (1.0, 0.0):

@@ -74,7 +74,6 @@ class Op:
     complete: int = -1
     index: Index = 0
     acked_before: int = 0  # writes: max acked index at invoke; reads: len(acked) at invoke
-    result: frozenset[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -130,8 +129,7 @@ class Client:
         self.leader_guess: NodeId | None = None
         self.current: Op | None = None
         self.seq = 0
-        self.stopped = False
-        self.budget: int | None = None  # ops left, None = unbounded
+        self.stopped = False  # no new ops (the fault phase is over, or a probe succeeded)
 
     # ---- driven by the cluster -------------------------------------------------
 
@@ -150,7 +148,7 @@ class Client:
                 return
             else:
                 return
-        if self.stopped or (self.budget is not None and self.budget <= 0):
+        if self.stopped:
             return
         self._start(host)
 
@@ -170,8 +168,6 @@ class Client:
 
     def _start(self, host: ClientHost) -> None:
         self.seq += 1
-        if self.budget is not None:
-            self.budget -= 1
         now = host.now
         h = self.history
         deadline = now + self.config.timeout_ms
