@@ -43,6 +43,7 @@ _STYLES: Final = {
 # How much of a counter-example's prefix to print: its tail is what leads to the failure.
 _PREFIX_TAIL: Final = 10
 _MAX_CANDIDATES: Final = 12
+_MAX_RUN_COUNTEREXAMPLES: Final = 3
 
 
 @click.group(name="jepsen-like", context_settings={"help_option_names": ["-h", "--help"]})
@@ -351,8 +352,12 @@ def _render_outcome(outcome: Any, console: Console) -> None:
         + f"; {stats.get('ops_per_s', 0)} ops/s ({stats.get('ok_per_s', 0)} ok/s)"
     )
     if isinstance(outcome.check, CheckResult) and outcome.check.verdict is Verdict.ILLEGAL:
-        for counterexample in outcome.check.counterexamples:
+        counterexamples = outcome.check.counterexamples
+        for counterexample in counterexamples[:_MAX_RUN_COUNTEREXAMPLES]:
             _render_counterexample(counterexample, console)
+        if len(counterexamples) > _MAX_RUN_COUNTEREXAMPLES:
+            more = len(counterexamples) - _MAX_RUN_COUNTEREXAMPLES
+            console.print(f"... and {more} more non-linearizable key(s): see results.json")
     set_result = outcome.checkers.get("set")
     if set_result and set_result["valid"] is False:
         for what in ("lost", "unexpected", "duplicated"):

@@ -21,19 +21,11 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from kvstore.cluster import (
-    OUT_FILE,
-    node_command,
-    pid_alive,
-    spawn_node,
-    stop_pid,
-    wait_for_leader,
-)
+from kvstore.cluster import OUT_FILE, pid_alive, spawn_node, stop_pid, wait_for_leader
 from kvstore.config import ClusterConfig, load_config
 
 __all__ = ["STARTED", "DBError", "LocalDB", "free_ports", "kill_survivors", "render_config"]
@@ -41,7 +33,6 @@ __all__ = ["STARTED", "DBError", "LocalDB", "free_ports", "kill_survivors", "ren
 Address = tuple[str, int]
 STARTED: set[int] = set()
 """Pids started by this process and not yet seen dead (the atexit safety net)."""
-_UNSAFE_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class DBError(Exception):
@@ -164,38 +155,12 @@ class LocalDB:
         """Start ``node`` (which must not be running); returns its pid."""
         if node in self.pids and pid_alive(self.pids[node]):
             raise DBError(f"{node} is already running (pid {self.pids[node]})")
-        cfg_node = self.configs[node].node(node)
-        if self.unsafe is None:
-            pid = spawn_node(self.config_paths[node], cfg_node)
-        else:
-            pid = self._spawn_unsafe(node)
+        extra = () if self.unsafe is None else ("--unsafe", self.unsafe)
+        pid = spawn_node(self.config_paths[node], self.configs[node].node(node), extra)
         STARTED.add(pid)
         self.pids[node] = pid
         self.paused.discard(node)
         return pid
-
-    def _spawn_unsafe(self, node: str) -> int:
-        """``kv node ... --unsafe MODE``. TODO(harness): kvstore.cluster.spawn_node takes
-        no extra arguments yet; once it does, this mirror of it goes."""
-        cfg_node = self.configs[node].node(node)
-        cfg_node.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [*node_command(self.config_paths[node].resolve(), node), "--unsafe", self.unsafe]
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        with open(cfg_node.data_dir / OUT_FILE, "ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.config_paths[node].parent,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
-        _UNSAFE_CHILDREN[proc.pid] = proc
-        return proc.pid
 
     def running(self, node: str) -> bool:
         pid = self.pids.get(node)
@@ -288,12 +253,6 @@ class LocalDB:
 
 
 def _alive(pid: int) -> bool:
-    child = _UNSAFE_CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        _forget(pid)
-        return False
     if pid_alive(pid):
         return True
     _forget(pid)
@@ -302,9 +261,6 @@ def _alive(pid: int) -> bool:
 
 def _forget(pid: int) -> None:
     STARTED.discard(pid)
-    child = _UNSAFE_CHILDREN.pop(pid, None)
-    if child is not None:
-        child.poll()
 
 
 def _wait_dead(pids: list[int], timeout: float) -> None:

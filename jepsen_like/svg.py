@@ -104,7 +104,7 @@ class _Frame:
             out.append(
                 f'<rect x="{x0:.1f}" y="{_T}" width="{max(1.0, x1 - x0):.1f}" '
                 f'height="{_H - _T - _B}" fill="{b.color}" fill-opacity="0.18">'
-                f"<title>{escape(b.label)}: {b.start:.1f}s&ndash;{b.end:.1f}s</title></rect>"
+                f"<title>{escape(b.label)}: {b.start:.1f}s&#8211;{b.end:.1f}s</title></rect>"
             )
             out.append(
                 f'<text x="{x0 + 2:.1f}" y="{_T + 10}" font-size="9" fill="#555">'

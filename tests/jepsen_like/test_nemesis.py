@@ -1,0 +1,314 @@
+"""Nemesis: partition shapes computed right (halves, isolation, majorities ring, bridge),
+``--nemesis`` parsing (groups, unknown and unavailable kinds), and the schedule: faults
+recorded on the timeline in start/stop pairs, and every run ending healed, even when a
+fault fails."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Iterable
+
+import pytest
+
+from jepsen_like.nemesis import (
+    FAULTS,
+    GROUPS,
+    Env,
+    NemesisError,
+    Schedule,
+    bridge,
+    complete_grudge,
+    halves,
+    isolate,
+    majorities_ring,
+    parse_nemesis,
+    reachable_from,
+)
+from jepsen_like.proxy import Link
+
+pytestmark = pytest.mark.timeout(30)
+
+NODES = {3: ["n1", "n2", "n3"], 5: ["n1", "n2", "n3", "n4", "n5"]}
+
+
+def connected(nodes: list[str], grudge: frozenset[Link], a: str, b: str) -> bool:
+    return (a, b) not in grudge and (b, a) not in grudge
+
+
+@pytest.mark.parametrize("n", [3, 5])
+@pytest.mark.parametrize("seed", range(20))
+def test_halves_cut_a_minority_from_a_majority(n: int, seed: int) -> None:
+    nodes = NODES[n]
+    minority, majority = halves(nodes, random.Random(seed))
+    assert len(minority) == n // 2 and len(majority) == n // 2 + 1
+    assert minority | majority == set(nodes) and not minority & majority
+    grudge = complete_grudge([minority, majority])
+    for a, b in itertools.permutations(nodes, 2):
+        same = {a, b} <= minority or {a, b} <= majority
+        assert ((a, b) not in grudge) == same
+
+
+def test_halves_vary_with_the_seed() -> None:
+    shapes = {halves(NODES[5], random.Random(s))[0] for s in range(30)}
+    assert len(shapes) > 3
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_isolate_cuts_one_node_both_ways(n: int) -> None:
+    nodes = NODES[n]
+    grudge = complete_grudge(isolate(nodes, "n2"))
+    assert grudge == {(a, b) for a, b in itertools.permutations(nodes, 2) if "n2" in (a, b)}
+
+
+@pytest.mark.parametrize("n", [3, 5])
+@pytest.mark.parametrize("seed", range(20))
+def test_majorities_ring_every_node_hears_its_own_majority(n: int, seed: int) -> None:
+    nodes = NODES[n]
+    grudge = majorities_ring(nodes, random.Random(seed))
+    heard = {node: frozenset(reachable_from(nodes, grudge, node)) for node in nodes}
+    majority = n // 2 + 1
+    assert all(len(h) == majority for h in heard.values()), heard
+    assert len(set(heard.values())) == n, "no two nodes may hear the same majority"
+    assert all(node in heard[node] for node in nodes)
+    # Not a partition into components: the ring is connected (each node hears someone
+    # who hears someone else), yet no node hears everyone.
+    assert all(len(h) < n for h in heard.values())
+
+
+def test_majorities_ring_of_five_is_symmetric_and_of_three_is_not() -> None:
+    for seed in range(10):
+        five = majorities_ring(NODES[5], random.Random(seed))
+        assert all((b, a) in five for a, b in five)
+        # With 5 nodes each node hears its two ring neighbours.
+        assert len(five) == 5 * 2
+        three = majorities_ring(NODES[3], random.Random(seed))
+        assert len(three) == 3  # one incoming link blocked per node ...
+        assert all((b, a) not in three for a, b in three)  # ... in one direction only
+
+
+@pytest.mark.parametrize("n", [3, 5])
+@pytest.mark.parametrize("seed", range(20))
+def test_bridge_joins_two_halves_through_one_node(n: int, seed: int) -> None:
+    nodes = NODES[n]
+    grudge, node = bridge(nodes, random.Random(seed))
+    assert all(node not in link for link in grudge), "the bridge talks to everyone"
+    others = [x for x in nodes if x != node]
+    cut = [
+        (a, b) for a, b in itertools.combinations(others, 2) if not connected(nodes, grudge, a, b)
+    ]
+    # The others form two sides of sizes k and n-1-k, cut completely from each other.
+    sides: list[set[str]] = []
+    for x in others:
+        for side in sides:
+            if all(connected(nodes, grudge, x, y) for y in side):
+                side.add(x)
+                break
+        else:
+            sides.append({x})
+    assert len(sides) == 2 and sorted(map(len, sides)) == sorted([n // 2, n - 1 - n // 2])
+    assert len(cut) == len(sides[0]) * len(sides[1])
+    assert all((b, a) in grudge for a, b in grudge), "bridge partitions are symmetric"
+
+
+def test_parse_nemesis_expands_groups_and_deduplicates() -> None:
+    assert parse_nemesis("partition") == list(GROUPS["partition"])
+    assert parse_nemesis("kill,kill-all,pause-leader") == [*GROUPS["kill"], "pause-leader"]
+    assert parse_nemesis("none") == []
+    assert parse_nemesis(" latency , drop ") == ["latency", "drop"]
+    assert set(parse_nemesis(",".join(FAULTS))) == set(FAULTS)
+
+
+@pytest.mark.parametrize("name", ["member", "transfer", "clock"])
+def test_unavailable_nemeses_are_refused_with_the_reason(name: str) -> None:
+    with pytest.raises(NemesisError, match="not available"):
+        parse_nemesis(f"partition,{name}")
+
+
+def test_unknown_nemesis_lists_the_choices() -> None:
+    with pytest.raises(NemesisError, match=r"unknown nemesis 'partitoin'.*partition-ring"):
+        parse_nemesis("partitoin")
+
+
+# ---- the schedule, against fakes --------------------------------------------------------
+
+
+class FakeNet:
+    def __init__(self) -> None:
+        self.grudge: frozenset[Link] = frozenset()
+        self.latency = (0.0, 0.0)
+        self.drops = 0
+
+    def partition(self, grudge: Iterable[Link]) -> None:
+        self.grudge = frozenset(grudge)
+
+    def set_latency(self, delay_s: float, jitter_s: float) -> None:
+        self.latency = (delay_s, jitter_s)
+
+    def drop_connections(self) -> int:
+        self.drops += 1
+        return 2
+
+    def heal(self) -> None:
+        self.grudge, self.latency = frozenset(), (0.0, 0.0)
+
+
+class FakeDB:
+    def __init__(self, n: int = 3) -> None:
+        self.nodes = NODES[n]
+        self.alive = set(self.nodes)
+        self.paused: set[str] = set()
+        self.the_leader: str | None = "n2"
+
+    def kill(self, nodes: list[str]) -> list[str]:
+        victims = [n for n in nodes if n in self.alive]
+        self.alive -= set(victims)
+        self.paused -= set(victims)
+        return victims
+
+    def restart(self, node: str) -> int | None:
+        if node in self.alive:
+            return None
+        self.alive.add(node)
+        return 1000
+
+    def pause(self, node: str) -> bool:
+        self.paused.add(node)
+        return True
+
+    def resume(self, node: str) -> bool:
+        if node not in self.paused:
+            return False
+        self.paused.discard(node)
+        return True
+
+    def dead(self) -> list[str]:
+        return [n for n in self.nodes if n not in self.alive]
+
+    async def leader(self) -> str | None:
+        return self.the_leader
+
+
+def healed(env: Env) -> bool:
+    net, db = env.net, env.db
+    assert isinstance(net, FakeNet) and isinstance(db, FakeDB)
+    return (
+        not net.grudge and net.latency == (0.0, 0.0) and not db.paused and db.alive == set(db.nodes)
+    )
+
+
+def make_schedule(kinds: list[str], interval: float = 0.02) -> Schedule:
+    env = Env(FakeNet(), FakeDB(), random.Random(1))
+    clock = itertools.count(0, 1000)
+    return Schedule(kinds, env, interval=interval, clock_ns=lambda: next(clock))
+
+
+def run_schedule(schedule: Schedule, seconds: float) -> None:
+    async def body() -> None:
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(schedule.run(stop))
+        await asyncio.sleep(seconds)
+        stop.set()
+        async with asyncio.timeout(5):
+            await task
+        await schedule.heal()
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("kind", sorted(FAULTS))
+def test_every_fault_starts_stops_and_ends_healed(kind: str) -> None:
+    schedule = make_schedule([kind])
+
+    async def body() -> None:
+        await schedule.start(kind)
+        assert schedule.active == kind
+        if kind.startswith("partition"):
+            assert schedule.env.net.grudge  # type: ignore[attr-defined]
+        elif kind.startswith("kill"):
+            assert schedule.env.db.dead()
+        elif kind.startswith("pause"):
+            assert schedule.env.db.paused
+        elif kind == "latency":
+            assert schedule.env.net.latency[0] > 0  # type: ignore[attr-defined]
+        await schedule.stop_active()
+        assert healed(schedule.env), f"{kind}'s stop must undo it"
+        await schedule.heal()
+
+    asyncio.run(body())
+    events = [(e.event, e.kind) for e in schedule.timeline]
+    assert events == [("start", kind), ("stop", kind), ("heal", "all")]
+
+
+def test_leader_faults_target_the_leader() -> None:
+    schedule = make_schedule(["partition-leader", "kill-leader", "pause-leader"])
+
+    async def body() -> None:
+        await schedule.start("partition-leader")
+        assert schedule.timeline[-1].details["isolated"] == "n2"
+        await schedule.stop_active()
+        await schedule.start("kill-leader")
+        assert schedule.env.db.dead() == ["n2"]
+        await schedule.stop_active()
+        await schedule.start("pause-leader")
+        assert schedule.env.db.paused == {"n2"}
+        await schedule.heal()
+
+    asyncio.run(body())
+    assert healed(schedule.env)
+
+
+def test_schedule_alternates_and_always_ends_healed() -> None:
+    schedule = make_schedule(["kill-all", "pause-one", "latency", "drop", *GROUPS["partition"]])
+    run_schedule(schedule, 0.5)
+    assert healed(schedule.env)
+    starts = [e for e in schedule.timeline if e.event == "start"]
+    stops = [e for e in schedule.timeline if e.event == "stop"]
+    assert len(starts) >= 3
+    assert schedule.timeline[-1].event == "heal"
+    # One fault at a time: each start is followed by its own stop (or the final heal).
+    open_fault = None
+    for e in schedule.timeline:
+        if e.event == "start":
+            assert open_fault is None
+            open_fault = e.fault
+        elif e.event == "stop":
+            assert e.fault == open_fault
+            open_fault = None
+    assert len(stops) in (len(starts), len(starts) - 1)
+    times = [e.time for e in schedule.timeline]
+    assert times == sorted(times)
+
+
+def test_heal_recovers_from_a_fault_whose_stop_failed() -> None:
+    class FlakyDB(FakeDB):
+        failures = 1
+
+        def restart(self, node: str) -> int | None:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("disk on fire")
+            return super().restart(node)
+
+    clock = itertools.count(0, 1000)
+    env = Env(FakeNet(), FlakyDB(), random.Random(1))
+    schedule = Schedule(["kill-one"], env, interval=0.02, clock_ns=lambda: next(clock))
+
+    async def body() -> dict[str, object]:
+        await schedule.start("kill-one")
+        env.db.pause(next(n for n in env.db.nodes if n not in env.db.dead()))
+        with pytest.raises(RuntimeError):
+            await schedule.stop_active()
+        return await schedule.heal()
+
+    details = asyncio.run(body())
+    assert healed(env)
+    assert details["resumed"] and details["restarted"]
+    assert [e.event for e in schedule.timeline] == ["start", "error", "heal"]
+
+
+def test_no_faults_means_an_empty_timeline_but_still_a_heal() -> None:
+    schedule = make_schedule([])
+    run_schedule(schedule, 0.05)
+    assert [e.event for e in schedule.timeline] == ["heal"]

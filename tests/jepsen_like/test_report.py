@@ -1,0 +1,121 @@
+"""The evidence: fault windows paired from the timeline, statistics from a hand-made
+history, and a report.html that is one self-contained, well-formed page."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from jepsen_like.history import Record, RecordType
+from jepsen_like.nemesis import TimelineEvent
+from jepsen_like.report import fault_windows, summarize, write_evidence
+from jepsen_like.svg import Band, Series, line_chart, scatter
+
+pytestmark = pytest.mark.timeout(30)
+
+S = 1_000_000_000
+
+
+def rec(p: int, t: str, f: str, value: object, time_s: float) -> Record:
+    return Record(process=p, type=RecordType(t), f=f, key="k0", value=value, time=int(time_s * S))
+
+
+HISTORY = [
+    rec(0, "invoke", "write", 1, 0.5),
+    rec(0, "ok", "write", 1, 0.6),
+    rec(1, "invoke", "read", None, 2.1),
+    rec(1, "ok", "read", 1, 2.2),
+    rec(0, "invoke", "write", 2, 2.5),
+    rec(0, "info", "write", 2, 3.5),
+    rec(2, "invoke", "cas", [1, 3], 3.6),
+    rec(2, "fail", "cas", [1, 3], 3.7),
+    rec(1, "invoke", "read", None, 4.5),
+]
+TIMELINE = [
+    TimelineEvent(2 * S, "start", 0, "partition-leader", {"isolated": "n1"}),
+    TimelineEvent(4 * S, "stop", 0, "partition-leader", {}),
+    TimelineEvent(int(4.2 * S), "start", 1, "kill-all", {"killed": ["n1", "n2", "n3"]}),
+    TimelineEvent(5 * S, "heal", None, "all", {"restarted": ["n1", "n2", "n3"]}),
+]
+
+
+def test_fault_windows_pair_starts_with_stops_or_the_final_heal() -> None:
+    windows = fault_windows(TIMELINE, end_ns=6 * S)
+    assert [(w["kind"], w["start_s"], w["end_s"]) for w in windows] == [
+        ("partition-leader", 2.0, 4.0),
+        ("kill-all", 4.2, 5.0),
+    ]
+    open_ended = fault_windows(TIMELINE[:3], end_ns=6 * S)
+    assert open_ended[-1]["end_s"] == 6.0
+
+
+def test_summarize_counts_throughput_and_faults() -> None:
+    stats = summarize(HISTORY, TIMELINE, workload_start_ns=0, workload_end_ns=5 * S)
+    assert stats["invocations"] == 5
+    assert stats["by_type"] == {"ok": 2, "info": 1, "fail": 1, "pending": 1}
+    assert stats["by_f"] == {"cas": {"fail": 1}, "read": {"ok": 1}, "write": {"ok": 1, "info": 1}}
+    assert stats["ops_per_s"] == 0.8  # 4 completions in 5 s
+    assert stats["latency_ms"]["write"]["p50"] == pytest.approx(100.0)
+    part = stats["by_fault_kind"]["partition-leader"]
+    assert part["count"] == 1 and part["seconds"] == 2.0
+    assert part["ops"] == {"ok": 1, "info": 1, "fail": 1}  # completions at 2.2, 3.5, 3.7
+    assert stats["healthy"]["ops"] == {"ok": 1}
+
+
+def test_report_is_self_contained_and_well_formed(tmp_path: Path) -> None:
+    stats = summarize(HISTORY, TIMELINE, workload_start_ns=0, workload_end_ns=5 * S)
+    ce = {
+        "key": "k0",
+        "explanation": "read() -> 1 by process 1 [t=1..2] cannot follow: the latest possible "
+        "values are {2}",
+        "prefix": [
+            {"line": 1, "process": 0, "description": "write(2)", "call": 1, "return": 2,
+             "status": "ok", "index": 0},
+        ],
+        "state": "2",
+        "blocking": {"index": 1},
+        "candidates": [
+            {"index": 1, "line": 3, "process": 1, "description": "read() -> 1", "call": 3,
+             "return": 4, "status": "ok", "legal_after_prefix": False},
+        ],
+    }  # fmt: skip
+    results = {
+        "verdict": "invalid",
+        "valid": False,
+        "error": None,
+        "run": {"workload": "register", "nemesis_kinds": ["partition-leader"], "seed": 5},
+        "checkers": {
+            "linearizable": {
+                "valid": False,
+                "summary": "not <linearizable>",
+                "partitions": [{"key": "k0", "counterexample": ce}],
+            }
+        },
+        "stats": stats,
+    }
+    write_evidence(tmp_path, results, HISTORY, TIMELINE)
+    html = (tmp_path / "report.html").read_text()
+    assert "INVALID" in html and "cannot follow" in html and "Counter-example" in html
+    assert "&lt;linearizable&gt;" in html, "text is escaped"
+    assert not re.search(r"""(src|href)=["']?https?:""", html), "no external assets"
+    svgs = re.findall(r"<svg.*?</svg>", html, re.S)
+    assert len(svgs) == 2
+    for svg in svgs:
+        ET.fromstring(svg)  # well-formed XML
+    assert "partition-leader" in svgs[0]  # the fault window is shaded and labelled
+    timeline = [json.loads(x) for x in (tmp_path / "nemesis.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in timeline] == ["start", "stop", "start", "heal"]
+    assert json.loads((tmp_path / "results.json").read_text())["verdict"] == "invalid"
+
+
+def test_charts_survive_empty_and_degenerate_data() -> None:
+    for chart in (
+        scatter([], [], x_max=0.0, x_label="t", y_label="ms"),
+        line_chart([Series("ok", "#0f0", [(0.0, 0.0)])], [Band(0, 0, "x", "#f00")],
+                   x_max=1.0, x_label="t", y_label="n"),
+    ):  # fmt: skip
+        ET.fromstring(chart)

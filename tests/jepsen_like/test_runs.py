@@ -1,0 +1,166 @@
+"""Real runs: real node processes, real sockets, real faults, ~15-20 s each.
+
+The store must come out VALID under partitions, kills and pauses; and the harness must
+prove it can fail: started in a deliberately broken mode, the store must be caught,
+every time:
+
+- ``--unsafe stale-reads`` (linearizable reads served from local state, no ReadIndex),
+  with the leader isolated for many election timeouts while processes whose home is
+  the old leader keep reading there: the register checker must find a stale read;
+- ``--unsafe lazy-fsync`` (writes acknowledged before they reach the disk) with every
+  node killed at once, repeatedly, under a steady stream of adds: the set checker must
+  find acknowledged adds lost.
+
+Each run goes through the ``jepsen-like run`` command (exit codes included) and its
+evidence is checked on disk. An autouse fixture SIGKILLs, by pid, any node a run left
+behind and fails the test if there was one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from jepsen_like import db
+from jepsen_like.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+# Short ticks so elections take 0.25-0.5 s and a 2.5 s fault window spans several.
+COMMON = ["--tick-ms", "25", "--nemesis-interval", "2.5", "--concurrency", "8", "--rate", "80"]
+
+
+def _kv_node_accepts_unsafe() -> bool:
+    from cli.cluster import node  # tests may look at the CLI; the harness may not
+
+    return any(p.name == "unsafe" for p in node.params)
+
+
+needs_unsafe = pytest.mark.skipif(
+    not _kv_node_accepts_unsafe(),
+    reason="kv node has no --unsafe option yet (cli/cluster.py); the self-tests need it",
+)
+
+
+@pytest.fixture(autouse=True)
+def no_node_left_behind() -> Iterator[None]:
+    yield
+    survivors = db.kill_survivors()
+    assert not survivors, f"the run left node processes behind: {survivors}"
+
+
+def run(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], Path, str]:
+    result = CliRunner().invoke(main, ["run", "--out", str(tmp_path), "--seed", "11", *args])
+    latest = tmp_path / "latest"
+    assert latest.exists(), result.output
+    run_dir = latest.resolve()
+    results = json.loads((run_dir / "results.json").read_text())
+    return result.exit_code, results, run_dir, result.output
+
+
+def assert_evidence(run_dir: Path, results: dict[str, Any]) -> None:
+    for name in ("history.jsonl", "nemesis.jsonl", "results.json", "report.html"):
+        assert (run_dir / name).stat().st_size > 0, name
+    for node in ("n1", "n2", "n3"):
+        assert (run_dir / "logs" / f"{node}.log").exists()
+        assert (run_dir / "config" / f"{node}.toml").exists()
+    timeline = [json.loads(line) for line in (run_dir / "nemesis.jsonl").read_text().splitlines()]
+    assert timeline and timeline[-1]["event"] == "heal", "a run always ends healed"
+    assert "<svg" in (run_dir / "report.html").read_text()
+    assert results["error"] is None, results["error"]
+
+
+def assert_valid(code: int, results: dict[str, Any], run_dir: Path, output: str) -> None:
+    assert_evidence(run_dir, results)
+    assert results["verdict"] == "valid", (output, results["checkers"])
+    assert code == 0, output
+    stats = results["stats"]
+    assert stats["by_type"].get("ok", 0) > 200, stats["by_type"]
+    assert stats["faults"], "the nemesis injected nothing"
+
+
+def test_register_partition_is_linearizable(tmp_path: Path) -> None:
+    out = run(
+        tmp_path, "--workload", "register", "--nemesis", "partition", "--time-limit", "15", *COMMON
+    )
+    assert_valid(*out)
+    kinds = {w["kind"] for w in out[1]["stats"]["faults"]}
+    assert kinds and all(k.startswith("partition-") for k in kinds)
+
+
+def test_register_kill_is_linearizable(tmp_path: Path) -> None:
+    out = run(
+        tmp_path, "--workload", "register", "--nemesis", "kill", "--time-limit", "15", *COMMON
+    )
+    assert_valid(*out)
+    assert sum(out[1]["run"]["restarts"].values()) >= 2
+
+
+def test_set_kill_loses_nothing(tmp_path: Path) -> None:
+    out = run(
+        tmp_path,
+        "--workload",
+        "set",
+        "--nemesis",
+        "kill-all,kill-leader",
+        "--time-limit",
+        "15",
+        *COMMON,
+    )
+    assert_valid(*out)
+    checker = out[1]["checkers"]["set"]
+    assert checker["lost_count"] == 0 and checker["acknowledged"] > 200
+
+
+def test_set_partition_and_pause_loses_nothing(tmp_path: Path) -> None:
+    out = run(
+        tmp_path, "--workload", "set", "--nemesis", "partition,pause", "--time-limit", "15", *COMMON
+    )
+    assert_valid(*out)
+
+
+@needs_unsafe
+def test_stale_reads_mode_is_caught_as_non_linearizable(tmp_path: Path) -> None:
+    code, results, run_dir, output = run(
+        tmp_path,
+        "--unsafe", "stale-reads",
+        "--workload", "register",
+        "--nemesis", "partition-leader",
+        "--nemesis-interval", "3",
+        "--keys", "2",
+        "--concurrency", "9",
+        "--rate", "90",
+        "--tick-ms", "25",
+        "--time-limit", "12",
+    )  # fmt: skip
+    assert_evidence(run_dir, results)
+    assert results["verdict"] == "invalid", (output, results["checkers"])
+    assert code == 1
+    partitions = results["checkers"]["linearizable"]["partitions"]
+    explanations = [p["counterexample"]["explanation"] for p in partitions if p["counterexample"]]
+    assert any(e.startswith("read() -> ") for e in explanations), explanations
+    assert "Counter-example" in (run_dir / "report.html").read_text()
+
+
+@needs_unsafe
+def test_lazy_fsync_mode_is_caught_losing_acknowledged_writes(tmp_path: Path) -> None:
+    code, results, run_dir, output = run(
+        tmp_path,
+        "--unsafe", "lazy-fsync",
+        "--workload", "set",
+        "--nemesis", "kill-all",
+        "--nemesis-interval", "3",
+        "--rate", "100",
+        "--tick-ms", "25",
+        "--time-limit", "13",
+    )  # fmt: skip
+    assert_evidence(run_dir, results)
+    assert results["verdict"] == "invalid", (output, results["checkers"])
+    assert code == 1
+    assert results["checkers"]["set"]["lost_count"] > 0
+    assert "lost" in output
