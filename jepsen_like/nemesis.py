@@ -19,8 +19,9 @@ the nemesis timeline. The kinds are Jepsen's:
 
 ``--nemesis`` takes a comma list of kinds or groups (``partition``, ``kill``,
 ``pause`` expand to every kind of the group). The :class:`Schedule` alternates a
-healthy interval and a fault interval of ``--nemesis-interval`` seconds, choosing each
-fault with the seeded RNG, and only one fault is active at a time, so every window in
+healthy interval and a fault interval of ``--nemesis-interval`` seconds, taking the
+kinds in a seeded random order (reshuffled every round, so each kind gets its turn),
+and only one fault is active at a time, so every window in
 the timeline has a single cause. :meth:`Schedule.heal` ends the active fault and then
 heals everything regardless (all links open, no latency, every process resumed and
 every dead node restarted); the runner calls it in a ``finally``, so a run always ends
@@ -415,6 +416,15 @@ class Schedule:
         self._faults = faults or {k: FAULTS[k]() for k in self.kinds}
         self._active: tuple[int, Fault] | None = None
         self._next_id = 0
+        self._bag: list[str] = []
+
+    def _next_kind(self) -> str:
+        """Kinds in a freshly shuffled order each round: random, yet a run with as many
+        windows as kinds sees every kind (independent draws would often repeat one)."""
+        if not self._bag:
+            self._bag = list(self.kinds)
+            self.env.rng.shuffle(self._bag)
+        return self._bag.pop()
 
     @property
     def active(self) -> str | None:
@@ -428,8 +438,7 @@ class Schedule:
         if not self.kinds:
             return
         while not await _wait(stop, self.interval):
-            kind = self.env.rng.choice(self.kinds)
-            await self.start(kind)
+            await self.start(self._next_kind())
             if await _wait(stop, self.interval):
                 return
             await self.stop_active()

@@ -312,3 +312,23 @@ def test_no_faults_means_an_empty_timeline_but_still_a_heal() -> None:
     schedule = make_schedule([])
     run_schedule(schedule, 0.05)
     assert [e.event for e in schedule.timeline] == ["heal"]
+
+
+def test_schedule_gives_every_kind_its_turn_in_a_seeded_order() -> None:
+    kinds = sorted(FAULTS)
+
+    def order() -> list[str]:
+        schedule = make_schedule(kinds)
+
+        async def body() -> None:
+            for _ in range(2 * len(kinds)):
+                await schedule.start(schedule._next_kind())
+                await schedule.stop_active()
+
+        asyncio.run(body())
+        return [e.kind for e in schedule.timeline if e.event == "start"]
+
+    first = order()
+    assert sorted(first[: len(kinds)]) == kinds and sorted(first[len(kinds) :]) == kinds
+    assert first == order(), "the same seed gives the same schedule"
+    assert first[: len(kinds)] != kinds, "shuffled, not alphabetical"
