@@ -123,6 +123,7 @@ class LocalDB:
         self.pids: dict[str, int] = {}  # running (or paused) node processes
         self.paused: set[str] = set()
         self.restarts = dict.fromkeys(self.nodes, 0)
+        self.crashes: list[dict[str, object]] = []  # exits no fault caused
 
     def endpoints(self) -> list[str]:
         return [f"{h}:{p}" for h, p in (self.client_addresses[n] for n in self.nodes)]
@@ -200,6 +201,20 @@ class LocalDB:
         if self.running(node):
             os.kill(self.pids[node], signal.SIGCONT)
         return True
+
+    def reap_crashes(self) -> list[dict[str, object]]:
+        """Nodes whose process exited although no fault killed it: a store bug (or the
+        host) took them down. Each is forgotten (so a heal restarts it) and returned
+        with the tail of its output, once."""
+        found = []
+        for node, pid in list(self.pids.items()):
+            if not _alive(pid):
+                del self.pids[node]
+                self.paused.discard(node)
+                crash = {"node": node, "pid": pid, "output": self.exit_tail(node)}
+                self.crashes.append(crash)
+                found.append(crash)
+        return found
 
     def dead(self) -> list[str]:
         return [n for n in self.nodes if not self.running(n)]

@@ -381,7 +381,7 @@ class TimelineEvent:
     """One line of nemesis.jsonl. ``time`` is ns on the history's clock."""
 
     time: int
-    event: str  # "start", "stop", "heal" or "error"
+    event: str  # "start", "stop", "heal", "error" (a fault failed) or "crash" (a node died)
     fault: int | None  # id pairing a start with its stop
     kind: str
     details: dict[str, Any] = field(default_factory=dict)
@@ -432,6 +432,10 @@ class Schedule:
 
     def _record(self, event: str, fault: int | None, kind: str, details: dict[str, Any]) -> None:
         self.timeline.append(TimelineEvent(self.clock_ns(), event, fault, kind, details))
+
+    def note(self, event: str, kind: str, details: dict[str, Any]) -> None:
+        """Put something seen outside the schedule on the timeline (a node crash)."""
+        self._record(event, None, kind, details)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Inject faults until ``stop`` is set; leaves the last fault active (call heal)."""

@@ -210,13 +210,17 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
             raise DBError(f"no leader elected within {opts.leader_timeout}s")
         facts["first_leader"] = leader
         start_ns = rec.now()
-        await _drive(opts, workload, schedule, rec, note, facts)
+        await _drive(opts, workload, schedule, db, rec, note, facts)
         end_ns = rec.now()
         note("healing", facts)
+        _note_crashes(db, schedule)
         facts["heal"] = await schedule.heal()
-        facts["leader_after_heal"] = await db.wait_for_leader(opts.leader_timeout)
+        leader = facts["leader_after_heal"] = await db.wait_for_leader(opts.leader_timeout)
+        if leader is None:
+            error = f"the cluster did not recover: no leader {opts.leader_timeout:g}s after healing"
         note("final reads", facts)
         await workload.final()
+        _note_crashes(db, schedule)
         clean = True
     except Exception as exc:  # recorded as the run's error (exit 2), evidence still written
         error = f"{type(exc).__name__}: {exc}"
@@ -250,10 +254,16 @@ async def _heal_quietly(schedule: Schedule) -> None:
         print(f"jepsen-like: heal failed: {exc!r}", file=sys.stderr)
 
 
+def _note_crashes(db: LocalDB, schedule: Schedule) -> None:
+    for crash in db.reap_crashes():
+        schedule.note("crash", str(crash["node"]), crash)
+
+
 async def _drive(
     opts: RunOptions,
     workload: Any,
     schedule: Schedule,
+    db: LocalDB,
     rec: Recorder,
     note: ProgressHook,
     facts: dict[str, Any],
@@ -269,6 +279,7 @@ async def _drive(
             for task in (load, faults):
                 if task.done() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+            _note_crashes(db, schedule)
             facts.update(elapsed=elapsed, counts=dict(rec.counts()), fault=schedule.active)
             note("running", facts)
             await asyncio.sleep(min(0.5, opts.time_limit - elapsed))
@@ -302,7 +313,7 @@ def _finish(
     checkers: dict[str, Any] = {}
     valid: bool | None = None
     check_result: CheckResult | SetResult | None = None
-    if error is None:
+    if not error or error.startswith("the cluster did not recover"):
         try:
             ops = pair_operations(rec.records)
             out = workload.check(ops, opts.check_time_limit)
@@ -315,6 +326,18 @@ def _finish(
             }
         except Exception as exc:
             error = f"checker failed: {type(exc).__name__}: {exc}"
+    crashed = sorted({str(c["node"]) for c in db.crashes})
+    checkers["nodes"] = {
+        "valid": not crashed,
+        "summary": (
+            f"node(s) {', '.join(crashed)} exited without a fault killing them"
+            if crashed
+            else "no node exited unless a fault killed it"
+        ),
+        "crashes": db.crashes,
+    }
+    if crashed:
+        valid = False
     verdict = "error" if error else {True: "valid", False: "invalid", None: "unknown"}[valid]
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
     results = {
