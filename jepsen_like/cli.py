@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -266,7 +267,7 @@ def run_command(
         election_ticks=election_ticks,
         check_time_limit=check_time_limit,
         keep_data=keep_data,
-        command=" ".join(["jepsen-like", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else "",
+        command=shlex.join(["jepsen-like", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else "",
     )
     try:
         validate_options(opts)

@@ -53,8 +53,8 @@ def fault_windows(timeline: Sequence[TimelineEvent], end_ns: int) -> list[Window
     for ev in timeline:
         if ev.event == "start" and ev.fault is not None:
             open_[ev.fault] = ev
-        elif ev.event in ("stop", "error") and ev.fault in open_:
-            start = open_.pop(ev.fault)  # type: ignore[arg-type]
+        elif ev.event in ("stop", "error") and ev.fault is not None and ev.fault in open_:
+            start = open_.pop(ev.fault)
             windows.append(_window(start, ev.time, ev.details))
         elif ev.event == "heal":
             for fid in list(open_):

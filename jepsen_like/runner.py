@@ -61,6 +61,7 @@ from jepsen_like.report import copy_logs, summarize, write_evidence
 from jepsen_like.workloads import (
     Recorder,
     SetResult,
+    Workload,
     WorkloadOptions,
     make_workload,
     workload_class,
@@ -169,7 +170,7 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
     seed = opts.seed if opts.seed is not None else random.randrange(1 << 31)
     note = progress or (lambda phase, facts: None)
     run_dir = _run_dir(opts, seed)
-    raft = {
+    raft: dict[str, int | bool | str] = {
         "tick_ms": opts.tick_ms,
         "heartbeat_ticks": 1,
         "election_ticks": opts.election_ticks,
@@ -261,7 +262,7 @@ def _note_crashes(db: LocalDB, schedule: Schedule) -> None:
 
 async def _drive(
     opts: RunOptions,
-    workload: Any,
+    workload: Workload,
     schedule: Schedule,
     db: LocalDB,
     rec: Recorder,
@@ -304,7 +305,7 @@ def _finish(
     db: LocalDB,
     rec: Recorder,
     schedule: Schedule,
-    workload: Any,
+    workload: Workload,
     facts: dict[str, Any],
     error: str | None,
     start_ns: int,
@@ -322,7 +323,7 @@ def _finish(
             checkers[out["checker"]] = {
                 "valid": valid,
                 "summary": _summary(out),
-                **check_result.to_json(),  # type: ignore[union-attr]
+                **check_result.to_json(),
             }
         except Exception as exc:
             error = f"checker failed: {type(exc).__name__}: {exc}"
@@ -400,8 +401,10 @@ def _command(opts: RunOptions, seed: int) -> str:
         "--concurrency", str(opts.concurrency),
         "--rate", f"{opts.rate:g}",
         "--keys", str(opts.keys),
+        "--ops-per-key", str(opts.ops_per_key),
         "--nodes", str(opts.nodes),
         "--tick-ms", str(opts.tick_ms),
+        "--election-ticks", str(opts.election_ticks),
         "--seed", str(seed),
     ]  # fmt: skip
     if opts.unsafe:

@@ -510,13 +510,19 @@ def check_set(ops: Sequence[Operation]) -> SetResult:
             reads.append(op)
     ok, info, failed = by_status[Status.OK], by_status[Status.INFO], by_status[Status.FAIL]
     attempted = ok | info | failed
-    counts = {"attempted": len(attempted), "acknowledged": len(ok), "unknown": len(info)}
     if not reads:
         return SetResult(
-            None, **counts, failed=len(failed), read=0, notes=("no final read succeeded",)
+            None,
+            attempted=len(attempted),
+            acknowledged=len(ok),
+            unknown=len(info),
+            failed=len(failed),
+            read=0,
+            notes=("no final read succeeded",),
         )
     final = max(reads, key=lambda op: op.ret)
-    seen = Counter(final.output)  # type: ignore[arg-type]
+    assert isinstance(final.output, tuple), "a set read returns a list of elements"
+    seen = Counter(final.output)
     present = set(seen)
     lost = tuple(sorted(ok - present))
     unexpected = tuple(sorted(present - (ok | info)))
@@ -527,7 +533,9 @@ def check_set(ops: Sequence[Operation]) -> SetResult:
         notes.append(f"{len(failed & present)} element(s) of definitely failed adds are present")
     return SetResult(
         not (lost or unexpected or duplicated),
-        **counts,
+        attempted=len(attempted),
+        acknowledged=len(ok),
+        unknown=len(info),
         failed=len(failed),
         read=sum(seen.values()),
         lost=lost,
