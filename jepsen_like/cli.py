@@ -323,6 +323,8 @@ class _RunProgress:
 
 def _render_outcome(outcome: Any, console: Console) -> None:
     """Verdict table, per-fault throughput, and the counter-example if any."""
+    from jepsen_like.report import culprit_context
+
     res = outcome.results
     stats = res.get("stats", {})
     table = Table(title=f"jepsen-like run: {res['run']['workload']} x {res['run']['nemesis']}")
@@ -356,6 +358,7 @@ def _render_outcome(outcome: Any, console: Console) -> None:
         counterexamples = outcome.check.counterexamples
         for counterexample in counterexamples[:_MAX_RUN_COUNTEREXAMPLES]:
             _render_counterexample(counterexample, console)
+            console.print(culprit_context(res, counterexample.to_json()["blocking"]))
         if len(counterexamples) > _MAX_RUN_COUNTEREXAMPLES:
             more = len(counterexamples) - _MAX_RUN_COUNTEREXAMPLES
             console.print(f"... and {more} more non-linearizable key(s): see results.json")

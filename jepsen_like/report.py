@@ -29,7 +29,15 @@ from jepsen_like.history import Record, RecordType
 from jepsen_like.nemesis import TimelineEvent
 from jepsen_like.svg import Band, Series, line_chart, scatter
 
-__all__ = ["Window", "copy_logs", "fault_windows", "render_html", "summarize", "write_evidence"]
+__all__ = [
+    "Window",
+    "copy_logs",
+    "culprit_context",
+    "fault_windows",
+    "render_html",
+    "summarize",
+    "write_evidence",
+]
 
 _NS = 1_000_000_000
 _COLORS = {"ok": "#2a9d2a", "fail": "#d62728", "info": "#e0a800"}
@@ -248,6 +256,30 @@ def _charts(results: dict[str, Any], records: Sequence[Record]) -> str:
     return f"<h2>Latency over time</h2>{lat}<h2>Throughput</h2>{thr}"
 
 
+def culprit_context(results: dict[str, Any], op: dict[str, Any]) -> str:
+    """Where the culprit ran: the process's home node and the fault in force when it
+    was invoked, which is usually the start of the story (a read on the isolated old
+    leader, say)."""
+    nodes = results.get("run", {}).get("nodes")
+    text = f"Process {op.get('process')}"
+    if nodes and isinstance(op.get("process"), int):
+        text += f" (home node n{op['process'] % nodes + 1})"
+    call_s = op.get("call", 0) / _NS
+    inside = [
+        w
+        for w in results.get("stats", {}).get("faults", [])
+        if w["start_s"] <= call_s <= w["end_s"]
+    ]
+    if not inside:
+        return f"{text} invoked it at t={call_s:.3f}s, with no fault in force."
+    w = inside[0]
+    shown = {k: v for k, v in w["details"].items() if k not in ("blocked", "took_ms")}
+    return (
+        f"{text} invoked it at t={call_s:.3f}s, during {w['kind']} "
+        f"({w['start_s']:.1f}s-{w['end_s']:.1f}s) {json.dumps(shown)}."
+    )
+
+
 def _counterexamples(results: dict[str, Any]) -> str:
     parts = []
     for name, checker in results.get("checkers", {}).items():
@@ -274,6 +306,7 @@ def _counterexamples(results: dict[str, Any]) -> str:
                 ]
                 parts.append(
                     f"<h3>Key {escape(ce['key'])}</h3><p><b>{escape(ce['explanation'])}</b></p>"
+                    f"<p>{escape(culprit_context(results, ce['blocking']))}</p>"
                     f"<p>Linearizable prefix ({len(ce['prefix'])} ops, last 12 shown); state "
                     f"after it: <code>{escape(ce['state'])}</code></p>"
                     + _table(["line", "process", "op", "call (ns)", "return (ns)", "status"], rows)

@@ -12,7 +12,7 @@ import pytest
 
 from jepsen_like.history import Record, RecordType
 from jepsen_like.nemesis import TimelineEvent
-from jepsen_like.report import fault_windows, summarize, write_evidence
+from jepsen_like.report import culprit_context, fault_windows, summarize, write_evidence
 from jepsen_like.svg import Band, Series, line_chart, scatter
 
 pytestmark = pytest.mark.timeout(30)
@@ -119,3 +119,13 @@ def test_charts_survive_empty_and_degenerate_data() -> None:
                    x_max=1.0, x_label="t", y_label="n"),
     ):  # fmt: skip
         ET.fromstring(chart)
+
+
+def test_culprit_context_names_the_home_node_and_the_fault_in_force() -> None:
+    stats = summarize(HISTORY, TIMELINE, workload_start_ns=0, workload_end_ns=5 * S)
+    results = {"run": {"nodes": 3}, "stats": stats}
+    inside = culprit_context(results, {"process": 4, "call": int(2.5 * S)})
+    assert inside.startswith("Process 4 (home node n2) invoked it at t=2.500s, during ")
+    assert "partition-leader" in inside and '"isolated": "n1"' in inside
+    outside = culprit_context(results, {"process": 0, "call": int(1.0 * S)})
+    assert outside.endswith("with no fault in force.")
