@@ -281,6 +281,8 @@ def put(
 ) -> None:
     """Set KEY to VALUE. Without VALUE, or with -, the value is stdin's bytes, exactly
     (``echo 1 | kv put a`` stores "1\\n"; use ``printf``)."""
+    if value is None and sys.stdin.isatty():
+        raise click.UsageError("no VALUE given; pass one, pipe it in, or use - to type it")
     data = sys.stdin.buffer.read() if value in (None, "-") else arg_bytes(value)
     r = run_client(endpoints, config, timeout, as_json, lambda c: c.put(arg_bytes(key), data))
     _emit(
