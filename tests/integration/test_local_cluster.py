@@ -241,7 +241,9 @@ def test_torn_wal_tail_is_recovered(local_cluster: LocalCluster, how: str) -> No
     acked = {f"t/{i:03d}": str(i) for i in range(20)}
     for k, v in acked.items():
         c.put(k, v)
-    lc.wait_applied(victim, lc.status(lc.leader()).commit)  # type: ignore[union-attr]
+    lead = lc.status(lc.leader())
+    assert lead is not None
+    lc.wait_applied(victim, lead.commit)
     lc.kill(victim)
     _tear(lc.wal_tail(victim), how)
     for i in range(20, 30):
@@ -251,6 +253,10 @@ def test_torn_wal_tail_is_recovered(local_cluster: LocalCluster, how: str) -> No
     assert lc.status(victim) is not None, "the node does not serve after the tear"
     # Healthy catch-up takes well under a second at this tick.
     lc.wait_applied(victim, lc.status(lc.leader()).commit, timeout=5)  # type: ignore[union-attr]
+    if how == "truncate" and lc.status(lc.leader()).term != lead.term:  # type: ignore[union-attr]
+        # A new leader re-probes every follower from scratch, which hides the bug the
+        # xfail pins (it shows only while one leader stays in office): inconclusive.
+        pytest.skip("leadership changed during the test")
     _check_all(lc, acked, node=victim)
     c.put("after", "x")  # the cluster still commits
     _check_all(lc, acked)
