@@ -359,11 +359,11 @@ def render_html(results: dict[str, Any], records: Sequence[Record]) -> str:
         for f, v in stats.get("latency_ms", {}).items()
     ]
     timeline_rows = [
-        (f"{w['start_s']:.1f}&ndash;{w['end_s']:.1f}", w["kind"], json.dumps(w["details"])[:160])
+        (f"{w['start_s']:.1f}\u2013{w['end_s']:.1f}", w["kind"], json.dumps(w["details"])[:160])
         for w in stats.get("faults", [])
     ]
     error = results.get("error")
-    title = f"{run.get('workload')} &times; {', '.join(run.get('nemesis_kinds', [])) or 'none'}"
+    title = f"{run.get('workload')} \u00d7 {', '.join(run.get('nemesis_kinds', [])) or 'none'}"
     unsafe = f", UNSAFE mode {escape(str(run['unsafe']))}" if run.get("unsafe") else ""
     counts = [
         (f, c.get("ok", 0), c.get("fail", 0), c.get("info", 0))

@@ -117,6 +117,7 @@ class Recorder:
     def __init__(self, path: Path | None = None) -> None:
         self.t0 = time.monotonic_ns()
         self.records: list[Record] = []
+        self._counts: Counter[str] = Counter()  # kept as we go: progress polls it often
         self._out: IO[str] | None = open(path, "w", encoding="utf-8") if path else None  # noqa: SIM115
 
     def now(self) -> int:
@@ -125,6 +126,8 @@ class Recorder:
     def add(self, process: int, rtype: RecordType, f: str, key: str, value: Any) -> Record:
         rec = Record(process=process, type=rtype, f=f, key=key, value=value, time=self.now())
         self.records.append(rec)
+        if rtype is not RecordType.INVOKE:
+            self._counts[str(rtype)] += 1
         if self._out is not None:
             self._out.writelines(dump_history([rec]))
         return rec
@@ -136,7 +139,7 @@ class Recorder:
 
     def counts(self) -> Counter[str]:
         """Completions by type (``ok``, ``fail``, ``info``) so far."""
-        return Counter(str(r.type) for r in self.records if r.type is not RecordType.INVOKE)
+        return Counter(self._counts)
 
 
 # ---- processes and their clients -----------------------------------------------------

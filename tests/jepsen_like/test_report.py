@@ -101,6 +101,7 @@ def test_report_is_self_contained_and_well_formed(tmp_path: Path) -> None:
     html = (tmp_path / "report.html").read_text()
     assert "INVALID" in html and "cannot follow" in html and "Counter-example" in html
     assert "&lt;linearizable&gt;" in html, "text is escaped"
+    assert "&amp;" not in html, "nothing is escaped twice"
     assert not re.search(r"""(src|href)=["']?https?:""", html), "no external assets"
     svgs = re.findall(r"<svg.*?</svg>", html, re.S)
     assert len(svgs) == 2
