@@ -172,13 +172,19 @@ def test_lagging_node_catches_up_from_snapshot(make_cluster: MakeCluster) -> Non
             await asyncio.gather(*(ac.put(f"s/{i:04d}", str(i)) for i in range(200)))
 
     asyncio.run(write_many())
-    leader_log = (lc.cfg.node(lead).data_dir / "node.log").read_text()
-    snaps = [
-        int(line.split("snapshot at ")[1].split()[0])
-        for line in leader_log.splitlines()
-        if "snapshot at " in line
-    ]
-    assert snaps and max(snaps) > stopped_at + 1, "leader did not compact past the lagger"
+
+    def compacted_past_lagger() -> None:
+        # The snapshot is taken (and logged) just after the apply that crosses the
+        # threshold, which may be after the last write was acknowledged.
+        text = (lc.cfg.node(lead).data_dir / "node.log").read_text()
+        snaps = [
+            int(ln.split("snapshot at ")[1].split()[0])
+            for ln in text.splitlines()
+            if "snapshot at " in ln
+        ]
+        assert snaps and max(snaps) > stopped_at + 1, "leader did not compact past the lagger"
+
+    eventually(compacted_past_lagger, timeout=5)
     lc.up(only=[lagger])
     target = lc.status(lead).commit  # type: ignore[union-attr]
     lc.wait_applied(lagger, target)
