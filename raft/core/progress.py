@@ -127,6 +127,12 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False
+        if rejected <= self.match:
+            # The follower no longer holds an entry it acknowledged: its disk lost
+            # durable data (outside Raft's fault model). Stalling at match + 1 would
+            # help nobody; believe its log and re-probe from there. Lowering match
+            # only un-counts a replica: it never un-commits anything.
+            self.match = min(match_hint, rejected - 1)
         self.next = max(min(rejected, match_hint + 1), self.match + 1)
         self.probe_sent = False
         return True

@@ -512,7 +512,10 @@ class Raft:
                 # Appends may have been lost: let one more go, so the follower either
                 # acks (freeing the window) or rejects the gap (and we probe).
                 pr.inflights.free_first()
-            if pr.match < self.log.last_index:
+            # PROBE sends even to a follower that looks caught up (report_unreachable,
+            # or a follower that lost entries): its answer decides where replication
+            # resumes.
+            if pr.match < self.log.last_index or pr.state is ProgressState.PROBE:
                 self._send_all_appends(m.src)
         if m.ctx and m.src in self.conf.voters:
             self.read_only.ack(int.from_bytes(m.ctx, "big"), m.src)

@@ -27,7 +27,7 @@ from raft.messages import (
     TimeoutNow,
     VoteResp,
 )
-from raft.types import ConfChange, ConfChangeKind, EntryKind, Role
+from raft.types import ConfChange, ConfChangeKind, EntryKind, HardState, Role
 from tests.raft.core.network import Disk, Network, ids
 
 ELECTION = 10  # Config default election_ticks
@@ -824,4 +824,32 @@ def test_leader_recovers_from_lost_appends_with_full_inflight_window() -> None:
     net.tick(["n1"], n=3)  # heartbeats only: no new proposals
     last = net.nodes["n1"].status().last_index
     assert net.commit("n1") == last
+    assert net.log("n2") == net.log("n1")
+
+
+def test_leader_repairs_a_follower_that_lost_acknowledged_entries() -> None:
+    """A follower whose storage lost entries it had acknowledged (a disk that broke its
+    fsync promise) is outside Raft's fault model, but the leader must not stall on it
+    forever: probing goes below the old match and the follower catches up (found by
+    the integration test that truncates a follower's last WAL record).
+    Reference: §5.3 (consistency check and back-off)"""
+    net = net3()
+    net.elect("n1")
+    for i in range(3):
+        net.nodes["n1"].propose(b"x%d" % i)
+        net.send()
+    last = net.nodes["n1"].status().last_index
+    assert net.nodes["n1"]._raft.prs["n2"].match == last
+    # n2 restarts having lost its last two acknowledged entries (its state machine is
+    # rebuilt from the log, so nothing counts as applied).
+    net.crash("n2")
+    disk = net.disks["n2"]
+    disk.entries = disk.entries[:-2]
+    hs = disk.hard_state
+    disk.hard_state = HardState(term=hs.term, vote=hs.vote, commit=min(hs.commit, last - 2))
+    disk.applied = 0
+    net.start("n2")
+    assert net.nodes["n2"].status().last_index == last - 2
+    net.nodes["n1"].report_unreachable("n2")
+    net.tick(["n1"], n=3)
     assert net.log("n2") == net.log("n1")
