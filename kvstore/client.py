@@ -211,7 +211,11 @@ class _Connection:
                 await self._writer.drain()
                 return await fut
         except TimeoutError:
-            raise _Retry(f"no response from {self.addr} in {timeout}s", indefinite=True) from None
+            # A silent node (paused, partitioned, half-open socket) is suspect like a
+            # refused one: the next attempt tries elsewhere instead of waiting on it.
+            raise _Retry(
+                f"no response from {self.addr} in {timeout}s", indefinite=True, node_gone=True
+            ) from None
         except (ConnectionError, _ConnectionLost) as exc:
             raise _Retry(str(exc), indefinite=True, node_gone=True) from None
         finally:
@@ -554,6 +558,7 @@ class AsyncClient:
                 last = f"{addr}: {resp.code} {resp.message}"
                 if resp.code in (Code.TIMEOUT, Code.INTERNAL):
                     indefinite = indefinite or session is not None
+                    self._node_failed(addr)  # e.g. a deposed leader that cannot commit
                 elif resp.code is Code.NOT_LEADER:
                     self._leader = resp.leader_addr
                     if resp.leader_addr is None:

@@ -472,3 +472,33 @@ def test_sync_client() -> None:
             assert await asyncio.to_thread(script) == b"x"
 
     run(body)
+
+
+def test_a_silent_leader_does_not_pin_the_client() -> None:
+    """A cached leader that keeps its socket open but stops answering (SIGSTOP, a
+    partition that blackholes packets) must not hold the client until its deadline:
+    an attempt timeout makes it try the other endpoints (found by jepsen_like under
+    the pause-leader nemesis)."""
+
+    async def body() -> None:
+        async with cluster("n1", "n2") as [n1, n2]:
+            c = client(n1, n2, timeout=0.3, deadline=5.0, backoff_base=0.01)
+            try:
+                # A linearizable read caches n1 as leader without opening a session
+                # of c's (the two test-double replicas share no state).
+                seed = client(n1)
+                await seed.put(b"k", b"v1")
+                await seed.close()
+                assert (await c.get(b"k")).value == b"v1"
+                assert c.leader == n1.addr
+                n1.engine.delay = 60.0  # n1 still believes it leads, but is silent
+                n2.engine.leader = "n2"  # ... while n2 has taken over
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+                await c.put(b"other", b"v2")
+                assert loop.time() - start < 2.0, "client stayed on the silent node"
+                assert c.leader == n2.addr
+            finally:
+                await c.close()
+
+    run(body)
