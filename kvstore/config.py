@@ -340,7 +340,11 @@ class _Checker:
         return value
 
     def directory(self, path: Path_, value: object) -> Path:
-        return _absolute(self.base, self.string(path, value))
+        text = self.string(path, value)
+        try:
+            return _absolute(self.base, text)
+        except RuntimeError as exc:  # "~user" for a user this machine does not have
+            raise self.fail(path, f"cannot expand {text!r}: {exc}") from None
 
     def address(self, path: Path_, value: object) -> Address:
         try:
