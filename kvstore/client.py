@@ -341,7 +341,7 @@ class AsyncClient:
         deadline: float = 30.0,
         client_id: bytes | None = None,
         backoff_base: float = 0.02,
-        backoff_cap: float = 1.0,
+        backoff_cap: float = 0.25,
         max_writes_in_flight: int = 1000,
         rng: random.Random | None = None,
     ) -> None:

@@ -29,6 +29,7 @@ snapshot; deleting only a prefix keeps replay of the rest unchanged above that i
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import struct
@@ -42,6 +43,8 @@ from raft.errors import CodecError
 from raft.storage.base import CorruptStorage
 from raft.storage.files import fsync_dir, write_all
 from raft.types import Entry, Index
+
+_log = logging.getLogger(__name__)
 
 ENTRY = 1
 TRUNCATE = 2
@@ -200,6 +203,10 @@ class WAL:
                     f.truncate(seg.size)
                     f.flush()
                     os.fsync(f.fileno())
+        if torn is not None:
+            # Expected after a crash mid-write (the record was never acknowledged), but
+            # an operator should be able to see that it happened and how much was cut.
+            _log.warning("%s: cut a torn tail of %d bytes at offset %d", torn[0], torn[2], torn[1])
         wal = cls(directory, segment_bytes, segments)
         wal.truncated_tail = torn
         return wal, log.entries
