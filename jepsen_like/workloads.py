@@ -43,6 +43,7 @@ timeout per operation.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import random
@@ -225,7 +226,7 @@ class _Slots:
 # ---- workloads -------------------------------------------------------------------------
 
 
-class Workload:
+class Workload(abc.ABC):
     """Shared driver: ``run`` until stopped, then ``final`` reads, then ``check``."""
 
     name = ""
@@ -256,14 +257,16 @@ class Workload:
                 self.slots.retire(slot)
             await _sleep_unless(stop, rng.uniform(0, 2 * mean_gap))
 
+    @abc.abstractmethod
     async def step(self, proc: _Process, rng: random.Random) -> Outcome:
-        raise NotImplementedError
+        """One operation by ``proc``: invoke, call the store, record the completion."""
 
-    async def final(self) -> None:
+    async def final(self) -> None:  # noqa: B027 - optional hook; most workloads need none
         """Reads after the faults are healed (part of the history)."""
 
+    @abc.abstractmethod
     def check(self, ops: Sequence[Operation], time_budget_s: float) -> dict[str, Any]:
-        raise NotImplementedError
+        """The workload's verdict on its history (``valid`` and the evidence)."""
 
     async def close(self) -> None:
         await self.slots.close()

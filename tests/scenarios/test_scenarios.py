@@ -13,6 +13,7 @@ from tests.scenarios.env import InteractionEnv
 TESTDATA = Path(__file__).parent / "testdata"
 FILES = sorted(TESTDATA.glob("*.txt"))
 
+
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_scenario(path: Path, request: pytest.FixtureRequest) -> None:
     rewrite = bool(request.config.getoption("--rewrite"))
