@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.kv_commands import DEFAULT_CONFIG, ExitCode, console, fail, load_config_or_exit
+from cli.kv_commands import (
+    DEFAULT_CONFIG,
+    ExitCode,
+    client_options,
+    console,
+    emit,
+    fail,
+    load_config_or_exit,
+    run_client,
+)
 
 if TYPE_CHECKING:
     from kvstore.cluster import NodeInfo
@@ -193,3 +202,15 @@ def status(config_path: str, as_json: bool, timeout: float) -> None:
         click.echo(json.dumps([n.to_json() for n in nodes]))
     else:
         _table(nodes)
+
+
+@cluster.command(short_help="Move leadership to another node.")
+@click.option("--to", "to", required=True, help="The voter that should lead.")
+@client_options
+def transfer(
+    to: str, endpoints: str | None, config: str | None, timeout: float, as_json: bool
+) -> None:
+    """Ask the leader to hand leadership to node TO and wait until it has moved. Exit 1
+    if TO is not a voter, 5 if leadership certainly did not move, 6 if it may still."""
+    leader = run_client(endpoints, config, timeout, as_json, lambda c: c.transfer_leader(to))
+    emit(as_json, {"leader": leader}, f"[green]OK[/] leader: {leader}")

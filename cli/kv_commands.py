@@ -229,7 +229,7 @@ def console() -> Any:
     return c if c.is_terminal else Console(highlight=False, width=120)
 
 
-def _emit(as_json: bool, obj: dict[str, Any], human: str) -> None:
+def emit(as_json: bool, obj: dict[str, Any], human: str) -> None:
     if as_json:
         click.echo(json.dumps({"ok": True, **obj}))
     else:
@@ -285,7 +285,7 @@ def put(
         raise click.UsageError("no VALUE given; pass one, pipe it in, or use - to type it")
     data = sys.stdin.buffer.read() if value in (None, "-") else arg_bytes(value)
     r = run_client(endpoints, config, timeout, as_json, lambda c: c.put(arg_bytes(key), data))
-    _emit(
+    emit(
         as_json,
         {"revision": r.revision, "prev": kv_json(r.prev)},
         f"[green]OK[/] revision {r.revision}",
@@ -302,7 +302,7 @@ def delete(
     r = run_client(
         endpoints, config, timeout, as_json, lambda c: c.delete(arg_bytes(key)), arg_bytes(key)
     )
-    _emit(
+    emit(
         as_json,
         {"revision": r.revision, "prev": kv_json(r.prev)},
         f"[green]deleted[/] revision {r.revision}",
@@ -387,7 +387,7 @@ def cas(
             key, new_value=new, expected_value=expected, expected_version=expected_version
         ),
     )
-    _emit(
+    emit(
         as_json,
         {"revision": r.revision, "prev": kv_json(r.prev)},
         f"[green]OK[/] revision {r.revision}",

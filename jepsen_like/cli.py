@@ -160,8 +160,8 @@ def _op_cells(op: Operation, description: str) -> tuple[str, ...]:
 _WORKLOAD_HELP = "register or set (append, watch, lock: not available yet, see docs/TESTING.md)"
 _NEMESIS_HELP = (
     "Comma list of faults: partition (= partition-halves, -one, -leader, -ring, -bridge), "
-    "kill (= kill-one, -leader, -all), pause (= pause-one, -leader), latency, drop, or none. "
-    "member/transfer/clock: not available."
+    "kill (= kill-one, -leader, -all), pause (= pause-one, -leader), latency, drop, "
+    "transfer (leadership moved to another node), or none. member/clock: not available."
 )
 
 

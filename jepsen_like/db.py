@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from kvstore.client import AsyncClient
 from kvstore.cluster import OUT_FILE, pid_alive, spawn_node, stop_pid, wait_for_leader
 from kvstore.config import ClusterConfig, load_config
 
@@ -244,6 +245,12 @@ class LocalDB:
         cfg = self.configs[self.nodes[0]]
         leader, _, _ = await asyncio.to_thread(wait_for_leader, cfg, 1.0, None)
         return leader
+
+    async def transfer_leader(self, to: str, deadline: float = 5.0) -> str:
+        """Ask the cluster (through the admin op, as an operator would) to move
+        leadership to ``to``; returns the new leader. Raises the client's errors."""
+        async with AsyncClient(self.endpoints(), timeout=2.0, deadline=deadline) as client:
+            return await client.transfer_leader(to)
 
     async def stop_all(self, timeout: float = 5.0) -> dict[str, str]:
         """SIGCONT the paused, then SIGTERM every node (SIGKILL after ``timeout``)."""

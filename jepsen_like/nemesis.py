@@ -15,7 +15,9 @@ the nemesis timeline. The kinds are Jepsen's:
 - ``drop``: every peer connection reset, repeatedly, while the fault lasts;
 - ``kill-one``, ``kill-leader``, ``kill-all``: SIGKILL (all victims at once), and the
   stop restarts them from their data directories;
-- ``pause-one``, ``pause-leader``: SIGSTOP, and the stop sends SIGCONT.
+- ``pause-one``, ``pause-leader``: SIGSTOP, and the stop sends SIGCONT;
+- ``transfer``: the leader is asked (the ``transfer_leader`` admin op) to hand
+  leadership to a random other node; nothing to undo.
 
 ``--nemesis`` takes a comma list of kinds or groups (``partition``, ``kill``,
 ``pause`` expand to every kind of the group). The :class:`Schedule` alternates a
@@ -27,10 +29,10 @@ heals everything regardless (all links open, no latency, every process resumed a
 every dead node restarted); the runner calls it in a ``finally``, so a run always ends
 healed before its final reads.
 
-Not available: membership changes and leadership transfers. The client protocol has
-no operation for them yet (docs/PROTOCOL.md), and a nemesis that pretended to change
-membership would test nothing; asking for one is an error that says so. Clock faults
-need root (or libfaketime) and the store reads no wall clock for safety decisions.
+Not available: membership changes. The client protocol has no operation for them yet
+(docs/PROTOCOL.md), and a nemesis that pretended to change membership would test
+nothing; asking for one is an error that says so. Clock faults need root (or
+libfaketime) and the store reads no wall clock for safety decisions.
 
 Partition shapes are pure functions of the node list and an RNG, tested apart.
 """
@@ -150,6 +152,7 @@ class DB(Protocol):
     def resume(self, node: str) -> bool: ...
     def dead(self) -> list[str]: ...
     async def leader(self) -> str | None: ...
+    async def transfer_leader(self, to: str) -> str: ...
 
 
 @dataclass
@@ -325,6 +328,31 @@ class Pause(Fault):
         return {"resumed": victim if resumed else None}
 
 
+class Transfer(Fault):
+    """Move leadership to a random other node. A transfer is an ordinary event in a
+    cluster's life, not a failure, but it is exactly when a store that caches
+    leadership, or answers reads from a deposed leader, goes wrong. A refused or
+    unfinished transfer is recorded, not raised: the run goes on."""
+
+    kind = group = "transfer"
+
+    async def start(self, env: Env) -> dict[str, Any]:
+        leader = await env.db.leader()
+        if leader is None:
+            return {"leader": None, "outcome": "no leader to transfer from"}
+        to = env.rng.choice([n for n in env.db.nodes if n != leader])
+        details: dict[str, Any] = {"leader": leader, "to": to}
+        try:
+            details["new_leader"] = await env.db.transfer_leader(to)
+            details["outcome"] = "moved"
+        except Exception as exc:  # the client's definite or indefinite errors
+            details["outcome"] = f"{type(exc).__name__}: {exc}"
+        return details
+
+    async def stop(self, env: Env) -> dict[str, Any]:
+        return {}
+
+
 FAULTS: Final[dict[str, Callable[[], Fault]]] = {
     "partition-halves": lambda: Partition("partition-halves"),
     "partition-one": lambda: Partition("partition-one"),
@@ -338,6 +366,7 @@ FAULTS: Final[dict[str, Callable[[], Fault]]] = {
     "kill-all": lambda: Kill("kill-all"),
     "pause-one": lambda: Pause("pause-one"),
     "pause-leader": lambda: Pause("pause-leader"),
+    "transfer": Transfer,
 }
 GROUPS: Final[dict[str, tuple[str, ...]]] = {
     "partition": tuple(k for k in FAULTS if k.startswith("partition-")),
@@ -347,7 +376,6 @@ GROUPS: Final[dict[str, tuple[str, ...]]] = {
 UNAVAILABLE: Final[dict[str, str]] = {
     "member": "membership changes are not exposed by the client protocol yet",
     "membership": "membership changes are not exposed by the client protocol yet",
-    "transfer": "leadership transfer is not exposed by the client protocol yet",
     "clock": "clock faults need root or libfaketime; the store does not use wall clocks "
     "for safety decisions",
 }

@@ -468,6 +468,17 @@ class AsyncClient:
             resp.applied,
         )
 
+    async def transfer_leader(self, to: str) -> str:
+        """Move leadership to voter ``to``; returns the new leader's id. Raises
+        BadRequest (``to`` is not a voter), Unavailable (certainly not moved) or
+        Indeterminate (the move may still happen)."""
+        resp = await self._call(
+            lambda rid: p.TransferLeader(id=rid, to=to), None, leader_only=False, admin=True
+        )
+        assert isinstance(resp, p.TransferLeaderResponse)
+        self._leader = resp.leader_addr  # the old leader's address is stale now
+        return resp.leader
+
     async def close(self) -> None:
         self._closed = True
         conns, self._conns = list(self._conns.values()), {}
@@ -527,14 +538,17 @@ class AsyncClient:
         leader_only: bool = True,
         pin: str | None = None,
         deadline: float | None = None,
+        admin: bool = False,
     ) -> p.Response:
         """Attempts until a final answer or the deadline. ``session`` marks a write;
+        ``admin`` an admin op (an unknown outcome is indefinite, as for a write);
         ``leader_only`` requests succeed only at the leader, so success caches it."""
         if self._closed:
             raise ClientError("client is closed")
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self._deadline
+        changes = session is not None or admin  # an unknown outcome matters
         indefinite = False  # some attempt of this write may have been applied
         failures = redirects = 0
         last = "no attempt made"
@@ -546,7 +560,7 @@ class AsyncClient:
                 resp = await self._attempt(addr, build, min(self._timeout, remaining))
             except _Retry as exc:
                 last = f"{addr}: {exc}"
-                indefinite = indefinite or (session is not None and exc.indefinite)
+                indefinite = indefinite or (changes and exc.indefinite)
                 if exc.node_gone:
                     self._node_failed(addr)
             else:
@@ -557,7 +571,7 @@ class AsyncClient:
                 self._raise_if_final(resp, session, indefinite)
                 last = f"{addr}: {resp.code} {resp.message}"
                 if resp.code in (Code.TIMEOUT, Code.INTERNAL):
-                    indefinite = indefinite or session is not None
+                    indefinite = indefinite or changes
                     self._node_failed(addr)  # e.g. a deposed leader that cannot commit
                 elif resp.code is Code.NOT_LEADER:
                     self._leader = resp.leader_addr
@@ -570,8 +584,9 @@ class AsyncClient:
                     self._node_failed(addr)
             failures += 1
             await asyncio.sleep(min(self._backoff(failures), max(0.0, deadline - loop.time())))
-        if session is not None and indefinite:
-            raise Indeterminate(f"gave up; the write may have been applied ({last})")
+        if indefinite:
+            what = "write" if session is not None else "change"
+            raise Indeterminate(f"gave up; the {what} may have been applied ({last})")
         if self._closed:
             raise ClientError("client closed")
         raise Unavailable(f"gave up after {self._deadline}s: {last}")
@@ -733,6 +748,9 @@ class Client:
 
     def status(self, endpoint: str | None = None) -> NodeStatus:
         return self._run(self._async.status(endpoint))
+
+    def transfer_leader(self, to: str) -> str:
+        return self._run(self._async.transfer_leader(to))
 
     def close(self) -> None:
         if not self._loop.is_running():

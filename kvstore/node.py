@@ -113,6 +113,8 @@ async def start_node(
         # Below the client library's 5 s attempt timeout, so a client hears TIMEOUT (and
         # retries with the same seq) rather than silence.
         request_timeout=SERVER_REQUEST_TIMEOUT_S,
+        # A transfer finishes within one election timeout or is abandoned by the core.
+        transfer_timeout=2 * cfg.raft.election_ticks * cfg.raft.tick_ms / 1000,
     )
     await server.start(me.client_address.host, me.client_address.port)
     return RunningNode(engine, transport, server)

@@ -54,6 +54,8 @@ __all__ = [
     "Session",
     "Status",
     "StatusResponse",
+    "TransferLeader",
+    "TransferLeaderResponse",
     "WriteResponse",
     "decode_hello",
     "decode_hello_reply",
@@ -104,9 +106,13 @@ class Op(enum.StrEnum):
     DELETE = "delete"
     CAS = "cas"
     STATUS = "status"
+    TRANSFER_LEADER = "transfer_leader"
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
+ADMIN_OPS = frozenset({Op.TRANSFER_LEADER})
+"""Ops that change the cluster rather than the data; like writes, they can time out
+with an unknown outcome."""
 
 _ALWAYS_DEFINITE = frozenset(
     {
@@ -129,8 +135,9 @@ def is_definite(code: Code, op: Op) -> bool:
     COMPARE_FAILED: it was applied and this is its outcome) or certainly did not happen.
     TIMEOUT, INTERNAL and STALE_SEQ on a write may hide an applied command (Maelstrom's
     rule: when in doubt, indefinite), and so may SESSION_EXPIRED on a retry, which this
-    function cannot see: it answers for a first attempt. Reads never change anything."""
-    return op not in WRITE_OPS or code in _ALWAYS_DEFINITE
+    function cannot see: it answers for a first attempt. Admin ops follow the same rule
+    (a transfer that timed out may still happen). Reads never change anything."""
+    return op not in WRITE_OPS | ADMIN_OPS or code in _ALWAYS_DEFINITE
 
 
 class Consistency(enum.StrEnum):
@@ -244,7 +251,15 @@ class Status:
     id: int
 
 
-Request = Get | Scan | Put | Delete | Cas | Status
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferLeader:
+    """Admin: hand leadership to voter ``to`` (answered by the leader only)."""
+
+    id: int
+    to: str
+
+
+Request = Get | Scan | Put | Delete | Cas | Status | TransferLeader
 
 _OP_OF: dict[type, Op] = {
     Get: Op.GET,
@@ -253,6 +268,7 @@ _OP_OF: dict[type, Op] = {
     Delete: Op.DELETE,
     Cas: Op.CAS,
     Status: Op.STATUS,
+    TransferLeader: Op.TRANSFER_LEADER,
 }
 
 
@@ -320,6 +336,16 @@ class StatusResponse:
     applied: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferLeaderResponse:
+    """Leadership moved: ``leader`` now leads in ``term``."""
+
+    id: int
+    leader: str
+    leader_addr: str | None
+    term: int
+
+
 Response = (
     ErrorResponse
     | GetResponse
@@ -327,6 +353,7 @@ Response = (
     | WriteResponse
     | CompareFailedResponse
     | StatusResponse
+    | TransferLeaderResponse
 )
 
 
@@ -547,6 +574,7 @@ _REQUEST_FIELDS: dict[Op, frozenset[str]] = {
         {"id", "op", "key", "new_value", "expected_value", "expected_version", *_SESSION}
     ),
     Op.STATUS: frozenset({"id", "op"}),
+    Op.TRANSFER_LEADER: frozenset({"id", "op", "to"}),
 }
 _OPS: dict[str, Op] = {o.value: o for o in Op}
 _CONSISTENCIES: dict[str, Consistency] = {c.value: c for c in Consistency}
@@ -573,6 +601,8 @@ def encode_request(req: Request) -> bytes:
             m.update(expected_value=req.expected_value, expected_version=req.expected_version)
         case Status():
             pass
+        case TransferLeader():
+            m.update(to=req.to)
     return _pack(m)
 
 
@@ -607,6 +637,15 @@ def decode_request(data: bytes, limits: Limits) -> Request:
             return _cas(f, rid, limits)
         case Op.STATUS:
             return Status(id=rid)
+        case Op.TRANSFER_LEADER:
+            return TransferLeader(id=rid, to=_node_id(f, "to"))
+
+
+def _node_id(f: _Fields, name: str) -> str:
+    node = f.str_(name)
+    if not node:
+        f.fail(Code.BAD_REQUEST, f"field {name!r} must be a non-empty node id")
+    return node
 
 
 def _key(f: _Fields, limits: Limits) -> bytes:
@@ -712,6 +751,9 @@ def encode_response(resp: Response) -> bytes:
             m.update(code="OK", node=resp.node, role=resp.role, term=resp.term)
             m.update(leader=resp.leader, leader_addr=resp.leader_addr)
             m.update(commit=resp.commit, applied=resp.applied)
+        case TransferLeaderResponse():
+            m.update(code="OK", leader=resp.leader, leader_addr=resp.leader_addr)
+            m["term"] = resp.term
     return _pack(m)
 
 
@@ -753,6 +795,7 @@ _OK_FIELDS: dict[Op, frozenset[str]] = {
     Op.STATUS: frozenset(
         {"id", "code", "node", "role", "term", "leader", "leader_addr", "commit", "applied"}
     ),
+    Op.TRANSFER_LEADER: frozenset({"id", "code", "leader", "leader_addr", "term"}),
 }
 _COMPARE_FAILED_FIELDS = frozenset({"id", "code", "revision", "current"})
 
@@ -818,4 +861,11 @@ def decode_response(
                 leader_addr=f.opt_str("leader_addr"),
                 commit=f.int_("commit"),
                 applied=f.int_("applied"),
+            )
+        case Op.TRANSFER_LEADER:
+            return TransferLeaderResponse(
+                id=rid,
+                leader=f.str_("leader"),
+                leader_addr=f.opt_str("leader_addr"),
+                term=f.int_("term"),
             )

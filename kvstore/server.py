@@ -51,6 +51,7 @@ _HANDSHAKE_TIMEOUT = 10.0
 _READ_CHUNK = 256 << 10
 _RESPONSE_SLACK = 1024  # bytes kept free in a frame for the response envelope
 _KV_OVERHEAD = 96  # msgpack bytes per kv beyond key and value (5 field names, 3 ints)
+_TRANSFER_POLL_S = 0.01
 
 
 class ReadableState(Protocol):
@@ -102,6 +103,7 @@ class ClientServer:
         now_ms: Callable[[], int] = wall_clock_ms,
         *,
         request_timeout: float | None = None,
+        transfer_timeout: float | None = None,
         max_in_flight: int = 1024,
     ) -> None:
         self._engine = engine
@@ -111,6 +113,9 @@ class ClientServer:
         self._limits = limits_from_settings(settings if settings is not None else Limits())
         self._now_ms = now_ms
         self._timeout = request_timeout or getattr(settings, "request_timeout", None) or 5.0
+        # How long a transfer_leader waits to see the new leader (capped by the request
+        # timeout); the node passes two election timeouts.
+        self._transfer_timeout = transfer_timeout or self._timeout
         self._max_in_flight = max_in_flight
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -249,6 +254,8 @@ class ClientServer:
                     return await self._write(req)
                 case p.Status():
                     return self._status(req)
+                case p.TransferLeader():
+                    return await self._transfer_leader(req)
         except NotLeader as exc:
             return self._not_leader(req.id, exc.leader)
         except ProposalDropped as exc:
@@ -313,6 +320,32 @@ class ClientServer:
             commit=st.commit,
             applied=st.applied,
         )
+
+    async def _transfer_leader(self, req: p.TransferLeader) -> p.Response:
+        """Ask the engine to hand leadership to ``req.to``, then wait until this node
+        sees another leader. The core abandons a transfer after one election timeout,
+        so a bounded wait either sees the move or answers TIMEOUT (outcome unknown: the
+        target may have started its election just before we gave up)."""
+        st = self._engine.status()
+        if st.role != "leader":
+            return self._not_leader(req.id, st.leader)
+        if req.to == st.id:
+            return self._transfer_ok(req.id, st.id, st.term)
+        if req.to not in st.voters:
+            return _error(req.id, Code.BAD_REQUEST, f"{req.to!r} is not a voter of the cluster")
+        self._engine.transfer_leader(req.to)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(self._transfer_timeout, self._timeout)
+        while loop.time() < deadline:
+            await asyncio.sleep(_TRANSFER_POLL_S)
+            st = self._engine.status()
+            if st.leader is not None and st.leader != self._node_id:
+                return self._transfer_ok(req.id, st.leader, st.term)
+        return _error(req.id, Code.TIMEOUT, f"leadership did not move to {req.to} in time")
+
+    def _transfer_ok(self, rid: int, leader: NodeId, term: int) -> p.Response:
+        addr = self._addresses.get(leader)
+        return p.TransferLeaderResponse(id=rid, leader=leader, leader_addr=addr, term=term)
 
     def _not_leader(self, rid: int, leader: NodeId | None) -> p.ErrorResponse:
         if leader is None or leader == self._node_id:

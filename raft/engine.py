@@ -61,4 +61,11 @@ class Engine(Protocol):
         Raises NotLeader or TimeoutError."""
         ...
 
+    def transfer_leader(self, to: NodeId) -> None:
+        """Ask this node, if it leads, to hand leadership to voter ``to``. Fire and
+        forget: watch :meth:`status` for the outcome (the core abandons a transfer that
+        has not finished within an election timeout). Never raises for a node that has
+        lost leadership meanwhile, or for a ``to`` that is not another voter."""
+        ...
+
     def status(self) -> EngineStatus: ...

@@ -198,7 +198,15 @@ class RaftEngine:
         await asyncio.wait_for(fut, timeout)
 
     def transfer_leader(self, to: NodeId) -> None:
-        self._enqueue(lambda: self._require_node().transfer_leader(to))
+        def do() -> None:
+            # Leadership may be lost between the caller's check and this input: an
+            # exception here would end the run loop, and with it the node.
+            try:
+                self._require_node().transfer_leader(to)
+            except RaftError as exc:
+                log.info("%s: transfer to %s not started: %s", self.id, to, exc)
+
+        self._enqueue(do)
 
     async def read_barrier(self, timeout: float) -> Index:
         if self._unsafe_local_reads:

@@ -120,7 +120,7 @@ def test_parse_nemesis_expands_groups_and_deduplicates() -> None:
     assert set(parse_nemesis(",".join(FAULTS))) == set(FAULTS)
 
 
-@pytest.mark.parametrize("name", ["member", "transfer", "clock"])
+@pytest.mark.parametrize("name", ["member", "clock"])
 def test_unavailable_nemeses_are_refused_with_the_reason(name: str) -> None:
     with pytest.raises(NemesisError, match="not available"):
         parse_nemesis(f"partition,{name}")
@@ -188,6 +188,10 @@ class FakeDB:
 
     async def leader(self) -> str | None:
         return self.the_leader
+
+    async def transfer_leader(self, to: str) -> str:
+        self.the_leader = to
+        return to
 
 
 def healed(env: Env) -> bool:
@@ -257,6 +261,34 @@ def test_leader_faults_target_the_leader() -> None:
 
     asyncio.run(body())
     assert healed(schedule.env)
+
+
+def test_transfer_moves_leadership_to_another_node_and_records_it() -> None:
+    schedule = make_schedule(["transfer"])
+
+    async def body() -> None:
+        for _ in range(5):
+            before = schedule.env.db.the_leader  # type: ignore[attr-defined]
+            await schedule.start("transfer")
+            details = schedule.timeline[-1].details
+            assert details["leader"] == before and details["to"] != before
+            assert details["new_leader"] == details["to"] and details["outcome"] == "moved"
+            await schedule.stop_active()
+
+    asyncio.run(body())
+    assert parse_nemesis("transfer") == ["transfer"]
+
+
+def test_a_failed_transfer_is_recorded_not_raised() -> None:
+    class StuckDB(FakeDB):
+        async def transfer_leader(self, to: str) -> str:
+            raise TimeoutError("no new leader")
+
+    env = Env(FakeNet(), StuckDB(), random.Random(1))
+    schedule = Schedule(["transfer"], env, interval=0.02, clock_ns=lambda: 0)
+    asyncio.run(schedule.start("transfer"))
+    assert schedule.timeline[-1].event == "start"
+    assert schedule.timeline[-1].details["outcome"].startswith("TimeoutError")
 
 
 def test_schedule_alternates_and_always_ends_healed() -> None:

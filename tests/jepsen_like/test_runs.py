@@ -124,6 +124,26 @@ def test_set_partition_and_pause_loses_nothing(tmp_path: Path) -> None:
     assert_valid(*out)
 
 
+def test_register_leadership_transfers_are_linearizable(tmp_path: Path) -> None:
+    out = run(
+        tmp_path,
+        "--workload", "register",
+        "--nemesis", "transfer",
+        "--time-limit", "12",
+        *COMMON,
+        "--nemesis-interval", "1",
+    )  # fmt: skip
+    assert_valid(*out)
+    timeline = [json.loads(line) for line in (out[2] / "nemesis.jsonl").read_text().splitlines()]
+    moved = [
+        e["details"]
+        for e in timeline
+        if e["event"] == "start" and e["details"].get("outcome") == "moved"
+    ]
+    assert len(moved) >= 3, timeline
+    assert all(d["new_leader"] == d["to"] != d["leader"] for d in moved), moved
+
+
 @needs_unsafe
 def test_stale_reads_mode_is_caught_as_non_linearizable(tmp_path: Path) -> None:
     code, results, run_dir, output = run(

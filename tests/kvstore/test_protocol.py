@@ -61,6 +61,7 @@ requests = st.one_of(
     st.builds(p.Delete, id=rid, key=key, session=sessions()),
     cas_requests(),
     st.builds(p.Status, id=rid),
+    st.builds(p.TransferLeader, id=rid, to=st.text(min_size=1, max_size=16)),
 )
 
 kvs = st.builds(
@@ -78,7 +79,9 @@ error_codes = st.sampled_from([c for c in Code if c not in (Code.OK, Code.COMPAR
 @st.composite
 def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
     i = draw(rid)
-    kind = draw(st.sampled_from(["error", "get", "scan", "write", "cas_failed", "status"]))
+    kind = draw(
+        st.sampled_from(["error", "get", "scan", "write", "cas_failed", "status", "transfer"])
+    )
     if kind == "error":
         code = draw(error_codes)
         leader = draw(st.none() | node) if code is Code.NOT_LEADER else None
@@ -103,6 +106,11 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
     if kind == "cas_failed":
         resp = p.CompareFailedResponse(id=i, revision=draw(uint), current=draw(st.none() | kvs))
         return resp, Op.CAS
+    if kind == "transfer":
+        resp = p.TransferLeaderResponse(
+            id=i, leader=draw(node), leader_addr=draw(st.none() | st.just("h:1")), term=draw(uint)
+        )
+        return resp, Op.TRANSFER_LEADER
     resp = p.StatusResponse(
         id=i,
         node=draw(node),
@@ -273,6 +281,7 @@ def test_definite_codes() -> None:
     assert not p.is_definite(Code.TIMEOUT, Op.PUT)
     assert not p.is_definite(Code.INTERNAL, Op.CAS)
     assert not p.is_definite(Code.STALE_SEQ, Op.DELETE)
+    assert not p.is_definite(Code.TIMEOUT, Op.TRANSFER_LEADER)
     for code in (Code.NOT_LEADER, Code.UNAVAILABLE, Code.COMPARE_FAILED, Code.TOO_LARGE):
         assert p.is_definite(code, Op.PUT)
 
