@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -55,7 +55,13 @@ _config_option = click.option(
     hidden=True,
     help="Break the node on purpose (fault-injection harness self-test only).",
 )
-def node(config_path: str, node_id: str, log_level: str, unsafe: str | None) -> None:
+@click.option(
+    "--join",
+    is_flag=True,
+    help="Join a running cluster: with an empty data dir, wait for the leader to add "
+    "this node (kv member add) instead of founding a new cluster.",
+)
+def node(config_path: str, node_id: str, log_level: str, unsafe: str | None, join: bool) -> None:
     """Run node ID of the config until SIGTERM/SIGINT. It logs to <data_dir>/node.log
     and keeps its pid in <data_dir>/node.pid. A broken config exits 2 naming the line."""
     cfg = load_config_or_exit(config_path)
@@ -72,6 +78,7 @@ def node(config_path: str, node_id: str, log_level: str, unsafe: str | None) -> 
             node_id,
             log_level=log_level,
             unsafe=UnsafeMode(unsafe) if unsafe else None,
+            join=join,
         )
     except OSError as exc:  # typically a port already in use or an unwritable data_dir
         fail(ExitCode.ERROR, f"node {node_id} cannot run: {exc}")
@@ -214,3 +221,56 @@ def transfer(
     if TO is not a voter, 5 if leadership certainly did not move, 6 if it may still."""
     leader = run_client(endpoints, config, timeout, as_json, lambda c: c.transfer_leader(to))
     emit(as_json, {"leader": leader}, f"[green]OK[/] leader: {leader}")
+
+
+@click.group(short_help="List and change the cluster's membership.")
+def member() -> None:
+    """Single-server membership changes, one at a time (docs/OPERATIONS.md, "Changing
+    the membership"). A node to add must be in the config file, so that every node
+    knows its address, and must be running with an empty data dir and --join."""
+
+
+def _show_members(as_json: bool, m: Any) -> None:
+    obj = {"voters": list(m.voters), "learners": list(m.learners), "leader": m.leader}
+    human = f"voters: {', '.join(m.voters) or '-'}\nlearners: {', '.join(m.learners) or '-'}"
+    emit(as_json, obj, f"{human}\nleader: {m.leader or '-'}")
+
+
+@member.command("list", short_help="Show voters and learners.")
+@client_options
+def member_list(endpoints: str | None, config: str | None, timeout: float, as_json: bool) -> None:
+    """The voters and learners, as the node that answers has applied them."""
+    _show_members(
+        as_json, run_client(endpoints, config, timeout, as_json, lambda c: c.member_list())
+    )
+
+
+@member.command("add", short_help="Add a voter or a learner.")
+@click.argument("node_id")
+@click.option("--learner", is_flag=True, help="Add as a learner (replicates, does not vote).")
+@client_options
+def member_add(
+    node_id: str,
+    learner: bool,
+    endpoints: str | None,
+    config: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Add NODE_ID as a voter (promoting it if it is a learner), or as a learner. Exit 1
+    if the leader refuses (another change pending: retry), 6 if the outcome is unknown."""
+    m = run_client(
+        endpoints, config, timeout, as_json, lambda c: c.member_add(node_id, learner=learner)
+    )
+    _show_members(as_json, m)
+
+
+@member.command("remove", short_help="Remove a voter or a learner.")
+@click.argument("node_id")
+@client_options
+def member_remove(
+    node_id: str, endpoints: str | None, config: str | None, timeout: float, as_json: bool
+) -> None:
+    """Remove NODE_ID from the cluster. Its process keeps running until you stop it."""
+    m = run_client(endpoints, config, timeout, as_json, lambda c: c.member_remove(node_id))
+    _show_members(as_json, m)

@@ -210,6 +210,8 @@ def run_client(
         fail(ExitCode.ERROR, f"too large: {exc}", as_json=as_json, error="too_large")
     except c.BadRequest as exc:
         fail(ExitCode.ERROR, f"rejected: {exc}", as_json=as_json, error="bad_request")
+    except c.Conflict as exc:
+        fail(ExitCode.ERROR, f"refused (not applied): {exc}", as_json=as_json, error="conflict")
     except c.ClientError as exc:
         fail(ExitCode.ERROR, str(exc), as_json=as_json)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import click
 
-from cli.cluster import cluster, node
+from cli.cluster import cluster, member, node
 from cli.kv_commands import COMMANDS
 
 # The distribution name in pyproject.toml; ``--version`` reads it from the installed
@@ -57,7 +57,7 @@ def sim(
     ctx.exit(_load_sim_main()(argv))
 
 
-for _command in (node, cluster, *COMMANDS):
+for _command in (node, cluster, member, *COMMANDS):
     cli.add_command(_command)
 
 

@@ -161,7 +161,8 @@ _WORKLOAD_HELP = "register or set (append, watch, lock: not available yet, see d
 _NEMESIS_HELP = (
     "Comma list of faults: partition (= partition-halves, -one, -leader, -ring, -bridge), "
     "kill (= kill-one, -leader, -all), pause (= pause-one, -leader), latency, drop, "
-    "transfer (leadership moved to another node), or none. member/clock: not available."
+    "transfer (leadership moved to another node), membership (a voter removed, wiped, "
+    "re-added as learner, promoted), or none. clock: not available."
 )
 
 

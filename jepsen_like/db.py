@@ -19,13 +19,14 @@ import asyncio
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from kvstore.client import AsyncClient
+from kvstore.client import AsyncClient, Members
 from kvstore.cluster import OUT_FILE, pid_alive, spawn_node, stop_pid, wait_for_leader
 from kvstore.config import ClusterConfig, load_config
 
@@ -125,6 +126,9 @@ class LocalDB:
         self.paused: set[str] = set()
         self.restarts = dict.fromkeys(self.nodes, 0)
         self.crashes: list[dict[str, object]] = []  # exits no fault caused
+        # Nodes whose Raft state was wiped: they start with --join from then on, so an
+        # empty node never founds a second cluster (once it has state, --join is moot).
+        self.wiped: set[str] = set()
 
     def endpoints(self) -> list[str]:
         return [f"{h}:{p}" for h, p in (self.client_addresses[n] for n in self.nodes)]
@@ -157,7 +161,9 @@ class LocalDB:
         """Start ``node`` (which must not be running); returns its pid."""
         if node in self.pids and pid_alive(self.pids[node]):
             raise DBError(f"{node} is already running (pid {self.pids[node]})")
-        extra = () if self.unsafe is None else ("--unsafe", self.unsafe)
+        extra: tuple[str, ...] = () if self.unsafe is None else ("--unsafe", self.unsafe)
+        if node in self.wiped:
+            extra += ("--join",)
         pid = spawn_node(self.config_paths[node], self.configs[node].node(node), extra)
         STARTED.add(pid)
         self.pids[node] = pid
@@ -217,6 +223,13 @@ class LocalDB:
                 found.append(crash)
         return found
 
+    def wipe(self, node: str) -> None:
+        """Delete a stopped node's Raft state (log, snapshots, votes): a new machine."""
+        if self.running(node):
+            raise DBError(f"{node} is running; stop it before wiping its data")
+        self.wiped.add(node)
+        shutil.rmtree(self.data_dirs[node] / "raft", ignore_errors=True)
+
     def dead(self) -> list[str]:
         return [n for n in self.nodes if not self.running(n)]
 
@@ -251,6 +264,44 @@ class LocalDB:
         leadership to ``to``; returns the new leader. Raises the client's errors."""
         async with AsyncClient(self.endpoints(), timeout=2.0, deadline=deadline) as client:
             return await client.transfer_leader(to)
+
+    async def member_list(self, node: str | None = None) -> Members:
+        """The membership as ``node`` (default: whichever answers) has applied it."""
+        pin = None if node is None else self._endpoint(node)
+        async with AsyncClient(self.endpoints(), timeout=2.0, deadline=5.0) as client:
+            return await client.member_list(pin)
+
+    async def member_add(self, node: str, learner: bool) -> Members:
+        async with AsyncClient(self.endpoints(), timeout=2.0, deadline=5.0) as client:
+            return await client.member_add(node, learner=learner)
+
+    async def member_remove(self, node: str) -> Members:
+        async with AsyncClient(self.endpoints(), timeout=2.0, deadline=5.0) as client:
+            return await client.member_remove(node)
+
+    async def wait_caught_up(self, node: str, timeout: float) -> int:
+        """Wait until ``node`` has applied what the leader had committed when the wait
+        began (under load the leader moves on; "caught up" means within one round of
+        it); returns that index."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with AsyncClient(self.endpoints(), timeout=1.0, deadline=2.0) as client:
+            target: int | None = None
+            while loop.time() < deadline:
+                with contextlib.suppress(Exception):
+                    if target is None:
+                        leader = await self.leader()
+                        if leader is not None:
+                            target = (await client.status(self._endpoint(leader))).commit
+                    node_status = await client.status(self._endpoint(node))
+                    if target is not None and node_status.applied >= target:
+                        return target
+                await asyncio.sleep(0.05)
+        raise DBError(f"{node} did not catch up within {timeout:g} s")
+
+    def _endpoint(self, node: str) -> str:
+        host, port = self.client_addresses[node]
+        return f"{host}:{port}"
 
     async def stop_all(self, timeout: float = 5.0) -> dict[str, str]:
         """SIGCONT the paused, then SIGTERM every node (SIGKILL after ``timeout``)."""

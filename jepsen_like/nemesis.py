@@ -17,7 +17,11 @@ the nemesis timeline. The kinds are Jepsen's:
   stop restarts them from their data directories;
 - ``pause-one``, ``pause-leader``: SIGSTOP, and the stop sends SIGCONT;
 - ``transfer``: the leader is asked (the ``transfer_leader`` admin op) to hand
-  leadership to a random other node; nothing to undo.
+  leadership to a random other node; nothing to undo;
+- ``membership``: a random non-leader voter is removed (``member_remove``), killed and
+  its Raft state wiped; the stop brings it back as a new machine would come: started
+  empty with ``--join``, added as a learner, promoted to voter once it has caught up.
+  Only one node is ever out, so a majority of the original voters stays alive.
 
 ``--nemesis`` takes a comma list of kinds or groups (``partition``, ``kill``,
 ``pause`` expand to every kind of the group). The :class:`Schedule` alternates a
@@ -29,10 +33,8 @@ heals everything regardless (all links open, no latency, every process resumed a
 every dead node restarted); the runner calls it in a ``finally``, so a run always ends
 healed before its final reads.
 
-Not available: membership changes. The client protocol has no operation for them yet
-(docs/PROTOCOL.md), and a nemesis that pretended to change membership would test
-nothing; asking for one is an error that says so. Clock faults need root (or
-libfaketime) and the store reads no wall clock for safety decisions.
+Not available: clock faults. They need root (or libfaketime), and the store reads no
+wall clock for safety decisions; asking for one is an error that says so.
 
 Partition shapes are pure functions of the node list and an RNG, tested apart.
 """
@@ -48,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from jepsen_like.proxy import Grudge, Link
+from kvstore.client import ClientError, Conflict, Unavailable
 
 __all__ = [
     "FAULTS",
@@ -153,6 +156,12 @@ class DB(Protocol):
     def dead(self) -> list[str]: ...
     async def leader(self) -> str | None: ...
     async def transfer_leader(self, to: str) -> str: ...
+    def running(self, node: str) -> bool: ...
+    def wipe(self, node: str) -> None: ...
+    async def member_list(self, node: str | None = None) -> Any: ...
+    async def member_add(self, node: str, learner: bool) -> Any: ...
+    async def member_remove(self, node: str) -> Any: ...
+    async def wait_caught_up(self, node: str, timeout: float) -> int: ...
 
 
 @dataclass
@@ -353,6 +362,84 @@ class Transfer(Fault):
         return {}
 
 
+class Membership(Fault):
+    """Remove a random non-leader voter, kill it and wipe its Raft state; the stop
+    brings it back the way an operator adds a new machine (start empty with --join,
+    add as learner, wait until it has caught up, promote). Learner first, so that a
+    voter that still has the whole log to fetch never counts towards a quorum.
+
+    The stop restores whatever state it finds (each step is a no-op when already
+    done), so an interrupted change is completed by the final heal. Every step is
+    timestamped in the window's details."""
+
+    kind = group = "membership"
+
+    def __init__(self, catch_up_timeout: float = 20.0, conflict_retry_s: float = 10.0) -> None:
+        self.catch_up_timeout = catch_up_timeout
+        self.conflict_retry_s = conflict_retry_s
+        self._victim: str | None = None
+
+    async def start(self, env: Env) -> dict[str, Any]:
+        leader = await env.db.leader()
+        if leader is None:
+            return {"leader": None, "outcome": "no leader to change membership through"}
+        victim = env.rng.choice([n for n in env.db.nodes if n != leader])
+        steps = _Steps()
+        self._victim = victim  # before the remove: its outcome may be unknown
+        try:
+            members = await self._retry(lambda: env.db.member_remove(victim))
+        except ClientError as exc:  # refused or unknown: the stop restores either way
+            steps.add("remove failed", error=f"{type(exc).__name__}: {exc}")
+            return {"leader": leader, "victim": victim, "steps": steps.done}
+        steps.add("removed", voters=list(members.voters))
+        env.db.kill([victim])
+        steps.add("killed")
+        env.db.wipe(victim)
+        steps.add("wiped")
+        return {"leader": leader, "victim": victim, "steps": steps.done}
+
+    async def stop(self, env: Env) -> dict[str, Any]:
+        victim = self._victim
+        if victim is None:
+            return {}
+        steps = _Steps()
+        if not env.db.running(victim):
+            steps.add("restarted", pid=env.db.restart(victim), join=True)
+        members = await self._retry(env.db.member_list)
+        if victim not in members.voters:
+            if victim not in members.learners:
+                await self._retry(lambda: env.db.member_add(victim, learner=True))
+                steps.add("learner added")
+            index = await env.db.wait_caught_up(victim, self.catch_up_timeout)
+            steps.add("caught up", index=index)
+            members = await self._retry(lambda: env.db.member_add(victim, learner=False))
+            steps.add("promoted", voters=list(members.voters))
+        self._victim = None
+        return {"victim": victim, "steps": steps.done}
+
+    async def _retry(self, call: Callable[[], Any]) -> Any:
+        """Retry a refused change (another change or a transfer still pending, or a new
+        leader that has not committed in its term yet: all definite refusals)."""
+        deadline = time.monotonic() + self.conflict_retry_s
+        while True:
+            try:
+                return await call()
+            except (Conflict, Unavailable):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+class _Steps:
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+        self.done: list[dict[str, Any]] = []
+
+    def add(self, step: str, **details: Any) -> None:
+        ms = round((time.monotonic() - self._t0) * 1000, 1)
+        self.done.append({"step": step, "ms": ms, **details})
+
+
 FAULTS: Final[dict[str, Callable[[], Fault]]] = {
     "partition-halves": lambda: Partition("partition-halves"),
     "partition-one": lambda: Partition("partition-one"),
@@ -367,15 +454,15 @@ FAULTS: Final[dict[str, Callable[[], Fault]]] = {
     "pause-one": lambda: Pause("pause-one"),
     "pause-leader": lambda: Pause("pause-leader"),
     "transfer": Transfer,
+    "membership": Membership,
 }
 GROUPS: Final[dict[str, tuple[str, ...]]] = {
     "partition": tuple(k for k in FAULTS if k.startswith("partition-")),
     "kill": ("kill-one", "kill-leader", "kill-all"),
     "pause": ("pause-one", "pause-leader"),
+    "member": ("membership",),
 }
 UNAVAILABLE: Final[dict[str, str]] = {
-    "member": "membership changes are not exposed by the client protocol yet",
-    "membership": "membership changes are not exposed by the client protocol yet",
     "clock": "clock faults need root or libfaketime; the store does not use wall clocks "
     "for safety decisions",
 }

@@ -12,7 +12,9 @@ nothing else. One proxy per directed link therefore models Jepsen's *grudges*
 
 A :class:`LinkProxy` listens on an ephemeral 127.0.0.1 port and relays each accepted
 connection to the real destination, chunk by chunk, in both directions (the reverse
-direction carries only the handshake reply). Its controls:
+direction carries only the handshake reply). When either side ends (EOF, a reset, a
+failed write) the proxy ends both, as a direct connection would end: a node that dies
+must not leave its peers writing into a relay nobody reads. Its controls:
 
 - :meth:`LinkProxy.block`: a partition. Like an iptables DROP rule, bytes vanish
   silently: relaying stops on every open connection (what arrives is read and
@@ -157,11 +159,19 @@ class LinkProxy:
             except OSError:
                 return  # destination down: the dialer sees EOF, like a refused dial
             pipe.up_writer = up_writer
-            back = asyncio.get_running_loop().create_task(self._relay(pipe, up_reader, writer))
-            pipe.tasks.append(back)
-            await self._relay(pipe, reader, up_writer)
-            back.cancel()
-            await asyncio.gather(back, return_exceptions=True)
+            loop = asyncio.get_running_loop()
+            back = loop.create_task(self._relay(pipe, up_reader, writer))
+            forth = loop.create_task(self._relay(pipe, reader, up_writer))
+            pipe.tasks += [back, forth]
+            # When either side goes (EOF, a reset, a failed write), end the whole pipe,
+            # as the kernel would end a direct connection. Waiting for the dialer's side
+            # alone left a connection to a SIGKILLed node open: its bytes vanished and
+            # the dialer never redialled the restarted node.
+            both = {back, forth}
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+            for t in both:
+                t.cancel()
+            await asyncio.gather(*both, return_exceptions=True)
         except (OSError, asyncio.CancelledError):
             pass  # a cancelled handler must end quietly (3.11 logs it otherwise)
         finally:
@@ -178,7 +188,7 @@ class LinkProxy:
         """Copy one direction until EOF, honouring block and latency per chunk."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(_QUEUE_CHUNKS)
-        sender = loop.create_task(self._deliver(queue, writer))
+        sender = loop.create_task(self._deliver(queue, writer, pipe))
         pipe.tasks.append(sender)
         last_due = 0.0
         try:
@@ -198,7 +208,10 @@ class LinkProxy:
             sender.cancel()
 
     async def _deliver(
-        self, queue: asyncio.Queue[tuple[float, bytes] | None], writer: asyncio.StreamWriter
+        self,
+        queue: asyncio.Queue[tuple[float, bytes] | None],
+        writer: asyncio.StreamWriter,
+        pipe: _Pipe,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -212,7 +225,7 @@ class LinkProxy:
             if writer.can_write_eof():
                 writer.write_eof()
         except OSError:
-            pass
+            pipe.abort()  # the receiver is gone: reset the sender too
 
 
 class ProxyNet:

@@ -50,8 +50,10 @@ __all__ = [
     "Client",
     "ClientError",
     "CompareFailed",
+    "Conflict",
     "Indeterminate",
     "KeyValue",
+    "Members",
     "NodeStatus",
     "NotFound",
     "ScanResult",
@@ -99,6 +101,15 @@ class NodeStatus:
     applied: int
 
 
+@dataclass(frozen=True, slots=True)
+class Members:
+    """The membership as one node has applied it."""
+
+    voters: tuple[str, ...]
+    learners: tuple[str, ...]
+    leader: str | None
+
+
 class ClientError(Exception):
     """Base of every error this library raises on purpose."""
 
@@ -138,6 +149,11 @@ class BadRequest(ClientError):
 
 class TooLarge(BadRequest):
     """Key or value over the limit the server announced."""
+
+
+class Conflict(ClientError):
+    """A membership change the leader refused (another change still pending, a
+    leadership transfer in progress, the last voter): not applied (definite)."""
 
 
 class _Retry(Exception):
@@ -479,6 +495,28 @@ class AsyncClient:
         self._leader = resp.leader_addr  # the old leader's address is stale now
         return resp.leader
 
+    async def member_add(self, node: str, *, learner: bool = False) -> Members:
+        """Add ``node`` as a voter (promoting a learner) or as a learner; returns the
+        membership after the change. Raises Conflict, BadRequest (node not in the
+        servers' config), Unavailable or Indeterminate."""
+        return await self._member_change(
+            lambda rid: p.MemberAdd(id=rid, node=node, learner=learner)
+        )
+
+    async def member_remove(self, node: str) -> Members:
+        """Remove ``node`` (voter or learner); returns the membership after it."""
+        return await self._member_change(lambda rid: p.MemberRemove(id=rid, node=node))
+
+    async def member_list(self, endpoint: str | None = None) -> Members:
+        """The membership as ``endpoint`` (or the leader, if known) has applied it."""
+        resp = await self._call(
+            lambda rid: p.MemberList(id=rid), None, leader_only=False, pin=endpoint
+        )
+        return _members(resp)
+
+    async def _member_change(self, build: Callable[[int], p.Request]) -> Members:
+        return _members(await self._call(build, None, admin=True))
+
     async def close(self) -> None:
         self._closed = True
         conns, self._conns = list(self._conns.values()), {}
@@ -602,6 +640,10 @@ class AsyncClient:
                 raise TooLarge(resp.message)
             case Code.BAD_REQUEST | Code.UNKNOWN_OP:
                 raise BadRequest(f"{resp.code}: {resp.message}")
+            case Code.CONFLICT:
+                if indefinite:  # an earlier attempt may be the change that is pending
+                    raise Indeterminate(f"conflict after an unknown outcome: {resp.message}")
+                raise Conflict(resp.message)
             case Code.SESSION_EXPIRED:
                 if session is not None and self._session is session:
                     self._session = _Session(os.urandom(p.CLIENT_ID_BYTES))
@@ -659,6 +701,11 @@ class AsyncClient:
         """Exponential backoff with "equal jitter": spreads retrying clients apart."""
         ceiling = min(self._backoff_cap, self._backoff_base * 2 ** min(failures, 30))
         return float(ceiling * (0.5 + 0.5 * self._rng.random()))
+
+
+def _members(resp: p.Response) -> Members:
+    assert isinstance(resp, p.MembersResponse)
+    return Members(resp.voters, resp.learners, resp.leader)
 
 
 def _with_session(
@@ -751,6 +798,15 @@ class Client:
 
     def transfer_leader(self, to: str) -> str:
         return self._run(self._async.transfer_leader(to))
+
+    def member_add(self, node: str, *, learner: bool = False) -> Members:
+        return self._run(self._async.member_add(node, learner=learner))
+
+    def member_remove(self, node: str) -> Members:
+        return self._run(self._async.member_remove(node))
+
+    def member_list(self, endpoint: str | None = None) -> Members:
+        return self._run(self._async.member_list(endpoint))
 
     def close(self) -> None:
         if not self._loop.is_running():

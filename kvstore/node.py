@@ -4,7 +4,8 @@
 ``<data_dir>/node.log``, writes ``<data_dir>/node.pid`` while it runs, shuts down
 cleanly on SIGTERM/SIGINT, and on the next start recovers everything from its data
 directory (a founding member bootstraps the cluster membership only when that
-directory is empty).
+directory is empty). A node started with ``join`` never bootstraps: it waits, empty,
+until the leader of an existing cluster that has added it replicates to it.
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ LAZY_FSYNC_DELAY_S = 2.0
 
 
 async def start_node(
-    cfg: ClusterConfig, node_id: str, unsafe: UnsafeMode | None = None
+    cfg: ClusterConfig, node_id: str, unsafe: UnsafeMode | None = None, join: bool = False
 ) -> RunningNode:
-    """Build and start every layer of ``node_id``; the caller owns shutdown."""
+    """Build and start every layer of ``node_id``; the caller owns shutdown. ``join``:
+    an empty node must not found a cluster of its own (every config node a voter, as
+    a fresh start does): a wiped node doing so would forget its votes and could
+    campaign with a membership the cluster has long left."""
     me = cfg.node(node_id)
     me.data_dir.mkdir(parents=True, exist_ok=True)
     storage: Storage = DiskStorage(me.data_dir / "raft")
@@ -84,7 +88,7 @@ async def start_node(
         config=cfg.raft.core_config(node_id),
         storage=storage,
         state_machine=sm,
-        bootstrap_voters=frozenset(n.id for n in cfg.nodes),
+        bootstrap_voters=None if join else frozenset(n.id for n in cfg.nodes),
         tick_seconds=cfg.raft.tick_ms / 1000,
         snapshot_threshold=cfg.raft.snapshot_threshold,
         sync_writes=cfg.raft.fsync is Fsync.ALWAYS,
@@ -120,9 +124,11 @@ async def start_node(
     return RunningNode(engine, transport, server)
 
 
-async def serve(cfg: ClusterConfig, node_id: str, unsafe: UnsafeMode | None = None) -> int:
+async def serve(
+    cfg: ClusterConfig, node_id: str, unsafe: UnsafeMode | None = None, join: bool = False
+) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal engine error (exit 1)."""
-    node = await start_node(cfg, node_id, unsafe)
+    node = await start_node(cfg, node_id, unsafe, join)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -145,7 +151,12 @@ async def serve(cfg: ClusterConfig, node_id: str, unsafe: UnsafeMode | None = No
 
 
 def main(
-    config_path: Path, node_id: str, *, log_level: str = "INFO", unsafe: UnsafeMode | None = None
+    config_path: Path,
+    node_id: str,
+    *,
+    log_level: str = "INFO",
+    unsafe: UnsafeMode | None = None,
+    join: bool = False,
 ) -> int:
     """Entry point of ``kv node``: load and validate config, log to the data dir, run."""
     cfg = load_config(config_path)
@@ -159,7 +170,7 @@ def main(
     pid_file = pid_path(me)
     pid_file.write_text(f"{os.getpid()}\n")
     try:
-        return asyncio.run(serve(cfg, node_id, unsafe))
+        return asyncio.run(serve(cfg, node_id, unsafe, join))
     finally:
         with contextlib.suppress(FileNotFoundError):
             if pid_file.read_text().strip() == str(os.getpid()):

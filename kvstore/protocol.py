@@ -44,6 +44,10 @@ __all__ = [
     "HelloOk",
     "KeyValue",
     "Limits",
+    "MemberAdd",
+    "MemberList",
+    "MemberRemove",
+    "MembersResponse",
     "Op",
     "ProtocolError",
     "Put",
@@ -97,6 +101,7 @@ class Code(enum.StrEnum):
     TOO_LARGE = "TOO_LARGE"
     INTERNAL = "INTERNAL"
     UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
+    CONFLICT = "CONFLICT"
 
 
 class Op(enum.StrEnum):
@@ -107,10 +112,13 @@ class Op(enum.StrEnum):
     CAS = "cas"
     STATUS = "status"
     TRANSFER_LEADER = "transfer_leader"
+    MEMBER_ADD = "member_add"
+    MEMBER_REMOVE = "member_remove"
+    MEMBER_LIST = "member_list"
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
-ADMIN_OPS = frozenset({Op.TRANSFER_LEADER})
+ADMIN_OPS = frozenset({Op.TRANSFER_LEADER, Op.MEMBER_ADD, Op.MEMBER_REMOVE})
 """Ops that change the cluster rather than the data; like writes, they can time out
 with an unknown outcome."""
 
@@ -126,6 +134,7 @@ _ALWAYS_DEFINITE = frozenset(
         Code.UNKNOWN_OP,
         Code.TOO_LARGE,
         Code.UNSUPPORTED_VERSION,
+        Code.CONFLICT,
     }
 )
 
@@ -259,7 +268,39 @@ class TransferLeader:
     to: str
 
 
-Request = Get | Scan | Put | Delete | Cas | Status | TransferLeader
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberAdd:
+    """Admin: add ``node`` as a voter (promoting it if it is a learner) or, with
+    ``learner``, as a learner (which replicates but neither votes nor counts)."""
+
+    id: int
+    node: str
+    learner: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberRemove:
+    id: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberList:
+    id: int
+
+
+Request = (
+    Get
+    | Scan
+    | Put
+    | Delete
+    | Cas
+    | Status
+    | TransferLeader
+    | MemberAdd
+    | MemberRemove
+    | MemberList
+)
 
 _OP_OF: dict[type, Op] = {
     Get: Op.GET,
@@ -269,6 +310,9 @@ _OP_OF: dict[type, Op] = {
     Cas: Op.CAS,
     Status: Op.STATUS,
     TransferLeader: Op.TRANSFER_LEADER,
+    MemberAdd: Op.MEMBER_ADD,
+    MemberRemove: Op.MEMBER_REMOVE,
+    MemberList: Op.MEMBER_LIST,
 }
 
 
@@ -346,6 +390,17 @@ class TransferLeaderResponse:
     term: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MembersResponse:
+    """The membership as the answering node has applied it (after a change: including
+    that change)."""
+
+    id: int
+    voters: tuple[str, ...]
+    learners: tuple[str, ...]
+    leader: str | None
+
+
 Response = (
     ErrorResponse
     | GetResponse
@@ -354,6 +409,7 @@ Response = (
     | CompareFailedResponse
     | StatusResponse
     | TransferLeaderResponse
+    | MembersResponse
 )
 
 
@@ -575,6 +631,9 @@ _REQUEST_FIELDS: dict[Op, frozenset[str]] = {
     ),
     Op.STATUS: frozenset({"id", "op"}),
     Op.TRANSFER_LEADER: frozenset({"id", "op", "to"}),
+    Op.MEMBER_ADD: frozenset({"id", "op", "node", "learner"}),
+    Op.MEMBER_REMOVE: frozenset({"id", "op", "node"}),
+    Op.MEMBER_LIST: frozenset({"id", "op"}),
 }
 _OPS: dict[str, Op] = {o.value: o for o in Op}
 _CONSISTENCIES: dict[str, Consistency] = {c.value: c for c in Consistency}
@@ -603,6 +662,12 @@ def encode_request(req: Request) -> bytes:
             pass
         case TransferLeader():
             m.update(to=req.to)
+        case MemberAdd():
+            m.update(node=req.node, learner=req.learner)
+        case MemberRemove():
+            m.update(node=req.node)
+        case MemberList():
+            pass
     return _pack(m)
 
 
@@ -639,6 +704,13 @@ def decode_request(data: bytes, limits: Limits) -> Request:
             return Status(id=rid)
         case Op.TRANSFER_LEADER:
             return TransferLeader(id=rid, to=_node_id(f, "to"))
+        case Op.MEMBER_ADD:
+            learner = False if f.m.get("learner") is None else f.bool_("learner")
+            return MemberAdd(id=rid, node=_node_id(f, "node"), learner=learner)
+        case Op.MEMBER_REMOVE:
+            return MemberRemove(id=rid, node=_node_id(f, "node"))
+        case Op.MEMBER_LIST:
+            return MemberList(id=rid)
 
 
 def _node_id(f: _Fields, name: str) -> str:
@@ -754,6 +826,9 @@ def encode_response(resp: Response) -> bytes:
         case TransferLeaderResponse():
             m.update(code="OK", leader=resp.leader, leader_addr=resp.leader_addr)
             m["term"] = resp.term
+        case MembersResponse():
+            m.update(code="OK", voters=list(resp.voters), learners=list(resp.learners))
+            m["leader"] = resp.leader
     return _pack(m)
 
 
@@ -785,6 +860,7 @@ def _opt_kv(f: _Fields, name: str) -> KeyValue | None:
     return None if m is None else _kv_of(m, f.rid)
 
 
+_MEMBERS_FIELDS = frozenset({"id", "code", "voters", "learners", "leader"})
 _ERROR_FIELDS = frozenset({"id", "code", "message", "leader", "leader_addr"})
 _OK_FIELDS: dict[Op, frozenset[str]] = {
     Op.GET: frozenset({"id", "code", "kv", "revision"}),
@@ -796,6 +872,9 @@ _OK_FIELDS: dict[Op, frozenset[str]] = {
         {"id", "code", "node", "role", "term", "leader", "leader_addr", "commit", "applied"}
     ),
     Op.TRANSFER_LEADER: frozenset({"id", "code", "leader", "leader_addr", "term"}),
+    Op.MEMBER_ADD: _MEMBERS_FIELDS,
+    Op.MEMBER_REMOVE: _MEMBERS_FIELDS,
+    Op.MEMBER_LIST: _MEMBERS_FIELDS,
 }
 _COMPARE_FAILED_FIELDS = frozenset({"id", "code", "revision", "current"})
 
@@ -869,3 +948,17 @@ def decode_response(
                 leader_addr=f.opt_str("leader_addr"),
                 term=f.int_("term"),
             )
+        case Op.MEMBER_ADD | Op.MEMBER_REMOVE | Op.MEMBER_LIST:
+            return MembersResponse(
+                id=rid,
+                voters=_str_tuple(f, "voters"),
+                learners=_str_tuple(f, "learners"),
+                leader=f.opt_str("leader"),
+            )
+
+
+def _str_tuple(f: _Fields, name: str) -> tuple[str, ...]:
+    v = f.m.get(name)
+    if type(v) is not tuple or any(type(x) is not str for x in v):
+        f.fail(Code.BAD_REQUEST, f"field {name!r} must be an array of strings")
+    return v

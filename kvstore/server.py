@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from raft.engine import Engine
 from raft.errors import NotLeader, ProposalDropped
 from raft.framing import FrameDecoder, FrameTooLarge, encode_frame
-from raft.types import NodeId
+from raft.types import ConfChange, ConfChangeKind, NodeId
 
 from . import protocol as p
 from .commands import Cas, Command, CommandError, Delete, Header, Put, encode_command
@@ -256,6 +256,10 @@ class ClientServer:
                     return self._status(req)
                 case p.TransferLeader():
                     return await self._transfer_leader(req)
+                case p.MemberAdd() | p.MemberRemove():
+                    return await self._member_change(req)
+                case p.MemberList():
+                    return self._members(req.id)
         except NotLeader as exc:
             return self._not_leader(req.id, exc.leader)
         except ProposalDropped as exc:
@@ -342,6 +346,37 @@ class ClientServer:
             if st.leader is not None and st.leader != self._node_id:
                 return self._transfer_ok(req.id, st.leader, st.term)
         return _error(req.id, Code.TIMEOUT, f"leadership did not move to {req.to} in time")
+
+    async def _member_change(self, req: p.MemberAdd | p.MemberRemove) -> p.Response:
+        """One single-server membership change, through the log. Asking for the
+        membership the cluster already has is OK at once, so a retry is harmless. The
+        core refuses a change while another is pending (and in a few other states):
+        that is CONFLICT, definite, since nothing entered the log."""
+        st = self._engine.status()
+        if st.role != "leader":
+            return self._not_leader(req.id, st.leader)
+        if req.node not in self._addresses:
+            msg = f"no node {req.node!r} in this node's config: its address is unknown"
+            return _error(req.id, Code.BAD_REQUEST, msg)
+        if isinstance(req, p.MemberRemove):
+            kind = ConfChangeKind.REMOVE_NODE
+            done = req.node not in st.voters and req.node not in st.learners
+        elif req.learner:
+            kind, done = ConfChangeKind.ADD_LEARNER, req.node in st.learners
+        else:
+            kind, done = ConfChangeKind.ADD_VOTER, req.node in st.voters
+        if not done:
+            try:
+                await self._engine.propose_conf_change(ConfChange(kind, req.node), self._timeout)
+            except NotLeader:
+                raise
+            except ProposalDropped as exc:
+                return _error(req.id, Code.CONFLICT, f"membership change refused: {exc}")
+        return self._members(req.id)
+
+    def _members(self, rid: int) -> p.Response:
+        st = self._engine.status()
+        return p.MembersResponse(id=rid, voters=st.voters, learners=st.learners, leader=st.leader)
 
     def _transfer_ok(self, rid: int, leader: NodeId, term: int) -> p.Response:
         addr = self._addresses.get(leader)

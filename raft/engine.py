@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from raft.types import Index, NodeId, Term
+from raft.types import ConfChange, Index, NodeId, Term
 
 
 class StateMachine(Protocol):
@@ -59,6 +59,12 @@ class Engine(Protocol):
         """Wait until a linearizable read may be served from the local state machine
         (ReadIndex confirmed by a quorum, and applied up to it); return that index.
         Raises NotLeader or TimeoutError."""
+        ...
+
+    async def propose_conf_change(self, cc: ConfChange, timeout: float) -> None:
+        """Replicate a single-server membership change; return once this node has
+        applied it. Raises NotLeader, ProposalDropped (definitely not applied: e.g.
+        another change is still pending) or TimeoutError (outcome unknown)."""
         ...
 
     def transfer_leader(self, to: NodeId) -> None:

@@ -27,6 +27,7 @@ from jepsen_like.nemesis import (
     reachable_from,
 )
 from jepsen_like.proxy import Link
+from kvstore.client import Indeterminate, Members
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -120,7 +121,7 @@ def test_parse_nemesis_expands_groups_and_deduplicates() -> None:
     assert set(parse_nemesis(",".join(FAULTS))) == set(FAULTS)
 
 
-@pytest.mark.parametrize("name", ["member", "clock"])
+@pytest.mark.parametrize("name", ["clock"])
 def test_unavailable_nemeses_are_refused_with_the_reason(name: str) -> None:
     with pytest.raises(NemesisError, match="not available"):
         parse_nemesis(f"partition,{name}")
@@ -192,6 +193,44 @@ class FakeDB:
     async def transfer_leader(self, to: str) -> str:
         self.the_leader = to
         return to
+
+    # Membership, as the leader applies it; restart() of a wiped node models --join.
+    voters: tuple[str, ...] = ()
+    learners: tuple[str, ...] = ()
+    wiped: set[str] = set()
+
+    def running(self, node: str) -> bool:
+        return node in self.alive
+
+    def wipe(self, node: str) -> None:
+        assert node not in self.alive
+        self.wiped = {*self.wiped, node}
+
+    def _members(self) -> Members:
+        if not self.voters:
+            self.voters = tuple(self.nodes)
+        return Members(self.voters, self.learners, self.the_leader)
+
+    async def member_list(self, node: str | None = None) -> Members:
+        return self._members()
+
+    async def member_add(self, node: str, learner: bool) -> Members:
+        m = self._members()
+        voters = [n for n in m.voters if n != node]
+        learners = [n for n in m.learners if n != node]
+        (learners if learner else voters).append(node)
+        self.voters, self.learners = tuple(sorted(voters)), tuple(sorted(learners))
+        return self._members()
+
+    async def member_remove(self, node: str) -> Members:
+        m = self._members()
+        self.voters = tuple(n for n in m.voters if n != node)
+        self.learners = tuple(n for n in m.learners if n != node)
+        return self._members()
+
+    async def wait_caught_up(self, node: str, timeout: float) -> int:
+        assert node in self.alive and node in self.learners, "only a running learner catches up"
+        return 42
 
 
 def healed(env: Env) -> bool:
@@ -277,6 +316,67 @@ def test_transfer_moves_leadership_to_another_node_and_records_it() -> None:
 
     asyncio.run(body())
     assert parse_nemesis("transfer") == ["transfer"]
+
+
+def test_membership_removes_a_follower_and_brings_it_back_as_learner_then_voter() -> None:
+    schedule = make_schedule(["membership"])
+    db = schedule.env.db
+    assert isinstance(db, FakeDB)
+
+    async def body() -> None:
+        await schedule.start("membership")
+        start = schedule.timeline[-1].details
+        victim = start["victim"]
+        assert victim != "n2", "never the leader"
+        assert [s["step"] for s in start["steps"]] == ["removed", "killed", "wiped"]
+        assert victim not in db.voters and victim in db.dead() and victim in db.wiped
+        await schedule.stop_active()
+        stop = schedule.timeline[-1].details
+        steps = [s["step"] for s in stop["steps"]]
+        assert steps == ["restarted", "learner added", "caught up", "promoted"]
+        assert db.voters == tuple(db.nodes) and db.learners == () and not db.dead()
+        await schedule.heal()
+
+    asyncio.run(body())
+
+
+def test_membership_whose_remove_fails_goes_on_and_still_restores() -> None:
+    class StuckDB(FakeDB):
+        async def member_remove(self, node: str) -> Members:
+            raise Indeterminate("gave up")
+
+    env = Env(FakeNet(), StuckDB(), random.Random(1))
+    schedule = Schedule(["membership"], env, interval=0.02, clock_ns=lambda: 0)
+
+    async def body() -> None:
+        await schedule.start("membership")
+        assert schedule.timeline[-1].details["steps"][0]["step"] == "remove failed"
+        assert not env.db.dead(), "nothing is killed when the remove failed"
+        await schedule.heal()
+
+    asyncio.run(body())
+    stop = next(e for e in schedule.timeline if e.event == "stop")
+    assert stop.details["steps"] == [], "still a voter: nothing to restore"
+    assert healed(env)
+
+
+def test_membership_heal_completes_an_interrupted_change() -> None:
+    schedule = make_schedule(["membership"])
+    db = schedule.env.db
+    assert isinstance(db, FakeDB)
+
+    async def body() -> None:
+        await schedule.start("membership")
+        victim = schedule.timeline[-1].details["victim"]
+        db.restart(victim)  # as if a stop got this far, then failed
+        await db.member_add(victim, learner=True)
+        await schedule.heal()
+
+    asyncio.run(body())
+    stop = next(e for e in schedule.timeline if e.event == "stop")
+    assert [s["step"] for s in stop.details["steps"]] == ["caught up", "promoted"]
+    assert db.voters == tuple(db.nodes) and db.learners == ()
+    assert healed(schedule.env)
 
 
 def test_a_failed_transfer_is_recorded_not_raised() -> None:

@@ -144,6 +144,20 @@ def test_register_leadership_transfers_are_linearizable(tmp_path: Path) -> None:
     assert all(d["new_leader"] == d["to"] != d["leader"] for d in moved), moved
 
 
+def test_set_membership_changes_lose_nothing(tmp_path: Path) -> None:
+    out = run(
+        tmp_path, "--workload", "set", "--nemesis", "membership", "--time-limit", "15", *COMMON
+    )
+    assert_valid(*out)
+    timeline = [json.loads(line) for line in (out[2] / "nemesis.jsonl").read_text().splitlines()]
+    stops = [e["details"] for e in timeline if e["event"] == "stop"]
+    assert len(stops) >= 2, timeline
+    for d in stops:  # every removed node came back empty, as a learner, then a voter
+        steps = [s["step"] for s in d["steps"]]
+        assert steps == ["restarted", "learner added", "caught up", "promoted"], d
+        assert d["steps"][-1]["voters"] == ["n1", "n2", "n3"], d
+
+
 @needs_unsafe
 def test_stale_reads_mode_is_caught_as_non_linearizable(tmp_path: Path) -> None:
     code, results, run_dir, output = run(

@@ -62,6 +62,9 @@ requests = st.one_of(
     cas_requests(),
     st.builds(p.Status, id=rid),
     st.builds(p.TransferLeader, id=rid, to=st.text(min_size=1, max_size=16)),
+    st.builds(p.MemberAdd, id=rid, node=st.text(min_size=1, max_size=16), learner=st.booleans()),
+    st.builds(p.MemberRemove, id=rid, node=st.text(min_size=1, max_size=16)),
+    st.builds(p.MemberList, id=rid),
 )
 
 kvs = st.builds(
@@ -80,7 +83,9 @@ error_codes = st.sampled_from([c for c in Code if c not in (Code.OK, Code.COMPAR
 def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
     i = draw(rid)
     kind = draw(
-        st.sampled_from(["error", "get", "scan", "write", "cas_failed", "status", "transfer"])
+        st.sampled_from(
+            ["error", "get", "scan", "write", "cas_failed", "status", "transfer", "members"]
+        )
     )
     if kind == "error":
         code = draw(error_codes)
@@ -111,6 +116,13 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
             id=i, leader=draw(node), leader_addr=draw(st.none() | st.just("h:1")), term=draw(uint)
         )
         return resp, Op.TRANSFER_LEADER
+    if kind == "members":
+        names = st.lists(node, max_size=5).map(tuple)
+        resp = p.MembersResponse(
+            id=i, voters=draw(names), learners=draw(names), leader=draw(st.none() | node)
+        )
+        op = draw(st.sampled_from([Op.MEMBER_ADD, Op.MEMBER_REMOVE, Op.MEMBER_LIST]))
+        return resp, op
     resp = p.StatusResponse(
         id=i,
         node=draw(node),
@@ -282,6 +294,8 @@ def test_definite_codes() -> None:
     assert not p.is_definite(Code.INTERNAL, Op.CAS)
     assert not p.is_definite(Code.STALE_SEQ, Op.DELETE)
     assert not p.is_definite(Code.TIMEOUT, Op.TRANSFER_LEADER)
+    assert not p.is_definite(Code.TIMEOUT, Op.MEMBER_ADD)
+    assert p.is_definite(Code.CONFLICT, Op.MEMBER_REMOVE)
     for code in (Code.NOT_LEADER, Code.UNAVAILABLE, Code.COMPARE_FAILED, Code.TOO_LARGE):
         assert p.is_definite(code, Op.PUT)
 
