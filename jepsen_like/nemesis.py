@@ -41,6 +41,7 @@ Partition shapes are pure functions of the node list and an RNG, tested apart.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import random
@@ -176,17 +177,19 @@ class Env:
 # ---- faults --------------------------------------------------------------------------
 
 
-class Fault:
+class Fault(abc.ABC):
     """One kind of fault. ``start`` returns details for the timeline; ``stop`` undoes."""
 
     kind: str = ""
     group: str = ""
 
+    @abc.abstractmethod
     async def start(self, env: Env) -> dict[str, Any]:
-        raise NotImplementedError
+        """Inject the fault; the details go on the nemesis timeline."""
 
+    @abc.abstractmethod
     async def stop(self, env: Env) -> dict[str, Any]:
-        raise NotImplementedError
+        """Undo the fault completely (the schedule always ends healed)."""
 
 
 async def _leader_or_random(env: Env) -> tuple[str, bool]:
