@@ -65,7 +65,6 @@ class Progress:
     match: Index
     next: Index
     inflights: Inflights
-    is_learner: bool = False
     state: ProgressState = ProgressState.PROBE
     # PROBE: an append is outstanding; wait for a reply or the next heartbeat.
     probe_sent: bool = False

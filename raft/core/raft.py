@@ -160,7 +160,6 @@ class Raft:
             match=0,
             next=self.log.last_index + 1,
             inflights=Inflights(self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes),
-            is_learner=node in self.conf.learners,
             recent_active=True,
         )
         if node == self.id:
@@ -719,12 +718,8 @@ class Raft:
         for n in list(self.prs):
             if n not in self.conf.members:
                 del self.prs[n]
-        for n in self.conf.members:
-            pr = self.prs.get(n)
-            if pr is None:
-                self.prs[n] = self._new_progress(n)
-            else:
-                pr.is_learner = n in self.conf.learners
+        for n in sorted(self.conf.members - self.prs.keys()):
+            self.prs[n] = self._new_progress(n)
         if self.role is not Role.LEADER:
             return
         if self.id not in self.conf.voters:
@@ -839,8 +834,13 @@ class Raft:
             or self.log.pending_snapshot is not None
             or self.log.stabled < self.log.last_index
             or self.log.has_next_committed()
-            or self._hard_state() != self._prev_hard
-            or SoftState(self.lead, self.role) != self._prev_soft
+            # Field comparisons rather than building HardState/SoftState: this runs
+            # after every input, and usually on an idle node.
+            or self.term != self._prev_hard.term
+            or self.vote != self._prev_hard.vote
+            or self.log.committed != self._prev_hard.commit
+            or self.lead != self._prev_soft.leader
+            or self.role is not self._prev_soft.role
         )
 
     def ready(self) -> Ready:

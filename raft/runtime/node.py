@@ -93,7 +93,6 @@ class RaftEngine:
         self._applied: Index = 0
         self._snapshot_index: Index = 0
         self._stopped = False
-        self.failure: BaseException | None = None
 
     # ---- lifecycle ---------------------------------------------------------------
 
