@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -49,6 +50,7 @@ __all__ = [
     "StopResult",
     "busy_addresses",
     "cluster_status",
+    "free_base_port",
     "is_node_process",
     "node_command",
     "pid_alive",
@@ -210,6 +212,23 @@ def spawn_node(config_path: Path, node: NodeConfig, extra_args: Sequence[str] = 
     _children[proc.pid] = proc
     pid_path(node).write_text(f"{proc.pid}\n")
     return proc.pid
+
+
+def free_base_port(n: int = 3, attempts: int = 100) -> int:
+    """A base port for ``generate_config(n, base)`` whose peer (base+i) and client
+    (base+100+i) ports are all free right now (tests and measurement scripts)."""
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(20000, 60000)
+        ports = [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise ClusterError("no free port range found")
 
 
 def busy_addresses(node: NodeConfig) -> list[str]:

@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,23 +32,6 @@ from pathlib import Path
 from kvstore import cluster
 from kvstore.client import AsyncClient, NodeStatus
 from kvstore.config import generate_config, load_config
-
-
-def free_base_port(n: int = 3, attempts: int = 50) -> int:
-    """A base port whose peer (base+i) and client (base+100+i) ports are all free now."""
-    import random
-
-    for _ in range(attempts):
-        base = random.randrange(20000, 60000)
-        ports = [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]
-        try:
-            for port in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range found")
 
 
 async def leader_of(cfg_nodes: list[str]) -> NodeStatus | None:
@@ -123,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(
             generate_config(
                 3,
-                free_base_port(),
+                cluster.free_base_port(),
                 str(Path(tmp) / "data"),
                 raft={"tick_ms": args.tick_ms, "election_ticks": args.election_ticks},
             )

@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,22 +32,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "integration: real node processes on 127.0.0.1 (run in CI, ~1 min)"
     )
-
-
-def free_base_port(n: int = 3, attempts: int = 100) -> int:
-    """A base port whose peer (base+i) and client (base+100+i) ports are free now."""
-    rng = random.Random()
-    for _ in range(attempts):
-        base = rng.randrange(20000, 60000)
-        ports = [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]
-        try:
-            for port in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range")
 
 
 class LocalCluster:
@@ -182,7 +164,7 @@ def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
         root.mkdir()
         config = root / "cluster.toml"
         settings = {"tick_ms": TICK_MS, "fsync": "always", **raft}
-        config.write_text(generate_config(3, free_base_port(), "./data", raft=settings))
+        config.write_text(generate_config(3, cluster.free_base_port(), "./data", raft=settings))
         lc = LocalCluster(config)
         made.append(lc)
         if start:
