@@ -834,13 +834,10 @@ class Raft:
             or self.log.pending_snapshot is not None
             or self.log.stabled < self.log.last_index
             or self.log.has_next_committed()
-            # Field comparisons rather than building HardState/SoftState: this runs
-            # after every input, and usually on an idle node.
-            or self.term != self._prev_hard.term
-            or self.vote != self._prev_hard.vote
-            or self.log.committed != self._prev_hard.commit
-            or self.lead != self._prev_soft.leader
-            or self.role is not self._prev_soft.role
+            # The same functions ready() uses, so the two can never disagree about
+            # whether anything is pending (a mismatch would spin on empty batches).
+            or self._hard_state() != self._prev_hard
+            or SoftState(self.lead, self.role) != self._prev_soft
         )
 
     def ready(self) -> Ready:
