@@ -12,6 +12,12 @@ task per connection resolves futures as responses arrive, in any order
   ``timeout`` back off exponentially with jitter and try again, on another node if the
   one tried seems gone.
 
+Transactions are etcd's (compare / success / failure, kvstore/commands.py): one that
+writes is a write, with a session; a read-only one is a linearizable read. Leases are
+writes too. A watch is a stream on a connection of its own to one node, so ending it is
+closing that connection; it does not fail over (the caller resumes elsewhere from
+``Watch.revision + 1``, gap-free, because the history is the same on every node).
+
 Writes carry a session (§7): a random 16-byte client id, a ``seq`` per write that every
 retry of that write reuses, and ``ack``, the highest seq below which every write has
 finished. The state machine answers a duplicate seq from its session table, so a write
@@ -42,6 +48,7 @@ from raft.errors import CodecError
 from raft.framing import FrameDecoder, encode_frame
 
 from . import protocol as p
+from .commands import Compare, CompareOp, CompareTarget, DeleteOp, PutOp, RangeOp, TxnOp
 from .protocol import Code, Consistency, KeyValue, Limits, ProtocolError
 
 __all__ = [
@@ -49,17 +56,29 @@ __all__ = [
     "BadRequest",
     "Client",
     "ClientError",
+    "Compacted",
+    "Compare",
     "CompareFailed",
+    "CompareOp",
+    "CompareTarget",
     "Conflict",
+    "DeleteOp",
     "Indeterminate",
     "KeyValue",
+    "Lease",
+    "LeaseNotFound",
     "Members",
     "NodeStatus",
     "NotFound",
+    "PutOp",
+    "RangeOp",
     "ScanResult",
     "SessionExpired",
     "TooLarge",
+    "TxnResult",
     "Unavailable",
+    "Watch",
+    "WatchEnded",
     "WriteResult",
 ]
 
@@ -88,6 +107,23 @@ class ScanResult:
     kvs: tuple[KeyValue, ...]
     more: bool
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """Which branch ran (``succeeded``: every compare held), one result per operation of
+    that branch (``protocol.RangeResult`` or ``protocol.WriteOpResult``), and the store
+    revision after the txn."""
+
+    succeeded: bool
+    responses: tuple[p.RangeResult | p.WriteOpResult, ...]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    id: int
+    ttl_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +192,24 @@ class Conflict(ClientError):
     leadership transfer in progress, the last voter): not applied (definite)."""
 
 
+class LeaseNotFound(ClientError):
+    """The lease does not exist (never granted, revoked or expired); nothing was
+    written (definite)."""
+
+
+class Compacted(ClientError):
+    """A watch asked for revisions the history no longer holds."""
+
+    def __init__(self, message: str, compact_revision: int) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class WatchEnded(ClientError):
+    """A watch stream ended (its node went away, or shut down); resume from
+    ``Watch.revision + 1``, on any node."""
+
+
 class _Retry(Exception):
     """One attempt failed in a way worth retrying. ``indefinite``: the request was sent
     and its outcome is unknown."""
@@ -185,6 +239,9 @@ class _Connection:
         self._writer = writer
         self._decoder = FrameDecoder(hello.limits.max_frame_bytes)
         self._pending: dict[int, tuple[p.Op, asyncio.Future[p.Response]]] = {}
+        # Streams (watches): every frame for the id goes to its queue, then a final
+        # error frame or a _ConnectionLost. NB: unbounded; a watcher must keep reading.
+        self._streams: dict[int, asyncio.Queue[p.Response | _ConnectionLost]] = {}
         self._next_id = 1
         self.closed = False
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -237,7 +294,22 @@ class _Connection:
         finally:
             self._pending.pop(rid, None)
 
+    def open_stream(
+        self, build: Callable[[int], p.Request]
+    ) -> asyncio.Queue[p.Response | _ConnectionLost]:
+        """Send a streaming request; its frames arrive on the returned queue."""
+        if self.closed:
+            raise ConnectionError(f"connection to {self.addr} closed")
+        rid = self._next_id
+        self._next_id += 1
+        queue: asyncio.Queue[p.Response | _ConnectionLost] = asyncio.Queue()
+        self._streams[rid] = queue
+        self._writer.write(encode_frame(p.encode_request(build(rid))))
+        return queue
+
     def _op_for(self, rid: int) -> p.Op | None:
+        if rid in self._streams:
+            return p.Op.WATCH
         entry = self._pending.get(rid)
         return None if entry is None else entry[0]
 
@@ -253,6 +325,12 @@ class _Connection:
                     if resp.id is None:
                         assert isinstance(resp, p.ErrorResponse)
                         reason = f"server closing connection: {resp.code} {resp.message}"
+                        continue
+                    stream = self._streams.get(resp.id)
+                    if stream is not None:
+                        if isinstance(resp, p.ErrorResponse):
+                            del self._streams[resp.id]
+                        stream.put_nowait(resp)
                         continue
                     _, fut = self._pending.pop(resp.id)
                     if not fut.done():
@@ -272,6 +350,9 @@ class _Connection:
             if not fut.done():
                 fut.set_exception(_ConnectionLost(reason))
         self._pending.clear()
+        for stream in self._streams.values():
+            stream.put_nowait(_ConnectionLost(reason))
+        self._streams.clear()
 
     async def close(self) -> None:
         self.closed = True
@@ -470,6 +551,70 @@ class AsyncClient:
             )
         )
 
+    async def txn(
+        self,
+        compare: list[Compare] | tuple[Compare, ...] = (),
+        success: list[TxnOp] | tuple[TxnOp, ...] = (),
+        failure: list[TxnOp] | tuple[TxnOp, ...] = (),
+    ) -> TxnResult:
+        """etcd's mini-transaction, atomic at one revision. With no put or delete in
+        either branch it is a linearizable read; otherwise a write (exactly once).
+        Raises LeaseNotFound when the chosen branch puts with a lease that is gone."""
+        c, ok, ko = tuple(compare), tuple(success), tuple(failure)
+        if all(isinstance(op, RangeOp) for op in ok + ko):
+            resp = await self._call(
+                lambda rid: p.Txn(id=rid, compares=c, success=ok, failure=ko), None
+            )
+        else:
+            resp = await self._write_raw(
+                lambda rid, s: p.Txn(id=rid, compares=c, success=ok, failure=ko, session=s)
+            )
+        assert isinstance(resp, p.TxnResponse)
+        return TxnResult(resp.succeeded, resp.responses, resp.revision)
+
+    async def lease_grant(self, ttl_ms: int) -> Lease:
+        """A new lease; keys put with it are deleted when it expires or is revoked."""
+        resp = await self._write_raw(lambda rid, s: p.LeaseGrant(id=rid, ttl_ms=ttl_ms, session=s))
+        assert isinstance(resp, p.LeaseResponse)
+        return Lease(resp.lease, resp.ttl_ms)
+
+    async def lease_keepalive(self, lease: int) -> Lease:
+        """Restart the lease's TTL; raises NotFound if it has already expired."""
+        resp = await self._write_raw(
+            lambda rid, s: p.LeaseKeepAlive(id=rid, lease=lease, session=s)
+        )
+        assert isinstance(resp, p.LeaseResponse)
+        return Lease(resp.lease, resp.ttl_ms)
+
+    async def lease_revoke(self, lease: int) -> WriteResult:
+        """End the lease now, deleting its keys; raises NotFound if it is gone."""
+        return await self._write(lambda rid, s: p.LeaseRevoke(id=rid, lease=lease, session=s))
+
+    async def watch(
+        self,
+        key: KeyLike,
+        *,
+        prefix: bool = False,
+        end: KeyLike | None = None,
+        start_revision: int | None = None,
+        endpoint: str | None = None,
+    ) -> Watch:
+        """Stream changes to ``key`` (or every key starting with it, or ``[key, end)``)
+        from ``start_revision`` (None: the next write), served by ``endpoint`` (default:
+        the first endpoint). Any node serves watches, followers included."""
+        k = _key(key)
+        e = (p.prefix_end(k) or b"\x00") if prefix else (None if end is None else _key(end))
+        addr = endpoint or self._endpoints[0]
+        conn = await _Connection.open(addr, self._timeout)
+        try:
+            queue = conn.open_stream(
+                lambda rid: p.Watch(id=rid, key=k, end=e, start_revision=start_revision)
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return Watch(conn, queue, (start_revision or 1) - 1)
+
     async def status(self, endpoint: str | None = None) -> NodeStatus:
         """One node's view of the cluster (``endpoint``, or whichever node answers)."""
         resp = await self._call(lambda rid: p.Status(id=rid), None, leader_only=False, pin=endpoint)
@@ -532,10 +677,15 @@ class AsyncClient:
     # ---- retry loop --------------------------------------------------------------------
 
     async def _write(self, build: Callable[[int, p.Session], p.Request]) -> WriteResult:
+        resp = await self._write_raw(build)
+        assert isinstance(resp, p.WriteResponse)
+        return WriteResult(resp.revision, resp.prev)
+
+    async def _write_raw(self, build: Callable[[int, p.Session], p.Request]) -> p.Response:
         async with self._write_slots:
             return await self._write_in_slot(build)
 
-    async def _write_in_slot(self, build: Callable[[int, p.Session], p.Request]) -> WriteResult:
+    async def _write_in_slot(self, build: Callable[[int, p.Session], p.Request]) -> p.Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline
         renewed = False
@@ -565,8 +715,7 @@ class AsyncClient:
             break
         if isinstance(resp, p.CompareFailedResponse):
             raise CompareFailed(resp.current, resp.revision)
-        assert isinstance(resp, p.WriteResponse)
-        return WriteResult(resp.revision, resp.prev)
+        return resp
 
     async def _call(
         self,
@@ -636,6 +785,8 @@ class AsyncClient:
         match resp.code:
             case Code.NOT_FOUND:
                 raise NotFound(resp.message)
+            case Code.LEASE_NOT_FOUND:
+                raise LeaseNotFound(resp.message)
             case Code.TOO_LARGE:
                 raise TooLarge(resp.message)
             case Code.BAD_REQUEST | Code.UNKNOWN_OP:
@@ -701,6 +852,50 @@ class AsyncClient:
         """Exponential backoff with "equal jitter": spreads retrying clients apart."""
         ceiling = min(self._backoff_cap, self._backoff_base * 2 ** min(failures, 30))
         return float(ceiling * (0.5 + 0.5 * self._rng.random()))
+
+
+class Watch:
+    """A watch stream: ``async for events in watch`` yields batches of
+    ``protocol.WatchEvent`` in revision order (an empty batch confirms the watch or
+    reports progress). ``revision`` is the revision through which everything has been
+    delivered. Iteration ends after ``close()``; it raises Compacted if the start is
+    gone from the history, and WatchEnded if the node or connection goes away."""
+
+    def __init__(
+        self, conn: _Connection, queue: asyncio.Queue[p.Response | _ConnectionLost], rev: int
+    ) -> None:
+        self._conn = conn
+        self._queue = queue
+        self.revision = rev
+        self.node = conn.hello.node
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> tuple[p.WatchEvent, ...]:
+        if self._conn.closed and self._queue.empty():
+            raise StopAsyncIteration
+        frame = await self._queue.get()
+        if isinstance(frame, _ConnectionLost):
+            if self._conn.closed and str(frame) == _CLOSED_BY_US:
+                raise StopAsyncIteration
+            raise WatchEnded(str(frame))
+        if isinstance(frame, p.WatchEvents):
+            self.revision = max(self.revision, frame.revision)
+            return frame.events
+        assert isinstance(frame, p.ErrorResponse)
+        if frame.code is Code.COMPACTED:
+            raise Compacted(frame.message, frame.compact_revision or 0)
+        if frame.code is Code.CANCELED:
+            raise StopAsyncIteration
+        raise WatchEnded(f"{frame.code}: {frame.message}")
+
+    async def close(self) -> None:
+        self._queue.put_nowait(_ConnectionLost(_CLOSED_BY_US))
+        await self._conn.close()
+
+
+_CLOSED_BY_US = "watch closed by the client"
 
 
 def _members(resp: p.Response) -> Members:

@@ -7,8 +7,13 @@ Theory of operation. A command is one msgpack array::
 
 ``format_version`` (currently :data:`FORMAT_VERSION`) lets a later release change the
 layout wholesale; ``tag`` names the command kind from the explicit :data:`COMMAND_TAGS`
-table, whose numbers are never reused (tag 4 is reserved for ``Txn``). Arguments follow
-in dataclass field order; an absent optional argument is msgpack nil.
+table, whose numbers are never reused. Arguments follow in dataclass field order; an
+absent optional argument is msgpack nil. A ``Txn`` nests arrays: compares
+``[key, target, op, operand]`` and operations ``[kind, ...fields]``.
+
+``Tick`` is the one command outside the session rules: it only carries a leader's
+clock into the log (so leases expire on time when nobody writes), and applying it twice
+is the same as once.
 
 The header carries the client session of dissertation §6.3 (exactly-once): ``client_id``
 names the session, ``seq`` numbers the request within it, ``ack_seq`` tells the state
@@ -26,6 +31,7 @@ the same checks, so a request the server accepts is one every replica can decode
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -38,15 +44,28 @@ __all__ = [
     "MAX_COMMAND_BYTES",
     "MAX_INT",
     "MAX_KEY_LEN",
+    "MAX_TTL_MS",
+    "MAX_TXN_OPS",
     "MAX_VALUE_LEN",
-    "TXN_TAG",
     "Cas",
     "Command",
     "CommandError",
+    "Compare",
+    "CompareOp",
+    "CompareTarget",
     "Delete",
+    "DeleteOp",
     "Header",
+    "LeaseGrant",
+    "LeaseKeepAlive",
+    "LeaseRevoke",
     "Noop",
     "Put",
+    "PutOp",
+    "RangeOp",
+    "Tick",
+    "Txn",
+    "TxnOp",
     "decode_command",
     "encode_command",
 ]
@@ -58,11 +77,15 @@ MAX_VALUE_LEN = 1 << 20
 MAX_INT = 1 << 63
 """Exclusive upper bound of every integer field (seqs, clocks, versions)."""
 
-MAX_COMMAND_BYTES = 2 * MAX_VALUE_LEN + MAX_KEY_LEN + 256
-"""Largest encoded command: a Cas carries two values and a key, plus framing.
-NB: raise deliberately when Txn lands (it carries many operations)."""
+MAX_TXN_OPS = 128
+"""Most compares, and most operations per branch, in one Txn (etcd's --max-txn-ops)."""
+MAX_COMMAND_BYTES = 4 * MAX_VALUE_LEN + 64 * 1024
+"""Largest encoded command: a client request frame (4 MiB by default) plus slack; a Txn
+of many large values beyond it is refused at the gateway, before it can reach a log."""
+MAX_TTL_MS = 1 << 40
+"""Longest lease TTL (about 35 years): bounds ``clock + ttl`` far below MAX_INT."""
 
-_MAX_ARRAY_LEN = 16  # widest array today is a Cas (7 items); raise for Txn
+_MAX_ARRAY_LEN = MAX_TXN_OPS  # widest array: a Txn branch
 
 
 class CommandError(ValueError):
@@ -113,13 +136,130 @@ class Cas:
     new_value: bytes
 
 
-Command = Noop | Put | Delete | Cas
+class CompareTarget(enum.IntEnum):
+    """What a Txn compare looks at (etcd ``Compare.CompareTarget``)."""
 
-COMMAND_TAGS: dict[type, int] = {Noop: 0, Put: 1, Delete: 2, Cas: 3}
+    VALUE = 0
+    VERSION = 1
+    CREATE = 2
+    MOD = 3
+    LEASE = 4
+
+
+class CompareOp(enum.IntEnum):
+    EQ = 0
+    NE = 1
+    LT = 2
+    GT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """One Txn guard: ``target(key) op operand``. ``operand`` is bytes for VALUE and an
+    int otherwise. An absent key has version, create, mod and lease 0, and no value: a
+    VALUE compare on it is false whatever the op (etcd's rule)."""
+
+    key: bytes
+    target: CompareTarget
+    op: CompareOp
+    operand: bytes | int
+
+
+@dataclass(frozen=True, slots=True)
+class RangeOp:
+    """Read ``key`` (``end`` None), or ``[key, end)`` as in ``MVCCStore.range``."""
+
+    key: bytes
+    end: bytes | None
+    limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PutOp:
+    """Write ``key``; ``lease`` (0: none) attaches it to a lease, which must exist."""
+
+    key: bytes
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOp:
+    key: bytes
+
+
+TxnOp = RangeOp | PutOp | DeleteOp
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """etcd's mini-transaction: if every compare holds, run ``success``, else ``failure``;
+    atomically, at one revision. A branch writes each key at most once."""
+
+    compares: tuple[Compare, ...]
+    success: tuple[TxnOp, ...]
+    failure: tuple[TxnOp, ...]
+
+    @property
+    def read_only(self) -> bool:
+        return all(isinstance(op, RangeOp) for op in self.success + self.failure)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """A new lease living ``ttl_ms`` of replicated clock unless kept alive; the state
+    machine picks its id."""
+
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevoke:
+    """End a lease now, deleting every key attached to it (one revision)."""
+
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseKeepAlive:
+    """Restart a lease's TTL from the current replicated clock."""
+
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Carries the leader's clock into the log; outside the session rules (idempotent)."""
+
+
+Command = Noop | Put | Delete | Cas | Txn | LeaseGrant | LeaseRevoke | LeaseKeepAlive | Tick
+
+COMMAND_TAGS: dict[type, int] = {
+    Noop: 0,
+    Put: 1,
+    Delete: 2,
+    Cas: 3,
+    Txn: 4,
+    LeaseGrant: 5,
+    LeaseRevoke: 6,
+    LeaseKeepAlive: 7,
+    Tick: 8,
+}
 """Wire tag of each command class. Append only: a retired tag stays retired."""
 
-TXN_TAG = 4
-"""Reserved for ``Txn`` (etcd-style compare/then/else). Rejected until it exists."""
+_ARITY: dict[type, int] = {
+    Noop: 0,
+    Put: 2,
+    Delete: 1,
+    Cas: 4,
+    Txn: 3,
+    LeaseGrant: 1,
+    LeaseRevoke: 1,
+    LeaseKeepAlive: 1,
+    Tick: 0,
+}
+_TARGETS = frozenset(int(t) for t in CompareTarget)
+_COMPARE_OPS = frozenset(int(o) for o in CompareOp)
 
 _TAG_TYPES: dict[int, type] = {tag: cls for cls, tag in COMMAND_TAGS.items()}
 
@@ -176,20 +316,31 @@ def _header(v: Obj) -> Header:
 def _command(tag: Obj, args: tuple[Obj, ...]) -> Command:
     if type(tag) is not int:
         _fail("tag", tag)
-    if tag == TXN_TAG:
-        raise CommandError("Txn (tag 4) is reserved and not supported yet")
     cls = _TAG_TYPES.get(tag)
     if cls is None:
         _fail("tag", tag)
-    arity = {Noop: 0, Put: 2, Delete: 1, Cas: 4}[cls]
+    arity = _ARITY[cls]
     if len(args) != arity:
         raise CommandError(f"{cls.__name__} takes {arity} arguments, got {len(args)}")
     if cls is Noop:
         return Noop()
+    if cls is Tick:
+        return Tick()
     if cls is Put:
         return Put(_key(args[0]), _value(args[1]))
     if cls is Delete:
         return Delete(_key(args[0]))
+    if cls is Txn:
+        return _txn(*args)
+    if cls is LeaseGrant:
+        ttl = _int(args[0], "ttl_ms", low=1)
+        if ttl > MAX_TTL_MS:
+            _fail("ttl_ms (too long)", ttl)
+        return LeaseGrant(ttl)
+    if cls is LeaseRevoke:
+        return LeaseRevoke(_int(args[0], "lease", low=1))
+    if cls is LeaseKeepAlive:
+        return LeaseKeepAlive(_int(args[0], "lease", low=1))
     key, exp_value, exp_version, new_value = args
     cas = Cas(
         _key(key),
@@ -202,9 +353,61 @@ def _command(tag: Obj, args: tuple[Obj, ...]) -> Command:
     return cas
 
 
+def _array(v: Obj, what: str) -> tuple[Obj, ...]:
+    if type(v) is not tuple or len(v) > MAX_TXN_OPS:
+        _fail(f"{what} (want array of at most {MAX_TXN_OPS})", v)
+    return v
+
+
+def _txn(compares: Obj, success: Obj, failure: Obj) -> Txn:
+    txn = Txn(
+        tuple(_compare(c) for c in _array(compares, "compares")),
+        tuple(_txn_op(o) for o in _array(success, "success")),
+        tuple(_txn_op(o) for o in _array(failure, "failure")),
+    )
+    for branch in (txn.success, txn.failure):
+        written = [op.key for op in branch if not isinstance(op, RangeOp)]
+        if len(set(written)) != len(written):
+            raise CommandError("a Txn branch writes the same key twice")
+    return txn
+
+
+def _compare(v: Obj) -> Compare:
+    if type(v) is not tuple or len(v) != 4:
+        _fail("compare (want [key, target, op, operand])", v)
+    key, target, op, operand = v
+    if type(target) is not int or target not in _TARGETS:
+        _fail("compare target", target)
+    if type(op) is not int or op not in _COMPARE_OPS:
+        _fail("compare op", op)
+    t, o = CompareTarget(target), CompareOp(op)
+    if t is CompareTarget.VALUE:
+        return Compare(_key(key), t, o, _value(operand, "compare value"))
+    return Compare(_key(key), t, o, _int(operand, "compare operand"))
+
+
+def _txn_op(v: Obj) -> TxnOp:
+    if type(v) is not tuple or not v or type(v[0]) is not int:
+        _fail("txn operation (want [kind, ...])", v)
+    kind, *rest = v
+    if kind == 0 and len(rest) == 3:
+        key, end, limit = rest
+        return RangeOp(
+            _key(key),
+            None if end is None else _bytes(end, "range end", 1, MAX_KEY_LEN),
+            None if limit is None else _int(limit, "range limit", low=1),
+        )
+    if kind == 1 and len(rest) == 3:
+        key, value, lease = rest
+        return PutOp(_key(key), _value(value), _int(lease, "lease"))
+    if kind == 2 and len(rest) == 1:
+        return DeleteOp(_key(rest[0]))
+    raise CommandError(f"bad txn operation kind {kind} with {len(rest)} fields")
+
+
 def _args(cmd: Command) -> list[Obj]:
     match cmd:
-        case Noop():
+        case Noop() | Tick():
             return []
         case Put(key, value):
             return [key, value]
@@ -212,7 +415,33 @@ def _args(cmd: Command) -> list[Obj]:
             return [key]
         case Cas(key, expected_value, expected_version, new_value):
             return [key, expected_value, expected_version, new_value]
+        case Txn(compares, success, failure):
+            return [
+                [[c.key, int(c.target), int(c.op), c.operand] for c in compares],
+                [_op_obj(op) for op in success],
+                [_op_obj(op) for op in failure],
+            ]
+        case LeaseGrant(ttl_ms):
+            return [ttl_ms]
+        case LeaseRevoke(lease) | LeaseKeepAlive(lease):
+            return [lease]
     raise CommandError(f"not a command: {type(cmd).__name__}")  # pragma: no cover
+
+
+def _op_obj(op: TxnOp) -> list[Obj]:
+    match op:
+        case RangeOp(key, end, limit):
+            return [0, key, end, limit]
+        case PutOp(key, value, lease):
+            return [1, key, value, lease]
+        case DeleteOp(key):
+            return [2, key]
+    raise CommandError(f"not a txn operation: {type(op).__name__}")  # pragma: no cover
+
+
+def _tuples(v: Obj) -> Obj:
+    """Lists as the decoder sees them (msgpack arrays come back as tuples)."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
 def _header_obj(h: Header) -> list[Obj]:
@@ -277,7 +506,7 @@ def encode_command(header: Header, cmd: Command) -> bytes:
         raise CommandError(f"not a header: {type(header).__name__}")
     _header(tuple(_header_obj(header)))
     args = _args(cmd)
-    _command(tag, tuple(args))
+    _command(tag, _tuples(args))
     data: bytes = msgpack.packb(
         [FORMAT_VERSION, tag, _header_obj(header), *args], use_bin_type=True
     )

@@ -1,13 +1,18 @@
-"""Versioned key space with etcd's revision semantics (current values only, for now).
+"""Versioned key space with etcd's revision semantics, leases on keys, and a bounded history.
 
 Theory of operation. The store has one global ``revision``: it starts at 0 (the empty
-store) and every successful write -- a put, or a delete that removed a key -- advances
-it by exactly one. Each live key carries, as in etcd's ``mvccpb.KeyValue``:
+store) and every successful *write batch* -- a put, a delete that removed a key, a
+transaction's writes, a lease's expiry -- advances it by exactly one. A batch writing
+several keys gives them all the same revision, as an etcd transaction does; a key is
+written at most once per revision (the command gateway refuses a transaction writing a
+key twice). Each live key carries, as in etcd's ``mvccpb.KeyValue``:
 
 - ``create_revision``: the revision that created the key (since its last delete);
 - ``mod_revision``: the revision of its last change;
 - ``version``: the number of changes since creation (1 after the creating put); a
-  delete drops the key, so a later put starts again at version 1.
+  delete drops the key, so a later put starts again at version 1;
+- ``lease``: the lease the key is attached to (0: none); revoking or expiring the lease
+  deletes the key. The lease table itself lives in the state machine.
 
 NB: etcd's first write gets revision 2 (revision 1 is the empty cluster); ours gets 1.
 Either way 0 means "never / absent", which is what compares rely on.
@@ -17,17 +22,24 @@ otherwise the half-open interval ``[start, end)``; and ``end == b"\\x00"`` means
 key >= start" (with :func:`prefix_end` giving the end of a prefix scan). Keys are held in
 a sorted dict so scans cost O(log n + returned), not a sort per query.
 
-History seam. Today a write overwrites the current value and the old one is gone.
-TODO(mvcc-history): keep every revision (etcd's ``(main, sub)`` revision keyspace plus a
-per-key generation index), answer ``range(..., revision=r)`` and watch-from-revision
-from it, and add ``compact(revision)`` with a ``compacted_revision`` that reads and
-watches below it fail against. All writes funnel through :meth:`MVCCStore._commit`, the
-one place that must also append the change to the history; the snapshot format is
-versioned by the state machine, so adding history is a format bump, not a rewrite.
+History. Every write also appends an :class:`Event` (etcd's ``mvccpb.Event``) to an in-
+memory log ordered by revision, from which watches are served gap-free
+(:meth:`MVCCStore.events_since`). Once the log grows past 9/8 of ``history_limit``
+events it drops whole revisions from its front down to at most ``history_limit``, so a
+revision is either entirely present or entirely *compacted*: ``compacted_revision`` is
+the highest revision dropped, and a watch from at or below it fails (etcd's
+``ErrCompacted``) rather than silently skipping. Trimming depends only on the sequence
+of writes and ``history_limit``, and the history is part of the snapshot, so every
+replica -- including one restored from a snapshot or restarted -- holds the same events
+for the same applied index.
+TODO(mvcc-history): old *values* are not kept (only events); ``range(..., revision=r)``
+and an explicit ``compact(revision)`` are the next step.
 """
 
 from __future__ import annotations
 
+import bisect
+import enum
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,40 +47,113 @@ from typing import Any
 
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]  # no stubs upstream
 
-__all__ = ["END_OF_KEYSPACE", "KeyValue", "MVCCStore", "prefix_end"]
+__all__ = [
+    "DEFAULT_HISTORY_LIMIT",
+    "END_OF_KEYSPACE",
+    "Compacted",
+    "Event",
+    "EventType",
+    "KeyValue",
+    "MVCCStore",
+    "WriteBatch",
+    "prefix_end",
+]
 
 END_OF_KEYSPACE = b"\x00"
 """etcd's ``range_end`` of ``"\\0"``: scan to the end of the key space. Unambiguous:
 every key is non-empty, so no key sorts below it and ``[k, b"\\x00")`` is otherwise empty."""
 
+DEFAULT_HISTORY_LIMIT = 10_000
+"""Events kept for watches, at least. Must be equal on every replica (it shapes the
+snapshot)."""
+
+
+class Compacted(Exception):
+    """The revision asked for has been dropped from the history."""
+
+    def __init__(self, compacted_revision: int) -> None:
+        super().__init__(f"revision {compacted_revision} and below are compacted")
+        self.compacted_revision = compacted_revision
+
 
 @dataclass(frozen=True, slots=True)
 class KeyValue:
-    """One key at one revision (etcd ``mvccpb.KeyValue`` without lease, for now)."""
+    """One key at one revision (etcd ``mvccpb.KeyValue``)."""
 
     key: bytes
     value: bytes
     create_revision: int
     mod_revision: int
     version: int
+    lease: int = 0
 
     def to_obj(self) -> list[Any]:
-        """Plain msgpack-able form: ``[key, value, create, mod, version]``."""
-        return [self.key, self.value, self.create_revision, self.mod_revision, self.version]
+        """Plain msgpack-able form: ``[key, value, create, mod, version, lease]``."""
+        return [
+            self.key,
+            self.value,
+            self.create_revision,
+            self.mod_revision,
+            self.version,
+            self.lease,
+        ]
 
     @classmethod
     def from_obj(cls, obj: Any) -> KeyValue:
-        """Inverse of :meth:`to_obj`; raises ValueError on anything else."""
-        if not isinstance(obj, (list, tuple)) or len(obj) != 5:
-            raise ValueError("key-value must be an array of 5")
-        key, value, create, mod, version = obj
+        """Inverse of :meth:`to_obj` (a 5-item row from format 1 has no lease); raises
+        ValueError on anything else."""
+        if not isinstance(obj, (list, tuple)) or len(obj) not in (5, 6):
+            raise ValueError("key-value must be an array of 5 or 6")
+        key, value, create, mod, version, *rest = obj
+        lease = rest[0] if rest else 0
         if type(key) is not bytes or not key or type(value) is not bytes:
             raise ValueError("key-value key/value must be bytes (key non-empty)")
-        if not all(type(n) is int for n in (create, mod, version)):
-            raise ValueError("key-value revisions must be ints")
-        if not 1 <= create <= mod or version < 1:
+        if not all(type(n) is int for n in (create, mod, version, lease)):
+            raise ValueError("key-value revisions and lease must be ints")
+        if not 1 <= create <= mod or version < 1 or lease < 0:
             raise ValueError(f"key-value revisions out of order: {create}/{mod}/{version}")
-        return cls(key, value, create, mod, version)
+        return cls(key, value, create, mod, version, lease)
+
+
+class EventType(enum.IntEnum):
+    PUT = 0
+    DELETE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change (etcd ``mvccpb.Event``): for PUT, ``kv`` is the key after the write;
+    for DELETE, ``kv`` holds only the key and the deleting revision (etcd's
+    tombstone: value empty, create_revision and version 0)."""
+
+    type: EventType
+    kv: KeyValue
+
+    @property
+    def revision(self) -> int:
+        return self.kv.mod_revision
+
+    def to_obj(self) -> list[Any]:
+        if self.type is EventType.DELETE:
+            return [int(self.type), self.kv.key, self.kv.mod_revision]
+        return [int(self.type), self.kv.to_obj()]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Event:
+        if not isinstance(obj, (list, tuple)) or not obj:
+            raise ValueError("event must be a non-empty array")
+        kind = EventType(obj[0])
+        if kind is EventType.PUT:
+            if len(obj) != 2:
+                raise ValueError("put event must be [0, kv]")
+            return cls(kind, KeyValue.from_obj(obj[1]))
+        if len(obj) != 3 or type(obj[1]) is not bytes or not obj[1] or type(obj[2]) is not int:
+            raise ValueError("delete event must be [1, key, revision]")
+        return cls.tombstone(obj[1], obj[2])
+
+    @classmethod
+    def tombstone(cls, key: bytes, revision: int) -> Event:
+        return cls(EventType.DELETE, KeyValue(key, b"", 0, revision, 0))
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -82,21 +167,91 @@ def prefix_end(prefix: bytes) -> bytes:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
+def in_range(key: bytes, start: bytes, end: bytes | None) -> bool:
+    """Whether ``key`` lies in the etcd range ``(start, end)`` (see :meth:`MVCCStore.range`)."""
+    if end is None:
+        return key == start
+    if end == END_OF_KEYSPACE:
+        return key >= start
+    return start <= key < end
+
+
+class WriteBatch:
+    """The writes of one revision. Obtain with :meth:`MVCCStore.batch`; every write
+    through it gets the same revision, which is taken (and the store's revision
+    advanced) at the first write only, so a batch that writes nothing costs nothing.
+    Reads through the store see the batch's earlier writes (a transaction reads its own
+    writes, as in etcd)."""
+
+    __slots__ = ("_keys", "_store", "revision")
+
+    def __init__(self, store: MVCCStore) -> None:
+        self._store = store
+        self._keys: set[bytes] = set()
+        self.revision = store.revision + 1
+
+    @property
+    def wrote(self) -> bool:
+        return bool(self._keys)
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue:
+        """Set ``key``; always a write (etcd bumps revision and version even when the
+        value is unchanged)."""
+        if not key:
+            raise ValueError("key must be non-empty")
+        rev = self.revision
+        prev = self._store.get(key)
+        if prev is None:
+            kv = KeyValue(key, value, rev, rev, 1, lease)
+        else:
+            kv = KeyValue(key, value, prev.create_revision, rev, prev.version + 1, lease)
+        self._write(key, kv)
+        return kv
+
+    def delete(self, key: bytes) -> KeyValue | None:
+        """Remove ``key``; returns the removed record, or None (and no write, as in
+        etcd's DeleteRange that deletes nothing) when it was absent."""
+        prev = self._store.get(key)
+        if prev is not None:
+            self._write(key, None)
+        return prev
+
+    def _write(self, key: bytes, kv: KeyValue | None) -> None:
+        if key in self._keys:
+            raise ValueError(f"key {key!r} written twice in one revision")
+        self._keys.add(key)
+        self._store._commit(self.revision, key, kv)
+
+
 class MVCCStore:
-    """Current values and the revision counter. Pure, deterministic, single-threaded."""
+    """Current values, the revision counter and the event history. Pure,
+    deterministic, single-threaded."""
 
-    __slots__ = ("_kvs", "_revision")
+    __slots__ = ("_compacted", "_events", "_kvs", "_lease_keys", "_revision", "history_limit")
 
-    def __init__(self) -> None:
-        # Invariant: every KeyValue has mod_revision <= self._revision, and the
-        # mod_revisions of distinct live keys are distinct (one write per revision).
+    def __init__(self, history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
+        if history_limit < 1:
+            raise ValueError("history_limit must be >= 1")
+        self.history_limit = history_limit
+        # Invariant: every KeyValue has mod_revision <= self._revision.
         self._kvs: Any = SortedDict()  # SortedDict[bytes, KeyValue]
         self._revision = 0
+        # Invariant: events sorted by revision, holding every event of every revision in
+        # (compacted, revision]; nothing at or below compacted.
+        self._events: list[Event] = []
+        self._compacted = 0
+        # lease id -> keys attached to it (sorted when used, for determinism)
+        self._lease_keys: dict[int, set[bytes]] = {}
 
     @property
     def revision(self) -> int:
         """Revision of the last successful write; 0 for a store never written."""
         return self._revision
+
+    @property
+    def compacted_revision(self) -> int:
+        """Highest revision whose events are gone (0: none)."""
+        return self._compacted
 
     def __len__(self) -> int:
         return len(self._kvs)
@@ -105,39 +260,99 @@ class MVCCStore:
         kv: KeyValue | None = self._kvs.get(key)
         return kv
 
-    def put(self, key: bytes, value: bytes) -> KeyValue:
-        """Set ``key``; always a write (etcd bumps revision and version even when the value
-        is unchanged). Returns the new record; the caller reads the old one first if it
-        needs it (``prev_kv``)."""
-        if not key:
-            raise ValueError("key must be non-empty")
-        rev = self._revision + 1
-        prev = self.get(key)
-        if prev is None:
-            kv = KeyValue(key, value, rev, rev, 1)
-        else:
-            kv = KeyValue(key, value, prev.create_revision, rev, prev.version + 1)
-        self._commit(rev, key, kv)
+    def batch(self) -> WriteBatch:
+        """Start the writes of the next revision (call :meth:`end_batch` after)."""
+        return WriteBatch(self)
+
+    def end_batch(self, batch: WriteBatch) -> None:
+        """Close a batch: trims the history, never inside a revision."""
+        if batch.wrote:
+            self._trim()
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue:
+        """A one-write revision; see :meth:`WriteBatch.put`."""
+        b = self.batch()
+        kv = b.put(key, value, lease)
+        self.end_batch(b)
         return kv
 
     def delete(self, key: bytes) -> KeyValue | None:
-        """Remove ``key``; returns the removed record, or None (and no new revision, as in
-        etcd's DeleteRange that deletes nothing) when it was absent."""
-        prev = self.get(key)
-        if prev is None:
-            return None
-        self._commit(self._revision + 1, key, None)
+        """A one-write revision; see :meth:`WriteBatch.delete`."""
+        b = self.batch()
+        prev = b.delete(key)
+        self.end_batch(b)
         return prev
 
+    def keys_of_lease(self, lease: int) -> list[bytes]:
+        """Keys attached to ``lease``, in key order."""
+        return sorted(self._lease_keys.get(lease, ()))
+
     def _commit(self, rev: int, key: bytes, kv: KeyValue | None) -> None:
-        """The single write path: advances the revision and installs ``kv`` (None =
-        tombstone). TODO(mvcc-history): append ``(rev, key, kv)`` to the history here."""
-        assert rev == self._revision + 1, "one revision per write"
+        """The single write path: installs ``kv`` (None = delete) at ``rev`` and records
+        the event. ``rev`` is the current revision (a later write of the same batch)
+        or the next one."""
+        assert rev in (self._revision, self._revision + 1), "one revision per batch"
         self._revision = rev
+        prev = self._kvs.get(key)
+        if prev is not None and prev.lease:
+            self._detach(prev.lease, key)
         if kv is None:
             del self._kvs[key]
+            self._events.append(Event.tombstone(key, rev))
         else:
             self._kvs[key] = kv
+            if kv.lease:
+                self._lease_keys.setdefault(kv.lease, set()).add(key)
+            self._events.append(Event(EventType.PUT, kv))
+
+    def _detach(self, lease: int, key: bytes) -> None:
+        keys = self._lease_keys.get(lease)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._lease_keys[lease]
+
+    def _trim(self) -> None:
+        """Drop the oldest whole revisions once the log exceeds its limit by 1/8 (so the
+        copy is amortised), down to at most ``history_limit`` events."""
+        events = self._events
+        if len(events) <= self.history_limit + self.history_limit // 8:
+            return
+        cut = len(events) - self.history_limit
+        # Never split a revision: advance the cut past every event of the last one cut.
+        last = events[cut - 1].revision
+        while cut < len(events) and events[cut].revision == last:
+            cut += 1
+        self._compacted = last
+        del events[:cut]
+
+    # ---- history ------------------------------------------------------------------------
+
+    def events_since(
+        self, revision: int, start: bytes, end: bytes | None, limit: int = 1000
+    ) -> tuple[list[Event], int]:
+        """Events at ``revision`` or later on keys in the range ``(start, end)`` (as for
+        :meth:`range`), at most about ``limit`` of them (a revision is never split, so
+        one revision's events may exceed it). Returns ``(events, through)``: every
+        revision up to ``through`` has been scanned, so a watcher continues from
+        ``through + 1``. Raises :class:`Compacted` if ``revision`` is compacted."""
+        if revision <= self._compacted:
+            raise Compacted(self._compacted)
+        events = self._events
+        i = bisect.bisect_left(events, revision, key=lambda e: e.revision)
+        out: list[Event] = []
+        through = self._revision
+        while i < len(events):
+            ev = events[i]
+            if len(out) >= limit and ev.revision != out[-1].revision:
+                through = out[-1].revision
+                break
+            if in_range(ev.kv.key, start, end):
+                out.append(ev)
+            i += 1
+        return out, max(through, revision - 1)
+
+    # ---- reads --------------------------------------------------------------------------
 
     def range(
         self, start: bytes, end: bytes | None = None, limit: int | None = None
@@ -169,24 +384,44 @@ class MVCCStore:
     # ---- snapshot ---------------------------------------------------------------------
 
     def snapshot_state(self) -> list[Any]:
-        """Plain msgpack-able state ``[revision, [kv, ...]]``, keys in sorted order so
-        equal stores give equal bytes."""
-        return [self._revision, [kv.to_obj() for kv in self._kvs.values()]]
+        """Plain msgpack-able state ``[revision, [kv, ...], compacted, [event, ...]]``,
+        keys in sorted order so equal stores give equal bytes."""
+        return [
+            self._revision,
+            [kv.to_obj() for kv in self._kvs.values()],
+            self._compacted,
+            [ev.to_obj() for ev in self._events],
+        ]
 
     def restore_state(self, obj: Any) -> None:
-        """Replace the whole state with one produced by :meth:`snapshot_state`.
+        """Replace the whole state with one produced by :meth:`snapshot_state` (or by
+        format 1, ``[revision, kvs]``, which had no history: everything up to its
+        revision counts as compacted).
 
         Raises ValueError (leaving this store unchanged) if ``obj`` is not such a state."""
-        if not isinstance(obj, (list, tuple)) or len(obj) != 2:
-            raise ValueError("mvcc state must be [revision, kvs]")
-        revision, rows = obj
+        if not isinstance(obj, (list, tuple)) or len(obj) not in (2, 4):
+            raise ValueError("mvcc state must be [revision, kvs, compacted, events]")
+        revision, rows = obj[0], obj[1]
+        compacted, event_rows = (obj[2], obj[3]) if len(obj) == 4 else (revision, ())
         if type(revision) is not int or revision < 0 or not isinstance(rows, (list, tuple)):
             raise ValueError("bad mvcc revision or kvs")
+        if type(compacted) is not int or not 0 <= compacted <= revision:
+            raise ValueError("bad compacted revision")
         kvs = SortedDict()
+        lease_keys: dict[int, set[bytes]] = {}
         for row in rows:
             kv = KeyValue.from_obj(row)
             if kv.key in kvs or kv.mod_revision > revision:
                 raise ValueError("duplicate key or mod_revision beyond revision")
             kvs[kv.key] = kv
+            if kv.lease:
+                lease_keys.setdefault(kv.lease, set()).add(kv.key)
+        events = [Event.from_obj(e) for e in event_rows]
+        revs = [e.revision for e in events]
+        if revs != sorted(revs) or (revs and not compacted < revs[0] <= revs[-1] <= revision):
+            raise ValueError("history out of order or outside (compacted, revision]")
         self._kvs = kvs
         self._revision = revision
+        self._compacted = compacted
+        self._events = events
+        self._lease_keys = lease_keys

@@ -26,6 +26,18 @@ from typing import Any, NoReturn
 
 import msgpack  # type: ignore[import-untyped]  # no stubs upstream
 
+from .commands import (
+    MAX_TTL_MS,
+    MAX_TXN_OPS,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeleteOp,
+    PutOp,
+    RangeOp,
+    TxnOp,
+)
+
 __all__ = [
     "CLIENT_ID_BYTES",
     "MAX_INT",
@@ -43,14 +55,20 @@ __all__ = [
     "Hello",
     "HelloOk",
     "KeyValue",
+    "LeaseGrant",
+    "LeaseKeepAlive",
+    "LeaseResponse",
+    "LeaseRevoke",
     "Limits",
     "MemberAdd",
     "MemberList",
     "MemberRemove",
     "MembersResponse",
+    "OkResponse",
     "Op",
     "ProtocolError",
     "Put",
+    "RangeResult",
     "Request",
     "Response",
     "Scan",
@@ -60,6 +78,13 @@ __all__ = [
     "StatusResponse",
     "TransferLeader",
     "TransferLeaderResponse",
+    "Txn",
+    "TxnResponse",
+    "Watch",
+    "WatchCancel",
+    "WatchEvent",
+    "WatchEvents",
+    "WriteOpResult",
     "WriteResponse",
     "decode_hello",
     "decode_hello_reply",
@@ -102,6 +127,9 @@ class Code(enum.StrEnum):
     INTERNAL = "INTERNAL"
     UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
     CONFLICT = "CONFLICT"
+    LEASE_NOT_FOUND = "LEASE_NOT_FOUND"
+    COMPACTED = "COMPACTED"
+    CANCELED = "CANCELED"
 
 
 class Op(enum.StrEnum):
@@ -115,9 +143,19 @@ class Op(enum.StrEnum):
     MEMBER_ADD = "member_add"
     MEMBER_REMOVE = "member_remove"
     MEMBER_LIST = "member_list"
+    TXN = "txn"
+    LEASE_GRANT = "lease_grant"
+    LEASE_KEEPALIVE = "lease_keepalive"
+    LEASE_REVOKE = "lease_revoke"
+    WATCH = "watch"
+    WATCH_CANCEL = "watch_cancel"
 
 
-WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
+WRITE_OPS = frozenset(
+    {Op.PUT, Op.DELETE, Op.CAS, Op.TXN, Op.LEASE_GRANT, Op.LEASE_KEEPALIVE, Op.LEASE_REVOKE}
+)
+"""Ops that go through the log with a session. A read-only ``txn`` carries no session
+and is a read; :func:`is_definite` cannot tell, and errs on the indefinite side."""
 ADMIN_OPS = frozenset({Op.TRANSFER_LEADER, Op.MEMBER_ADD, Op.MEMBER_REMOVE})
 """Ops that change the cluster rather than the data; like writes, they can time out
 with an unknown outcome."""
@@ -135,6 +173,9 @@ _ALWAYS_DEFINITE = frozenset(
         Code.TOO_LARGE,
         Code.UNSUPPORTED_VERSION,
         Code.CONFLICT,
+        Code.LEASE_NOT_FOUND,
+        Code.COMPACTED,
+        Code.CANCELED,
     }
 )
 
@@ -197,6 +238,7 @@ class KeyValue:
     create_revision: int
     mod_revision: int
     version: int
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,6 +331,66 @@ class MemberList:
     id: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Txn:
+    """etcd's mini-transaction (kvstore/commands.py ``Txn``). ``session`` is required
+    when a branch writes and absent when none does (a read-only txn is a read: it is
+    served after a read barrier without entering the log)."""
+
+    id: int
+    compares: tuple[Compare, ...] = ()
+    success: tuple[TxnOp, ...] = ()
+    failure: tuple[TxnOp, ...] = ()
+    session: Session | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return all(isinstance(op, RangeOp) for op in self.success + self.failure)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseGrant:
+    id: int
+    ttl_ms: int
+    session: Session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseKeepAlive:
+    id: int
+    lease: int
+    session: Session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseRevoke:
+    id: int
+    lease: int
+    session: Session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Watch:
+    """Stream every change to keys in ``(key, end)`` (as for a range; ``end=None``: the
+    key alone) from ``start_revision`` (None: from the next write). The answers are
+    ``WatchEvents`` frames carrying this request's id until the stream ends with an
+    error frame: COMPACTED (history gone; ``compact_revision`` says how far),
+    CANCELED (``watch_cancel``) or UNAVAILABLE (the node is shutting down)."""
+
+    id: int
+    key: bytes
+    end: bytes | None = None
+    start_revision: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchCancel:
+    """End the watch whose request id is ``watch`` (on this connection)."""
+
+    id: int
+    watch: int
+
+
 Request = (
     Get
     | Scan
@@ -300,6 +402,12 @@ Request = (
     | MemberAdd
     | MemberRemove
     | MemberList
+    | Txn
+    | LeaseGrant
+    | LeaseKeepAlive
+    | LeaseRevoke
+    | Watch
+    | WatchCancel
 )
 
 _OP_OF: dict[type, Op] = {
@@ -313,6 +421,12 @@ _OP_OF: dict[type, Op] = {
     MemberAdd: Op.MEMBER_ADD,
     MemberRemove: Op.MEMBER_REMOVE,
     MemberList: Op.MEMBER_LIST,
+    Txn: Op.TXN,
+    LeaseGrant: Op.LEASE_GRANT,
+    LeaseKeepAlive: Op.LEASE_KEEPALIVE,
+    LeaseRevoke: Op.LEASE_REVOKE,
+    Watch: Op.WATCH,
+    WatchCancel: Op.WATCH_CANCEL,
 }
 
 
@@ -331,6 +445,7 @@ class ErrorResponse:
     message: str = ""
     leader: str | None = None
     leader_addr: str | None = None
+    compact_revision: int | None = None  # with COMPACTED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -401,8 +516,72 @@ class MembersResponse:
     leader: str | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RangeResult:
+    """A txn range operation's answer."""
+
+    kvs: tuple[KeyValue, ...]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteOpResult:
+    """A txn put or delete operation's answer: the key before it (None: absent)."""
+
+    prev: KeyValue | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TxnResponse:
+    """Which branch ran (``succeeded``: the compares held) and one result per
+    operation of that branch; ``revision`` is the store revision after the txn."""
+
+    id: int
+    succeeded: bool
+    responses: tuple[RangeResult | WriteOpResult, ...]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseResponse:
+    """A granted or kept-alive lease and its TTL (restarted now)."""
+
+    id: int
+    lease: int
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchEvent:
+    """``type`` "put" (``kv`` after the write) or "delete" (``kv`` carries the key and
+    the deleting revision as ``mod_revision``; the rest is empty/0)."""
+
+    type: str
+    kv: KeyValue
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchEvents:
+    """One frame of a watch stream: events in revision order (possibly none: the
+    first frame confirms the watch), and ``revision``, the revision through which the
+    stream is complete (the watcher resumes from ``revision + 1``)."""
+
+    id: int
+    events: tuple[WatchEvent, ...]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OkResponse:
+    id: int
+
+
 Response = (
     ErrorResponse
+    | TxnResponse
+    | LeaseResponse
+    | WatchEvents
+    | OkResponse
     | GetResponse
     | ScanResponse
     | WriteResponse
@@ -634,7 +813,28 @@ _REQUEST_FIELDS: dict[Op, frozenset[str]] = {
     Op.MEMBER_ADD: frozenset({"id", "op", "node", "learner"}),
     Op.MEMBER_REMOVE: frozenset({"id", "op", "node"}),
     Op.MEMBER_LIST: frozenset({"id", "op"}),
+    Op.TXN: frozenset({"id", "op", "compare", "success", "failure", *_SESSION}),
+    Op.LEASE_GRANT: frozenset({"id", "op", "ttl_ms", *_SESSION}),
+    Op.LEASE_KEEPALIVE: frozenset({"id", "op", "lease", *_SESSION}),
+    Op.LEASE_REVOKE: frozenset({"id", "op", "lease", *_SESSION}),
+    Op.WATCH: frozenset({"id", "op", "key", "end", "start_revision"}),
+    Op.WATCH_CANCEL: frozenset({"id", "op", "watch"}),
 }
+_TARGET_NAMES: dict[str, CompareTarget] = {
+    "value": CompareTarget.VALUE,
+    "version": CompareTarget.VERSION,
+    "create": CompareTarget.CREATE,
+    "mod": CompareTarget.MOD,
+    "lease": CompareTarget.LEASE,
+}
+_TARGET_OF = {t: n for n, t in _TARGET_NAMES.items()}
+_COMPARE_OP_NAMES: dict[str, CompareOp] = {
+    "=": CompareOp.EQ,
+    "!=": CompareOp.NE,
+    "<": CompareOp.LT,
+    ">": CompareOp.GT,
+}
+_COMPARE_OP_OF = {o: n for n, o in _COMPARE_OP_NAMES.items()}
 _OPS: dict[str, Op] = {o.value: o for o in Op}
 _CONSISTENCIES: dict[str, Consistency] = {c.value: c for c in Consistency}
 
@@ -668,7 +868,40 @@ def encode_request(req: Request) -> bytes:
             m.update(node=req.node)
         case MemberList():
             pass
+        case Txn():
+            m["compare"] = [_compare_map(c) for c in req.compares]
+            m["success"] = [_txn_op_map(o) for o in req.success]
+            m["failure"] = [_txn_op_map(o) for o in req.failure]
+            if req.session is not None:
+                m.update(_session_map(req.session))
+        case LeaseGrant():
+            m.update(ttl_ms=req.ttl_ms, **_session_map(req.session))
+        case LeaseKeepAlive() | LeaseRevoke():
+            m.update(lease=req.lease, **_session_map(req.session))
+        case Watch():
+            m.update(key=req.key, end=req.end, start_revision=req.start_revision)
+        case WatchCancel():
+            m.update(watch=req.watch)
     return _pack(m)
+
+
+def _compare_map(c: Compare) -> dict[str, Obj]:
+    return {
+        "key": c.key,
+        "target": _TARGET_OF[c.target],
+        "op": _COMPARE_OP_OF[c.op],
+        "value": c.operand,
+    }
+
+
+def _txn_op_map(op: TxnOp) -> dict[str, Obj]:
+    match op:
+        case RangeOp():
+            return {"op": "range", "key": op.key, "end": op.end, "limit": op.limit}
+        case PutOp():
+            return {"op": "put", "key": op.key, "value": op.value, "lease": op.lease}
+        case DeleteOp():
+            return {"op": "delete", "key": op.key}
 
 
 def decode_request(data: bytes, limits: Limits) -> Request:
@@ -677,7 +910,7 @@ def decode_request(data: bytes, limits: Limits) -> Request:
     ``request_id`` is set on the error whenever the id was readable. Order matters:
     the id is read first, so even a request with an unknown op or bad field can be
     answered rather than costing the client its connection."""
-    m = _unpack(data, max_bin=limits.max_frame_bytes, max_array=0)
+    m = _unpack(data, max_bin=limits.max_frame_bytes, max_array=MAX_TXN_OPS)
     rid = m.get("id")
     if type(rid) is not int or not 0 <= rid < MAX_INT:
         raise ProtocolError(Code.BAD_REQUEST, "missing or invalid request id")
@@ -711,6 +944,108 @@ def decode_request(data: bytes, limits: Limits) -> Request:
             return MemberRemove(id=rid, node=_node_id(f, "node"))
         case Op.MEMBER_LIST:
             return MemberList(id=rid)
+        case Op.TXN:
+            return _txn(f, rid, limits)
+        case Op.LEASE_GRANT:
+            ttl = f.int_("ttl_ms")
+            if not 1 <= ttl <= MAX_TTL_MS:
+                f.fail(Code.BAD_REQUEST, f"ttl_ms must be in [1, {MAX_TTL_MS}]")
+            return LeaseGrant(id=rid, ttl_ms=ttl, session=_session(f))
+        case Op.LEASE_KEEPALIVE:
+            return LeaseKeepAlive(id=rid, lease=_lease_id(f), session=_session(f))
+        case Op.LEASE_REVOKE:
+            return LeaseRevoke(id=rid, lease=_lease_id(f), session=_session(f))
+        case Op.WATCH:
+            key = _key(f, limits)
+            end = f.opt_bytes("end")
+            if end is not None and len(end) > limits.max_key_bytes:
+                f.fail(Code.TOO_LARGE, f"end of {len(end)} bytes exceeds {limits.max_key_bytes}")
+            start = f.opt_int("start_revision")
+            return Watch(id=rid, key=key, end=end, start_revision=start)
+        case Op.WATCH_CANCEL:
+            return WatchCancel(id=rid, watch=f.int_("watch"))
+
+
+def _lease_id(f: _Fields) -> int:
+    lease = f.int_("lease")
+    if lease < 1:
+        f.fail(Code.BAD_REQUEST, "lease ids start at 1")
+    return lease
+
+
+def _maps(f: _Fields, name: str) -> tuple[dict[str, Obj], ...]:
+    v = f.m.get(name, ())
+    if type(v) is not tuple or any(type(x) is not dict for x in v):
+        f.fail(Code.BAD_REQUEST, f"field {name!r} must be an array of maps")
+    return v
+
+
+_COMPARE_FIELDS = frozenset({"key", "target", "op", "value"})
+_TXN_OP_FIELDS = {
+    "range": frozenset({"op", "key", "end", "limit"}),
+    "put": frozenset({"op", "key", "value", "lease"}),
+    "delete": frozenset({"op", "key"}),
+}
+
+
+def _txn(f: _Fields, rid: int, limits: Limits) -> Txn:
+    compares = tuple(
+        _compare(_Fields(m, _COMPARE_FIELDS, rid), limits) for m in _maps(f, "compare")
+    )
+    branches = []
+    for name in ("success", "failure"):
+        ops = tuple(_txn_op(m, rid, limits) for m in _maps(f, name))
+        written = [op.key for op in ops if not isinstance(op, RangeOp)]
+        if len(set(written)) != len(written):
+            f.fail(Code.BAD_REQUEST, f"{name} writes the same key twice")
+        branches.append(ops)
+    success, failure = branches
+    writes = not all(isinstance(op, RangeOp) for op in success + failure)
+    has_session = any(name in f.m for name in _SESSION)
+    if writes != has_session:
+        f.fail(Code.BAD_REQUEST, "a txn carries a session if and only if it writes")
+    return Txn(
+        id=rid,
+        compares=compares,
+        success=success,
+        failure=failure,
+        session=_session(f) if writes else None,
+    )
+
+
+def _compare(g: _Fields, limits: Limits) -> Compare:
+    key = _key(g, limits)
+    target = _TARGET_NAMES.get(g.str_("target"))
+    if target is None:
+        g.fail(Code.BAD_REQUEST, f"compare target must be one of {sorted(_TARGET_NAMES)}")
+    op = _COMPARE_OP_NAMES.get(g.str_("op"))
+    if op is None:
+        g.fail(Code.BAD_REQUEST, f"compare op must be one of {sorted(_COMPARE_OP_NAMES)}")
+    if target is CompareTarget.VALUE:
+        return Compare(key, target, op, _value(g, "value", limits))
+    return Compare(key, target, op, g.int_("value"))
+
+
+def _txn_op(m: dict[str, Obj], rid: int, limits: Limits) -> TxnOp:
+    kind = m.get("op")
+    if type(kind) is not str or kind not in _TXN_OP_FIELDS:
+        raise ProtocolError(
+            Code.BAD_REQUEST, f"txn op must be one of {sorted(_TXN_OP_FIELDS)}", rid
+        )
+    g = _Fields(m, _TXN_OP_FIELDS[kind], rid)
+    key = _key(g, limits)
+    if kind == "range":
+        end = g.opt_bytes("end")
+        if end is not None and len(end) > limits.max_key_bytes:
+            g.fail(Code.TOO_LARGE, f"end of {len(end)} bytes exceeds {limits.max_key_bytes}")
+        limit = g.opt_int("limit")
+        if limit is not None and not 1 <= limit <= limits.max_scan_limit:
+            g.fail(Code.BAD_REQUEST, f"limit must be in [1, {limits.max_scan_limit}]")
+        return RangeOp(key, end, limit)
+    if kind == "put":
+        lease = 0 if g.m.get("lease") is None else g.int_("lease")
+        return PutOp(key, _value(g, "value", limits), lease)
+    return DeleteOp(key)
 
 
 def _node_id(f: _Fields, name: str) -> str:
@@ -787,7 +1122,7 @@ def _cas(f: _Fields, rid: int, limits: Limits) -> Cas:
 
 # ---- responses ---------------------------------------------------------------------
 
-_KV_FIELDS = frozenset({"key", "value", "create_revision", "mod_revision", "version"})
+_KV_FIELDS = frozenset({"key", "value", "create_revision", "mod_revision", "version", "lease"})
 _CODES: dict[str, Code] = {c.value: c for c in Code}
 
 
@@ -800,6 +1135,7 @@ def _kv_map(kv: KeyValue | None) -> dict[str, Obj] | None:
         "create_revision": kv.create_revision,
         "mod_revision": kv.mod_revision,
         "version": kv.version,
+        "lease": kv.lease,
     }
 
 
@@ -810,6 +1146,8 @@ def encode_response(resp: Response) -> bytes:
             m.update(code=str(resp.code), message=resp.message)
             if resp.code is Code.NOT_LEADER:
                 m.update(leader=resp.leader, leader_addr=resp.leader_addr)
+            if resp.compact_revision is not None:
+                m.update(compact_revision=resp.compact_revision)
         case GetResponse():
             m.update(code="OK", kv=_kv_map(resp.kv), revision=resp.revision)
         case ScanResponse():
@@ -829,7 +1167,23 @@ def encode_response(resp: Response) -> bytes:
         case MembersResponse():
             m.update(code="OK", voters=list(resp.voters), learners=list(resp.learners))
             m["leader"] = resp.leader
+        case TxnResponse():
+            m.update(code="OK", succeeded=resp.succeeded, revision=resp.revision)
+            m["responses"] = [_op_result_map(r) for r in resp.responses]
+        case LeaseResponse():
+            m.update(code="OK", lease=resp.lease, ttl_ms=resp.ttl_ms)
+        case WatchEvents():
+            m.update(code="OK", revision=resp.revision)
+            m["events"] = [{"type": e.type, "kv": _kv_map(e.kv)} for e in resp.events]
+        case OkResponse():
+            m.update(code="OK")
     return _pack(m)
+
+
+def _op_result_map(r: RangeResult | WriteOpResult) -> dict[str, Obj]:
+    if isinstance(r, RangeResult):
+        return {"kvs": [_kv_map(kv) for kv in r.kvs], "more": r.more}
+    return {"prev": _kv_map(r.prev)}
 
 
 def _code(f: _Fields) -> Code:
@@ -852,6 +1206,7 @@ def _kv_of(m: dict[str, Obj], rid: int | None) -> KeyValue:
         create_revision=g.int_("create_revision"),
         mod_revision=g.int_("mod_revision"),
         version=g.int_("version"),
+        lease=g.opt_int("lease") or 0,
     )
 
 
@@ -861,7 +1216,7 @@ def _opt_kv(f: _Fields, name: str) -> KeyValue | None:
 
 
 _MEMBERS_FIELDS = frozenset({"id", "code", "voters", "learners", "leader"})
-_ERROR_FIELDS = frozenset({"id", "code", "message", "leader", "leader_addr"})
+_ERROR_FIELDS = frozenset({"id", "code", "message", "leader", "leader_addr", "compact_revision"})
 _OK_FIELDS: dict[Op, frozenset[str]] = {
     Op.GET: frozenset({"id", "code", "kv", "revision"}),
     Op.SCAN: frozenset({"id", "code", "kvs", "more", "revision"}),
@@ -875,6 +1230,12 @@ _OK_FIELDS: dict[Op, frozenset[str]] = {
     Op.MEMBER_ADD: _MEMBERS_FIELDS,
     Op.MEMBER_REMOVE: _MEMBERS_FIELDS,
     Op.MEMBER_LIST: _MEMBERS_FIELDS,
+    Op.TXN: frozenset({"id", "code", "succeeded", "responses", "revision"}),
+    Op.LEASE_GRANT: frozenset({"id", "code", "lease", "ttl_ms"}),
+    Op.LEASE_KEEPALIVE: frozenset({"id", "code", "lease", "ttl_ms"}),
+    Op.LEASE_REVOKE: frozenset({"id", "code", "revision", "prev"}),
+    Op.WATCH: frozenset({"id", "code", "events", "revision"}),
+    Op.WATCH_CANCEL: frozenset({"id", "code"}),
 }
 _COMPARE_FAILED_FIELDS = frozenset({"id", "code", "revision", "current"})
 
@@ -912,6 +1273,7 @@ def decode_response(
             message=f.opt_str("message") or "",
             leader=f.opt_str("leader"),
             leader_addr=f.opt_str("leader_addr"),
+            compact_revision=f.opt_int("compact_revision"),
         )
     assert rid is not None
     f = _Fields(m, _OK_FIELDS[op], rid)
@@ -928,7 +1290,7 @@ def decode_response(
                 more=f.bool_("more"),
                 revision=f.int_("revision"),
             )
-        case Op.PUT | Op.DELETE | Op.CAS:
+        case Op.PUT | Op.DELETE | Op.CAS | Op.LEASE_REVOKE:
             return WriteResponse(id=rid, revision=f.int_("revision"), prev=_opt_kv(f, "prev"))
         case Op.STATUS:
             return StatusResponse(
@@ -955,6 +1317,43 @@ def decode_response(
                 learners=_str_tuple(f, "learners"),
                 leader=f.opt_str("leader"),
             )
+        case Op.TXN:
+            return TxnResponse(
+                id=rid,
+                succeeded=f.bool_("succeeded"),
+                responses=tuple(_op_result(m, rid) for m in _maps(f, "responses")),
+                revision=f.int_("revision"),
+            )
+        case Op.LEASE_GRANT | Op.LEASE_KEEPALIVE:
+            return LeaseResponse(id=rid, lease=f.int_("lease"), ttl_ms=f.int_("ttl_ms"))
+        case Op.WATCH:
+            return WatchEvents(
+                id=rid,
+                events=tuple(_event(m, rid) for m in _maps(f, "events")),
+                revision=f.int_("revision"),
+            )
+        case Op.WATCH_CANCEL:
+            return OkResponse(id=rid)
+    raise ProtocolError(Code.BAD_REQUEST, f"no OK response shape for {op}", rid)  # pragma: no cover
+
+
+def _op_result(m: dict[str, Obj], rid: int) -> RangeResult | WriteOpResult:
+    if "kvs" in m:
+        g = _Fields(m, frozenset({"kvs", "more"}), rid)
+        return RangeResult(kvs=tuple(_kv_of(x, rid) for x in _maps(g, "kvs")), more=g.bool_("more"))
+    g = _Fields(m, frozenset({"prev"}), rid)
+    return WriteOpResult(prev=_opt_kv(g, "prev"))
+
+
+_EVENT_TYPES = frozenset({"put", "delete"})
+
+
+def _event(m: dict[str, Obj], rid: int) -> WatchEvent:
+    g = _Fields(m, frozenset({"type", "kv"}), rid)
+    kind = g.str_("type")
+    if kind not in _EVENT_TYPES:
+        g.fail(Code.BAD_REQUEST, f"event type must be one of {sorted(_EVENT_TYPES)}")
+    return WatchEvent(type=kind, kv=_kv(g, "kv"))
 
 
 def _str_tuple(f: _Fields, name: str) -> tuple[str, ...]:

@@ -16,8 +16,19 @@ connection: the requests already running are answered first, then one error with
 client affects another.
 
 Writes become commands (kvstore/commands.py) carrying the client's session and this
-node's wall clock, and go through ``Engine.propose``; linearizable reads wait for
-``Engine.read_barrier`` and then read the local state machine. Engine errors map onto
+node's wall clock, and go through ``Engine.propose``; linearizable reads (and read-only
+transactions) wait for ``Engine.read_barrier`` and then read the local state machine.
+
+Watches are streams: one task per watch reads the state machine's event history from
+the watcher's next revision, sends what it finds, and sleeps until the state machine
+applies another write (``add_listener``). Reading from the history rather than pushing
+each event as it is applied makes the stream gap-free by construction, and a slow
+watcher costs nothing but its place in the history: one that falls behind the
+compaction point gets COMPACTED instead of a silent gap.
+
+Leases expire by the replicated clock, which moves only when commands apply; so while
+this node leads, a ticker proposes a ``Tick`` whenever the earliest lease deadline has
+passed by its wall clock. Engine errors map onto
 codes by what they promise: NotLeader and ProposalDropped certainly did not apply
 (NOT_LEADER / UNAVAILABLE), TimeoutError may have (TIMEOUT).
 """
@@ -37,8 +48,22 @@ from raft.framing import FrameDecoder, FrameTooLarge, encode_frame
 from raft.types import ConfChange, ConfChangeKind, NodeId
 
 from . import protocol as p
-from .commands import Cas, Command, CommandError, Delete, Header, Put, encode_command
-from .mvcc import END_OF_KEYSPACE
+from .commands import (
+    CLIENT_ID_LEN,
+    Cas,
+    Command,
+    CommandError,
+    Delete,
+    Header,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
+    Put,
+    Tick,
+    Txn,
+    encode_command,
+)
+from .mvcc import END_OF_KEYSPACE, Compacted, Event, EventType
 from .mvcc import KeyValue as StoredKV
 from .protocol import Code, Consistency, Limits, ProtocolError
 from .state_machine import Result, ResultCode
@@ -52,6 +77,8 @@ _READ_CHUNK = 256 << 10
 _RESPONSE_SLACK = 1024  # bytes kept free in a frame for the response envelope
 _KV_OVERHEAD = 96  # msgpack bytes per kv beyond key and value (5 field names, 3 ints)
 _TRANSFER_POLL_S = 0.01
+_LEASE_TICK_S = 0.1  # how often the leader looks for a lease deadline that has passed
+_TICK_CLIENT = bytes(CLIENT_ID_LEN)  # Tick is sessionless; the id is never looked up
 
 
 class ReadableState(Protocol):
@@ -65,6 +92,16 @@ class ReadableState(Protocol):
     def range(
         self, start: bytes, end: bytes | None = None, limit: int | None = None
     ) -> tuple[list[StoredKV], bool]: ...
+
+    def read_txn(self, txn: Txn) -> Result: ...
+
+    def events_since(
+        self, revision: int, start: bytes, end: bytes | None, limit: int = 1000
+    ) -> tuple[list[Event], int]: ...
+
+    def next_lease_expiry_ms(self) -> int | None: ...
+
+    def add_listener(self, callback: Callable[[], None]) -> None: ...
 
 
 def wall_clock_ms() -> int:
@@ -119,6 +156,9 @@ class ClientServer:
         self._max_in_flight = max_in_flight
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._watch_wakeups: set[asyncio.Event] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        state_machine.add_listener(self._wake_watchers)
 
     @property
     def limits(self) -> Limits:
@@ -132,10 +172,15 @@ class ClientServer:
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._on_connect, host, port)
+        self._ticker = asyncio.get_running_loop().create_task(self._lease_ticker())
         log.info("client server %s listening on %s:%d", self._node_id, host, self.port)
 
     async def close(self) -> None:
         """Stop listening, end every connection, and wait until all handlers are gone."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
         if self._server is not None:
             self._server.close()
         for task in list(self._handlers):
@@ -237,8 +282,96 @@ class ClientServer:
                 return None
 
     async def _answer(self, req: p.Request, conn: _Connection) -> None:
+        if isinstance(req, p.Watch):
+            await self._watch(req, conn)
+            return
+        if isinstance(req, p.WatchCancel):
+            resp: p.Response = p.OkResponse(id=req.id)
+            if not conn.cancel_watch(req.watch):
+                resp = _error(req.id, Code.NOT_FOUND, f"no watch {req.watch} on this connection")
+            await conn.send(p.encode_response(resp))
+            return
         resp = await self.handle(req)
         await conn.send(p.encode_response(resp))
+
+    # ---- watches -------------------------------------------------------------------------
+
+    def _wake_watchers(self) -> None:
+        for wake in self._watch_wakeups:
+            wake.set()
+
+    async def _watch(self, req: p.Watch, conn: _Connection) -> None:
+        """Stream events to ``conn`` until cancelled, compacted away, or the connection
+        ends. Frames hold at most ``max_scan_limit`` events and fit the frame limit."""
+        wake = asyncio.Event()
+        self._watch_wakeups.add(wake)
+        conn.watches[req.id] = wake
+        end = req.end
+        next_rev = req.start_revision or self._sm.revision + 1
+        first = True
+        try:
+            while req.id in conn.watches:
+                wake.clear()
+                try:
+                    events, through = self._sm.events_since(next_rev, req.key, end)
+                except Compacted as exc:
+                    msg = f"revision {next_rev} is compacted (history starts after "
+                    msg += f"{exc.compacted_revision})"
+                    err = p.ErrorResponse(
+                        id=req.id,
+                        code=Code.COMPACTED,
+                        message=msg,
+                        compact_revision=exc.compacted_revision,
+                    )
+                    await conn.send(p.encode_response(err))
+                    return
+                if events or first:
+                    for frame in self._event_frames(req.id, events, through):
+                        await conn.send(p.encode_response(frame))
+                first = False
+                next_rev = through + 1
+                await wake.wait()
+            cancel = _error(req.id, Code.CANCELED, "watch cancelled")
+            await conn.send(p.encode_response(cancel))
+        finally:
+            conn.watches.pop(req.id, None)
+            self._watch_wakeups.discard(wake)
+
+    def _event_frames(self, rid: int, events: list[Event], through: int) -> list[p.WatchEvents]:
+        """Chunk ``events`` into frames; every frame but the last says it is complete
+        only through the revision before its last event's (a revision may span frames)."""
+        frames: list[p.WatchEvents] = []
+        chunk: list[p.WatchEvent] = []
+        budget = self._limits.max_frame_bytes - _RESPONSE_SLACK
+        for ev in events:
+            size = len(ev.kv.key) + len(ev.kv.value) + _KV_OVERHEAD + 16
+            if chunk and (len(chunk) >= self._limits.max_scan_limit or size > budget):
+                frames.append(p.WatchEvents(id=rid, events=tuple(chunk), revision=ev.revision - 1))
+                chunk, budget = [], self._limits.max_frame_bytes - _RESPONSE_SLACK
+            chunk.append(_event(ev))
+            budget -= size
+        frames.append(p.WatchEvents(id=rid, events=tuple(chunk), revision=through))
+        return frames
+
+    # ---- leases --------------------------------------------------------------------------
+
+    async def _lease_ticker(self) -> None:
+        """While leading, propose a Tick once the earliest lease deadline has passed by
+        this node's clock, so the replicated clock reaches it and the lease expires."""
+        while True:
+            await asyncio.sleep(_LEASE_TICK_S)
+            due = self._sm.next_lease_expiry_ms()
+            if due is None or due > self._now_ms():
+                continue
+            try:
+                if self._engine.status().role != "leader":
+                    continue
+                header = Header(_TICK_CLIENT, 1, 0, self._now_ms())
+                await self._engine.propose(encode_command(header, Tick()), self._timeout)
+            except (NotLeader, ProposalDropped, TimeoutError) as exc:
+                log.debug("lease tick not applied: %r", exc)
+            except Exception:
+                log.exception("lease tick failed")
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -250,7 +383,19 @@ class ClientServer:
                     if req.consistency is Consistency.LINEARIZABLE:
                         await self._engine.read_barrier(self._timeout)
                     return self._read(req)
-                case p.Put() | p.Delete() | p.Cas():
+                case p.Txn() if req.read_only:
+                    await self._engine.read_barrier(self._timeout)
+                    txn = Txn(req.compares, req.success, req.failure)
+                    return _txn_response(req.id, self._sm.read_txn(txn))
+                case (
+                    p.Put()
+                    | p.Delete()
+                    | p.Cas()
+                    | p.Txn()
+                    | p.LeaseGrant()
+                    | p.LeaseKeepAlive()
+                    | p.LeaseRevoke()
+                ):
                     return await self._write(req)
                 case p.Status():
                     return self._status(req)
@@ -260,6 +405,8 @@ class ClientServer:
                     return await self._member_change(req)
                 case p.MemberList():
                     return self._members(req.id)
+                case p.Watch() | p.WatchCancel():  # streams are served by _answer
+                    return _error(req.id, Code.BAD_REQUEST, "watch needs a connection")
         except NotLeader as exc:
             return self._not_leader(req.id, exc.leader)
         except ProposalDropped as exc:
@@ -296,8 +443,12 @@ class ClientServer:
             out.append(_kv(kv))
         return p.ScanResponse(id=req.id, kvs=tuple(out), more=more, revision=revision)
 
-    async def _write(self, req: p.Put | p.Delete | p.Cas) -> p.Response:
+    async def _write(
+        self,
+        req: p.Put | p.Delete | p.Cas | p.Txn | p.LeaseGrant | p.LeaseKeepAlive | p.LeaseRevoke,
+    ) -> p.Response:
         s = req.session
+        assert s is not None, "the protocol gives every writing request a session"
         header = Header(s.client, s.seq, s.ack, self._now_ms())
         cmd: Command
         match req:
@@ -307,9 +458,23 @@ class ClientServer:
                 cmd = Delete(req.key)
             case p.Cas():
                 cmd = Cas(req.key, req.expected_value, req.expected_version, req.new_value)
+            case p.Txn():
+                cmd = Txn(req.compares, req.success, req.failure)
+            case p.LeaseGrant():
+                cmd = LeaseGrant(req.ttl_ms)
+            case p.LeaseKeepAlive():
+                cmd = LeaseKeepAlive(req.lease)
+            case p.LeaseRevoke():
+                cmd = LeaseRevoke(req.lease)
         result = await self._engine.propose(encode_command(header, cmd), self._timeout)
         if not isinstance(result, Result):
             raise TypeError(f"engine returned {type(result).__name__}, not a Result")
+        if result.code is ResultCode.OK:
+            if isinstance(req, p.Txn):
+                return _txn_response(req.id, result)
+            if isinstance(req, p.LeaseGrant | p.LeaseKeepAlive):
+                lease, ttl_ms = result.data
+                return p.LeaseResponse(id=req.id, lease=lease, ttl_ms=ttl_ms)
         return _write_response(req.id, result)
 
     def _status(self, req: p.Status) -> p.Response:
@@ -416,7 +581,28 @@ def _kv(kv: StoredKV) -> p.KeyValue:
         create_revision=kv.create_revision,
         mod_revision=kv.mod_revision,
         version=kv.version,
+        lease=kv.lease,
     )
+
+
+def _event(ev: Event) -> p.WatchEvent:
+    kind = "put" if ev.type is EventType.PUT else "delete"
+    return p.WatchEvent(type=kind, kv=_kv(ev.kv))
+
+
+def _txn_response(rid: int, r: Result) -> p.Response:
+    if r.code is not ResultCode.OK:
+        return _write_response(rid, r)
+    succeeded, rows = r.data
+    out: list[p.RangeResult | p.WriteOpResult] = []
+    for row in rows:
+        if row[0] == 0:
+            kvs = tuple(_kv(StoredKV.from_obj(kv)) for kv in row[1])
+            out.append(p.RangeResult(kvs=kvs, more=row[2]))
+        else:
+            prev = None if row[1] is None else _kv(StoredKV.from_obj(row[1]))
+            out.append(p.WriteOpResult(prev=prev))
+    return p.TxnResponse(id=rid, succeeded=succeeded, responses=tuple(out), revision=r.revision)
 
 
 def _write_response(rid: int, r: Result) -> p.Response:
@@ -431,6 +617,8 @@ def _write_response(rid: int, r: Result) -> p.Response:
             return _error(rid, Code.SESSION_EXPIRED, r.message or "session expired")
         case ResultCode.STALE_SEQ:
             return _error(rid, Code.STALE_SEQ, r.message or "seq below the session floor")
+        case ResultCode.LEASE_NOT_FOUND:
+            return _error(rid, Code.LEASE_NOT_FOUND, r.message or "lease not found")
     # BAD_COMMAND: we proposed bytes the state machine could not decode: our bug.
     log.error("state machine rejected our command: %s %s", r.code.name, r.message)
     return _error(rid, Code.INTERNAL, f"{r.code.name}: {r.message}")
@@ -444,6 +632,15 @@ class _Connection:
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.watches: dict[int, asyncio.Event] = {}  # watch request id -> its wake-up
+
+    def cancel_watch(self, rid: int) -> bool:
+        """Ask watch ``rid`` to end (it answers CANCELED); False if there is none."""
+        wake = self.watches.pop(rid, None)
+        if wake is None:
+            return False
+        wake.set()
+        return True
 
     async def send(self, payload: bytes) -> None:
         """One frame, whole; drain under the lock so a slow reader back-pressures us."""
@@ -473,7 +670,10 @@ class _Connection:
         self._slots.release()
 
     async def drain_tasks(self) -> None:
-        """Let running requests finish (each is bounded by the request timeout)."""
+        """Let running requests finish (each is bounded by the request timeout); watches
+        never finish on their own, so they are told to end first."""
+        for rid in list(self.watches):
+            self.cancel_watch(rid)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

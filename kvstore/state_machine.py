@@ -42,11 +42,28 @@ constructor arguments must be identical on every replica. NB: a leader whose clo
 far ahead drags the replicated clock with it: every session expires once, and TTL expiry
 then stalls until real time catches up (``max_sessions`` still bounds the table).
 TODO(kv-sessions): bound how far one command may advance the clock.
+
+Transactions (``Txn``) are etcd's: compares on the current state choose a branch whose
+operations run in order, at one revision, reading their own writes. A branch that puts
+to a lease that does not exist applies nothing (LEASE_NOT_FOUND), as in etcd. A
+read-only transaction need not enter the log: :meth:`KVStateMachine.read_txn` runs it
+against the local state after the engine's read barrier.
+
+Leases are replicated state too. A lease expires when the state machine clock passes
+its deadline (``clock + ttl`` at grant or keep-alive); expiry, like a revoke, deletes
+every key attached to the lease in one revision. Since the clock only moves when a
+command is applied, the leader proposes a ``Tick`` when the earliest deadline has passed
+by its own clock (kvstore/server.py), so leases expire on time on an idle cluster; the
+deadline is still decided here, by the log, so every replica expires the same lease at
+the same index. NB: a new leader whose clock runs ahead of the old one's expires leases
+early (etcd extends every lease on leader change for this reason);
+TODO(leases): do the same once terms are visible to the state machine.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,12 +75,23 @@ from kvstore.commands import (
     Cas,
     Command,
     CommandError,
+    Compare,
+    CompareOp,
+    CompareTarget,
     Delete,
+    DeleteOp,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
     Noop,
     Put,
+    PutOp,
+    RangeOp,
+    Tick,
+    Txn,
     decode_command,
 )
-from kvstore.mvcc import KeyValue, MVCCStore
+from kvstore.mvcc import DEFAULT_HISTORY_LIMIT, Event, KeyValue, MVCCStore, WriteBatch
 from raft.errors import InvariantViolation
 from raft.types import Index
 
@@ -78,7 +106,7 @@ __all__ = [
     "SnapshotError",
 ]
 
-SNAPSHOT_FORMAT_VERSION = 1
+SNAPSHOT_FORMAT_VERSION = 2  # 2: leases, lease on keys, event history
 DEFAULT_SESSION_TTL_MS = 10 * 60 * 1000
 DEFAULT_MAX_SESSIONS = 100_000
 DEFAULT_MAX_RESULTS_PER_SESSION = 1024
@@ -94,6 +122,7 @@ class ResultCode(enum.IntEnum):
     SESSION_EXPIRED = 3  # unknown session: outstanding requests are indefinite
     BAD_COMMAND = 4  # undecodable log entry: nothing changed
     STALE_SEQ = 5  # seq at or below the session floor, result gone: not applied
+    LEASE_NOT_FOUND = 6  # a Txn put names a lease that does not exist: nothing changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,23 +132,28 @@ class Result:
     ``kv`` is the record after the command (for COMPARE_FAILED: the current record,
     so the client can retry without a read); ``prev`` the record it replaced or deleted
     (etcd ``prev_kv``); ``revision`` the store revision after the command (etcd response
-    header). A cached result is returned as it was, revision included."""
+    header). A cached result is returned as it was, revision included. ``data`` is the
+    command-specific rest, in plain msgpack-able form: for a Txn ``[succeeded,
+    [response, ...]]`` with a response per operation (``[0, [kv, ...], more]`` for a
+    range, ``[1, prev]`` for a put, ``[2, prev]`` for a delete; kvs as ``to_obj``); for a
+    lease grant or keep-alive ``[lease, ttl_ms]``."""
 
     code: ResultCode
     kv: KeyValue | None
     prev: KeyValue | None
     revision: int
     message: str = ""
+    data: Any = None
 
     def to_obj(self) -> list[Any]:
         kv = None if self.kv is None else self.kv.to_obj()
         prev = None if self.prev is None else self.prev.to_obj()
-        return [int(self.code), kv, prev, self.revision, self.message]
+        return [int(self.code), kv, prev, self.revision, self.message, self.data]
 
     @classmethod
     def from_obj(cls, obj: Any) -> Result:
-        code, kv, prev, revision, message = obj
-        if type(revision) is not int or type(message) is not str:
+        code, kv, prev, revision, message, *rest = obj
+        if type(revision) is not int or type(message) is not str or len(rest) > 1:
             raise ValueError("bad result revision or message")
         return cls(
             ResultCode(code),
@@ -127,7 +161,14 @@ class Result:
             None if prev is None else KeyValue.from_obj(prev),
             revision,
             message,
+            _thaw(rest[0]) if rest else None,
         )
+
+
+def _thaw(v: Any) -> Any:
+    """msgpack tuples back to the lists ``to_obj`` wrote, so a restored cached result
+    equals the live one."""
+    return [_thaw(x) for x in v] if isinstance(v, tuple) else v
 
 
 class SnapshotError(ValueError):
@@ -157,6 +198,12 @@ class _Session:
             self.floor = max(self.floor, oldest)
 
 
+@dataclass(slots=True)
+class _Lease:
+    ttl_ms: int
+    expiry_ms: int
+
+
 class KVStateMachine:
     """Deterministic replicated KV state: MVCC store, client sessions, clock, applied index.
 
@@ -169,19 +216,34 @@ class KVStateMachine:
         session_ttl_ms: int = DEFAULT_SESSION_TTL_MS,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_results_per_session: int = DEFAULT_MAX_RESULTS_PER_SESSION,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
     ) -> None:
         if session_ttl_ms < 1 or max_sessions < 1 or max_results_per_session < 1:
             raise ValueError("session limits must be positive")
         self.session_ttl_ms = session_ttl_ms
         self.max_sessions = max_sessions
         self.max_results_per_session = max_results_per_session
-        self._store = MVCCStore()
+        self.history_limit = history_limit
+        self._store = MVCCStore(history_limit)
         self._applied_index: Index = 0
         self._clock_ms = 0  # Invariant: never decreases; >= every session's last_active
         self._sessions: dict[bytes, _Session] = {}
         # (last_active, client_id) of every session: expiry and LRU order, independent
         # of insertion order so a restored replica evicts exactly as a live one does.
         self._activity: Any = SortedList()
+        self._leases: dict[int, _Lease] = {}
+        self._lease_deadlines: Any = SortedList()  # (expiry_ms, lease id)
+        self._next_lease_id = 1
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every apply that wrote and after a restore (watches
+        wake on it). Not replicated state: listeners only observe."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for cb in self._listeners:
+            cb()
 
     # ---- read side ----------------------------------------------------------------
 
@@ -210,6 +272,36 @@ class KVStateMachine:
         """etcd-style range, see :meth:`kvstore.mvcc.MVCCStore.range`."""
         return self._store.range(start, end, limit)
 
+    def events_since(
+        self, revision: int, start: bytes, end: bytes | None, limit: int = 1000
+    ) -> tuple[list[Event], int]:
+        """History for watches; see :meth:`kvstore.mvcc.MVCCStore.events_since`."""
+        return self._store.events_since(revision, start, end, limit)
+
+    @property
+    def compacted_revision(self) -> int:
+        return self._store.compacted_revision
+
+    @property
+    def lease_count(self) -> int:
+        return len(self._leases)
+
+    def next_lease_expiry_ms(self) -> int | None:
+        """The earliest lease deadline, by the state machine clock (None: no lease)."""
+        return self._lease_deadlines[0][0] if self._lease_deadlines else None
+
+    def lease_ttl_remaining_ms(self, lease: int) -> int | None:
+        """Milliseconds of state machine clock left on ``lease`` (None: no such lease)."""
+        entry = self._leases.get(lease)
+        return None if entry is None else max(0, entry.expiry_ms - self._clock_ms)
+
+    def read_txn(self, txn: Txn) -> Result:
+        """A read-only Txn against the current state (linearizable after the engine's
+        read barrier); changes nothing."""
+        if not txn.read_only:
+            raise ValueError("read_txn takes a read-only Txn")
+        return self._txn(txn, None)
+
     # ---- apply --------------------------------------------------------------------
 
     def apply(self, index: Index, command: bytes) -> Result:
@@ -223,30 +315,38 @@ class KVStateMachine:
             header, cmd = decode_command(command)
         except CommandError as exc:
             return self._result(ResultCode.BAD_COMMAND, message=str(exc))
-        self._advance_clock(header.now_ms)
-        session = self._sessions.get(header.client_id)
+        before = self._store.revision
+        try:
+            return self._apply(header.client_id, header.seq, header.ack_seq, header.now_ms, cmd)
+        finally:
+            if self._store.revision != before:
+                self._notify()
+
+    def _apply(self, client_id: bytes, seq: int, ack_seq: int, now_ms: int, cmd: Command) -> Result:
+        self._advance_clock(now_ms)
+        if isinstance(cmd, Tick):
+            return self._result(ResultCode.OK)  # idempotent: no session needed
+        session = self._sessions.get(client_id)
         if session is None:
-            if header.seq != 1:
+            if seq != 1:
                 return self._result(ResultCode.SESSION_EXPIRED, message="unknown session")
-            session = self._open_session(header.client_id)
+            session = self._open_session(client_id)
         else:
-            self._touch(header.client_id, session)
-        session.acknowledge(header.ack_seq)
-        cached = session.results.get(header.seq)
+            self._touch(client_id, session)
+        session.acknowledge(ack_seq)
+        cached = session.results.get(seq)
         if cached is not None:
             return cached
-        if header.seq <= session.floor:
-            return self._result(
-                ResultCode.STALE_SEQ, message=f"seq {header.seq} <= floor {session.floor}"
-            )
+        if seq <= session.floor:
+            return self._result(ResultCode.STALE_SEQ, message=f"seq {seq} <= floor {session.floor}")
         result = self._execute(cmd)
-        session.remember(header.seq, result, self.max_results_per_session)
+        session.remember(seq, result, self.max_results_per_session)
         return result
 
     def _execute(self, cmd: Command) -> Result:
         store = self._store
         match cmd:
-            case Noop():
+            case Noop() | Tick():
                 return self._result(ResultCode.OK)
             case Put(key, value):
                 prev = store.get(key)
@@ -260,7 +360,71 @@ class KVStateMachine:
                 if not _compare(cur, expected_value, expected_version):
                     return self._result(ResultCode.COMPARE_FAILED, cur)
                 return self._result(ResultCode.OK, store.put(key, new_value), cur)
+            case Txn():
+                return self._txn(cmd, store.batch())
+            case LeaseGrant(ttl_ms):
+                lease = self._next_lease_id
+                self._next_lease_id += 1
+                self._set_lease(lease, ttl_ms)
+                return self._result(ResultCode.OK, data=[lease, ttl_ms])
+            case LeaseKeepAlive(lease):
+                entry = self._leases.get(lease)
+                if entry is None:
+                    return self._result(ResultCode.NOT_FOUND, message=f"no lease {lease}")
+                self._set_lease(lease, entry.ttl_ms)
+                return self._result(ResultCode.OK, data=[lease, entry.ttl_ms])
+            case LeaseRevoke(lease):
+                if lease not in self._leases:
+                    return self._result(ResultCode.NOT_FOUND, message=f"no lease {lease}")
+                self._revoke(lease)
+                return self._result(ResultCode.OK)
         raise InvariantViolation(f"unhandled command {cmd!r}")  # pragma: no cover
+
+    def _txn(self, txn: Txn, batch: WriteBatch | None) -> Result:
+        """Evaluate ``txn``; writes go through ``batch`` (None: read-only, checked)."""
+        store = self._store
+        succeeded = all(_holds(c, store.get(c.key)) for c in txn.compares)
+        branch = txn.success if succeeded else txn.failure
+        for op in branch:
+            if isinstance(op, PutOp) and op.lease and op.lease not in self._leases:
+                return self._result(ResultCode.LEASE_NOT_FOUND, message=f"no lease {op.lease}")
+        responses: list[Any] = []
+        for op in branch:
+            match op:
+                case RangeOp(key, end, limit):
+                    kvs, more = store.range(key, end, limit)
+                    responses.append([0, [kv.to_obj() for kv in kvs], more])
+                case PutOp(key, value, lease):
+                    assert batch is not None, "read-only txn has no puts"
+                    prev = store.get(key)
+                    batch.put(key, value, lease)
+                    responses.append([1, None if prev is None else prev.to_obj()])
+                case DeleteOp(key):
+                    assert batch is not None, "read-only txn has no deletes"
+                    prev = batch.delete(key)
+                    responses.append([2, None if prev is None else prev.to_obj()])
+        if batch is not None:
+            store.end_batch(batch)
+        return self._result(ResultCode.OK, data=[succeeded, responses])
+
+    # ---- leases -------------------------------------------------------------------
+
+    def _set_lease(self, lease: int, ttl_ms: int) -> None:
+        old = self._leases.get(lease)
+        if old is not None:
+            self._lease_deadlines.remove((old.expiry_ms, lease))
+        entry = _Lease(ttl_ms, self._clock_ms + ttl_ms)
+        self._leases[lease] = entry
+        self._lease_deadlines.add((entry.expiry_ms, lease))
+
+    def _revoke(self, lease: int) -> None:
+        """Drop ``lease`` and delete its keys, all in one revision (etcd's LeaseRevoke)."""
+        entry = self._leases.pop(lease)
+        self._lease_deadlines.remove((entry.expiry_ms, lease))
+        batch = self._store.batch()
+        for key in self._store.keys_of_lease(lease):
+            batch.delete(key)
+        self._store.end_batch(batch)
 
     def _result(
         self,
@@ -268,13 +432,15 @@ class KVStateMachine:
         kv: KeyValue | None = None,
         prev: KeyValue | None = None,
         message: str = "",
+        data: Any = None,
     ) -> Result:
-        return Result(code, kv, prev, self._store.revision, message)
+        return Result(code, kv, prev, self._store.revision, message, data)
 
     # ---- sessions -----------------------------------------------------------------
 
     def _advance_clock(self, now_ms: int) -> None:
-        """Move the clock to ``max(clock, now_ms)`` and evict sessions idle > TTL."""
+        """Move the clock to ``max(clock, now_ms)``, evict sessions idle > TTL and expire
+        leases whose deadline has passed (earliest first, ties by id)."""
         if now_ms > self._clock_ms:
             self._clock_ms = now_ms
         deadline = self._clock_ms - self.session_ttl_ms
@@ -282,6 +448,9 @@ class KVStateMachine:
         while activity and activity[0][0] < deadline:
             _, client_id = activity.pop(0)
             del self._sessions[client_id]
+        deadlines = self._lease_deadlines
+        while deadlines and deadlines[0][0] <= self._clock_ms:
+            self._revoke(deadlines[0][1])
 
     def _open_session(self, client_id: bytes) -> _Session:
         if len(self._sessions) >= self.max_sessions:
@@ -301,10 +470,11 @@ class KVStateMachine:
     # ---- snapshot -----------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """``[format, applied_index, clock_ms, mvcc_state, sessions]`` as msgpack.
+        """``[format, applied_index, clock_ms, mvcc_state, sessions, leases,
+        next_lease_id]`` as msgpack, leases as ``[id, ttl_ms, expiry_ms]``.
 
-        Sessions are ordered by client_id and results by seq (arrays, never maps), so
-        equal states give equal bytes on every replica."""
+        Sessions are ordered by client_id, results by seq and leases by id (arrays, never
+        maps), so equal states give equal bytes on every replica."""
         sessions = [
             [
                 client_id,
@@ -320,6 +490,8 @@ class KVStateMachine:
             self._clock_ms,
             self._store.snapshot_state(),
             sessions,
+            [[lid, e.ttl_ms, e.expiry_ms] for lid, e in sorted(self._leases.items())],
+            self._next_lease_id,
         ]
         data: bytes = msgpack.packb(state, use_bin_type=True)
         return data
@@ -329,16 +501,21 @@ class KVStateMachine:
         unchanged) on anything else, including a snapshot holding more sessions or
         cached results than this replica's limits (a configuration mismatch)."""
         try:
-            version, applied, clock, store_state, rows = msgpack.unpackb(
-                data, raw=False, use_list=False, strict_map_key=True
-            )
-            if version != SNAPSHOT_FORMAT_VERSION:
+            obj = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
+            version = obj[0]
+            if version == 1:  # before leases and history
+                _, applied, clock, store_state, rows = obj
+                lease_rows, next_lease = (), 1
+            elif version == SNAPSHOT_FORMAT_VERSION:
+                _, applied, clock, store_state, rows, lease_rows, next_lease = obj
+            else:
                 raise ValueError(f"unknown snapshot format {version!r}")
             if type(applied) is not int or type(clock) is not int or min(applied, clock) < 0:
                 raise ValueError("bad applied index or clock")
-            store = MVCCStore()
+            store = MVCCStore(self.history_limit)
             store.restore_state(store_state)
             sessions = self._decode_sessions(rows, clock)
+            leases = _decode_leases(lease_rows, next_lease)
         except SnapshotError:
             raise
         except Exception as exc:  # any shape mismatch in our own format
@@ -348,6 +525,10 @@ class KVStateMachine:
         self._clock_ms = clock
         self._sessions = sessions
         self._activity = SortedList((s.last_active, cid) for cid, s in sessions.items())
+        self._leases = leases
+        self._lease_deadlines = SortedList((e.expiry_ms, lid) for lid, e in leases.items())
+        self._next_lease_id = next_lease
+        self._notify()
 
     def _decode_sessions(self, rows: Any, clock: int) -> dict[bytes, _Session]:
         if len(rows) > self.max_sessions:
@@ -367,6 +548,47 @@ class KVStateMachine:
                 s.results[seq] = Result.from_obj(result)
             sessions[client_id] = s
         return sessions
+
+
+def _decode_leases(rows: Any, next_lease: Any) -> dict[int, _Lease]:
+    if type(next_lease) is not int or next_lease < 1:
+        raise ValueError("bad next lease id")
+    leases: dict[int, _Lease] = {}
+    for lid, ttl, expiry in rows:
+        if not all(type(n) is int for n in (lid, ttl, expiry)):
+            raise ValueError("lease fields must be ints")
+        if not 1 <= lid < next_lease or lid in leases or ttl < 1:
+            raise ValueError(f"bad lease {lid!r}")
+        leases[lid] = _Lease(ttl, expiry)
+    return leases
+
+
+def _holds(c: Compare, kv: KeyValue | None) -> bool:
+    """One Txn compare (etcd semantics: an absent key has no value, and 0 for the rest)."""
+    actual: bytes | int
+    if c.target is CompareTarget.VALUE:
+        if kv is None:
+            return False
+        actual = kv.value
+    elif kv is None:
+        actual = 0
+    else:
+        actual = {
+            CompareTarget.VERSION: kv.version,
+            CompareTarget.CREATE: kv.create_revision,
+            CompareTarget.MOD: kv.mod_revision,
+            CompareTarget.LEASE: kv.lease,
+        }[c.target]
+    operand = c.operand
+    match c.op:
+        case CompareOp.EQ:
+            return actual == operand
+        case CompareOp.NE:
+            return actual != operand
+        case CompareOp.LT:
+            return actual < operand  # type: ignore[operator]
+        case CompareOp.GT:
+            return actual > operand  # type: ignore[operator]
 
 
 def _compare(cur: KeyValue | None, value: bytes | None, version: int | None) -> bool:

@@ -14,17 +14,30 @@ from kvstore.commands import (
     CLIENT_ID_LEN,
     COMMAND_TAGS,
     FORMAT_VERSION,
+    MAX_COMMAND_BYTES,
     MAX_INT,
     MAX_KEY_LEN,
+    MAX_TTL_MS,
+    MAX_TXN_OPS,
     MAX_VALUE_LEN,
-    TXN_TAG,
     Cas,
     Command,
     CommandError,
+    Compare,
+    CompareOp,
+    CompareTarget,
     Delete,
+    DeleteOp,
     Header,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
     Noop,
     Put,
+    PutOp,
+    RangeOp,
+    Tick,
+    Txn,
     decode_command,
     encode_command,
 )
@@ -45,8 +58,39 @@ def headers(draw: st.DrawFn) -> Header:
 cas = st.builds(Cas, keys, st.none() | values, st.none() | ints, values).filter(
     lambda c: c.expected_value is not None or c.expected_version is not None
 )
+int_targets = st.sampled_from([t for t in CompareTarget if t is not CompareTarget.VALUE])
+compares = st.builds(
+    Compare, keys, st.just(CompareTarget.VALUE), st.sampled_from(CompareOp), values
+) | st.builds(Compare, keys, int_targets, st.sampled_from(CompareOp), ints)
+range_ops = st.builds(RangeOp, keys, st.none() | keys, st.none() | st.integers(1, 1000))
+write_ops = st.builds(PutOp, keys, values, ints) | st.builds(DeleteOp, keys)
+
+
+@st.composite
+def branches(draw: st.DrawFn) -> tuple[RangeOp | PutOp | DeleteOp, ...]:
+    ops = draw(st.lists(range_ops | write_ops, max_size=6))
+    seen: set[bytes] = set()
+    out = []
+    for op in ops:  # a branch writes each key at most once
+        if isinstance(op, RangeOp) or op.key not in seen:
+            out.append(op)
+            if not isinstance(op, RangeOp):
+                seen.add(op.key)
+    return tuple(out)
+
+
+txns = st.builds(Txn, st.lists(compares, max_size=4).map(tuple), branches(), branches())
+leases = st.integers(min_value=1, max_value=MAX_INT - 1)
 commands: st.SearchStrategy[Command] = st.one_of(
-    st.just(Noop()), st.builds(Put, keys, values), st.builds(Delete, keys), cas
+    st.just(Noop()),
+    st.just(Tick()),
+    st.builds(Put, keys, values),
+    st.builds(Delete, keys),
+    cas,
+    txns,
+    st.builds(LeaseGrant, st.integers(1, MAX_TTL_MS)),
+    st.builds(LeaseRevoke, leases),
+    st.builds(LeaseKeepAlive, leases),
 )
 
 H = Header(b"c" * CLIENT_ID_LEN, 1, 0, 0)
@@ -73,11 +117,64 @@ def test_encoding_is_deterministic_and_tagged(header: Header, cmd: Command) -> N
     assert (version, tag) == (FORMAT_VERSION, COMMAND_TAGS[type(cmd)])
 
 
-def test_tags_are_explicit_and_txn_is_reserved() -> None:
-    assert {Noop: 0, Put: 1, Delete: 2, Cas: 3} == COMMAND_TAGS
-    assert TXN_TAG not in COMMAND_TAGS.values()
-    with pytest.raises(CommandError, match="reserved"):
-        decode_command(raw(FORMAT_VERSION, TXN_TAG, HDR))
+def test_tags_are_explicit() -> None:
+    assert {
+        Noop: 0,
+        Put: 1,
+        Delete: 2,
+        Cas: 3,
+        Txn: 4,
+        LeaseGrant: 5,
+        LeaseRevoke: 6,
+        LeaseKeepAlive: 7,
+        Tick: 8,
+    } == COMMAND_TAGS
+    with pytest.raises(CommandError, match="tag"):
+        decode_command(raw(FORMAT_VERSION, 9, HDR))
+
+
+@pytest.mark.parametrize(
+    ("txn_args", "match"),
+    [
+        ([[], [[1, b"k", b"v", 0], [2, b"k"]], []], "same key twice"),
+        ([[], [], [[1, b"k", b"v", 0], [1, b"k", b"w", 0]]], "same key twice"),
+        ([[[b"k", 9, 0, 1]], [], []], "compare target"),
+        ([[[b"k", 1, 7, 1]], [], []], "compare op"),
+        ([[[b"k", 0, 0, 5]], [], []], "compare value"),  # VALUE compares bytes
+        ([[[b"k", 1, 0, b"x"]], [], []], "compare operand"),  # others compare ints
+        ([[[b"k", True, 0, 1]], [], []], "compare target"),
+        ([[], [[3, b"k"]], []], "kind 3"),
+        ([[], [[0, b"k", None, 0]], []], "range limit"),
+        ([[], [[1, b"k", b"v", -1]], []], "lease"),
+        ([[], [[1, b"", b"v", 0]], []], "key"),
+        ([[], [[0, b"k", None, None]] * (MAX_TXN_OPS + 1), []], "malformed|at most"),
+    ],
+)
+def test_bad_txns_are_refused(txn_args: list[object], match: str) -> None:
+    with pytest.raises(CommandError, match=match):
+        decode_command(raw(FORMAT_VERSION, 4, HDR, *txn_args))
+
+
+def test_a_branch_may_read_and_write_one_key_and_branches_are_independent() -> None:
+    txn = Txn(
+        (Compare(b"k", CompareTarget.MOD, CompareOp.EQ, 3),),
+        (RangeOp(b"k", None, None), PutOp(b"k", b"v"), RangeOp(b"k", None, None)),
+        (PutOp(b"k", b"w"),),
+    )
+    assert decode_command(encode_command(H, txn)) == (H, txn)
+    assert not txn.read_only
+    assert Txn((), (RangeOp(b"a", b"b", 5),), ()).read_only
+
+
+@pytest.mark.parametrize("ttl", [0, MAX_TTL_MS + 1])
+def test_lease_ttl_bounds(ttl: int) -> None:
+    with pytest.raises(CommandError, match="ttl"):
+        decode_command(raw(FORMAT_VERSION, 5, HDR, ttl))
+
+
+def test_lease_zero_is_not_a_lease() -> None:
+    with pytest.raises(CommandError, match="lease"):
+        decode_command(raw(FORMAT_VERSION, 6, HDR, 0))
 
 
 @given(st.binary(max_size=512))
@@ -180,7 +277,7 @@ def test_malformed_commands_name_the_problem(data: bytes, match: str) -> None:
 
 def test_oversize_input_rejected_before_unpacking() -> None:
     with pytest.raises(CommandError, match="exceeds"):
-        decode_command(b"\x00" * (3 * MAX_VALUE_LEN))
+        decode_command(b"\x00" * (MAX_COMMAND_BYTES + 1))
     bin32_header_claiming_4gib = b"\xc6\xff\xff\xff\xff"
     with pytest.raises(CommandError):
         decode_command(bin32_header_claiming_4gib)

@@ -161,3 +161,73 @@ def test_restore_rejects_bad_state_and_keeps_old(bad: object) -> None:
     with pytest.raises(ValueError):
         s.restore_state(bad)
     assert s.snapshot_state() == before
+
+
+# ---- history --------------------------------------------------------------------------
+
+write_ops = st.lists(
+    st.tuples(st.sampled_from([b"a", b"b", b"c", b"d"]), st.none() | st.binary(max_size=3)),
+    min_size=1,
+    max_size=4,
+    unique_by=lambda op: op[0],
+)
+
+
+@given(st.lists(write_ops, max_size=40), st.integers(1, 12))
+def test_history_is_every_write_grouped_by_revision_and_trimmed_whole(
+    batches: list[list[tuple[bytes, bytes | None]]], limit: int
+) -> None:
+    """Model: every batch that changed something is one revision holding one event per
+    changed key; the history keeps a suffix of whole revisions of about ``limit`` events."""
+    from kvstore.mvcc import Compacted, EventType
+
+    s = MVCCStore(history_limit=limit)
+    model: list[tuple[int, EventType, bytes]] = []
+    for ops in batches:
+        b = s.batch()
+        for key, value in ops:
+            if value is None:
+                if b.delete(key) is not None:
+                    model.append((b.revision, EventType.DELETE, key))
+            else:
+                b.put(key, value)
+                model.append((b.revision, EventType.PUT, key))
+        s.end_batch(b)
+    assert s.revision == (model[-1][0] if model else 0)
+    kept = [m for m in model if m[0] > s.compacted_revision]
+    assert len(kept) <= limit + limit // 8 or len({m[0] for m in kept}) == 1
+    events, through = s.events_since(s.compacted_revision + 1, b"\x01", END_OF_KEYSPACE)
+    assert [(e.revision, e.type, e.kv.key) for e in events] == kept
+    assert through == s.revision
+    if s.compacted_revision:
+        with pytest.raises(Compacted):
+            s.events_since(s.compacted_revision, b"\x01", END_OF_KEYSPACE)
+    copy = MVCCStore(history_limit=limit)
+    copy.restore_state(msgpack.unpackb(msgpack.packb(s.snapshot_state()), use_list=False))
+    assert copy.snapshot_state() == s.snapshot_state()
+
+
+def test_events_since_filters_keys_and_never_splits_a_revision() -> None:
+    s = MVCCStore()
+    for i in range(5):
+        b = s.batch()
+        b.put(b"w/%d" % i, b"x")
+        b.put(b"z/%d" % i, b"y")
+        s.end_batch(b)
+    events, through = s.events_since(2, b"w/", b"w0", limit=1)
+    assert [(e.revision, e.kv.key) for e in events] == [(2, b"w/1")]
+    assert through == 2  # the caller continues from 3
+    events, through = s.events_since(3, b"z/3", None)
+    assert [(e.revision, e.kv.key) for e in events] == [(4, b"z/3")] and through == 5
+    assert s.events_since(9, b"a", None) == ([], 8)  # a future start waits
+
+
+def test_restore_accepts_format_1_state_without_history() -> None:
+    from kvstore.mvcc import Compacted
+
+    s = MVCCStore()
+    s.restore_state([3, [[b"k", b"v", 1, 3, 2]]])
+    assert s.get(b"k") == KeyValue(b"k", b"v", 1, 3, 2) and s.compacted_revision == 3
+    with pytest.raises(Compacted):
+        s.events_since(3, b"k", None)
+    assert s.events_since(4, b"k", None) == ([], 3)
