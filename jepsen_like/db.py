@@ -69,6 +69,7 @@ def render_config(
     peer: Mapping[str, Address],
     client: Mapping[str, Address],
     data_dirs: Mapping[str, Path],
+    store: Mapping[str, int] | None = None,
 ) -> str:
     """cluster.toml text as ``me`` must see the cluster: ``peer`` holds, for every node,
     the address ``me`` dials for it (a proxy) and, for ``me``, its real listen address.
@@ -85,6 +86,8 @@ def render_config(
     for key, value in raft.items():
         shown = ("true" if value else "false") if isinstance(value, bool) else value
         lines.append(f"{key} = {_toml_str(shown) if isinstance(shown, str) else shown}")
+    if store:
+        lines += ["", "[store]", *(f"{key} = {value}" for key, value in store.items())]
     for node in sorted(peer):
         lines += [
             "",
@@ -95,6 +98,11 @@ def render_config(
             f"data_dir = {_toml_str(str(data_dirs[node]))}",
         ]
     return "\n".join(lines) + "\n"
+
+
+HISTORY_EVENTS = 200_000
+"""Watch history the test cluster keeps: every event of a run (the watch and lock
+workloads read it back from revision 1), with room to spare for long runs."""
 
 
 class LocalDB:
@@ -151,6 +159,7 @@ class LocalDB:
                     peer=peer,
                     client=self.client_addresses,
                     data_dirs=self.data_dirs,
+                    store={"history_events": HISTORY_EVENTS},
                 )
             )
             self.configs[me] = load_config(path)  # the node's own validation, up front

@@ -46,6 +46,7 @@ __all__ = [
     "NodeConfig",
     "RaftSettings",
     "SourceLines",
+    "StoreSettings",
     "generate_config",
     "load_config",
     "parse_address",
@@ -130,6 +131,14 @@ class ClientSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """[store]: the replicated state machine's limits (they must agree on every node:
+    they shape snapshots)."""
+
+    history_events: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """One [[nodes]] entry; ``data_dir`` is absolute."""
 
@@ -146,6 +155,7 @@ class ClusterConfig:
     raft: RaftSettings
     client: ClientSettings
     nodes: tuple[NodeConfig, ...]
+    store: StoreSettings = StoreSettings()
 
     def node(self, node_id: NodeId) -> NodeConfig:
         for n in self.nodes:
@@ -501,14 +511,15 @@ def parse_config(
         reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
         raise ConfigError(source, line, f"TOML syntax error: {reason}", col) from None
     c = _Checker(doc, text, source, (base_dir or Path.cwd()).absolute())
-    c.table((), doc, ("cluster", "raft", "client", "nodes"))
+    c.table((), doc, ("cluster", "raft", "client", "store", "nodes"))
     cluster = c.table(("cluster",), doc.get("cluster", {}), ("id", "data_root"))
     cid = c.string(("cluster", "id"), cluster.get("id", "local"), _ID_RE)
     data_root = c.directory(("cluster", "data_root"), cluster.get("data_root", "./data"))
     raft = c.settings(RaftSettings, "raft")
     client = c.settings(ClientSettings, "client")
+    store = c.settings(StoreSettings, "store")
     _check_raft(c, raft, client)
-    return ClusterConfig(cid, data_root, raft, client, _check_nodes(c, data_root))
+    return ClusterConfig(cid, data_root, raft, client, _check_nodes(c, data_root), store)
 
 
 def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
@@ -552,6 +563,8 @@ _DOCS: dict[str, str] = {
     "max_key_bytes": "Longest key.",
     "max_value_bytes": "Largest value.",
     "max_scan_limit": "Most keys one scan may return.",
+    "history_events": "Change events kept for watches (whole revisions are dropped from\n"
+    "the oldest end beyond this); a watch from an older revision gets COMPACTED.",
 }
 
 
@@ -584,6 +597,7 @@ def generate_config(
     *,
     raft: Mapping[str, Any] | None = None,
     client: Mapping[str, Any] | None = None,
+    store: Mapping[str, Any] | None = None,
 ) -> str:
     """cluster.toml text for ``n`` nodes on 127.0.0.1: node ``n{i}`` has peer port
     ``base_port + i`` and client port ``base_port + 100 + i``. ``raft``/``client``
@@ -596,6 +610,7 @@ def generate_config(
     try:
         rs = dataclasses.replace(RaftSettings(), **{**(raft or {})})
         cs = dataclasses.replace(ClientSettings(), **{**(client or {})})
+        ss = dataclasses.replace(StoreSettings(), **{**(store or {})})
     except TypeError as exc:
         raise ValueError(f"unknown setting: {exc}") from None
     out = [
@@ -612,6 +627,7 @@ def generate_config(
         "",
         *_render_settings("raft", rs),
         *_render_settings("client", cs),
+        *_render_settings("store", ss),
     ]
     for i in range(1, n + 1):
         out += [

@@ -83,7 +83,7 @@ async def start_node(
         storage = WriteBehindStorage(storage, LAZY_FSYNC_DELAY_S)
     if unsafe is not None:
         log.warning("%s: RUNNING IN UNSAFE MODE %s (harness self-test only)", node_id, unsafe)
-    sm = KVStateMachine()
+    sm = KVStateMachine(history_limit=cfg.store.history_events)
     engine = RaftEngine(
         config=cfg.raft.core_config(node_id),
         storage=storage,
