@@ -157,7 +157,11 @@ def _op_cells(op: Operation, description: str) -> tuple[str, ...]:
 
 # ---- run ------------------------------------------------------------------------------
 
-_WORKLOAD_HELP = "register or set (append, watch, lock: not available yet, see docs/TESTING.md)"
+_WORKLOAD_HELP = (
+    "register (linearizable read/write/cas), set (no lost adds), append (Elle list-append "
+    "txns: strict serializability), watch (gap-free, identical watch streams on every "
+    "node), lock (fencing tokens: critical sections never overlap)"
+)
 _NEMESIS_HELP = (
     "Comma list of faults: partition (= partition-halves, -one, -leader, -ring, -bridge), "
     "kill (= kill-one, -leader, -all), pause (= pause-one, -leader), latency, drop, "
@@ -210,9 +214,10 @@ _NEMESIS_HELP = (
 )
 @click.option(
     "--unsafe",
-    type=click.Choice(["stale-reads", "lazy-fsync"]),
+    type=click.Choice(["stale-reads", "lazy-fsync", "no-fencing"]),
     default=None,
-    help="Start every node in a deliberately BROKEN mode (harness self-test only).",
+    help="A deliberately BROKEN mode (harness self-test only): stale-reads and lazy-fsync "
+    "break every node; no-fencing makes the lock workload write without its token.",
 )
 @click.option("--tick-ms", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--election-ticks", type=click.IntRange(min=2), default=10, show_default=True)
@@ -277,7 +282,7 @@ def run_command(
         sys.exit(EXIT_UNKNOWN)
     if unsafe:
         console.print(
-            Text(f"UNSAFE MODE {unsafe}: the store is broken on purpose", style="bold red")
+            Text(f"UNSAFE MODE {unsafe}: broken on purpose (self-test only)", style="bold red")
         )
     with _RunProgress(console, time_limit) as hook:
         outcome = run(opts, hook)

@@ -52,6 +52,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jepsen_like.catalog import make_workload, workload_class
 from jepsen_like.checker import CheckResult
 from jepsen_like.db import DBError, LocalDB
 from jepsen_like.history import pair_operations
@@ -63,8 +64,6 @@ from jepsen_like.workloads import (
     SetResult,
     Workload,
     WorkloadOptions,
-    make_workload,
-    workload_class,
 )
 
 __all__ = [
@@ -79,7 +78,11 @@ __all__ = [
 ]
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN = 0, 1, 2
-UNSAFE_MODES = ("stale-reads", "lazy-fsync")
+NODE_UNSAFE_MODES = ("stale-reads", "lazy-fsync")
+"""Broken modes of the store's nodes (``kv node --unsafe``)."""
+CLIENT_UNSAFE_MODES = {"no-fencing": "lock"}
+"""Broken modes of a workload's clients, and the workload each applies to."""
+UNSAFE_MODES = (*NODE_UNSAFE_MODES, *CLIENT_UNSAFE_MODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +117,7 @@ class RunOutcome:
     valid: bool | None
     results: dict[str, Any]
     error: str | None = None
-    check: CheckResult | SetResult | None = None
+    check: Any = None  # the workload checker's result object
     checkers: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -159,6 +162,9 @@ def validate_options(opts: RunOptions) -> list[str]:
         raise ValueError("--nodes must be 3 or 5")
     if opts.unsafe is not None and opts.unsafe not in UNSAFE_MODES:
         raise ValueError(f"--unsafe must be one of {', '.join(UNSAFE_MODES)}")
+    needs = CLIENT_UNSAFE_MODES.get(opts.unsafe or "")
+    if needs is not None and opts.workload != needs:
+        raise ValueError(f"--unsafe {opts.unsafe} applies to the {needs} workload only")
     if opts.time_limit <= 0 or opts.concurrency < 1 or opts.rate <= 0 or opts.keys < 1:
         raise ValueError("time limit, concurrency, rate and keys must be positive")
     return kinds
@@ -176,7 +182,8 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
         "election_ticks": opts.election_ticks,
         "fsync": "always",
     }
-    db = LocalDB(run_dir, opts.nodes, raft=raft, unsafe=opts.unsafe)
+    node_unsafe = opts.unsafe if opts.unsafe in NODE_UNSAFE_MODES else None
+    db = LocalDB(run_dir, opts.nodes, raft=raft, unsafe=node_unsafe)
     net = ProxyNet(db.peer_addresses, seed=seed)
     rec = Recorder(run_dir / "history.jsonl")
     wopts = WorkloadOptions(
@@ -188,6 +195,7 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
         seed=seed,
         attempt_timeout=opts.attempt_timeout,
         op_deadline=opts.op_deadline,
+        fencing=opts.unsafe != "no-fencing",
     )
     workload = make_workload(opts.workload, wopts, rec)
     schedule = Schedule(
@@ -313,7 +321,7 @@ def _finish(
 ) -> RunOutcome:
     checkers: dict[str, Any] = {}
     valid: bool | None = None
-    check_result: CheckResult | SetResult | None = None
+    check_result: Any = None
     if not error or error.startswith("the cluster did not recover"):
         try:
             ops = pair_operations(rec.records)
@@ -374,6 +382,12 @@ def _finish(
 
 def _summary(out: dict[str, Any]) -> str:
     result = out["result"]
+    if not isinstance(result, SetResult | CheckResult):  # elle, watch, lock: say it themselves
+        text = str(result.explain()).splitlines()[0]
+        counts = getattr(result, "anomaly_counts", None) or {}
+        if counts and not any(k in text for k in counts):
+            text += "; " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+        return text
     if isinstance(result, SetResult):
         return (
             f"{result.acknowledged} acknowledged adds, {len(result.lost)} lost, "

@@ -34,8 +34,9 @@ Workloads (``WORKLOADS``):
   faults are healed a final linearizable scan reads the set back. Checked by
   :func:`check_set`: every acknowledged add present, nothing duplicated or invented.
 
-``append``, ``watch`` and ``lock`` need transactions, watches and locks the store does
-not offer yet; asking for them is an error that says so.
+``append``, ``watch`` and ``lock`` live in their own modules
+(:mod:`jepsen_like.workload_append`, :mod:`jepsen_like.workload_watch`,
+:mod:`jepsen_like.workload_lock`); :mod:`jepsen_like.catalog` names them all.
 
 Every loop is bounded: by the stop event, by the client's deadline and by an outer
 timeout per operation.
@@ -69,30 +70,14 @@ from kvstore.client import (
 )
 
 __all__ = [
-    "UNAVAILABLE_WORKLOADS",
-    "WORKLOADS",
     "Recorder",
     "RegisterWorkload",
     "SetResult",
     "SetWorkload",
     "Workload",
-    "WorkloadError",
     "WorkloadOptions",
     "check_set",
-    "make_workload",
-    "workload_class",
 ]
-
-UNAVAILABLE_WORKLOADS: Final[dict[str, str]] = {
-    "append": "needs multi-key transactions (Elle's list-append), which the store does not "
-    "offer yet",
-    "watch": "needs a watch operation, which the client protocol does not offer yet",
-    "lock": "needs a lock/lease service, which the store does not offer yet",
-}
-
-
-class WorkloadError(ValueError):
-    """An unknown or unavailable workload was asked for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +91,9 @@ class WorkloadOptions:
     attempt_timeout: float = 1.0  # one client attempt
     op_deadline: float = 4.0  # one operation, retries included
     final_read_timeout: float = 30.0
+    lease_ttl_ms: int = 1000  # lock: each holder's lease
+    stall_probability: float = 0.1  # lock: a holder stalls past its lease this often
+    fencing: bool = True  # lock: False writes without the token check (harness self-test)
 
 
 # ---- the history ---------------------------------------------------------------------
@@ -179,8 +167,15 @@ async def _perform(
     value: Any,
     call: Callable[[], Awaitable[Any]],
     timeout: float,
+    *,
+    returns: bool | None = None,
+    definite: tuple[type[BaseException], ...] = (),
 ) -> Outcome:
-    """Invoke, call, complete: the one place client errors become completion types."""
+    """Invoke, call, complete: the one place client errors become completion types.
+
+    ``returns``: an ok completion records what ``call`` returned (default: only for
+    reads); otherwise every completion echoes the invoked value. ``definite``: extra
+    exception types that certainly mean "did not happen" (a workload's own refusals)."""
     rec.add(proc.number, RecordType.INVOKE, f, key, value)
     try:
         async with asyncio.timeout(timeout):
@@ -190,11 +185,12 @@ async def _perform(
         outcome = (RecordType.OK, None) if f == "read" else (RecordType.FAIL, value)
     except (CompareFailed, Unavailable, SessionExpired, BadRequest):
         outcome = (RecordType.FAIL, value)
-    except (Indeterminate, TimeoutError, ClientError, OSError):
-        outcome = (RecordType.INFO, value)
+    except (Indeterminate, TimeoutError, ClientError, OSError) as exc:
+        outcome = (RecordType.FAIL if isinstance(exc, definite) else RecordType.INFO, value)
     rtype, out = outcome
-    # Only a read's completion carries what it returned; the rest echo their input.
-    rec.add(proc.number, rtype, f, key, out if rtype is RecordType.OK and f == "read" else value)
+    if returns is None:
+        returns = f == "read"
+    rec.add(proc.number, rtype, f, key, out if rtype is RecordType.OK and returns else value)
     return outcome
 
 
@@ -436,23 +432,6 @@ class SetWorkload(Workload):
     def check(self, ops: Sequence[Operation], time_budget_s: float) -> dict[str, Any]:
         result = check_set(ops)
         return {"checker": "set", "valid": result.valid, "result": result}
-
-
-WORKLOADS: Final[dict[str, type[Workload]]] = {"register": RegisterWorkload, "set": SetWorkload}
-
-
-def workload_class(name: str) -> type[Workload]:
-    """The workload called ``name``; WorkloadError says why when there is none."""
-    if name in UNAVAILABLE_WORKLOADS:
-        raise WorkloadError(f"workload {name!r} is not available: {UNAVAILABLE_WORKLOADS[name]}")
-    if name not in WORKLOADS:
-        known = ", ".join(sorted(WORKLOADS))
-        raise WorkloadError(f"unknown workload {name!r}; choose from {known}")
-    return WORKLOADS[name]
-
-
-def make_workload(name: str, opts: WorkloadOptions, recorder: Recorder) -> Workload:
-    return workload_class(name)(opts, recorder)
 
 
 def _valid(verdict: Verdict) -> bool | None:

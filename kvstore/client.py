@@ -40,7 +40,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -553,9 +553,9 @@ class AsyncClient:
 
     async def txn(
         self,
-        compare: list[Compare] | tuple[Compare, ...] = (),
-        success: list[TxnOp] | tuple[TxnOp, ...] = (),
-        failure: list[TxnOp] | tuple[TxnOp, ...] = (),
+        compare: Sequence[Compare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
         """etcd's mini-transaction, atomic at one revision. With no put or delete in
         either branch it is a linearizable read; otherwise a write (exactly once).

@@ -9,7 +9,12 @@ every time:
   the old leader keep reading there: the register checker must find a stale read;
 - ``--unsafe lazy-fsync`` (writes acknowledged before they reach the disk) with every
   node killed at once, repeatedly, under a steady stream of adds: the set checker must
-  find acknowledged adds lost.
+  find acknowledged adds lost;
+- ``--unsafe stale-reads`` again under the ``append`` workload: Elle must find
+  read-only transactions that missed acknowledged appends;
+- ``--unsafe no-fencing`` (the lock workload's holders write without their token)
+  while holders stall past their leases: the lock checker must find the critical
+  sections interleaved in the resource's history.
 
 Each run goes through the ``jepsen-like run`` command (exit codes included) and its
 evidence is checked on disk. An autouse fixture SIGKILLs, by pid, any node a run left
@@ -209,3 +214,80 @@ def test_lazy_fsync_mode_is_caught_losing_acknowledged_writes(tmp_path: Path) ->
     assert code == 1
     assert results["checkers"]["set"]["lost_count"] > 0
     assert "lost" in output
+
+
+def test_append_partition_is_strictly_serializable(tmp_path: Path) -> None:
+    out = run(
+        tmp_path,
+        "--workload", "append",
+        "--nemesis", "partition",
+        "--keys", "8",
+        "--time-limit", "15",
+        *COMMON,
+    )  # fmt: skip
+    assert_valid(*out)
+    elle = out[1]["checkers"]["elle-list-append"]
+    assert elle["ok"] > 200 and not elle["anomalies"], elle
+
+
+def test_watch_streams_agree_across_kills(tmp_path: Path) -> None:
+    out = run(tmp_path, "--workload", "watch", "--nemesis", "kill", "--time-limit", "15", *COMMON)
+    assert_valid(*out)
+    watch = out[1]["checkers"]["watch"]
+    assert watch["head"] > 200
+    watchers = watch["watchers"]
+    assert len(watchers) == 3 and all(w["last"] >= watch["head"] for w in watchers), watchers
+    # A killed node's watcher lost its stream and resumed on the restarted node.
+    assert any(w["segments"] >= 2 for w in watchers), watchers
+
+
+def test_lock_holders_never_overlap_under_partitions_and_pauses(tmp_path: Path) -> None:
+    out = run(
+        tmp_path,
+        "--workload",
+        "lock",
+        "--nemesis",
+        "partition,pause",
+        "--time-limit",
+        "15",
+        *COMMON,
+    )
+    assert_valid(*out)
+    records = [json.loads(line) for line in (out[2] / "history.jsonl").read_text().splitlines()]
+    refused = [r for r in records if r["f"] == "fenced" and r["type"] == "fail"]
+    assert refused, "no stalled holder was fenced off: the fence was never exercised"
+
+
+def test_no_fencing_mode_is_caught_overlapping(tmp_path: Path) -> None:
+    code, results, run_dir, output = run(
+        tmp_path,
+        "--unsafe", "no-fencing",
+        "--workload", "lock",
+        "--nemesis", "none",
+        "--time-limit", "12",
+        *COMMON,
+    )  # fmt: skip
+    assert_evidence(run_dir, results)
+    assert results["verdict"] == "invalid", (output, results["checkers"])
+    assert code == 1
+    assert "fence-violation" in results["checkers"]["lock"]["anomalies"]
+
+
+@needs_unsafe
+def test_stale_reads_mode_is_caught_by_elle(tmp_path: Path) -> None:
+    code, results, run_dir, output = run(
+        tmp_path,
+        "--unsafe", "stale-reads",
+        "--workload", "append",
+        "--nemesis", "partition-leader",
+        "--nemesis-interval", "3",
+        "--keys", "6",
+        "--concurrency", "9",
+        "--rate", "90",
+        "--tick-ms", "25",
+        "--time-limit", "12",
+    )  # fmt: skip
+    assert_evidence(run_dir, results)
+    assert results["verdict"] == "invalid", (output, results["checkers"])
+    assert code == 1
+    assert results["checkers"]["elle-list-append"]["anomalies"], results["checkers"]

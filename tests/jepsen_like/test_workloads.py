@@ -1,6 +1,7 @@
 """Workloads: the set checker on hand-made histories (lost, duplicated, invented,
 recovered elements), the mapping of client outcomes to history completions, process
-retirement after an unknown outcome, and the refusal of unavailable workloads."""
+retirement after an unknown outcome, the workload catalog, and the list encoding of the
+append workload."""
 
 from __future__ import annotations
 
@@ -10,17 +11,16 @@ from typing import Any
 
 import pytest
 
+from jepsen_like.catalog import WORKLOADS, WorkloadError, workload_class
 from jepsen_like.history import Record, RecordType, pair_operations, read_history
+from jepsen_like.workload_append import decode_list, encode_list
 from jepsen_like.workloads import (
-    UNAVAILABLE_WORKLOADS,
     Recorder,
-    WorkloadError,
     WorkloadOptions,
     _perform,
     _Process,
     _Slots,
     check_set,
-    workload_class,
 )
 from kvstore.client import (
     BadRequest,
@@ -213,12 +213,17 @@ def test_recorder_streams_a_valid_history(tmp_path: Any) -> None:
     assert rec.counts() == {"ok": 1}
 
 
-@pytest.mark.parametrize("name", sorted(UNAVAILABLE_WORKLOADS))
-def test_unavailable_workloads_say_why(name: str) -> None:
-    with pytest.raises(WorkloadError, match="not available"):
-        workload_class(name)
+def test_every_workload_the_issue_names_exists() -> None:
+    assert sorted(WORKLOADS) == ["append", "lock", "register", "set", "watch"]
+    for name, cls in WORKLOADS.items():
+        assert workload_class(name) is cls and cls.name == name
 
 
 def test_unknown_workload_lists_the_choices() -> None:
-    with pytest.raises(WorkloadError, match="register, set"):
+    with pytest.raises(WorkloadError, match="append, lock, register, set, watch"):
         workload_class("bank")
+
+
+@pytest.mark.parametrize("elements", [[], [1], [3, 1, 20000]])
+def test_append_lists_round_trip(elements: list[int]) -> None:
+    assert decode_list(encode_list(elements)) == elements
