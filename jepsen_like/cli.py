@@ -368,6 +368,13 @@ def _render_outcome(outcome: Any, console: Console) -> None:
         if len(counterexamples) > _MAX_RUN_COUNTEREXAMPLES:
             more = len(counterexamples) - _MAX_RUN_COUNTEREXAMPLES
             console.print(f"... and {more} more non-linearizable key(s): see results.json")
+    for name, checker in outcome.checkers.items():
+        if checker.get("valid") is False and checker.get("anomalies"):
+            counts = checker.get("anomaly_counts", {})
+            for kind, examples in checker["anomalies"].items():
+                console.print(f"[bold red]{name}: {kind}[/] ({counts.get(kind, len(examples))})")
+                for ex in examples[:_MAX_RUN_COUNTEREXAMPLES]:
+                    console.print("  " + str(ex.get("explanation", ex)), soft_wrap=True)
     set_result = outcome.checkers.get("set")
     if set_result and set_result["valid"] is False:
         for what in ("lost", "unexpected", "duplicated"):

@@ -327,9 +327,27 @@ def _counterexamples(results: dict[str, Any]) -> str:
                     ],
                 )
             )
+        elif checker.get("valid") is False and checker.get("anomalies"):
+            parts.append(_anomalies_html(name, checker))
     if not parts:
         return ""
     return "<h2>Counter-example</h2>" + "".join(parts)
+
+
+_MAX_SHOWN = 5  # examples shown per anomaly kind (results.json keeps them all)
+
+
+def _anomalies_html(name: str, checker: dict[str, Any]) -> str:
+    """Elle, watch and lock checkers: each anomaly kind, its true count and the first
+    few examples in the checker's own words."""
+    counts = checker.get("anomaly_counts", {})
+    out = [f"<h3>{escape(name)}</h3>"]
+    for kind, examples in checker["anomalies"].items():
+        out.append(f"<h4>{escape(kind)} ({counts.get(kind, len(examples))})</h4><ul>")
+        for ex in examples[:_MAX_SHOWN]:
+            out.append(f"<li>{escape(str(ex.get('explanation', ex)))}</li>")
+        out.append("</ul>")
+    return "".join(out)
 
 
 def render_html(results: dict[str, Any], records: Sequence[Record]) -> str:

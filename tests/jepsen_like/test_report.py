@@ -130,3 +130,29 @@ def test_culprit_context_names_the_home_node_and_the_fault_in_force() -> None:
     assert "partition-leader" in inside and '"isolated": "n1"' in inside
     outside = culprit_context(results, {"process": 0, "call": int(1.0 * S)})
     assert outside.endswith("with no fault in force.")
+
+
+def test_report_shows_anomalies_of_elle_watch_and_lock_checkers(tmp_path: Path) -> None:
+    stats = summarize(HISTORY, TIMELINE, workload_start_ns=0, workload_end_ns=5 * S)
+    examples = [{"explanation": f"op {i} <saw> stale data"} for i in range(8)]
+    results = {
+        "verdict": "invalid",
+        "valid": False,
+        "error": None,
+        "run": {"workload": "append", "nemesis_kinds": ["partition-leader"], "seed": 5},
+        "checkers": {
+            "elle-list-append": {
+                "valid": False,
+                "summary": "INVALID",
+                "anomalies": {"G-single-realtime": examples},
+                "anomaly_counts": {"G-single-realtime": 41},
+            },
+            "watch": {"valid": True, "summary": "ok", "anomalies": {}},
+        },
+        "stats": stats,
+    }
+    write_evidence(tmp_path, results, HISTORY, TIMELINE)
+    html = (tmp_path / "report.html").read_text()
+    assert "Counter-example" in html and "G-single-realtime (41)" in html
+    assert "op 0 &lt;saw&gt; stale data" in html and "op 4 " in html
+    assert "op 5 " not in html, "a few examples per kind; results.json has the rest"
