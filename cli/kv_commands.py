@@ -210,6 +210,10 @@ def run_client(
         fail(ExitCode.ERROR, f"too large: {exc}", as_json=as_json, error="too_large")
     except c.BadRequest as exc:
         fail(ExitCode.ERROR, f"rejected: {exc}", as_json=as_json, error="bad_request")
+    except c.LeaseNotFound as exc:
+        fail(
+            ExitCode.NOT_FOUND, f"lease not found: {exc}", as_json=as_json, error="lease_not_found"
+        )
     except c.Conflict as exc:
         fail(ExitCode.ERROR, f"refused (not applied): {exc}", as_json=as_json, error="conflict")
     except c.ClientError as exc:
@@ -272,10 +276,17 @@ def get(
 @click.command(short_help="Write a key.")
 @click.argument("key")
 @click.argument("value", required=False)
+@click.option(
+    "--lease",
+    "lease_id",
+    type=click.IntRange(min=1),
+    help="Attach the key to this lease (kv lease grant): it goes when the lease does.",
+)
 @client_options
 def put(
     key: str,
     value: str | None,
+    lease_id: int | None,
     endpoints: str | None,
     config: str | None,
     timeout: float,
@@ -286,11 +297,23 @@ def put(
     if value is None and sys.stdin.isatty():
         raise click.UsageError("no VALUE given; pass one, pipe it in, or use - to type it")
     data = sys.stdin.buffer.read() if value in (None, "-") else arg_bytes(value)
-    r = run_client(endpoints, config, timeout, as_json, lambda c: c.put(arg_bytes(key), data))
+    k = arg_bytes(key)
+
+    async def write(c: AsyncClient) -> tuple[int, KeyValue | None]:
+        if lease_id is None:
+            r = await c.put(k, data)
+            return r.revision, r.prev
+        from kvstore.client import PutOp
+        from kvstore.protocol import WriteOpResult
+
+        t = await c.txn(success=[PutOp(k, data, lease_id)])
+        (prev,) = t.responses
+        assert isinstance(prev, WriteOpResult)
+        return t.revision, prev.prev
+
+    revision, prev = run_client(endpoints, config, timeout, as_json, write)
     emit(
-        as_json,
-        {"revision": r.revision, "prev": kv_json(r.prev)},
-        f"[green]OK[/] revision {r.revision}",
+        as_json, {"revision": revision, "prev": kv_json(prev)}, f"[green]OK[/] revision {revision}"
     )
 
 

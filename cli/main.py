@@ -17,6 +17,7 @@ import click
 
 from cli.cluster import cluster, member, node
 from cli.kv_commands import COMMANDS
+from cli.watch_lease import COMMANDS as STREAM_COMMANDS
 
 # The distribution name in pyproject.toml; ``--version`` reads it from the installed
 # metadata so the version has a single source of truth.
@@ -57,7 +58,7 @@ def sim(
     ctx.exit(_load_sim_main()(argv))
 
 
-for _command in (node, cluster, member, *COMMANDS):
+for _command in (node, cluster, member, *COMMANDS, *STREAM_COMMANDS):
     cli.add_command(_command)
 
 

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,41 @@ def test_node_unsafe_choices_match_the_node() -> None:
 
     opt = next(p for p in node.params if p.name == "unsafe")
     assert list(opt.type.choices) == [m.value for m in UnsafeMode]  # type: ignore[attr-defined]
+
+
+def test_leases_and_watches_on_a_real_cluster(local_cluster: LocalCluster) -> None:
+    """kv lease / put --lease / watch against real nodes: a follower streams the same
+    history (from revision 1) as the leader applied it, a revoked lease takes its key
+    in one revision, and a lease nobody renews expires by itself (the leader's Tick)."""
+    lc = local_cluster
+    e = ("--endpoints", ",".join(lc.addrs))
+    lease = ok_json(kv("lease", "grant", "30", "--json", *e))["lease"]
+    assert kv("put", "svc/a", "1", "--lease", str(lease), *e).returncode == 0
+    assert kv("put", "svc/b", "2", *e).returncode == 0
+    assert ok_json(kv("lease", "keepalive", str(lease), "--json", *e))["ttl_ms"] == 30_000
+    revoked = ok_json(kv("lease", "revoke", str(lease), "--json", *e))
+    assert kv("get", "svc/a", *e).returncode == 3
+    assert kv("lease", "keepalive", str(lease), *e).returncode == 3
+    missing_lease = kv("put", "svc/c", "3", "--lease", str(lease), "--json", *e)
+    assert missing_lease.returncode == 3
+    assert json.loads(missing_lease.stdout)["error"] == "lease_not_found"
+
+    follower = lc.addr(lc.followers()[0])
+    w = kv("watch", "svc/", "--prefix", "--rev", "1", "--count", "3", "--json", *e,
+           "--endpoint", follower)  # fmt: skip
+    assert w.returncode == 0, w.stderr
+    events = [json.loads(line) for line in w.stdout.splitlines()]
+    assert [(ev["type"], ev["kv"]["key"], ev["revision"]) for ev in events] == [
+        ("put", "svc/a", 1),
+        ("put", "svc/b", 2),
+        ("delete", "svc/a", revoked["revision"]),
+    ]
+    plain = kv("watch", "svc/b", "--rev", "1", "--count", "1", *e)
+    assert plain.stdout == b"PUT svc/b = 2 (revision 2)\n"
+
+    short = ok_json(kv("lease", "grant", "0.5", "--json", *e))["lease"]
+    assert kv("put", "eph", "x", "--lease", str(short), *e).returncode == 0
+    deadline = time.monotonic() + 10
+    while kv("get", "eph", *e).returncode == 0:  # nobody writes: only the Tick expires it
+        assert time.monotonic() < deadline, "the lease never expired"
+        time.sleep(0.2)
