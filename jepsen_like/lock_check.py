@@ -81,10 +81,11 @@ Every check is a sort and a sweep per lock: O(n log n).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
+from jepsen_like.anomalies import MAX_EXAMPLES, Anomalies, Make, is_int, ref
 from jepsen_like.history import Operation, Status
 
 __all__ = [
@@ -95,7 +96,6 @@ __all__ = [
     "check_lock",
 ]
 
-MAX_EXAMPLES: Final = 20  # examples kept per anomaly kind (counts stay exact)
 
 LOCK_ANOMALY_KINDS: Final[tuple[str, ...]] = (
     "duplicate-token",
@@ -217,42 +217,11 @@ class LockResult:
 # ---- helpers -------------------------------------------------------------------------
 
 
-class _Anomalies:
-    """Counts every anomaly, keeps the first MAX_EXAMPLES examples of each kind; an
-    example is built only if kept (``make`` is called lazily)."""
-
-    def __init__(self, kinds: Sequence[str]) -> None:
-        self.kinds = tuple(kinds)
-        self.examples: dict[str, list[dict[str, Any]]] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, kind: str, make: Callable[[], dict[str, Any]]) -> None:
-        n = self.counts.get(kind, 0)
-        self.counts[kind] = n + 1
-        if n < MAX_EXAMPLES:
-            self.examples.setdefault(kind, []).append(make())
-
-    def ordered(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-        order = [k for k in self.kinds if k in self.counts]
-        return {k: self.examples[k] for k in order}, {k: self.counts[k] for k in order}
-
-
-Make = Callable[[], dict[str, Any]]
-
-
-def _ref(op: Operation) -> str:
-    return f"process {op.process}, line {op.line}"
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _fence(value: Hashable) -> Fence | None:
     """``[token, phase]`` (or the first two items of ``[token, phase, revision]``)."""
     if isinstance(value, tuple) and len(value) in (2, 3):
         token, phase = value[0], value[1]
-        if _is_int(token) and isinstance(phase, str):
+        if is_int(token) and isinstance(phase, str):
             return token, phase
     return None
 
@@ -260,7 +229,7 @@ def _fence(value: Hashable) -> Fence | None:
 def _entry(value: object) -> Entry | None:
     if isinstance(value, tuple) and len(value) == 3:
         rev, token, phase = value
-        if _is_int(rev) and _is_int(token) and isinstance(phase, str):
+        if is_int(rev) and is_int(token) and isinstance(phase, str):
             return rev, token, phase
     return None
 
@@ -305,16 +274,16 @@ def _record(lock: _Lock, op: Operation, bad: list[str]) -> None:
     if op.f == "acquire":
         lock.acquires[op.status] += 1
         if op.status is Status.OK:
-            if _is_int(op.output):
+            if is_int(op.output):
                 lock.acquired.append((op.output, op))
                 lock.open.setdefault(op.process, {})[op.output] = op
             else:
-                bad.append(f"acquire {_ref(op)}: ok value {op.output!r} is not a token")
+                bad.append(f"acquire {ref(op)}: ok value {op.output!r} is not a token")
     elif op.f == "fenced":
         lock.fenced[op.status] += 1
         fence = _fence(op.input.value)
         if fence is None:
-            bad.append(f"fenced {_ref(op)}: invoke value {op.input.value!r} is not [token, phase]")
+            bad.append(f"fenced {ref(op)}: invoke value {op.input.value!r} is not [token, phase]")
             return
         if op.status is Status.FAIL:
             lock.failed.setdefault(fence, op)
@@ -322,23 +291,23 @@ def _record(lock: _Lock, op: Operation, bad: list[str]) -> None:
         lock.maybe.setdefault(fence, op)
         if op.status is Status.OK:
             out = op.output
-            if isinstance(out, tuple) and len(out) == 3 and _is_int(out[2]):
+            if isinstance(out, tuple) and len(out) == 3 and is_int(out[2]):
                 lock.writes.append((fence[0], fence[1], out[2], op))
             else:
-                bad.append(f"fenced {_ref(op)}: ok value {out!r} is not [token, phase, revision]")
+                bad.append(f"fenced {ref(op)}: ok value {out!r} is not [token, phase, revision]")
     elif op.f == "release":
         lock.releases[op.status] += 1
         token = op.input.value
-        if not _is_int(token):
-            bad.append(f"release {_ref(op)}: invoke value {token!r} is not a token")
+        if not is_int(token):
+            bad.append(f"release {ref(op)}: invoke value {token!r} is not a token")
             return
         acquire = lock.open.get(op.process, {}).pop(token, None)
         if acquire is not None and op.status is Status.OK:
-            assert _is_int(acquire.ret)  # an ok acquire has a return time
+            assert is_int(acquire.ret)  # an ok acquire has a return time
             lock.holds.append((acquire.ret, op.call, acquire, op))
     elif op.f == "resource" and op.status is Status.OK:
         if not isinstance(op.output, tuple):
-            bad.append(f"resource {_ref(op)}: ok value {op.output!r} is not a list")
+            bad.append(f"resource {ref(op)}: ok value {op.output!r} is not a list")
             return
         prior = lock.resource
         if prior is None or (op.ret, op.index) > (prior.ret, prior.index):
@@ -351,7 +320,7 @@ def _record(lock: _Lock, op: Operation, bad: list[str]) -> None:
 def check_lock(ops: Sequence[Operation]) -> LockResult:
     """Check acquires, releases and fenced writes of every lock against each other and
     against the final resource reads; see the module docstring for each anomaly kind."""
-    found = _Anomalies(LOCK_ANOMALY_KINDS)
+    found = Anomalies(LOCK_ANOMALY_KINDS)
     bad: list[str] = []
     notes: list[str] = []
     locks: dict[str, _Lock] = {}
@@ -374,7 +343,7 @@ def check_lock(ops: Sequence[Operation]) -> LockResult:
         for raw in lock.resource.output:
             entry = _entry(raw)
             if entry is None:
-                bad.append(f"resource {_ref(lock.resource)}: malformed entry {raw!r}")
+                bad.append(f"resource {ref(lock.resource)}: malformed entry {raw!r}")
             else:
                 lock.log.append(entry)
         _fence_log(found, lock)
@@ -401,7 +370,7 @@ def check_lock(ops: Sequence[Operation]) -> LockResult:
     )
 
 
-def _tokens(found: _Anomalies, lock: _Lock) -> None:
+def _tokens(found: Anomalies, lock: _Lock) -> None:
     """duplicate-token, and token-order by a sweep: acquires in call order, against the
     largest token among acquires that returned before that call."""
     by_token: dict[int, list[Operation]] = {}
@@ -423,7 +392,7 @@ def _tokens(found: _Anomalies, lock: _Lock) -> None:
             found.add("token-order", _order(lock, best, (token, op)))
 
 
-def _overlaps(found: _Anomalies, lock: _Lock) -> None:
+def _overlaps(found: Anomalies, lock: _Lock) -> None:
     """Sweep the certain-holding intervals by start, against the latest end so far."""
     widest: tuple[int, int, Operation, Operation] | None = None
     for hold in sorted(lock.holds, key=lambda h: (h[0], h[1], h[2].index)):
@@ -433,7 +402,7 @@ def _overlaps(found: _Anomalies, lock: _Lock) -> None:
             widest = hold
 
 
-def _stale_writes(found: _Anomalies, lock: _Lock) -> None:
+def _stale_writes(found: Anomalies, lock: _Lock) -> None:
     """Ok fenced writes in call order, against the largest token acquired before."""
     by_ret = sorted(lock.acquired, key=lambda a: (a[1].ret, a[1].index))
     j = 0
@@ -447,7 +416,7 @@ def _stale_writes(found: _Anomalies, lock: _Lock) -> None:
             found.add("stale-fenced-write", _stale(lock, best, write))
 
 
-def _fence_log(found: _Anomalies, lock: _Lock) -> None:
+def _fence_log(found: Anomalies, lock: _Lock) -> None:
     """The final log must read as holders one after another (module docstring)."""
     prev_rev: int | None = None
     top: tuple[int, int] | None = None  # largest token that wrote, and where
@@ -476,7 +445,7 @@ def _fence_log(found: _Anomalies, lock: _Lock) -> None:
             found.add("fence-violation", _violation(lock, (rev, token, phase), reasons))
 
 
-def _missing_and_phantom(found: _Anomalies, lock: _Lock) -> None:
+def _missing_and_phantom(found: Anomalies, lock: _Lock) -> None:
     logged = set(lock.log)
     at: dict[Fence, list[int]] = {}
     for rev, token, phase in lock.log:
@@ -495,7 +464,7 @@ def _missing_and_phantom(found: _Anomalies, lock: _Lock) -> None:
 
 def _duplicate(lock: _Lock, token: int, holders: list[Operation]) -> Make:
     def make() -> dict[str, Any]:
-        refs = "; ".join(f"({_ref(op)})" for op in holders[:5])
+        refs = "; ".join(f"({ref(op)})" for op in holders[:5])
         return {
             "lock": lock.name,
             "token": token,
@@ -514,8 +483,8 @@ def _order(lock: _Lock, a: tuple[int, Operation], b: tuple[int, Operation]) -> M
             "lock": lock.name,
             "earlier": {"process": opa.process, "line": opa.line, "token": ta},
             "later": {"process": opb.process, "line": opb.line, "token": tb},
-            "explanation": f"{lock.name}: acquire ({_ref(opa)}) returned token {ta} before "
-            f"acquire ({_ref(opb)}) began, which returned token {tb}: a later holder must "
+            "explanation": f"{lock.name}: acquire ({ref(opa)}) returned token {ta} before "
+            f"acquire ({ref(opb)}) began, which returned token {tb}: a later holder must "
             "get a larger token",
         }
 
@@ -569,8 +538,8 @@ def _stale(
             "newer_process": newer[1].process,
             "newer_line": newer[1].line,
             "explanation": f"{lock.name}: fenced {phase!r} write with token {token} "
-            f"({_ref(op)}) succeeded at revision {rev}, but it began after acquire "
-            f"({_ref(newer[1])}) had returned the newer token {newer[0]}",
+            f"({ref(op)}) succeeded at revision {rev}, but it began after acquire "
+            f"({ref(newer[1])}) had returned the newer token {newer[0]}",
         }
 
     return make
@@ -580,7 +549,7 @@ def _violation(lock: _Lock, entry: Entry, reasons: list[str]) -> Make:
     def make() -> dict[str, Any]:
         rev, token, phase = entry
         by = lock.maybe.get((token, phase)) or lock.failed.get((token, phase))
-        writer = f", written by fenced op ({_ref(by)})" if by is not None else ""
+        writer = f", written by fenced op ({ref(by)})" if by is not None else ""
         read = lock.resource
         assert read is not None
         return {
@@ -589,7 +558,7 @@ def _violation(lock: _Lock, entry: Entry, reasons: list[str]) -> Make:
             "reasons": reasons,
             "process": read.process,
             "line": read.line,
-            "explanation": f"{lock.name}: final read ({_ref(read)}) shows {phase!r} by token "
+            "explanation": f"{lock.name}: final read ({ref(read)}) shows {phase!r} by token "
             f"{token} at revision {rev}{writer}, but " + "; ".join(reasons),
         }
 
@@ -613,8 +582,8 @@ def _missing(lock: _Lock, entry: Entry, op: Operation, at: dict[Fence, list[int]
             "process": op.process,
             "line": op.line,
             "explanation": f"{lock.name}: fenced {phase!r} write with token {token} "
-            f"({_ref(op)}) was acknowledged at revision {rev}, but the final read "
-            f"({_ref(read)}) lacks it: {why}",
+            f"({ref(op)}) was acknowledged at revision {rev}, but the final read "
+            f"({ref(read)}) lacks it: {why}",
         }
 
     return make
@@ -626,13 +595,13 @@ def _phantom(lock: _Lock, entry: Entry, failed: Operation | None) -> Make:
         read = lock.resource
         assert read is not None
         if failed is not None:
-            why = f"the only such op ({_ref(failed)}) failed definitely"
+            why = f"the only such op ({ref(failed)}) failed definitely"
         else:
             why = f"no fenced {phase!r} write with token {token} was attempted"
         example: dict[str, Any] = {
             "lock": lock.name,
             "entry": list(entry),
-            "explanation": f"{lock.name}: final read ({_ref(read)}) shows {phase!r} by token "
+            "explanation": f"{lock.name}: final read ({ref(read)}) shows {phase!r} by token "
             f"{token} at revision {rev}, but {why}",
         }
         if failed is not None:

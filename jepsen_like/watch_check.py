@@ -95,8 +95,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
+from jepsen_like.anomalies import MAX_EXAMPLES, Anomalies, is_int, ref
 from jepsen_like.history import Operation, Status
 
 __all__ = [
@@ -107,7 +108,6 @@ __all__ = [
     "check_watch",
 ]
 
-MAX_EXAMPLES: Final = 20  # examples kept per anomaly kind (counts stay exact)
 
 WATCH_ANOMALY_KINDS: Final[tuple[str, ...]] = (
     "resume-gap",
@@ -226,34 +226,6 @@ class WatchResult:
 # ---- shared helpers ------------------------------------------------------------------
 
 
-class _Anomalies:
-    """Counts every anomaly, keeps the first MAX_EXAMPLES examples of each kind; an
-    example is built only if kept (``make`` is called lazily)."""
-
-    def __init__(self, kinds: Sequence[str]) -> None:
-        self.kinds = tuple(kinds)
-        self.examples: dict[str, list[dict[str, Any]]] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, kind: str, make: Callable[[], dict[str, Any]]) -> None:
-        n = self.counts.get(kind, 0)
-        self.counts[kind] = n + 1
-        if n < MAX_EXAMPLES:
-            self.examples.setdefault(kind, []).append(make())
-
-    def ordered(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-        order = [k for k in self.kinds if k in self.counts]
-        return {k: self.examples[k] for k in order}, {k: self.counts[k] for k in order}
-
-
-def _ref(op: Operation) -> str:
-    return f"process {op.process}, line {op.line}"
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _as_dict(value: object) -> dict[str, Any] | None:
     """A frozen JSON object (sorted (key, value) pairs) as a dict; None if it is not one."""
     if isinstance(value, dict):
@@ -306,7 +278,7 @@ def _parse_event(raw: object) -> tuple[int, Event] | None:
     if not isinstance(raw, tuple) or len(raw) != 4:
         return None
     rev, typ, key, value = raw
-    if not _is_int(rev) or not isinstance(typ, str) or not isinstance(key, str):
+    if not is_int(rev) or not isinstance(typ, str) or not isinstance(key, str):
         return None
     typ = typ.lower()
     if typ == "put":
@@ -354,7 +326,7 @@ class _Watcher:
         return lo, last
 
 
-def _replay(w: _Watcher, op: Operation, found: _Anomalies, bad: list[str]) -> None:
+def _replay(w: _Watcher, op: Operation, found: Anomalies, bad: list[str]) -> None:
     """One segment of watcher ``w``."""
     w.segments += 1
     w.compacted = False
@@ -370,11 +342,11 @@ def _replay(w: _Watcher, op: Operation, found: _Anomalies, bad: list[str]) -> No
     w.ok += 1
     inp, out = _as_dict(op.input.value), _as_dict(op.output)
     asked = inp.get("from") if inp is not None else None
-    if not _is_int(asked) and out is not None:
+    if not is_int(asked) and out is not None:
         asked = out.get("from")
     events = out.get("events") if out is not None else None
-    if not _is_int(asked) or not isinstance(events, tuple):
-        bad.append(f"watch {_ref(op)}: ok segment without an integer from and an events list")
+    if not is_int(asked) or not isinstance(events, tuple):
+        bad.append(f"watch {ref(op)}: ok segment without an integer from and an events list")
         return
     frm = asked
     if not w.started:
@@ -389,7 +361,7 @@ def _replay(w: _Watcher, op: Operation, found: _Anomalies, bad: list[str]) -> No
     for raw in events:
         parsed = _parse_event(raw)
         if parsed is None:
-            bad.append(f"watch {_ref(op)}: malformed event {raw!r}")
+            bad.append(f"watch {ref(op)}: malformed event {raw!r}")
             continue
         rev, ev = parsed
         w.events += 1
@@ -425,7 +397,7 @@ def _resume_gap(w: _Watcher, op: Operation, frm: int, upto: int) -> Callable[[],
             "skipped": [upto + 1, frm - 1],
             "process": op.process,
             "line": op.line,
-            "explanation": f"watcher {w.name}: segment ({_ref(op)}) resumes from revision "
+            "explanation": f"watcher {w.name}: segment ({ref(op)}) resumes from revision "
             f"{frm} although the watcher had received only up to revision {upto}: "
             f"revisions {upto + 1}..{frm - 1} skipped",
         }
@@ -443,7 +415,7 @@ def _backwards(
             "after_revision": before,
             "process": op.process,
             "line": op.line,
-            "explanation": f"watcher {w.name}: segment from {frm} ({_ref(op)}) delivers "
+            "explanation": f"watcher {w.name}: segment from {frm} ({ref(op)}) delivers "
             f"revision {rev} after revision {before}",
         }
 
@@ -461,7 +433,7 @@ def _skipped(
             "skipped": [lo, rev - 1],
             "process": op.process,
             "line": op.line,
-            "explanation": f"watcher {w.name}: segment from {frm} ({_ref(op)}) delivers "
+            "explanation": f"watcher {w.name}: segment from {frm} ({ref(op)}) delivers "
             f"revision {rev} {where}: its stream skipped revision(s) {lo}..{rev - 1}",
         }
 
@@ -476,7 +448,7 @@ def _before_start(w: _Watcher, op: Operation, frm: int, rev: int) -> Callable[[]
             "from": frm,
             "process": op.process,
             "line": op.line,
-            "explanation": f"watcher {w.name}: segment from {frm} ({_ref(op)}) delivers "
+            "explanation": f"watcher {w.name}: segment from {frm} ({ref(op)}) delivers "
             f"revision {rev}, before its start",
         }
 
@@ -497,8 +469,8 @@ def _redelivered(
             "line": op.line,
             "earlier_process": first_op.process,
             "earlier_line": first_op.line,
-            "explanation": f"watcher {w.name}: segment ({_ref(op)}) re-delivers revision "
-            f"{rev} as {_fmt_group(group)} but segment ({_ref(first_op)}) had delivered it "
+            "explanation": f"watcher {w.name}: segment ({ref(op)}) re-delivers revision "
+            f"{rev} as {_fmt_group(group)} but segment ({ref(first_op)}) had delivered it "
             f"as {_fmt_group(old)}",
         }
 
@@ -511,7 +483,7 @@ def _redelivered(
 def check_watch(ops: Sequence[Operation]) -> WatchResult:
     """Check watch streams against the puts and the final head read; see the module
     docstring for what each anomaly kind means and why it is one."""
-    found = _Anomalies(WATCH_ANOMALY_KINDS)
+    found = Anomalies(WATCH_ANOMALY_KINDS)
     bad: list[str] = []
     notes: list[str] = []
 
@@ -534,10 +506,10 @@ def check_watch(ops: Sequence[Operation]) -> WatchResult:
             ok_or_info.add(pid)
             if op.status is Status.OK:
                 out = op.output
-                if isinstance(out, tuple) and len(out) == 2 and _is_int(out[1]):
+                if isinstance(out, tuple) and len(out) == 2 and is_int(out[1]):
                     ok_puts.append((pid[0], pid[1], out[1], op))
                 else:
-                    bad.append(f"put {_ref(op)}: ok value {out!r} is not [value, revision]")
+                    bad.append(f"put {ref(op)}: ok value {out!r} is not [value, revision]")
         elif op.f == "watch":
             w = watchers.get(op.key)
             if w is None:
@@ -545,11 +517,11 @@ def check_watch(ops: Sequence[Operation]) -> WatchResult:
             _replay(w, op, found, bad)
         elif op.f == "head" and op.status is Status.OK:
             value = op.output
-            if _is_int(value):
+            if is_int(value):
                 if head is None or value > head:
                     head, head_op = value, op
             else:
-                bad.append(f"head {_ref(op)}: ok value {op.output!r} is not a revision")
+                bad.append(f"head {ref(op)}: ok value {op.output!r} is not a revision")
         elif op.f == "delete" and op.status is not Status.FAIL:
             deletes.add(op.key)
 
@@ -690,15 +662,15 @@ def _put_index(w: _Watcher) -> dict[PutId, int]:
 # ---- anomaly examples ----------------------------------------------------------------
 
 
-def _gap(found: _Anomalies, w: _Watcher, lo: int, next_rev: int) -> None:
+def _gap(found: Anomalies, w: _Watcher, lo: int, next_rev: int) -> None:
     def make() -> dict[str, Any]:
         before, after = w.source.get(lo - 1), w.source.get(next_rev)
         if before is not None:
-            context = f"revision {lo - 1} came in segment ({_ref(before)})"
+            context = f"revision {lo - 1} came in segment ({ref(before)})"
         else:
             context = f"it started from revision {w.start}"
         if after is not None:
-            context += f", revision {next_rev} in segment ({_ref(after)})"
+            context += f", revision {next_rev} in segment ({ref(after)})"
         return {
             "watcher": w.name,
             "missing": [lo, next_rev - 1],
@@ -710,7 +682,7 @@ def _gap(found: _Anomalies, w: _Watcher, lo: int, next_rev: int) -> None:
     found.add("revision-gap", make)
 
 
-def _divergence(found: _Anomalies, rev: int, by_group: dict[Group, list[str]]) -> None:
+def _divergence(found: Anomalies, rev: int, by_group: dict[Group, list[str]]) -> None:
     def make() -> dict[str, Any]:
         parts = [f"{', '.join(names)} saw {_fmt_group(g)}" for g, names in by_group.items()]
         return {
@@ -732,7 +704,7 @@ def _where(revs: dict[int, list[str]]) -> str:
 
 
 def _duplicate(
-    found: _Anomalies,
+    found: Anomalies,
     pid: PutId,
     revs: dict[int, list[str]],
     doubled: tuple[int, list[str]] | None,
@@ -758,7 +730,7 @@ def _duplicate(
 
 
 def _unexplained(
-    found: _Anomalies,
+    found: Anomalies,
     kind: str,
     pid: PutId,
     revs: dict[int, list[str]],
@@ -767,7 +739,7 @@ def _unexplained(
     def make() -> dict[str, Any]:
         key, value = pid
         if failed_op is not None:
-            why = f"the only put of it ({_ref(failed_op)}) failed definitely"
+            why = f"the only put of it ({ref(failed_op)}) failed definitely"
         else:
             why = "no put of that value to that key was attempted"
         example: dict[str, Any] = {
@@ -783,7 +755,7 @@ def _unexplained(
     found.add(kind, make)
 
 
-def _phantom_delete(found: _Anomalies, key: str, revs: dict[int, list[str]]) -> None:
+def _phantom_delete(found: Anomalies, key: str, revs: dict[int, list[str]]) -> None:
     def make() -> dict[str, Any]:
         return {
             "key": key,
@@ -797,7 +769,7 @@ def _phantom_delete(found: _Anomalies, key: str, revs: dict[int, list[str]]) -> 
 
 
 def _missing(
-    found: _Anomalies,
+    found: Anomalies,
     key: str,
     value: Hashable,
     rev: int,
@@ -822,14 +794,14 @@ def _missing(
             "watchers": [w.name for w, _ in missed],
             "process": op.process,
             "line": op.line,
-            "explanation": f"put {key}={value!r} ({_ref(op)}) was acknowledged at revision "
+            "explanation": f"put {key}={value!r} ({ref(op)}) was acknowledged at revision "
             f"{rev}, but " + "; ".join(parts) + more,
         }
 
     found.add("missing-write", make)
 
 
-def _lagging(found: _Anomalies, w: _Watcher, upto: int, head: int, head_op: Operation) -> None:
+def _lagging(found: Anomalies, w: _Watcher, upto: int, head: int, head_op: Operation) -> None:
     def make() -> dict[str, Any]:
         return {
             "watcher": w.name,
@@ -839,7 +811,7 @@ def _lagging(found: _Anomalies, w: _Watcher, upto: int, head: int, head_op: Oper
             "line": head_op.line,
             "explanation": f"watcher {w.name} received "
             + ("nothing" if w.upto is None else f"revisions only up to {upto}")
-            + f", but the final head read ({_ref(head_op)}) says revision {head}: it never "
+            + f", but the final head read ({ref(head_op)}) says revision {head}: it never "
             "caught up",
         }
 
@@ -847,7 +819,7 @@ def _lagging(found: _Anomalies, w: _Watcher, upto: int, head: int, head_op: Oper
 
 
 def _stale_head(
-    found: _Anomalies,
+    found: Anomalies,
     key: str,
     value: Hashable,
     rev: int,
@@ -863,8 +835,8 @@ def _stale_head(
             "head": head,
             "process": op.process,
             "line": op.line,
-            "explanation": f"put {key}={value!r} ({_ref(op)}) was acknowledged at revision "
-            f"{rev} before the head read ({_ref(head_op)}) began, yet that read returned "
+            "explanation": f"put {key}={value!r} ({ref(op)}) was acknowledged at revision "
+            f"{rev} before the head read ({ref(head_op)}) began, yet that read returned "
             f"{head}",
         }
 
