@@ -33,7 +33,15 @@ from typing import Any
 
 from jepsen_like.elle import check_list_append
 from jepsen_like.history import Operation, RecordType
-from jepsen_like.workloads import Outcome, Recorder, Workload, WorkloadOptions, _perform, _Process
+from jepsen_like.workloads import (
+    KeyPool,
+    Outcome,
+    Recorder,
+    Workload,
+    WorkloadOptions,
+    _perform,
+    _Process,
+)
 from kvstore.client import (
     AsyncClient,
     ClientError,
@@ -70,25 +78,7 @@ class AppendWorkload(Workload):
 
     def __init__(self, opts: WorkloadOptions, recorder: Recorder) -> None:
         super().__init__(opts, recorder)
-        self._next_key = 0
-        self._uses: dict[str, int] = {}
-        self._next_element: dict[str, int] = {}
-        self.active = [self._new_key() for _ in range(opts.keys)]
-
-    def _new_key(self) -> str:
-        key = f"a{self._next_key}"
-        self._next_key += 1
-        self._uses[key] = 0
-        self._next_element[key] = 1
-        return key
-
-    def _pick_key(self, rng: random.Random) -> str:
-        slot = rng.randrange(len(self.active))
-        key = self.active[slot]
-        self._uses[key] += 1
-        if self._uses[key] >= self.opts.ops_per_key:
-            self.active[slot] = self._new_key()
-        return key
+        self.keys = KeyPool("a", opts.keys, opts.ops_per_key)
 
     def _store_key(self, key: str) -> bytes:
         return f"{self.PREFIX}{key}".encode()
@@ -96,13 +86,11 @@ class AppendWorkload(Workload):
     def _micro_ops(self, rng: random.Random) -> list[list[Any]]:
         ops: list[list[Any]] = []
         for _ in range(rng.randint(1, 4)):
-            key = self._pick_key(rng)
+            key = self.keys.pick(rng)
             if rng.random() < 0.5:
                 ops.append(["r", key, None])
             else:
-                element = self._next_element[key]
-                self._next_element[key] += 1
-                ops.append(["append", key, element])
+                ops.append(["append", key, self.keys.unique_value(key)])
         return ops
 
     async def step(self, proc: _Process, rng: random.Random) -> Outcome:
@@ -156,7 +144,7 @@ class AppendWorkload(Workload):
         """Read every key ever used, in read-only txns, by fresh processes, until each
         batch succeeds or the final-read time runs out."""
         deadline = time.monotonic() + self.opts.final_read_timeout
-        keys = [f"a{n}" for n in range(self._next_key)]
+        keys = self.keys.used()
         for i in range(0, len(keys), _FINAL_BATCH):
             mops: list[list[Any]] = [["r", k, None] for k in keys[i : i + _FINAL_BATCH]]
             while time.monotonic() < deadline:

@@ -70,6 +70,7 @@ from kvstore.client import (
 )
 
 __all__ = [
+    "KeyPool",
     "Recorder",
     "RegisterWorkload",
     "SetResult",
@@ -222,6 +223,44 @@ class _Slots:
 # ---- workloads -------------------------------------------------------------------------
 
 
+class KeyPool:
+    """Jepsen's independent keys: ``active`` keys in use at once, each retired after
+    ``uses`` picks and replaced by a fresh one (in-flight operations finish on it), so a
+    per-key check stays small. Each key also numbers the unique values written to it."""
+
+    def __init__(self, prefix: str, active: int, uses: int) -> None:
+        self._prefix = prefix
+        self._uses_per_key = uses
+        self._count = 0
+        self._uses: dict[str, int] = {}
+        self._next_value: dict[str, int] = {}
+        self.active = [self._new() for _ in range(active)]
+
+    def _new(self) -> str:
+        key = f"{self._prefix}{self._count}"
+        self._count += 1
+        self._uses[key] = 0
+        self._next_value[key] = 1
+        return key
+
+    def pick(self, rng: random.Random) -> str:
+        slot = rng.randrange(len(self.active))
+        key = self.active[slot]
+        self._uses[key] += 1
+        if self._uses[key] >= self._uses_per_key:
+            self.active[slot] = self._new()
+        return key
+
+    def unique_value(self, key: str) -> int:
+        value = self._next_value[key]
+        self._next_value[key] += 1
+        return value
+
+    def used(self) -> list[str]:
+        """Every key handed out so far, oldest first."""
+        return [f"{self._prefix}{n}" for n in range(self._count)]
+
+
 class Workload(abc.ABC):
     """Shared driver: ``run`` until stopped, then ``final`` reads, then ``check``."""
 
@@ -280,41 +319,16 @@ class RegisterWorkload(Workload):
 
     def __init__(self, opts: WorkloadOptions, recorder: Recorder) -> None:
         super().__init__(opts, recorder)
-        self._next_key = 0
-        self.active: list[str] = []
-        self._uses: dict[str, int] = {}
-        self._next_value: dict[str, int] = {}
+        self.keys = KeyPool("k", opts.keys, opts.ops_per_key)
         self._last_seen: dict[str, int | None] = {}  # last value a completed op showed
-        for _ in range(opts.keys):
-            self.active.append(self._new_key())
-
-    def _new_key(self) -> str:
-        key = f"k{self._next_key}"
-        self._next_key += 1
-        self._uses[key] = 0
-        self._next_value[key] = 1
-        return key
-
-    def _pick_key(self, rng: random.Random) -> str:
-        slot = rng.randrange(len(self.active))
-        key = self.active[slot]
-        self._uses[key] += 1
-        if self._uses[key] >= self.opts.ops_per_key:
-            self.active[slot] = self._new_key()  # key retires; in-flight ops finish on it
-        return key
-
-    def _unique_value(self, key: str) -> int:
-        value = self._next_value[key]
-        self._next_value[key] += 1
-        return value
 
     async def step(self, proc: _Process, rng: random.Random) -> Outcome:
-        key = self._pick_key(rng)
+        key = self.keys.pick(rng)
         store_key = f"register/{key}"
         roll = rng.random()
         if roll < 0.5:
             return await self._read(proc, key)
-        new = self._unique_value(key)
+        new = self.keys.unique_value(key)
         if roll < 0.75:
             outcome = await _perform(
                 self.rec,
@@ -358,8 +372,7 @@ class RegisterWorkload(Workload):
         (as new processes) until it succeeds or the final-read time runs out."""
         deadline = time.monotonic() + self.opts.final_read_timeout
         proc = self.slots.fresh()
-        for n in range(self._next_key):
-            key = f"k{n}"
+        for key in self.keys.used():
             while time.monotonic() < deadline:
                 rtype, _ = await self._read(proc, key)
                 if rtype is RecordType.OK:
