@@ -177,9 +177,9 @@ class ElleResult:
     def explain(self) -> str:
         verdict = {True: "VALID", False: "INVALID", None: "UNKNOWN"}[self.valid]
         lines = [
-            f"list-append (strict serializability): {verdict}",
-            f"  {self.txns} txns: {self.ok} ok, {self.failed} failed, {self.unknown} unknown; "
-            f"{self.keys} key(s); {self.graph_txns} in the dependency graph",
+            f"list-append (strict serializability): {verdict}: {self.txns} txns "
+            f"({self.ok} ok, {self.failed} failed, {self.unknown} unknown) on {self.keys} "
+            f"key(s); {self.graph_txns} in the dependency graph",
         ]
         if self.edges:
             edges = ", ".join(f"{kind} {count}" for kind, count in self.edges.items())
