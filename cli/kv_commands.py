@@ -303,8 +303,7 @@ def put(
         if lease_id is None:
             r = await c.put(k, data)
             return r.revision, r.prev
-        from kvstore.client import PutOp
-        from kvstore.protocol import WriteOpResult
+        from kvstore.client import PutOp, WriteOpResult
 
         t = await c.txn(success=[PutOp(k, data, lease_id)])
         (prev,) = t.responses

@@ -50,8 +50,8 @@ from kvstore.client import (
     CompareTarget,
     PutOp,
     RangeOp,
+    RangeResult,
 )
-from kvstore.protocol import RangeResult
 
 __all__ = ["AppendWorkload", "decode_list", "encode_list"]
 

@@ -49,7 +49,16 @@ from raft.framing import FrameDecoder, encode_frame
 
 from . import protocol as p
 from .commands import Compare, CompareOp, CompareTarget, DeleteOp, PutOp, RangeOp, TxnOp
-from .protocol import Code, Consistency, KeyValue, Limits, ProtocolError
+from .protocol import (
+    Code,
+    Consistency,
+    KeyValue,
+    Limits,
+    ProtocolError,
+    RangeResult,
+    WatchEvent,
+    WriteOpResult,
+)
 
 __all__ = [
     "AsyncClient",
@@ -72,6 +81,7 @@ __all__ = [
     "NotFound",
     "PutOp",
     "RangeOp",
+    "RangeResult",
     "ScanResult",
     "SessionExpired",
     "TooLarge",
@@ -79,6 +89,8 @@ __all__ = [
     "Unavailable",
     "Watch",
     "WatchEnded",
+    "WatchEvent",
+    "WriteOpResult",
     "WriteResult",
 ]
 
@@ -116,7 +128,7 @@ class TxnResult:
     revision after the txn."""
 
     succeeded: bool
-    responses: tuple[p.RangeResult | p.WriteOpResult, ...]
+    responses: tuple[RangeResult | WriteOpResult, ...]
     revision: int
 
 

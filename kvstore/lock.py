@@ -29,8 +29,8 @@ from kvstore.client import (
     KeyValue,
     PutOp,
     RangeOp,
+    RangeResult,
 )
-from kvstore.protocol import RangeResult
 
 __all__ = ["Fenced", "LockHeld", "fenced_put", "release", "try_acquire"]
 
