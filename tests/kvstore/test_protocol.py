@@ -12,6 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstore import protocol as p
+from kvstore.commands import (
+    MAX_TTL_MS,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeleteOp,
+    PutOp,
+    RangeOp,
+)
 from kvstore.protocol import Code, Consistency, Limits, Op, ProtocolError
 
 LIMITS = Limits(max_frame_bytes=64 << 10, max_key_bytes=64, max_value_bytes=1024)
@@ -47,7 +56,51 @@ def cas_requests(draw: st.DrawFn) -> p.Cas:
     )
 
 
+compares = st.builds(
+    Compare, key, st.just(CompareTarget.VALUE), st.sampled_from(CompareOp), value
+) | st.builds(
+    Compare,
+    key,
+    st.sampled_from([t for t in CompareTarget if t is not CompareTarget.VALUE]),
+    st.sampled_from(CompareOp),
+    uint,
+)
+range_ops = st.builds(
+    RangeOp, key, st.none() | key, st.none() | st.integers(1, LIMITS.max_scan_limit)
+)
+write_ops = st.builds(PutOp, key, value, uint) | st.builds(DeleteOp, key)
+
+
+@st.composite
+def txn_requests(draw: st.DrawFn) -> p.Txn:
+    def branch() -> tuple[RangeOp | PutOp | DeleteOp, ...]:
+        ops = draw(st.lists(range_ops | write_ops, max_size=4))
+        out, written = [], set()
+        for op in ops:
+            if isinstance(op, RangeOp) or op.key not in written:
+                out.append(op)
+                if not isinstance(op, RangeOp):
+                    written.add(op.key)
+        return tuple(out)
+
+    success, failure = branch(), branch()
+    writes = not all(isinstance(op, RangeOp) for op in success + failure)
+    return p.Txn(
+        id=draw(rid),
+        compares=tuple(draw(st.lists(compares, max_size=3))),
+        success=success,
+        failure=failure,
+        session=draw(sessions()) if writes else None,
+    )
+
+
 requests = st.one_of(
+    txn_requests(),
+    st.builds(p.LeaseGrant, id=rid, ttl_ms=st.integers(1, MAX_TTL_MS), session=sessions()),
+    st.builds(p.LeaseKeepAlive, id=rid, lease=st.integers(1, p.MAX_INT - 1), session=sessions()),
+    st.builds(p.LeaseRevoke, id=rid, lease=st.integers(1, p.MAX_INT - 1), session=sessions()),
+    st.builds(p.Watch, id=rid, key=key, end=st.none() | key, start_revision=st.none() | uint),
+    st.builds(p.WatchCancel, id=rid, watch=uint),
     st.builds(p.Get, id=rid, key=key, consistency=consistency),
     st.builds(
         p.Scan,
@@ -74,6 +127,7 @@ kvs = st.builds(
     create_revision=uint,
     mod_revision=uint,
     version=uint,
+    lease=uint,
 )
 node = st.text(min_size=1, max_size=16)
 error_codes = st.sampled_from([c for c in Code if c not in (Code.OK, Code.COMPARE_FAILED)])
@@ -84,15 +138,56 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
     i = draw(rid)
     kind = draw(
         st.sampled_from(
-            ["error", "get", "scan", "write", "cas_failed", "status", "transfer", "members"]
+            [
+                "error",
+                "get",
+                "scan",
+                "write",
+                "cas_failed",
+                "status",
+                "transfer",
+                "members",
+                "txn",
+                "lease",
+                "watch",
+                "ok",
+            ]
         )
     )
+    if kind == "txn":
+        results = st.builds(
+            p.RangeResult, kvs=st.lists(kvs, max_size=3).map(tuple), more=st.booleans()
+        ) | st.builds(p.WriteOpResult, prev=st.none() | kvs)
+        resp: p.Response = p.TxnResponse(
+            id=i,
+            succeeded=draw(st.booleans()),
+            responses=tuple(draw(st.lists(results, max_size=4))),
+            revision=draw(uint),
+        )
+        return resp, Op.TXN
+    if kind == "lease":
+        op = draw(st.sampled_from([Op.LEASE_GRANT, Op.LEASE_KEEPALIVE]))
+        return p.LeaseResponse(id=i, lease=draw(uint), ttl_ms=draw(uint)), op
+    if kind == "watch":
+        events = st.builds(p.WatchEvent, type=st.sampled_from(["put", "delete"]), kv=kvs)
+        resp = p.WatchEvents(
+            id=i, events=tuple(draw(st.lists(events, max_size=4))), revision=draw(uint)
+        )
+        return resp, Op.WATCH
+    if kind == "ok":
+        return p.OkResponse(id=i), Op.WATCH_CANCEL
     if kind == "error":
         code = draw(error_codes)
         leader = draw(st.none() | node) if code is Code.NOT_LEADER else None
         addr = draw(st.none() | st.just("127.0.0.1:7001")) if code is Code.NOT_LEADER else None
-        resp: p.Response = p.ErrorResponse(
-            id=i, code=code, message=draw(st.text(max_size=20)), leader=leader, leader_addr=addr
+        compact = draw(st.none() | uint) if code is Code.COMPACTED else None
+        resp = p.ErrorResponse(
+            id=i,
+            code=code,
+            message=draw(st.text(max_size=20)),
+            leader=leader,
+            leader_addr=addr,
+            compact_revision=compact,
         )
         return resp, draw(st.sampled_from(list(Op)))
     if kind == "get":
@@ -106,7 +201,7 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
         )
         return resp, Op.SCAN
     if kind == "write":
-        op = draw(st.sampled_from([Op.PUT, Op.DELETE, Op.CAS]))
+        op = draw(st.sampled_from([Op.PUT, Op.DELETE, Op.CAS, Op.LEASE_REVOKE]))
         return p.WriteResponse(id=i, revision=draw(uint), prev=draw(st.none() | kvs)), op
     if kind == "cas_failed":
         resp = p.CompareFailedResponse(id=i, revision=draw(uint), current=draw(st.none() | kvs))
@@ -200,6 +295,8 @@ def _req(**fields: Any) -> bytes:
 
 
 SESSION = {"client": CLIENT, "seq": 1, "ack": 0}
+PUT_K = {"op": "put", "key": b"k", "value": b"v"}
+RANGE_K = {"op": "range", "key": b"k"}
 
 
 @pytest.mark.parametrize(
@@ -241,8 +338,31 @@ SESSION = {"client": CLIENT, "seq": 1, "ack": 0}
         ({"id": 1, "op": "scan", "start": b"", "limit": 0}, Code.BAD_REQUEST),
         ({"id": 1, "op": "scan", "start": b"", "end": b"x" * 65}, Code.TOO_LARGE),
         ({"id": 1, "op": "status", "key": b"k"}, Code.BAD_REQUEST),
+        # txn: a session if and only if it writes; a branch writes a key once
+        ({"id": 1, "op": "txn", "success": [PUT_K]}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "txn", "success": [RANGE_K], **SESSION}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "txn", "success": [PUT_K, {"op": "delete", "key": b"k"}], **SESSION},
+         Code.BAD_REQUEST),
+        ({"id": 1, "op": "txn", "compare": [{"key": b"k", "target": "size", "op": "=",
+          "value": 1}]}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "txn", "compare": [{"key": b"k", "target": "version", "op": "=",
+          "value": b"1"}]}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "txn", "compare": [{"key": b"k", "target": "value", "op": "~",
+          "value": b"1"}]}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "txn", "success": [{"op": "increment", "key": b"k"}]}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "txn", "success": [{"op": "range", "key": b"k", "limit": 0}]},
+         Code.BAD_REQUEST),
+        ({"id": 1, "op": "txn", "success": [{**PUT_K, "value": b"v" * 1025}], **SESSION},
+         Code.TOO_LARGE),
+        ({"id": 1, "op": "txn", "success": "not-an-array"}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "lease_grant", "ttl_ms": 0, **SESSION}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "lease_revoke", "lease": 0, **SESSION}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "lease_keepalive", "lease": 5}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "watch", "key": b""}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "watch", "key": b"k", "start_revision": -1}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "watch_cancel"}, Code.BAD_REQUEST),
     ],
-)
+)  # fmt: skip
 def test_bad_request_is_answered_with_its_id(fields: dict[str, Any], code: Code) -> None:
     with pytest.raises(ProtocolError) as info:
         p.decode_request(_req(**fields), LIMITS)
