@@ -279,3 +279,39 @@ def test_watch_ends_with_watch_ended_when_the_server_goes() -> None:
                 await c.close()
 
     run(body)
+
+
+def test_a_retried_txn_applies_once_and_gets_its_first_answer() -> None:
+    """The response to a write txn is lost after it applied: the client retries with the
+    same seq, and the session table answers with the cached result (exactly once)."""
+
+    async def body() -> None:
+        async with cluster("n1") as (n,):
+            c = client(n)
+            try:
+                await c.put("ctr", "0")
+                n.engine.drop_responses = 1
+                r = await c.txn(
+                    [Compare(b"ctr", VALUE, EQ, b"0")],
+                    [PutOp(b"ctr", b"1"), PutOp(b"log", b"once")],
+                    [RangeOp(b"ctr", None, None)],
+                )
+                assert r.succeeded and r.revision == 2  # the first application's answer
+                assert n.sm.revision == 2 and (await c.get("log")).version == 1
+            finally:
+                await c.close()
+
+    run(body)
+
+
+def test_state_machine_restores_a_format_1_snapshot() -> None:
+    import msgpack  # type: ignore[import-untyped]
+
+    sm = KVStateMachine()
+    old = msgpack.packb([1, 7, 1234, [3, [[b"k", b"v", 1, 3, 2]]], []], use_bin_type=True)
+    sm.restore(old)
+    assert sm.applied_index == 7 and sm.revision == 3 and sm.get(b"k") is not None
+    assert sm.compacted_revision == 3 and sm.lease_count == 0
+    cid = b"c" * 16
+    r = sm.apply(8, encode_command(Header(cid, 1, 0, 2000), LeaseGrant(100)))
+    assert r.data[0] == 1  # lease ids start afresh
