@@ -74,7 +74,8 @@ and rises to the highest revision any of its segments delivered.
   transaction never writes a key twice).
 - ``lagging``: after the final head read, a watcher's received-up-to is below the head:
   it never caught up although nothing was in its way. A watcher whose last segment was
-  refused as ``COMPACTED`` is exempt (noted): compaction legitimately ends a watch.
+  refused as ``COMPACTED`` is exempt (noted): compaction legitimately ends a watch; but
+  what it never saw was never checked, so the verdict is then unknown, not valid.
 - ``stale-head``: an ``ok`` put that completed before the head read was invoked created a
   revision above the head read: the head read returned a revision older than one already
   acknowledged.
@@ -591,6 +592,7 @@ def check_watch(ops: Sequence[Operation]) -> WatchResult:
             _missing(found, key, value, rev, op, missed)
 
     caught: dict[str, bool | None] = {}
+    unverified = False  # a watcher compaction stopped short of the head
     if head is not None and head_op is not None:
         for w in watchers.values():
             upto = w.upto if w.upto is not None else 0
@@ -598,6 +600,7 @@ def check_watch(ops: Sequence[Operation]) -> WatchResult:
             if upto >= head:
                 continue
             if w.compacted:
+                unverified = True
                 notes.append(
                     f"watcher {w.name} was refused as compacted on its last segment; it is "
                     f"not required to reach head {head} (received up to {upto})"
@@ -616,7 +619,8 @@ def check_watch(ops: Sequence[Operation]) -> WatchResult:
     if bad:
         notes.append(f"{len(bad)} malformed record value(s) ignored, e.g. {bad[0]}")
     anomalies, counts = found.ordered()
-    valid: bool | None = False if counts else (None if head is None or not accepted else True)
+    unknown = head is None or not accepted or unverified
+    valid: bool | None = False if counts else (None if unknown else True)
     coverage = tuple(
         WatcherCoverage(
             name=w.name,
