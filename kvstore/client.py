@@ -868,8 +868,8 @@ class AsyncClient:
 
 class Watch:
     """A watch stream: ``async for events in watch`` yields batches of
-    ``protocol.WatchEvent`` in revision order (an empty batch confirms the watch or
-    reports progress). ``revision`` is the revision through which everything has been
+    ``protocol.WatchEvent`` in revision order (the first batch may be empty: it
+    confirms the watch). ``revision`` is the revision through which everything has been
     delivered. Iteration ends after ``close()``; it raises Compacted if the start is
     gone from the history, and WatchEnded if the node or connection goes away."""
 
@@ -938,7 +938,8 @@ def _check_limits(req: p.Request, limits: Limits) -> None:
 
 class Client:
     """Synchronous client: an AsyncClient on a private event loop in a daemon thread.
-    Same methods and errors as AsyncClient; safe to call from several threads."""
+    Same methods and errors as AsyncClient except ``watch`` (a stream: use the
+    AsyncClient); safe to call from several threads."""
 
     def __init__(self, endpoints: list[str], **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
@@ -999,6 +1000,23 @@ class Client:
                 expected_version=expected_version,
             )
         )
+
+    def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        return self._run(self._async.txn(compare, success, failure))
+
+    def lease_grant(self, ttl_ms: int) -> Lease:
+        return self._run(self._async.lease_grant(ttl_ms))
+
+    def lease_keepalive(self, lease: int) -> Lease:
+        return self._run(self._async.lease_keepalive(lease))
+
+    def lease_revoke(self, lease: int) -> WriteResult:
+        return self._run(self._async.lease_revoke(lease))
 
     def status(self, endpoint: str | None = None) -> NodeStatus:
         return self._run(self._async.status(endpoint))

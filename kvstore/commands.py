@@ -510,4 +510,6 @@ def encode_command(header: Header, cmd: Command) -> bytes:
     data: bytes = msgpack.packb(
         [FORMAT_VERSION, tag, _header_obj(header), *args], use_bin_type=True
     )
+    if len(data) > MAX_COMMAND_BYTES:
+        raise CommandError(f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")
     return data

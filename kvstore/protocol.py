@@ -374,8 +374,8 @@ class Watch:
     """Stream every change to keys in ``(key, end)`` (as for a range; ``end=None``: the
     key alone) from ``start_revision`` (None: from the next write). The answers are
     ``WatchEvents`` frames carrying this request's id until the stream ends with an
-    error frame: COMPACTED (history gone; ``compact_revision`` says how far),
-    CANCELED (``watch_cancel``) or UNAVAILABLE (the node is shutting down)."""
+    error frame, COMPACTED (history gone; ``compact_revision`` says how far) or
+    CANCELED (``watch_cancel``), or the connection closes (the node shut down)."""
 
     id: int
     key: bytes
@@ -974,7 +974,9 @@ def _lease_id(f: _Fields) -> int:
 
 
 def _maps(f: _Fields, name: str) -> tuple[dict[str, Obj], ...]:
-    v = f.m.get(name, ())
+    v = f.m.get(name)
+    if v is None:  # absent and nil mean the same (§1)
+        return ()
     if type(v) is not tuple or any(type(x) is not dict for x in v):
         f.fail(Code.BAD_REQUEST, f"field {name!r} must be an array of maps")
     return v
@@ -1001,7 +1003,7 @@ def _txn(f: _Fields, rid: int, limits: Limits) -> Txn:
         branches.append(ops)
     success, failure = branches
     writes = not all(isinstance(op, RangeOp) for op in success + failure)
-    has_session = any(name in f.m for name in _SESSION)
+    has_session = any(f.m.get(name) is not None for name in _SESSION)
     if writes != has_session:
         f.fail(Code.BAD_REQUEST, "a txn carries a session if and only if it writes")
     return Txn(

@@ -59,8 +59,10 @@ from .commands import (
     LeaseKeepAlive,
     LeaseRevoke,
     Put,
+    RangeOp,
     Tick,
     Txn,
+    TxnOp,
     encode_command,
 )
 from .mvcc import END_OF_KEYSPACE, Compacted, Event, EventType
@@ -330,6 +332,9 @@ class ClientServer:
                         await conn.send(p.encode_response(frame))
                 first = False
                 next_rev = through + 1
+                if next_rev <= self._sm.revision:
+                    await asyncio.sleep(0)  # more history behind: keep sending, fairly
+                    continue
                 await wake.wait()
             cancel = _error(req.id, Code.CANCELED, "watch cancelled")
             await conn.send(p.encode_response(cancel))
@@ -385,8 +390,8 @@ class ClientServer:
                     return self._read(req)
                 case p.Txn() if req.read_only:
                     await self._engine.read_barrier(self._timeout)
-                    txn = Txn(req.compares, req.success, req.failure)
-                    return _txn_response(req.id, self._sm.read_txn(txn))
+                    txn = self._bounded_txn(req)
+                    return self._fit(_txn_response(req.id, self._sm.read_txn(txn)), True)
                 case (
                     p.Put()
                     | p.Delete()
@@ -459,7 +464,7 @@ class ClientServer:
             case p.Cas():
                 cmd = Cas(req.key, req.expected_value, req.expected_version, req.new_value)
             case p.Txn():
-                cmd = Txn(req.compares, req.success, req.failure)
+                cmd = self._bounded_txn(req)
             case p.LeaseGrant():
                 cmd = LeaseGrant(req.ttl_ms)
             case p.LeaseKeepAlive():
@@ -471,11 +476,57 @@ class ClientServer:
             raise TypeError(f"engine returned {type(result).__name__}, not a Result")
         if result.code is ResultCode.OK:
             if isinstance(req, p.Txn):
-                return _txn_response(req.id, result)
+                return self._fit(_txn_response(req.id, result), False)
             if isinstance(req, p.LeaseGrant | p.LeaseKeepAlive):
                 lease, ttl_ms = result.data
                 return p.LeaseResponse(id=req.id, lease=lease, ttl_ms=ttl_ms)
         return _write_response(req.id, result)
+
+    def _bounded_txn(self, req: p.Txn) -> Txn:
+        """The txn with every range limited to ``max_scan_limit`` keys (as a scan is), so
+        no answer, and no cached result in a session, grows without bound."""
+        cap = self._limits.max_scan_limit
+
+        def bound(ops: tuple[TxnOp, ...]) -> tuple[TxnOp, ...]:
+            return tuple(
+                RangeOp(op.key, op.end, min(op.limit or cap, cap))
+                if isinstance(op, RangeOp)
+                else op
+                for op in ops
+            )
+
+        return Txn(req.compares, bound(req.success), bound(req.failure))
+
+    def _fit(self, resp: p.Response, read_only: bool) -> p.Response:
+        """A txn answer that fits one frame. A read-only txn that does not is refused
+        (TOO_LARGE, definite: nothing changed). A writing txn has been applied, so its
+        answer must still arrive: its range results are cut, last keys first, and
+        marked ``more`` (as a scan cut to fit a frame is)."""
+        if not isinstance(resp, p.TxnResponse):
+            return resp
+        budget = self._limits.max_frame_bytes - _RESPONSE_SLACK
+        size = sum(_result_size(r) for r in resp.responses)
+        if size <= budget:
+            return resp
+        if read_only:
+            msg = f"the txn's ranges return ~{size} bytes, over the frame limit; use limits"
+            return _error(resp.id, Code.TOO_LARGE, msg)
+        out: list[p.RangeResult | p.WriteOpResult] = []
+        for r in resp.responses:
+            if isinstance(r, p.RangeResult):
+                kept: list[p.KeyValue] = []
+                share = budget // max(1, len(resp.responses))
+                for kv in r.kvs:
+                    share -= len(kv.key) + len(kv.value) + _KV_OVERHEAD
+                    if share < 0:
+                        break
+                    kept.append(kv)
+                more = r.more or len(kept) < len(r.kvs)
+                r = p.RangeResult(kvs=tuple(kept), more=more)
+            out.append(r)
+        return p.TxnResponse(
+            id=resp.id, succeeded=resp.succeeded, responses=tuple(out), revision=resp.revision
+        )
 
     def _status(self, req: p.Status) -> p.Response:
         st = self._engine.status()
@@ -583,6 +634,13 @@ def _kv(kv: StoredKV) -> p.KeyValue:
         version=kv.version,
         lease=kv.lease,
     )
+
+
+def _result_size(r: p.RangeResult | p.WriteOpResult) -> int:
+    if isinstance(r, p.RangeResult):
+        return sum(len(kv.key) + len(kv.value) + _KV_OVERHEAD for kv in r.kvs) + 16
+    prev = r.prev
+    return 16 if prev is None else len(prev.key) + len(prev.value) + _KV_OVERHEAD
 
 
 def _event(ev: Event) -> p.WatchEvent:

@@ -286,3 +286,10 @@ def test_oversize_input_rejected_before_unpacking() -> None:
 def test_non_bytes_input_is_a_command_error() -> None:
     with pytest.raises(CommandError):
         decode_command("text")  # type: ignore[arg-type]
+
+
+def test_encoding_refuses_a_command_no_replica_would_decode() -> None:
+    big = b"v" * MAX_VALUE_LEN
+    txn = Txn((), tuple(PutOp(b"k%d" % i, big) for i in range(5)), ())
+    with pytest.raises(CommandError, match="exceeds"):
+        encode_command(H, txn)

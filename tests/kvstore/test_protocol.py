@@ -485,3 +485,11 @@ def test_mutated_requests_raise_only_protocol_error(req: p.Request, data: st.Dat
     name = data.draw(st.sampled_from([*m, "extra"]))
     m[name] = data.draw(values)
     _all_decoders(msgpack.packb(m, use_bin_type=True))
+
+
+def test_nil_means_absent_in_txn_fields() -> None:
+    req = p.decode_request(
+        _req(id=1, op="txn", compare=None, success=[RANGE_K], failure=None, client=None),
+        LIMITS,
+    )
+    assert isinstance(req, p.Txn) and req.session is None and req.compares == ()

@@ -20,6 +20,7 @@ from kvstore.client import (
     NotFound,
     PutOp,
     RangeOp,
+    TooLarge,
     WatchEnded,
 )
 from kvstore.commands import Header, LeaseGrant, Tick, Txn, encode_command
@@ -315,3 +316,56 @@ def test_state_machine_restores_a_format_1_snapshot() -> None:
     cid = b"c" * 16
     r = sm.apply(8, encode_command(Header(cid, 1, 0, 2000), LeaseGrant(100)))
     assert r.data[0] == 1  # lease ids start afresh
+
+
+def test_a_watch_far_behind_catches_up_without_new_writes() -> None:
+    """More history than one batch behind the watcher: the stream must keep sending
+    until it is current, not wait for the next write."""
+
+    async def body() -> None:
+        async with cluster("n1") as (n,):
+            c = client(n)
+            try:
+                for i in range(2500):  # straight into the engine: fast, same history
+                    put = Txn((), (PutOp(b"h/%d" % i, b"v"),), ())
+                    await n.engine.propose(encode_command(Header(b"w" * 16, i + 1, i, 0), put), 1)
+                watch = await c.watch("h/", prefix=True, start_revision=1)
+                seen = 0
+                async with asyncio.timeout(10):
+                    async for batch in watch:
+                        seen += len(batch)
+                        if watch.revision >= 2500:
+                            break
+                assert seen == 2500
+                await watch.close()
+            finally:
+                await c.close()
+
+    run(body)
+
+
+def test_txn_ranges_are_bounded_and_fit_one_frame() -> None:
+    """A range without a limit returns at most max_scan_limit keys; a read-only txn
+    whose answer cannot fit a frame is refused (nothing changed), a writing one is
+    applied and its reads are cut and marked ``more``."""
+
+    async def body() -> None:
+        async with cluster("n1") as (n,):
+            c = client(n)
+            try:
+                big = b"x" * 10_000  # 10 such values are over the 64 KiB test frame
+                for i in range(12):
+                    await c.put(f"b/{i:02d}", big)
+                with pytest.raises(TooLarge):
+                    await c.txn([], [RangeOp(b"b/", b"b0", None)])
+                r = await c.txn([], [RangeOp(b"b/", b"b0", None), PutOp(b"w", b"1")])
+                assert r.succeeded and (await c.get("w")).value == b"1"
+                cut, _ = r.responses
+                assert isinstance(cut, p.RangeResult) and cut.more and 0 < len(cut.kvs) < 12
+                small = await c.txn([], [RangeOp(b"b/", b"b0", 2)])
+                (two,) = small.responses
+                assert isinstance(two, p.RangeResult) and len(two.kvs) == 2 and two.more
+            finally:
+                await c.close()
+
+    run(body)
