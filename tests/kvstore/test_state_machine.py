@@ -15,7 +15,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvstore.commands import Cas, Command, Delete, Header, Noop, Put, encode_command
+from kvstore.commands import (
+    Cas,
+    Command,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    Delete,
+    DeleteOp,
+    Header,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
+    Noop,
+    Put,
+    PutOp,
+    RangeOp,
+    Tick,
+    Txn,
+    encode_command,
+)
 from kvstore.mvcc import KeyValue
 from kvstore.state_machine import KVStateMachine, Result, ResultCode, SnapshotError
 from raft.engine import StateMachine
@@ -311,8 +330,48 @@ commands: st.SearchStrategy[Command] = st.one_of(
 )
 
 
+compares = st.builds(
+    Compare,
+    st.sampled_from(KEYS),
+    st.sampled_from(list(CompareTarget)),
+    st.sampled_from(list(CompareOp)),
+    st.sampled_from([0, 1, 2, 3]),
+).map(lambda c: Compare(c.key, c.target, c.op, b"1") if c.target is CompareTarget.VALUE else c)
+leases = st.integers(1, 4)
+txn_ops = st.one_of(
+    st.builds(RangeOp, st.sampled_from(KEYS), st.sampled_from([None, b"\x00"]), st.none()),
+    st.builds(PutOp, st.sampled_from(KEYS), small_values, st.just(0) | leases),
+    st.builds(DeleteOp, st.sampled_from(KEYS)),
+)
+
+
+def _one_write_per_key(
+    ops: list[RangeOp | PutOp | DeleteOp],
+) -> tuple[RangeOp | PutOp | DeleteOp, ...]:
+    seen: set[bytes] = set()
+    out = []
+    for op in ops:
+        if isinstance(op, RangeOp) or op.key not in seen:
+            out.append(op)
+            if not isinstance(op, RangeOp):
+                seen.add(op.key)
+    return tuple(out)
+
+
+branches = st.lists(txn_ops, max_size=3).map(_one_write_per_key)
+# Everything the state machine applies: transactions, leases expiring by the clock, Tick.
+rich_commands: st.SearchStrategy[Command] = st.one_of(
+    commands,
+    st.builds(Txn, st.lists(compares, max_size=2).map(tuple), branches, branches),
+    st.builds(LeaseGrant, st.sampled_from([200, 1000, 5000])),
+    st.builds(LeaseKeepAlive, leases),
+    st.builds(LeaseRevoke, leases),
+    st.just(Tick()),
+)
+
+
 @st.composite
-def logs(draw: st.DrawFn) -> list[bytes]:
+def logs(draw: st.DrawFn, cmds: st.SearchStrategy[Command] = commands) -> list[bytes]:
     """A log: mostly well-formed commands with small seqs (so duplicates, gaps, stale
     acks and reopened sessions are common) from more clients than ``max_sessions``, a
     leader clock that creeps, jumps past the TTL and sometimes lags, and some garbage."""
@@ -335,16 +394,18 @@ def logs(draw: st.DrawFn) -> list[bytes]:
             draw(st.integers(max(0, seq - 3), seq - 1)),
             max(0, base - draw(st.sampled_from([0, 0, 0, 300]))),
         )
-        log.append(encode_command(header, draw(commands)))
+        log.append(encode_command(header, draw(cmds)))
     return log
 
 
 def new_sm() -> KVStateMachine:
-    return KVStateMachine(session_ttl_ms=1500, max_sessions=3, max_results_per_session=3)
+    return KVStateMachine(
+        session_ttl_ms=1500, max_sessions=3, max_results_per_session=3, history_limit=6
+    )
 
 
 @settings(max_examples=300, deadline=None)
-@given(logs(), st.data())
+@given(logs(rich_commands), st.data())
 def test_replicas_are_deterministic_across_snapshot_restore(
     log: list[bytes], data: st.DataObject
 ) -> None:
@@ -368,6 +429,9 @@ def test_replicas_are_deterministic_across_snapshot_restore(
     for i, e in enumerate(log[cut:], cut + 1):
         assert d.apply(i, e) == results[i - 1]
     assert d.snapshot() == a.snapshot()
+    # The restored replica serves watches from the same history.
+    start = a.compacted_revision + 1
+    assert d.events_since(start, b"\x01", b"\x00") == a.events_since(start, b"\x01", b"\x00")
 
 
 @settings(max_examples=200, deadline=None)
