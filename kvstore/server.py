@@ -18,19 +18,19 @@ client affects another.
 Writes become commands (kvstore/commands.py) carrying the client's session and this
 node's wall clock, and go through ``Engine.propose``; linearizable reads (and read-only
 transactions) wait for ``Engine.read_barrier`` and then read the local state machine.
+Engine errors map onto codes by what they promise: NotLeader and ProposalDropped
+certainly did not apply (NOT_LEADER / UNAVAILABLE), TimeoutError may have (TIMEOUT).
 
 Watches are streams: one task per watch reads the state machine's event history from
-the watcher's next revision, sends what it finds, and sleeps until the state machine
-applies another write (``add_listener``). Reading from the history rather than pushing
-each event as it is applied makes the stream gap-free by construction, and a slow
-watcher costs nothing but its place in the history: one that falls behind the
+the watcher's next revision, sends what it finds, and once caught up sleeps until the
+state machine applies another write (``add_listener``). Reading from the history rather
+than pushing each event as it is applied makes the stream gap-free by construction, and
+a slow watcher costs nothing but its place in the history: one that falls behind the
 compaction point gets COMPACTED instead of a silent gap.
 
 Leases expire by the replicated clock, which moves only when commands apply; so while
 this node leads, a ticker proposes a ``Tick`` whenever the earliest lease deadline has
-passed by its wall clock. Engine errors map onto
-codes by what they promise: NotLeader and ProposalDropped certainly did not apply
-(NOT_LEADER / UNAVAILABLE), TimeoutError may have (TIMEOUT).
+passed by its wall clock.
 """
 
 from __future__ import annotations
@@ -308,14 +308,13 @@ class ClientServer:
         wake = asyncio.Event()
         self._watch_wakeups.add(wake)
         conn.watches[req.id] = wake
-        end = req.end
         next_rev = req.start_revision or self._sm.revision + 1
         first = True
         try:
             while req.id in conn.watches:
                 wake.clear()
                 try:
-                    events, through = self._sm.events_since(next_rev, req.key, end)
+                    events, through = self._sm.events_since(next_rev, req.key, req.end)
                 except Compacted as exc:
                     msg = f"revision {next_rev} is compacted (history starts after "
                     msg += f"{exc.compacted_revision})"
