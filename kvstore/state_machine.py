@@ -80,6 +80,7 @@ from kvstore.commands import (
     CompareTarget,
     Delete,
     DeleteOp,
+    Header,
     LeaseGrant,
     LeaseKeepAlive,
     LeaseRevoke,
@@ -317,13 +318,14 @@ class KVStateMachine:
             return self._result(ResultCode.BAD_COMMAND, message=str(exc))
         before = self._store.revision
         try:
-            return self._apply(header.client_id, header.seq, header.ack_seq, header.now_ms, cmd)
+            return self._apply(header, cmd)
         finally:
             if self._store.revision != before:
                 self._notify()
 
-    def _apply(self, client_id: bytes, seq: int, ack_seq: int, now_ms: int, cmd: Command) -> Result:
-        self._advance_clock(now_ms)
+    def _apply(self, header: Header, cmd: Command) -> Result:
+        client_id, seq = header.client_id, header.seq
+        self._advance_clock(header.now_ms)
         if isinstance(cmd, Tick):
             return self._result(ResultCode.OK)  # idempotent: no session needed
         session = self._sessions.get(client_id)
@@ -333,7 +335,7 @@ class KVStateMachine:
             session = self._open_session(client_id)
         else:
             self._touch(client_id, session)
-        session.acknowledge(ack_seq)
+        session.acknowledge(header.ack_seq)
         cached = session.results.get(seq)
         if cached is not None:
             return cached
