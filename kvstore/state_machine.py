@@ -348,7 +348,7 @@ class KVStateMachine:
     def _execute(self, cmd: Command) -> Result:
         store = self._store
         match cmd:
-            case Noop() | Tick():
+            case Noop():
                 return self._result(ResultCode.OK)
             case Put(key, value):
                 prev = store.get(key)
