@@ -229,6 +229,14 @@ _NEMESIS_HELP = (
     help="Seconds of linearizability search before 'unknown'.",
 )
 @click.option("--keep-data", is_flag=True, help="Keep node data directories of a valid run.")
+@click.option(
+    "--net",
+    type=click.Choice(["proxy", "netns"]),
+    default="proxy",
+    show_default=True,
+    help="How peer links are made: proxy (harness proxies, no root) or netns (a network "
+    "namespace per node, faults by the kernel; Linux and root only).",
+)
 def run_command(
     workload: str,
     nemesis: str,
@@ -246,6 +254,7 @@ def run_command(
     election_ticks: int,
     check_time_limit: float,
     keep_data: bool,
+    net: str,
 ) -> None:
     """Run WORKLOAD against a fresh local cluster while the NEMESIS injects faults,
     then check the history and write the evidence to a run directory.
@@ -273,6 +282,7 @@ def run_command(
         election_ticks=election_ticks,
         check_time_limit=check_time_limit,
         keep_data=keep_data,
+        net=net,
         command=shlex.join(["jepsen-like", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else "",
     )
     try:

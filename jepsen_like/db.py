@@ -6,7 +6,9 @@ the nodes are ``kv node`` processes on 127.0.0.1, started and stopped through
 file: identical except that every other node's ``peer_address`` is the proxy for the
 link from this node (see :mod:`jepsen_like.proxy`), while its own is its real listen
 address. Clients dial the nodes' client addresses directly, as Jepsen's clients do:
-faults sit between the nodes, not between clients and nodes.
+faults sit between the nodes, not between clients and nodes. With ``--net netns`` a
+:class:`Placement` (:mod:`jepsen_like.netns`) puts each node in a network namespace of
+its own instead, at a real address its peers dial directly.
 
 Every pid this module starts is remembered in :data:`STARTED` until it is known dead,
 and an ``atexit`` hook SIGKILLs any survivor, so an interrupted run (Ctrl-C, a test
@@ -23,22 +25,49 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvstore.client import AsyncClient, Members
 from kvstore.cluster import OUT_FILE, pid_alive, spawn_node, stop_pid, wait_for_leader
-from kvstore.config import ClusterConfig, load_config
+from kvstore.config import ClusterConfig, NodeConfig, load_config
 
-__all__ = ["STARTED", "DBError", "LocalDB", "free_ports", "kill_survivors", "render_config"]
+__all__ = [
+    "STARTED",
+    "DBError",
+    "LocalDB",
+    "Placement",
+    "free_ports",
+    "kill_survivors",
+    "node_ids",
+    "render_config",
+]
 
 Address = tuple[str, int]
+Spawner = Callable[[str, Path, NodeConfig, Sequence[str]], int]
+"""(node id, config path, its config, extra ``kv node`` args) -> pid of the node."""
 STARTED: set[int] = set()
 """Pids started by this process and not yet seen dead (the atexit safety net)."""
 
 
 class DBError(Exception):
     """The cluster could not be brought to the state asked for."""
+
+
+def node_ids(n: int) -> list[str]:
+    return [f"n{i}" for i in range(1, n + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where nodes listen and how they start when they do not run on 127.0.0.1 behind
+    proxies (``--net netns``: :meth:`jepsen_like.netns.NetnsNet.placement`)."""
+
+    peer: Mapping[str, Address]  # each node's real peer listen address
+    client: Mapping[str, Address]
+    spawn: Spawner
+    header: Sequence[str]  # the comment that opens each node's config
 
 
 def free_ports(count: int) -> list[int]:
@@ -70,13 +99,19 @@ def render_config(
     client: Mapping[str, Address],
     data_dirs: Mapping[str, Path],
     store: Mapping[str, int] | None = None,
+    header: Sequence[str] | None = None,
 ) -> str:
     """cluster.toml text as ``me`` must see the cluster: ``peer`` holds, for every node,
-    the address ``me`` dials for it (a proxy) and, for ``me``, its real listen address.
+    the address ``me`` dials for it (a proxy, or with ``--net netns`` its real address)
+    and, for ``me``, its real listen address. ``header``: the opening comment lines.
     Same schema as :func:`kvstore.config.generate_config`; :func:`load_config` validates."""
+    if header is None:
+        header = [
+            f"# Node {me}'s view of the jepsen-like test cluster: the other nodes' peer",
+            "# addresses are fault-injecting proxies owned by the harness.",
+        ]
     lines = [
-        f"# Node {me}'s view of the jepsen-like test cluster: the other nodes' peer",
-        "# addresses are fault-injecting proxies owned by the harness.",
+        *header,
         "[cluster]",
         f"id = {_toml_str(cluster_id)}",
         f"data_root = {_toml_str(str(data_root))}",
@@ -106,7 +141,8 @@ workloads read it back from revision 1), with room to spare for long runs."""
 
 
 class LocalDB:
-    """``n`` nodes ``n1..nN``; real addresses are chosen at construction."""
+    """``n`` nodes ``n1..nN``; real addresses are chosen at construction (free ports on
+    127.0.0.1, or those of ``placement``, which also says how a node is started)."""
 
     def __init__(
         self,
@@ -115,18 +151,24 @@ class LocalDB:
         *,
         raft: Mapping[str, int | bool | str],
         unsafe: str | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.run_dir = run_dir
-        self.nodes = [f"n{i}" for i in range(1, n + 1)]
+        self.nodes = node_ids(n)
         self.raft = dict(raft)
         self.unsafe = unsafe
-        ports = free_ports(2 * n)
-        self.peer_addresses: dict[str, Address] = {
-            node: ("127.0.0.1", ports[i]) for i, node in enumerate(self.nodes)
-        }
-        self.client_addresses: dict[str, Address] = {
-            node: ("127.0.0.1", ports[n + i]) for i, node in enumerate(self.nodes)
-        }
+        self.placement = placement
+        if placement is None:
+            ports = free_ports(2 * n)
+            self.peer_addresses: dict[str, Address] = {
+                node: ("127.0.0.1", ports[i]) for i, node in enumerate(self.nodes)
+            }
+            self.client_addresses: dict[str, Address] = {
+                node: ("127.0.0.1", ports[n + i]) for i, node in enumerate(self.nodes)
+            }
+        else:
+            self.peer_addresses = {node: placement.peer[node] for node in self.nodes}
+            self.client_addresses = {node: placement.client[node] for node in self.nodes}
         self.data_dirs = {node: run_dir / "data" / node for node in self.nodes}
         self.config_paths = {node: run_dir / "config" / f"{node}.toml" for node in self.nodes}
         self.configs: dict[str, ClusterConfig] = {}
@@ -160,6 +202,7 @@ class LocalDB:
                     client=self.client_addresses,
                     data_dirs=self.data_dirs,
                     store={"history_events": HISTORY_EVENTS},
+                    header=None if self.placement is None else self.placement.header,
                 )
             )
             self.configs[me] = load_config(path)  # the node's own validation, up front
@@ -173,7 +216,11 @@ class LocalDB:
         extra: tuple[str, ...] = () if self.unsafe is None else ("--unsafe", self.unsafe)
         if node in self.wiped:
             extra += ("--join",)
-        pid = spawn_node(self.config_paths[node], self.configs[node].node(node), extra)
+        if self.placement is None:
+            pid = spawn_node(self.config_paths[node], self.configs[node].node(node), extra)
+        else:
+            cfg = self.configs[node].node(node)
+            pid = self.placement.spawn(node, self.config_paths[node], cfg, extra)
         STARTED.add(pid)
         self.pids[node] = pid
         self.paused.discard(node)

@@ -9,7 +9,9 @@ Theory of operation
    every peer link ``i → j`` is routed through its own fault-injecting TCP proxy
    (:mod:`jepsen_like.proxy`), all proxies served by this process's event loop. The
    nodes are real ``kv node`` processes with fsync on, started by pid; the run waits
-   until a majority acknowledges a leader.
+   until a majority acknowledges a leader. (With ``--net netns``, as root on Linux,
+   each node has a real network namespace instead and the kernel makes the faults:
+   :mod:`jepsen_like.netns`.)
 2. **Load and faults, concurrently.** The workload (:mod:`jepsen_like.workloads`) runs
    ``concurrency`` logical clients, each recording ``invoke`` then ``ok``/``fail``/
    ``info`` for every operation in a shared history. The nemesis schedule
@@ -54,9 +56,10 @@ from typing import Any
 
 from jepsen_like.catalog import make_workload, workload_class
 from jepsen_like.checker import CheckResult
-from jepsen_like.db import DBError, LocalDB
+from jepsen_like.db import DBError, LocalDB, node_ids
 from jepsen_like.history import pair_operations
 from jepsen_like.nemesis import Env, Schedule, parse_nemesis
+from jepsen_like.netns import NetnsNet, refusal
 from jepsen_like.proxy import ProxyNet
 from jepsen_like.report import copy_logs, summarize, write_evidence
 from jepsen_like.workloads import (
@@ -83,6 +86,8 @@ NODE_UNSAFE_MODES = ("stale-reads", "lazy-fsync")
 CLIENT_UNSAFE_MODES = {"no-fencing": "lock"}
 """Broken modes of a workload's clients, and the workload each applies to."""
 UNSAFE_MODES = (*NODE_UNSAFE_MODES, *CLIENT_UNSAFE_MODES)
+NETS = ("proxy", "netns")
+"""How peer links are made: harness proxies (default), or real network namespaces."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,7 @@ class RunOptions:
     leader_timeout: float = 30.0
     keep_data: bool = False
     command: str = ""
+    net: str = "proxy"
 
 
 @dataclass(slots=True)
@@ -167,6 +173,10 @@ def validate_options(opts: RunOptions) -> list[str]:
         raise ValueError(f"--unsafe {opts.unsafe} applies to the {needs} workload only")
     if opts.time_limit <= 0 or opts.concurrency < 1 or opts.rate <= 0 or opts.keys < 1:
         raise ValueError("time limit, concurrency, rate and keys must be positive")
+    if opts.net not in NETS:
+        raise ValueError(f"--net must be one of {', '.join(NETS)}")
+    if opts.net == "netns" and (problem := refusal(kinds)) is not None:
+        raise ValueError(problem)  # not root, not Linux, no ip netns, or a fault it lacks
     return kinds
 
 
@@ -183,8 +193,13 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
         "fsync": "always",
     }
     node_unsafe = opts.unsafe if opts.unsafe in NODE_UNSAFE_MODES else None
-    db = LocalDB(run_dir, opts.nodes, raft=raft, unsafe=node_unsafe)
-    net = ProxyNet(db.peer_addresses, seed=seed)
+    net: ProxyNet | NetnsNet
+    if opts.net == "netns":
+        net = NetnsNet(node_ids(opts.nodes))  # addresses chosen; made by net.start()
+        db = LocalDB(run_dir, opts.nodes, raft=raft, unsafe=node_unsafe, placement=net.placement())
+    else:
+        db = LocalDB(run_dir, opts.nodes, raft=raft, unsafe=node_unsafe)
+        net = ProxyNet(db.peer_addresses, seed=seed)
     rec = Recorder(run_dir / "history.jsonl")
     wopts = WorkloadOptions(
         endpoints=tuple(db.endpoints()),
@@ -423,6 +438,8 @@ def _command(opts: RunOptions, seed: int) -> str:
     ]  # fmt: skip
     if opts.unsafe:
         args += ["--unsafe", opts.unsafe]
+    if opts.net != "proxy":
+        args += ["--net", opts.net]
     return shlex.join(args)
 
 
