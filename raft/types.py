@@ -62,7 +62,9 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class HardState:
     """What must be durable before any message that depends on it leaves (§3.8):
-    the current term, the vote cast in it, and the commit index."""
+    the current term and the vote cast in it. The commit index rides along; it is
+    volatile in Raft, so storage may keep an older one on disk (a restarted node
+    learns it again)."""
 
     term: Term = 0
     vote: NodeId | None = None
