@@ -213,3 +213,26 @@ def test_old_snapshot_and_use_after_close_are_refused(tmp_path: Path) -> None:
     st.close()
     with pytest.raises(StorageError):
         st.load()
+
+
+def test_hard_state_file_is_rewritten_for_term_and_vote_not_for_commit_alone(
+    tmp_path: Path,
+) -> None:
+    """Raft needs term and vote durable before messages; the commit index is volatile,
+    so a batch that only advances it costs the WAL's fsync, not the file's two."""
+    s = DiskStorage(tmp_path)
+    s.save(HardState(term=1, vote="n1", commit=0), ents(1, 3, 1), None, True)
+    path = tmp_path / HARD_STATE_FILE
+    written = path.read_bytes()
+    s.save(HardState(term=1, vote="n1", commit=3), (), None, True)
+    assert path.read_bytes() == written, "a commit-only change must not rewrite the file"
+    s.save(HardState(term=2, vote="n2", commit=3), (), None, True)
+    assert path.read_bytes() != written, "a new term and vote must be durable at once"
+    s.save(HardState(term=2, vote="n2", commit=3), ents(4, 4, 2), None, True)
+    s.save(HardState(term=2, vote="n2", commit=4), (), None, True)
+    # Crash now (no close): the node comes back with the old commit, which is safe.
+    crashed = DiskStorage(tmp_path).load()
+    assert crashed.hard_state == HardState(term=2, vote="n2", commit=3)
+    assert [e.index for e in crashed.entries] == [1, 2, 3, 4]
+    s.close()  # a clean close writes the latest commit too
+    assert DiskStorage(tmp_path).load().hard_state.commit == 4
