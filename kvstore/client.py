@@ -48,7 +48,16 @@ from raft.errors import CodecError
 from raft.framing import FrameDecoder, encode_frame
 
 from . import protocol as p
-from .commands import Compare, CompareOp, CompareTarget, DeleteOp, PutOp, RangeOp, TxnOp
+from .commands import (
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeleteOp,
+    PutOp,
+    RangeOp,
+    TxnOp,
+    read_only,
+)
 from .protocol import (
     Code,
     Consistency,
@@ -573,7 +582,7 @@ class AsyncClient:
         either branch it is a linearizable read; otherwise a write (exactly once).
         Raises LeaseNotFound when the chosen branch puts with a lease that is gone."""
         c, ok, ko = tuple(compare), tuple(success), tuple(failure)
-        if all(isinstance(op, RangeOp) for op in ok + ko):
+        if read_only(ok, ko):
             resp = await self._call(
                 lambda rid: p.Txn(id=rid, compares=c, success=ok, failure=ko), None
             )

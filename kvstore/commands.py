@@ -66,8 +66,10 @@ __all__ = [
     "Tick",
     "Txn",
     "TxnOp",
+    "check_branch",
     "decode_command",
     "encode_command",
+    "read_only",
 ]
 
 FORMAT_VERSION = 1
@@ -202,7 +204,20 @@ class Txn:
 
     @property
     def read_only(self) -> bool:
-        return all(isinstance(op, RangeOp) for op in self.success + self.failure)
+        return read_only(self.success, self.failure)
+
+
+def read_only(*branches: tuple[TxnOp, ...]) -> bool:
+    """No put or delete in any of ``branches``: a transaction that is only a read."""
+    return all(isinstance(op, RangeOp) for branch in branches for op in branch)
+
+
+def check_branch(ops: tuple[TxnOp, ...]) -> None:
+    """The one rule on a branch's contents the types do not carry: it writes each key
+    at most once (so a revision has one event per key). Raises CommandError."""
+    written = [op.key for op in ops if not isinstance(op, RangeOp)]
+    if len(set(written)) != len(written):
+        raise CommandError("a Txn branch writes the same key twice")
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,10 +380,8 @@ def _txn(compares: Obj, success: Obj, failure: Obj) -> Txn:
         tuple(_txn_op(o) for o in _array(success, "success")),
         tuple(_txn_op(o) for o in _array(failure, "failure")),
     )
-    for branch in (txn.success, txn.failure):
-        written = [op.key for op in branch if not isinstance(op, RangeOp)]
-        if len(set(written)) != len(written):
-            raise CommandError("a Txn branch writes the same key twice")
+    check_branch(txn.success)
+    check_branch(txn.failure)
     return txn
 
 

@@ -29,6 +29,7 @@ import msgpack  # type: ignore[import-untyped]  # no stubs upstream
 from .commands import (
     MAX_TTL_MS,
     MAX_TXN_OPS,
+    CommandError,
     Compare,
     CompareOp,
     CompareTarget,
@@ -36,6 +37,8 @@ from .commands import (
     PutOp,
     RangeOp,
     TxnOp,
+    check_branch,
+    read_only,
 )
 
 __all__ = [
@@ -345,7 +348,7 @@ class Txn:
 
     @property
     def read_only(self) -> bool:
-        return all(isinstance(op, RangeOp) for op in self.success + self.failure)
+        return read_only(self.success, self.failure)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -997,12 +1000,13 @@ def _txn(f: _Fields, rid: int, limits: Limits) -> Txn:
     branches = []
     for name in ("success", "failure"):
         ops = tuple(_txn_op(m, rid, limits) for m in _maps(f, name))
-        written = [op.key for op in ops if not isinstance(op, RangeOp)]
-        if len(set(written)) != len(written):
-            f.fail(Code.BAD_REQUEST, f"{name} writes the same key twice")
+        try:
+            check_branch(ops)
+        except CommandError as exc:
+            f.fail(Code.BAD_REQUEST, f"{name}: {exc}")
         branches.append(ops)
     success, failure = branches
-    writes = not all(isinstance(op, RangeOp) for op in success + failure)
+    writes = not read_only(success, failure)
     has_session = any(f.m.get(name) is not None for name in _SESSION)
     if writes != has_session:
         f.fail(Code.BAD_REQUEST, "a txn carries a session if and only if it writes")
