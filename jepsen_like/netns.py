@@ -85,7 +85,7 @@ from pathlib import Path
 
 from jepsen_like.db import Placement
 from jepsen_like.proxy import Grudge, Link
-from kvstore.cluster import OUT_FILE, node_command
+from kvstore.cluster import spawn_node
 from kvstore.config import NodeConfig
 
 __all__ = [
@@ -105,10 +105,6 @@ _PREFIX = "jl"
 _DEV = "eth0"  # each node's interface, inside its namespace
 _NOWHERE_MAC = "02:00:00:00:00:00"  # locally administered, owned by no interface
 _CMD_TIMEOUT_S = 10.0
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# Spawned nodes' Popen objects, kept referenced: one garbage-collected while its process
-# runs would be polled (and the pid reaped) by the subprocess module's own cleanup.
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class NetnsError(OSError):
@@ -389,28 +385,11 @@ class NetnsNet:
     # ---- processes ------------------------------------------------------------------
 
     def spawn(self, node: str, config_path: Path, cfg: NodeConfig, extra: Sequence[str]) -> int:
-        """Start ``node`` inside its namespace, as :func:`kvstore.cluster.spawn_node`
-        starts it elsewhere (same argv, output file, session and environment), behind
-        ``ip netns exec``, which execs: the pid returned is the node's."""
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+        """Start ``node`` inside its namespace: :func:`kvstore.cluster.spawn_node` behind
+        ``ip netns exec``, which execs, so the pid returned is the node's."""
+        return spawn_node(
+            config_path, cfg, extra, wrapper=["ip", "netns", "exec", self.namespaces[node]]
         )
-        argv = node_command(config_path.resolve(), node, extra)
-        with open(cfg.data_dir / OUT_FILE, "ab") as out:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.namespaces[node], *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=config_path.resolve().parent,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
-        _children[proc.pid] = proc
-        return proc.pid
 
     # ---- faults (the nemesis's Net) -------------------------------------------------
 

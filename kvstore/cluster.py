@@ -189,9 +189,16 @@ def running_pid(node: NodeConfig, config_path: Path) -> int | None:
     return None
 
 
-def spawn_node(config_path: Path, node: NodeConfig, extra_args: Sequence[str] = ()) -> int:
+def spawn_node(
+    config_path: Path,
+    node: NodeConfig,
+    extra_args: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
+) -> int:
     """Start ``node`` as a detached background process; returns its pid. ``extra_args``
-    go to ``kv node`` (e.g. ``["--log-level", "DEBUG"]``)."""
+    go to ``kv node`` (e.g. ``["--log-level", "DEBUG"]``). ``wrapper`` is a command
+    that must exec the node in its own process (``ip netns exec NS``), so the pid is
+    still the node's."""
     node.data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     # The node runs ``-m cli.main``: make the project importable even without an install.
@@ -200,7 +207,7 @@ def spawn_node(config_path: Path, node: NodeConfig, extra_args: Sequence[str] = 
     )
     with open(node.data_dir / OUT_FILE, "ab") as out:
         proc = subprocess.Popen(
-            node_command(config_path.resolve(), node.id, extra_args),
+            [*wrapper, *node_command(config_path.resolve(), node.id, extra_args)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
