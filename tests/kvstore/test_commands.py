@@ -41,6 +41,7 @@ from kvstore.commands import (
     decode_command,
     encode_command,
 )
+from tests.kvstore.txn_strategies import one_write_per_key
 
 keys = st.binary(min_size=1, max_size=64)
 values = st.binary(max_size=256)
@@ -66,20 +67,8 @@ range_ops = st.builds(RangeOp, keys, st.none() | keys, st.none() | st.integers(1
 write_ops = st.builds(PutOp, keys, values, ints) | st.builds(DeleteOp, keys)
 
 
-@st.composite
-def branches(draw: st.DrawFn) -> tuple[RangeOp | PutOp | DeleteOp, ...]:
-    ops = draw(st.lists(range_ops | write_ops, max_size=6))
-    seen: set[bytes] = set()
-    out = []
-    for op in ops:  # a branch writes each key at most once
-        if isinstance(op, RangeOp) or op.key not in seen:
-            out.append(op)
-            if not isinstance(op, RangeOp):
-                seen.add(op.key)
-    return tuple(out)
-
-
-txns = st.builds(Txn, st.lists(compares, max_size=4).map(tuple), branches(), branches())
+branches = st.lists(range_ops | write_ops, max_size=6).map(one_write_per_key)
+txns = st.builds(Txn, st.lists(compares, max_size=4).map(tuple), branches, branches)
 leases = st.integers(min_value=1, max_value=MAX_INT - 1)
 commands: st.SearchStrategy[Command] = st.one_of(
     st.just(Noop()),

@@ -20,8 +20,10 @@ from kvstore.commands import (
     DeleteOp,
     PutOp,
     RangeOp,
+    read_only,
 )
 from kvstore.protocol import Code, Consistency, Limits, Op, ProtocolError
+from tests.kvstore.txn_strategies import one_write_per_key
 
 LIMITS = Limits(max_frame_bytes=64 << 10, max_key_bytes=64, max_value_bytes=1024)
 CLIENT = bytes(range(16))
@@ -73,18 +75,9 @@ write_ops = st.builds(PutOp, key, value, uint) | st.builds(DeleteOp, key)
 
 @st.composite
 def txn_requests(draw: st.DrawFn) -> p.Txn:
-    def branch() -> tuple[RangeOp | PutOp | DeleteOp, ...]:
-        ops = draw(st.lists(range_ops | write_ops, max_size=4))
-        out, written = [], set()
-        for op in ops:
-            if isinstance(op, RangeOp) or op.key not in written:
-                out.append(op)
-                if not isinstance(op, RangeOp):
-                    written.add(op.key)
-        return tuple(out)
-
-    success, failure = branch(), branch()
-    writes = not all(isinstance(op, RangeOp) for op in success + failure)
+    branch = st.lists(range_ops | write_ops, max_size=4).map(one_write_per_key)
+    success, failure = draw(branch), draw(branch)
+    writes = not read_only(success, failure)
     return p.Txn(
         id=draw(rid),
         compares=tuple(draw(st.lists(compares, max_size=3))),

@@ -39,6 +39,7 @@ from kvstore.mvcc import KeyValue
 from kvstore.state_machine import KVStateMachine, Result, ResultCode, SnapshotError
 from raft.engine import StateMachine
 from raft.errors import InvariantViolation
+from tests.kvstore.txn_strategies import one_write_per_key
 
 OK = ResultCode.OK
 
@@ -345,20 +346,7 @@ txn_ops = st.one_of(
 )
 
 
-def _one_write_per_key(
-    ops: list[RangeOp | PutOp | DeleteOp],
-) -> tuple[RangeOp | PutOp | DeleteOp, ...]:
-    seen: set[bytes] = set()
-    out = []
-    for op in ops:
-        if isinstance(op, RangeOp) or op.key not in seen:
-            out.append(op)
-            if not isinstance(op, RangeOp):
-                seen.add(op.key)
-    return tuple(out)
-
-
-branches = st.lists(txn_ops, max_size=3).map(_one_write_per_key)
+branches = st.lists(txn_ops, max_size=3).map(one_write_per_key)
 # Everything the state machine applies: transactions, leases expiring by the clock, Tick.
 rich_commands: st.SearchStrategy[Command] = st.one_of(
     commands,
