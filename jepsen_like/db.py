@@ -23,14 +23,20 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kvstore.client import AsyncClient, Members
-from kvstore.cluster import OUT_FILE, pid_alive, spawn_node, stop_pid, wait_for_leader
+from kvstore.cluster import (
+    OUT_FILE,
+    free_ports,
+    pid_alive,
+    spawn_node,
+    stop_pid,
+    wait_for_leader,
+)
 from kvstore.config import ClusterConfig, NodeConfig, load_config
 
 __all__ = [
@@ -68,21 +74,6 @@ class Placement:
     client: Mapping[str, Address]
     spawn: Spawner
     header: Sequence[str]  # the comment that opens each node's config
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 right now (bound together, then
-    released: a small race with other programs, acceptable for a test harness)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _toml_str(value: str) -> str:

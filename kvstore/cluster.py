@@ -51,7 +51,9 @@ __all__ = [
     "busy_addresses",
     "cluster_status",
     "free_base_port",
+    "free_ports",
     "is_node_process",
+    "listen_port_range",
     "node_command",
     "pid_alive",
     "poll_status",
@@ -221,21 +223,55 @@ def spawn_node(
     return proc.pid
 
 
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def listen_port_range() -> tuple[int, int]:
+    """``[low, high)`` of ports to give test servers: below the kernel's ephemeral range
+    where it leaves room (Linux: 32768 up). A port picked inside that range can be taken
+    as the *source* port of any outgoing connection while its node is down -- between
+    the pick and the start, or during a kill and restart -- and the node then cannot
+    bind it again."""
+    try:
+        low = int(_EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default; other systems differ, the bind check still holds
+    return (10000, low) if low > 12000 else (20000, 60000)
+
+
+def _bindable(ports: Iterable[int]) -> bool:
+    try:
+        for port in ports:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
 def free_base_port(n: int = 3, attempts: int = 100) -> int:
     """A base port for ``generate_config(n, base)`` whose peer (base+i) and client
     (base+100+i) ports are all free right now (tests and measurement scripts)."""
     rng = random.Random()
+    low, high = listen_port_range()
     for _ in range(attempts):
-        base = rng.randrange(20000, 60000)
-        ports = [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]
-        try:
-            for port in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
+        base = rng.randrange(low, high - 100 - n)
+        if _bindable(
+            [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]
+        ):
+            return base
     raise ClusterError("no free port range found")
+
+
+def free_ports(count: int, attempts: int = 100) -> list[int]:
+    """``count`` distinct ports in :func:`listen_port_range` free on 127.0.0.1 now."""
+    rng = random.Random()
+    low, high = listen_port_range()
+    for _ in range(attempts):
+        ports = rng.sample(range(low, high), count)
+        if _bindable(ports):
+            return ports
+    raise ClusterError("no free ports found")
 
 
 def busy_addresses(node: NodeConfig) -> list[str]:

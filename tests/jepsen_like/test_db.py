@@ -55,3 +55,17 @@ def test_a_process_that_died_on_its_own_is_reported_once(tmp_path: Path) -> None
     assert "disk on fire" in str(crashes[0]["output"])
     assert db.dead() == db.nodes and db.reap_crashes() == []
     assert db.crashes == crashes
+
+
+def test_free_ports_lie_below_the_ephemeral_range() -> None:
+    """A node's port must not be handed out as the source port of some outgoing
+    connection while the node is down (a kill, then a restart that cannot bind)."""
+    from kvstore.cluster import listen_port_range
+
+    low, high = listen_port_range()
+    assert all(low <= p < high for p in free_ports(20))
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if ephemeral.exists():
+        first_ephemeral = int(ephemeral.read_text().split()[0])
+        if first_ephemeral > 12000:
+            assert high <= first_ephemeral
