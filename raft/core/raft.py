@@ -212,6 +212,12 @@ class Raft:
             return
         if self.role is Role.LEADER:
             return
+        if self._unapplied_conf_change():
+            # etcd's guard (raft.go hup): until this node has applied every committed
+            # membership change it would count votes in a configuration the cluster
+            # has already left.
+            self._debug("cannot campaign: committed conf changes are not applied yet")
+            return
         if self.cfg.pre_vote and not (transfer or skip_pre_vote):
             self._become_pre_candidate()
             vote_term, pre = self.term + 1, True
@@ -234,6 +240,14 @@ class Raft:
                     transfer=transfer,
                 )
             )
+
+    def _unapplied_conf_change(self) -> bool:
+        """A membership change is committed but not yet applied here."""
+        lo = max(self.log.applied, self.log.offset) + 1
+        if self.log.committed < lo:
+            return False
+        pending = self.log.slice(lo, self.log.committed + 1)
+        return any(e.kind is EntryKind.CONF_CHANGE for e in pending)
 
     def _tally_votes(self) -> bool:
         """Act on the election outcome; True when it was decided."""
