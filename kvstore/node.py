@@ -27,6 +27,7 @@ from raft.runtime.node import RaftEngine
 from raft.runtime.transport import PeerTransport
 from raft.storage.base import Storage
 from raft.storage.disk import DiskStorage
+from raft.storage.fs import make_dirs
 from raft.storage.write_behind import WriteBehindStorage
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ async def start_node(
     a fresh start does): a wiped node doing so would forget its votes and could
     campaign with a membership the cluster has long left."""
     me = cfg.node(node_id)
-    me.data_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(me.data_dir)
     storage: Storage = DiskStorage(me.data_dir / "raft")
     if unsafe is UnsafeMode.LAZY_FSYNC:
         storage = WriteBehindStorage(storage, LAZY_FSYNC_DELAY_S)
@@ -161,7 +162,7 @@ def main(
     """Entry point of ``kv node``: load and validate config, log to the data dir, run."""
     cfg = load_config(config_path)
     me = cfg.node(node_id)
-    me.data_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(me.data_dir)
     logging.basicConfig(
         filename=log_path(me),
         level=getattr(logging, log_level.upper(), logging.INFO),

@@ -1,32 +1,36 @@
-"""Storage in one directory: ``hardstate`` and ``snapshot`` files plus the WAL segments.
+"""Storage in one directory: the WAL segments (entries and hard state) plus a ``snapshot``
+file.
 
 Ordering is what makes a crash harmless:
 
-* entries are fsynced before the hard state that may commit them is replaced, so a
-  durable commit index never points past the durable log;
+* the hard state travels in the WAL, in the same write as the entries it covers, so
+  one fsync makes term, vote, log and commit durable together, and a durable commit
+  index never points past the durable log;
+* a batch whose commit index passes a membership change is always fsynced (even when
+  the core did not ask for a sync: configuration changes are rare), so a restarted
+  node applies every membership change it applied before the crash and never counts
+  votes in a configuration the cluster has left (docs/ARCHITECTURE.md, "Durability");
 * before a snapshot file is written, everything stored earlier is made durable, so a
   crash cannot pair a new snapshot with an older log that disagrees with it;
 * WAL segments are deleted only after the snapshot covering them is durable.
 
-A hard state saved with ``sync=False`` is only kept in memory until the next sync:
-replacing the file without fsync could leave it empty after a power loss, which would
-stop the node. Losing it is allowed (etcd only skips sync when just the commit index
-moved, and a restarted node relearns that from the leader).
+With ``sync=False`` everything is still written to the OS at once (a killed process
+loses nothing) but may be lost on power loss.
+
+Format 1 (before the hard state moved into the WAL) kept it in a ``hardstate`` file;
+such a directory is migrated on open: its hard state is written to the WAL and synced,
+then the file is removed.
 """
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from raft.codec import (
-    decode_hard_state,
-    decode_snapshot_meta,
-    encode_hard_state,
-    encode_snapshot_meta,
-)
+from raft.codec import decode_hard_state, decode_snapshot_meta, encode_snapshot_meta
 from raft.core.ready import Restored
 from raft.errors import CodecError
 from raft.storage.base import (
@@ -36,11 +40,12 @@ from raft.storage.base import (
     check_local_snapshot,
     check_snapshot,
 )
-from raft.storage.files import HEADER_SIZE, TMP_SUFFIX, fsync_dir, read_checked, write_checked
+from raft.storage.files import HEADER_SIZE, TMP_SUFFIX, read_checked, write_checked
+from raft.storage.fs import OS_FS, FileSystem, make_dirs
 from raft.storage.wal import WAL
-from raft.types import Entry, HardState, Index, Snapshot, SnapshotMeta, Term
+from raft.types import Entry, EntryKind, HardState, Index, Snapshot, SnapshotMeta, Term
 
-HARD_STATE_FILE = "hardstate"
+LEGACY_HARD_STATE_FILE = "hardstate"  # format 1 only
 SNAPSHOT_FILE = "snapshot"
 _META_LEN = struct.Struct(">I")
 
@@ -69,28 +74,40 @@ def decode_snapshot(path: Path | str, payload: bytes) -> Snapshot:
 class DiskStorage:
     """:class:`~raft.storage.base.Storage` on a local directory (one node, one process)."""
 
-    def __init__(self, directory: Path, segment_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, directory: Path, segment_bytes: int = 64 << 20, fs: FileSystem = OS_FS
+    ) -> None:
+        self._fs = fs
         self._dir = Path(directory)
-        if not self._dir.is_dir():
-            self._dir.mkdir(parents=True)
-            fsync_dir(self._dir.parent)
-        for tmp in self._dir.glob("*" + TMP_SUFFIX):
-            tmp.unlink()  # an atomic_write interrupted before its rename
-        self._hs_path = self._dir / HARD_STATE_FILE
+        if not fs.is_dir(self._dir):
+            make_dirs(self._dir, fs)
+        for name in fs.listdir(self._dir):
+            if name.endswith(TMP_SUFFIX):
+                fs.unlink(self._dir / name)  # an atomic_write interrupted before its rename
+        self._legacy_hs_path = self._dir / LEGACY_HARD_STATE_FILE
         self._snap_path = self._dir / SNAPSHOT_FILE
-        self._hs = self._read_hard_state()
-        self._durable_hs = self._hs
         snapshot = self._read_snapshot()
         self._snap: SnapshotMeta = snapshot.meta
-        self._wal, log = WAL.open(self._dir, segment_bytes)
+        legacy = self._read_legacy_hard_state()
+        self._wal, log = WAL.open(self._dir, segment_bytes, fs)
         try:
             entries = self._after_snapshot(log)
-        except CorruptStorage:
+            self._hs = self._wal.state or legacy or HardState()
+            if legacy is not None:
+                self._migrate_legacy_hard_state()
+        except (CorruptStorage, OSError):
             self._wal.close()
             raise
+        # The commit index covered by the last fsync: a batch moving the commit past a
+        # membership change above it must sync.
+        self._durable_commit = self._hs.commit
         # Terms of the stored entries after the snapshot: enough to decide whether a
         # snapshot matches the log, without keeping a second copy of the core's log.
         self._terms: list[Term] = [e.term for e in entries]
+        # Indexes of the stored membership changes after the snapshot, ascending.
+        self._conf_indexes: list[Index] = [
+            e.index for e in entries if e.kind is EntryKind.CONF_CHANGE
+        ]
         # What open() recovered, handed out by the first load() and then dropped.
         self._restored: Restored | None = Restored(self._hs, snapshot, tuple(entries))
         self._closed = False
@@ -106,7 +123,11 @@ class DiskStorage:
 
     def is_empty(self) -> bool:
         """Nothing was ever stored: the caller bootstraps membership."""
-        return not (self._hs_path.exists() or self._snap_path.exists()) and self._wal.is_empty()
+        return (
+            self._wal.state is None
+            and not self._fs.exists(self._snap_path)
+            and self._wal.is_empty()
+        )
 
     @property
     def last_index(self) -> Index:
@@ -147,13 +168,19 @@ class DiskStorage:
         try:
             if snapshot is not None:
                 self._install(snapshot)
+            if entries or hard_state is not None:
+                self._wal.append(entries, hard_state)
             if entries:
-                self._wal.append(entries)
-                del self._terms[entries[0].index - self._snap.index - 1 :]
+                first = entries[0].index
+                del self._terms[first - self._snap.index - 1 :]
                 self._terms.extend(e.term for e in entries)
+                del self._conf_indexes[bisect.bisect_left(self._conf_indexes, first) :]
+                self._conf_indexes.extend(
+                    e.index for e in entries if e.kind is EntryKind.CONF_CHANGE
+                )
             if hard_state is not None:
                 self._hs = hard_state
-            if sync:
+            if sync or self._commit_passes_conf_change():
                 self._sync()
         except OSError as exc:
             self._fail(exc)
@@ -174,11 +201,16 @@ class DiskStorage:
         self._closed = True
         try:
             if self._broken is None:
-                self._sync(commit_too=True)
+                self._sync()
         except OSError as exc:
             self._fail(exc)
         finally:
             self._wal.close()
+
+    def _commit_passes_conf_change(self) -> bool:
+        """The commit moved past a membership change since the last fsync."""
+        k = bisect.bisect_right(self._conf_indexes, self._durable_commit)
+        return k < len(self._conf_indexes) and self._conf_indexes[k] <= self._hs.commit
 
     def _install(self, snapshot: Snapshot) -> None:
         """Persist ``snapshot``, then drop what it covers (the whole log if it disagrees
@@ -187,29 +219,27 @@ class DiskStorage:
         keep_tail = self.term(meta.index) == meta.term
         if not keep_tail and self.last_index > meta.index:
             self._wal.truncate_from(meta.index + 1)
-        self._sync(commit_too=True)
-        write_checked(self._snap_path, encode_snapshot(snapshot))
+        self._sync()
+        write_checked(self._snap_path, encode_snapshot(snapshot), self._fs)
         self._terms = self._terms[meta.index - self._snap.index :] if keep_tail else []
+        cut = bisect.bisect_right(self._conf_indexes, meta.index)
+        self._conf_indexes = self._conf_indexes[cut:] if keep_tail else []
         self._snap = meta
         self._wal.compact(meta.index)
 
-    def _sync(self, *, commit_too: bool = False) -> None:
-        """Make everything stored so far durable: the log first, then the hard state.
-
-        The hard state file is rewritten (two fsyncs: file and directory) only when the
-        term or vote changed, which Raft needs durable before any message that depends
-        on them. A commit index alone is not worth it: it is volatile state in Raft
-        (Figure 2), a restarted node learns it again from the leader, and a stale one on
-        disk only means replaying fewer entries at start-up. So a batch that only
-        advanced the commit costs the WAL's one fsync. ``commit_too`` writes it anyway
-        (at a snapshot and at close, so a clean restart starts where it left off)."""
+    def _sync(self) -> None:
+        """Make everything stored so far durable: one fsync of the WAL, which holds the
+        entries and the hard state alike."""
         self._wal.sync()
-        hs, durable = self._hs, self._durable_hs
-        if (hs.term, hs.vote) != (durable.term, durable.vote) or (
-            commit_too and hs != durable
-        ):
-            write_checked(self._hs_path, encode_hard_state(hs))
-            self._durable_hs = hs
+        self._durable_commit = self._hs.commit
+
+    def _migrate_legacy_hard_state(self) -> None:
+        """Format 1 -> 2: the hard state into the WAL (synced), then the file away."""
+        if self._wal.state is None:
+            self._wal.append((), self._hs)
+            self._wal.sync()
+        self._fs.unlink(self._legacy_hs_path)
+        self._fs.fsync_dir(self._dir)
 
     def _after_snapshot(self, log: list[Entry]) -> list[Entry]:
         index = self._snap.index
@@ -221,18 +251,20 @@ class DiskStorage:
             )
         return log[index + 1 - log[0].index :]
 
-    def _read_hard_state(self) -> HardState:
-        if not self._hs_path.exists():
-            return HardState()
+    def _read_legacy_hard_state(self) -> HardState | None:
+        if not self._fs.exists(self._legacy_hs_path):
+            return None
         try:
-            return decode_hard_state(read_checked(self._hs_path))
+            return decode_hard_state(read_checked(self._legacy_hs_path, self._fs))
         except CodecError as exc:
-            raise CorruptStorage(self._hs_path, HEADER_SIZE, f"bad hard state: {exc}") from exc
+            raise CorruptStorage(
+                self._legacy_hs_path, HEADER_SIZE, f"bad hard state: {exc}"
+            ) from exc
 
     def _read_snapshot(self) -> Snapshot:
-        if not self._snap_path.exists():
+        if not self._fs.exists(self._snap_path):
             return Snapshot()
-        return decode_snapshot(self._snap_path, read_checked(self._snap_path))
+        return decode_snapshot(self._snap_path, read_checked(self._snap_path, self._fs))
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -247,4 +279,10 @@ class DiskStorage:
         raise StorageError(f"{self._dir}: I/O failed, storage unusable: {exc}") from exc
 
 
-__all__ = ["HARD_STATE_FILE", "SNAPSHOT_FILE", "DiskStorage", "decode_snapshot", "encode_snapshot"]
+__all__ = [
+    "LEGACY_HARD_STATE_FILE",
+    "SNAPSHOT_FILE",
+    "DiskStorage",
+    "decode_snapshot",
+    "encode_snapshot",
+]

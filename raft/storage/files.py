@@ -10,12 +10,12 @@ Format: magic ``RKVF`` | version u8 | crc32(payload) u32 | length u64 | payload.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
 
 from raft.storage.base import CorruptStorage
+from raft.storage.fs import OS_FS, FileSystem
 
 MAGIC = b"RKVF"
 VERSION = 1
@@ -24,23 +24,7 @@ HEADER_SIZE = _HEADER.size
 TMP_SUFFIX = ".tmp"
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a directory's entries (created, renamed, removed files) durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """``os.write`` may write less than asked; loop until everything is written."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, fs: FileSystem = OS_FS) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new content.
 
     The temporary is fsynced before the rename (else the rename may reach the disk before
@@ -48,14 +32,14 @@ def atomic_write(path: Path, data: bytes) -> None:
     may be lost).
     """
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    f = fs.open_truncate(tmp)
     try:
-        write_all(fd, data)
-        os.fsync(fd)
+        f.write(data)
+        f.fsync()
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+        f.close()
+    fs.rename(tmp, path)
+    fs.fsync_dir(path.parent)
 
 
 def frame_checked(payload: bytes) -> bytes:
@@ -63,9 +47,9 @@ def frame_checked(payload: bytes) -> bytes:
     return _HEADER.pack(MAGIC, VERSION, zlib.crc32(payload), len(payload)) + payload
 
 
-def write_checked(path: Path, payload: bytes) -> None:
+def write_checked(path: Path, payload: bytes, fs: FileSystem = OS_FS) -> None:
     """Atomically replace ``path`` with a checksummed ``payload``."""
-    atomic_write(path, frame_checked(payload))
+    atomic_write(path, frame_checked(payload), fs)
 
 
 def unframe_checked(path: Path | str, data: bytes) -> bytes:
@@ -87,6 +71,6 @@ def unframe_checked(path: Path | str, data: bytes) -> bytes:
     return payload
 
 
-def read_checked(path: Path) -> bytes:
+def read_checked(path: Path, fs: FileSystem = OS_FS) -> bytes:
     """The payload of a file written by :func:`write_checked`; raises CorruptStorage."""
-    return unframe_checked(path, path.read_bytes())
+    return unframe_checked(path, fs.read_bytes(path))

@@ -8,29 +8,48 @@ first index alone cannot order them: after a conflict a later segment may start 
 earlier one, or at the same index.
 
 A record is ``crc32(type + payload) u32 | len(payload) u32 | type u8 | payload`` (little
-endian). ``ENTRY`` records carry an encoded :class:`Entry`; ``TRUNCATE`` records carry an
-index and drop every entry at or after it. Files are never rewritten in place: replaying
-records in order, an entry with index ``i`` drops every earlier entry with index >= i
-(Raft's conflict truncation, as in etcd), and an entry after a hole starts the log anew
-(the hole is covered by a snapshot the caller stored first).
+endian), of four types:
 
-Recovery: a crash can only damage what was written after the last fsync, which is the
-end of the last segment (a segment is fsynced before the next one is created). So a bad
-record there is a torn write and is truncated away, unless a valid record follows it,
-which a tear cannot explain -- with one exception: an all-zero 512-byte sector in between
-is a page the kernel never wrote back, a tear too (etcd's heuristic). Any other bad record
-is corruption and raises :class:`CorruptStorage`: truncating it would silently lose
-entries this node may have acknowledged.
+* ``ENTRY``: an encoded :class:`Entry`. Replaying in order, an entry with index ``i``
+  drops every earlier entry with index >= i (Raft's conflict truncation, as in etcd),
+  and an entry after a hole starts the log anew (the hole is covered by a snapshot the
+  caller stored first). Files are never rewritten in place.
+* ``TRUNCATE``: an index; drops every entry at or after it.
+* ``STATE``: the hard state (term, vote, commit), written in the same batch as the
+  entries it covers, so one fsync makes both durable (etcd's HardState record) and a
+  restarted node applies -- and adopts the membership of -- everything it had
+  committed. The last one replayed wins. Every segment opens with one, so compaction
+  never deletes the newest.
+* ``SYNCED``: an offset in this segment below which every byte was fsynced. It is
+  written right after each fsync (without one of its own: the next batch's fsync covers
+  it), so the disk itself records which region is known durable.
+
+Recovery: a power loss can only damage what was written after the last fsync, which is
+the end of the last segment (a segment is fsynced before the next one is created). A bad
+record in the last segment at or after the highest ``SYNCED`` mark is a torn write and
+is cut away, unless a valid record follows it that a tear cannot explain -- with one
+exception: an all-zero 512-byte sector in between is a page the kernel never wrote
+back, a tear too (etcd's heuristic). Any other bad record -- in particular one below a
+``SYNCED`` mark, i.e. in fsynced data -- is corruption and raises
+:class:`CorruptStorage`: truncating it would silently lose entries this node may have
+acknowledged. Known limit: the batch fsynced last before a power loss may have lost its
+mark, and media corruption there looks like a tear (docs/ARCHITECTURE.md).
+
+Opening fsyncs the last segment even when nothing was cut: after a process crash the
+unsynced tail is still in the page cache, and the restarted node treats everything it
+reads as durable (it will acknowledge those entries), so it must become durable first.
 
 Compaction deletes the oldest segments while every entry in them is covered by the
 snapshot; deleting only a prefix keeps replay of the rest unchanged above that index.
+The deletions are made durable by the next directory fsync (a segment rotation): one
+that a power loss undoes brings back a segment wholly under the durable snapshot, which
+replay skips, and the next compaction deletes again.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
 import re
 import struct
 import zlib
@@ -38,20 +57,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from raft.codec import decode_entry, encode_entry
+from raft.codec import decode_entry, decode_hard_state, encode_entry, encode_hard_state
 from raft.errors import CodecError
 from raft.storage.base import CorruptStorage
-from raft.storage.files import fsync_dir, write_all
-from raft.types import Entry, Index
+from raft.storage.fs import OS_FS, FileHandle, FileSystem
+from raft.types import Entry, HardState, Index
 
 _log = logging.getLogger(__name__)
 
 ENTRY = 1
 TRUNCATE = 2
+STATE = 3
+SYNCED = 4
+_TYPES = (ENTRY, TRUNCATE, STATE, SYNCED)
 _HEADER = struct.Struct("<IIB")
-_TRUNCATE = struct.Struct("<Q")
+_U64 = struct.Struct("<Q")
 _SEGMENT = re.compile(r"wal-([0-9a-f]{16})-([0-9a-f]{16})\.log")
-_TYPE_BYTE = re.compile(rb"[\x01\x02]")
+_TYPE_BYTE = re.compile(rb"[\x01-\x04]")
 _SECTOR = 512
 _ZERO_SECTOR = bytes(_SECTOR)
 
@@ -84,7 +106,7 @@ def _parse(data: bytes, off: int) -> tuple[int, bytes, int] | None:
     if body > len(data):
         return None
     crc, length, rtype = _HEADER.unpack_from(data, off)
-    if rtype not in (ENTRY, TRUNCATE) or body + length > len(data):
+    if rtype not in _TYPES or body + length > len(data):
         return None
     payload = data[body : body + length]
     if _crc(rtype, payload) != crc:
@@ -115,11 +137,28 @@ def _is_torn(data: bytes, off: int) -> bool:
     return nxt is None or _has_zero_sector(data, off, nxt)
 
 
+def _mark_after(data: bytes, off: int) -> int:
+    """The highest SYNCED mark among the valid records after a bad one at ``off``."""
+    best = 0
+    nxt = _next_valid(data, off + 1)
+    while nxt is not None:
+        rec = _parse(data, nxt)
+        assert rec is not None
+        rtype, payload, end = rec
+        if rtype == SYNCED and len(payload) == _U64.size:
+            (mark,) = _U64.unpack(payload)
+            if mark <= nxt:
+                best = max(best, mark)
+        nxt = end if _parse(data, end) is not None else _next_valid(data, end + 1)
+    return best
+
+
 class _Replay:
     """The log as replay has rebuilt it so far: contiguous, possibly empty."""
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
+        self.state: HardState | None = None
 
     def truncate(self, index: Index) -> None:
         if self.entries:
@@ -134,39 +173,62 @@ class _Replay:
                 self.entries.clear()
         self.entries.append(e)
 
+    @property
+    def last_index(self) -> Index:
+        return self.entries[-1].index if self.entries else 0
+
+
+def _apply_record(seg: Segment, log: _Replay, rtype: int, payload: bytes, off: int) -> None:
+    if rtype == ENTRY:
+        e = decode_entry(payload)
+        if e.index < 1:
+            raise CodecError(f"entry index {e.index}")
+        log.append(e)
+        seg.max_index = max(seg.max_index, e.index)
+    elif rtype == TRUNCATE:
+        (index,) = _U64.unpack(payload)
+        log.truncate(index)
+    elif rtype == STATE:
+        log.state = decode_hard_state(payload)
+    else:
+        (mark,) = _U64.unpack(payload)
+        if mark > off:
+            raise CodecError(f"SYNCED mark {mark} past its own offset {off}")
+
 
 def _scan(seg: Segment, data: bytes, log: _Replay, tail_may_tear: bool) -> int:
     """Replay one segment into ``log``; return the length of its valid prefix."""
     off = 0
+    durable = 0  # the highest SYNCED mark replayed so far
     while off < len(data):
         rec = _parse(data, off)
         if rec is None:
-            if tail_may_tear and _is_torn(data, off):
-                return off
+            if tail_may_tear:
+                mark = max(durable, _mark_after(data, off))
+                if off >= mark and _is_torn(data, off):
+                    return off
+                if off < mark:
+                    raise CorruptStorage(
+                        seg.path, off, f"bad record in data fsynced before (durable to {mark})"
+                    )
             raise CorruptStorage(seg.path, off, "bad record (checksum, length or type)")
         rtype, payload, nxt = rec
         try:
-            if rtype == ENTRY:
-                e = decode_entry(payload)
-                if e.index < 1:
-                    raise CodecError(f"entry index {e.index}")
-                log.append(e)
-                seg.max_index = max(seg.max_index, e.index)
-            else:
-                (index,) = _TRUNCATE.unpack(payload)
-                log.truncate(index)
+            _apply_record(seg, log, rtype, payload, off)
         except (CodecError, struct.error) as exc:
             raise CorruptStorage(seg.path, off, f"undecodable record: {exc}") from exc
+        if rtype == SYNCED:
+            durable = max(durable, _U64.unpack(payload)[0])
         off = nxt
     return off
 
 
-def _list_segments(directory: Path) -> list[Segment]:
+def _list_segments(fs: FileSystem, directory: Path) -> list[Segment]:
     segments = []
-    for path in directory.iterdir():
-        m = _SEGMENT.fullmatch(path.name)
+    for name in fs.listdir(directory):
+        m = _SEGMENT.fullmatch(name)
         if m:
-            segments.append(Segment(int(m[1], 16), int(m[2], 16), path))
+            segments.append(Segment(int(m[1], 16), int(m[2], 16), directory / name))
     segments.sort(key=lambda s: s.seq)
     for prev, seg in itertools.pairwise(segments):
         if seg.seq != prev.seq + 1:
@@ -177,52 +239,69 @@ def _list_segments(directory: Path) -> list[Segment]:
 class WAL:
     """The log files of one node. Writes go straight to the OS; :meth:`sync` fsyncs."""
 
-    def __init__(self, directory: Path, segment_bytes: int, segments: list[Segment]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int,
+        segments: list[Segment],
+        fs: FileSystem = OS_FS,
+        state: HardState | None = None,
+        last_index: Index = 0,
+    ) -> None:
+        self._fs = fs
         self._dir = directory
         self._segment_bytes = segment_bytes
         self._segments = segments
-        self._fd: int | None = None
+        self._file: FileHandle | None = None
         self._dirty = False
+        # The newest hard state written (or replayed): it opens every new segment.
+        self.state = state
+        self._last_index = last_index
         # (path, offset, bytes removed) if open() cut a torn tail; for operators' logs.
         self.truncated_tail: tuple[Path, int, int] | None = None
         if segments:
-            self._fd = os.open(segments[-1].path, os.O_WRONLY | os.O_APPEND)
+            self._file = fs.open_append(segments[-1].path)
 
     @classmethod
-    def open(cls, directory: Path, segment_bytes: int = 64 << 20) -> tuple[WAL, list[Entry]]:
-        """Recover the log in ``directory`` (cutting a torn tail) and open it for appends."""
-        segments = _list_segments(directory)
+    def open(
+        cls, directory: Path, segment_bytes: int = 64 << 20, fs: FileSystem = OS_FS
+    ) -> tuple[WAL, list[Entry]]:
+        """Recover the log in ``directory`` (cutting a torn tail), make what it holds
+        durable, and open it for appends. The replayed hard state is ``wal.state``."""
+        segments = _list_segments(fs, directory)
         log = _Replay()
         torn: tuple[Path, int, int] | None = None
         for seg in segments:
-            data = seg.path.read_bytes()
+            data = fs.read_bytes(seg.path)
             seg.size = _scan(seg, data, log, tail_may_tear=seg is segments[-1])
             if seg.size < len(data):
                 torn = (seg.path, seg.size, len(data) - seg.size)
-                with open(seg.path, "r+b") as f:
-                    f.truncate(seg.size)
-                    f.flush()
-                    os.fsync(f.fileno())
+        wal = cls(directory, segment_bytes, segments, fs, log.state, log.last_index)
         if torn is not None:
             # Expected after a crash mid-write (the record was never acknowledged), but
             # an operator should be able to see that it happened and how much was cut.
             _log.warning("%s: cut a torn tail of %d bytes at offset %d", torn[0], torn[2], torn[1])
-        wal = cls(directory, segment_bytes, segments)
+            assert wal._file is not None
+            wal._file.truncate(torn[1])
         wal.truncated_tail = torn
+        if wal._file is not None:
+            wal._dirty = True
+            wal.sync()
         return wal, log.entries
 
     def read(self) -> list[Entry]:
         """Replay every segment; after :meth:`open` any bad record is corruption."""
         log = _Replay()
         for seg in self._segments:
-            _scan(seg, seg.path.read_bytes(), log, tail_may_tear=False)
+            _scan(seg, self._fs.read_bytes(seg.path), log, tail_may_tear=False)
         return log.entries
 
     def is_empty(self) -> bool:
         return all(seg.size == 0 for seg in self._segments)
 
-    def append(self, entries: Sequence[Entry]) -> None:
-        """Write ``entries``; stored entries at or after ``entries[0].index`` are replaced."""
+    def append(self, entries: Sequence[Entry], state: HardState | None = None) -> None:
+        """Write ``entries`` (stored entries at or after ``entries[0].index`` are
+        replaced), then ``state``, in one write."""
         buf = bytearray()
         for e in entries:
             rec = _record(ENTRY, encode_entry(e))
@@ -230,6 +309,12 @@ class WAL:
             buf += rec
             seg = self._segments[-1]
             seg.max_index = max(seg.max_index, e.index)
+            self._last_index = e.index
+        if state is not None:
+            rec = _record(STATE, encode_hard_state(state))
+            self._make_room(buf, len(rec), self._last_index + 1)
+            buf += rec
+            self.state = state
         self._write(buf)
 
     def truncate_from(self, index: Index) -> None:
@@ -237,30 +322,34 @@ class WAL:
         if not self._segments:
             return
         buf = bytearray()
-        rec = _record(TRUNCATE, _TRUNCATE.pack(index))
+        rec = _record(TRUNCATE, _U64.pack(index))
         self._make_room(buf, len(rec), index)
         self._write(buf + rec)
+        self._last_index = min(self._last_index, index - 1)
 
     def sync(self) -> None:
-        """fsync what was written since the last sync: one fsync per batch."""
-        if self._dirty and self._fd is not None:
-            os.fsync(self._fd)
+        """fsync what was written since the last sync (one fsync per batch), then record
+        on disk that it is durable (a SYNCED mark, itself covered by the next fsync)."""
+        if not self._dirty or self._file is None:
+            return
+        self._file.fsync()
         self._dirty = False
+        seg = self._segments[-1]
+        mark = _record(SYNCED, _U64.pack(seg.size))
+        self._file.write(mark)
+        seg.size += len(mark)
 
     def compact(self, index: Index) -> None:
-        """Delete the oldest segments whose entries are all at or below ``index``.
-
-        Oldest first, fsyncing the directory after each, so a crash leaves a contiguous
-        run of segments. The segment being appended to is never deleted.
-        """
+        """Delete the oldest segments whose entries are all at or below ``index``,
+        oldest first. The segment being appended to is never deleted. (No directory
+        fsync: see the module docstring.)"""
         while len(self._segments) > 1 and self._segments[0].max_index <= index:
-            self._segments.pop(0).path.unlink()
-            fsync_dir(self._dir)
+            self._fs.unlink(self._segments.pop(0).path)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     @property
     def segments(self) -> tuple[Segment, ...]:
@@ -275,21 +364,26 @@ class WAL:
         self._write(buf)
         buf.clear()
         self._rotate(first_index)
+        if self.state is not None:
+            buf += _record(STATE, encode_hard_state(self.state))
 
     def _write(self, buf: bytes | bytearray) -> None:
         if buf:
-            assert self._fd is not None
-            write_all(self._fd, buf)
+            assert self._file is not None
+            self._file.write(buf)
             self._segments[-1].size += len(buf)
             self._dirty = True
 
     def _rotate(self, first_index: Index) -> None:
         # Recovery treats any bad record in a non-last segment as corruption, so the
-        # current segment must be complete on disk before a later one can exist.
-        self.sync()
+        # current segment must be complete on disk before a later one can exist (and
+        # gets no SYNCED mark, which would be written after that fsync).
+        if self._file is not None:
+            self._file.fsync()  # also covers the last SYNCED mark
+            self._dirty = False
         self.close()
         seq = self._segments[-1].seq + 1 if self._segments else 1
         path = self._dir / segment_name(seq, first_index)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        fsync_dir(self._dir)
+        self._file = self._fs.open_append(path, create=True)
+        self._fs.fsync_dir(self._dir)
         self._segments.append(Segment(seq, first_index, path))

@@ -6,7 +6,8 @@ import pytest
 
 from raft.core.ready import Restored
 from raft.storage import CorruptStorage, DiskStorage, StorageError
-from raft.storage.disk import HARD_STATE_FILE, SNAPSHOT_FILE
+from raft.storage.disk import SNAPSHOT_FILE
+from raft.storage.simfs import SimFileSystem
 from raft.types import HardState, Snapshot
 
 from .helpers import ents, flip, snap
@@ -49,31 +50,25 @@ def test_conflict_truncation(tmp_path: Path) -> None:
     assert DiskStorage(tmp_path).load().entries == want
 
 
-def test_group_commit_fsyncs_once_per_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import raft.storage.wal as wal_module
-
-    st = DiskStorage(tmp_path)
-    st.save(None, ents(1, 1, 1), None, sync=True)  # segment creation is not measured
-    calls: list[int] = []
-    real = wal_module.os.fsync
-    monkeypatch.setattr(wal_module.os, "fsync", lambda fd: calls.append(fd) or real(fd))
-    st.save(None, ents(2, 500, 1), None, sync=True)
-    assert len(calls) == 1
-    st.save(None, ents(501, 600, 1), None, sync=False)
-    assert len(calls) == 1
+def test_group_commit_fsyncs_once_per_batch() -> None:
+    fs = SimFileSystem()
+    st = DiskStorage(Path("/n1"), fs=fs)
+    st.save(HS, ents(1, 1, 1), None, sync=True)  # segment creation is not measured
+    before = fs.fsyncs
+    st.save(HardState(3, "n2", 1), ents(2, 500, 1), None, sync=True)
+    assert fs.fsyncs == before + 1, "entries and hard state share one fsync"
+    st.save(HardState(3, "n2", 2), ents(501, 600, 1), None, sync=False)
+    assert fs.fsyncs == before + 1
     st.close()
 
 
-def test_unsynced_hard_state_is_written_by_the_next_sync(tmp_path: Path) -> None:
+def test_hard_state_survives_a_kill_without_sync(tmp_path: Path) -> None:
+    """fsync = "never": term and vote are written (not fsynced) whenever they change,
+    so kill -9 forgets no vote (a regression: they used to be written only at close)."""
     st = DiskStorage(tmp_path)
     st.save(HS, ents(1, 2, 1), None, sync=False)
-    assert not (tmp_path / HARD_STATE_FILE).exists()
     assert st.load().hard_state == HS
-    st.save(None, (), None, sync=True)
-    assert (tmp_path / HARD_STATE_FILE).exists()
-    st.close()
+    # kill -9: the object is dropped without close; the page cache keeps the writes.
     assert DiskStorage(tmp_path).load().hard_state == HS
 
 
@@ -90,8 +85,8 @@ def test_segment_rotation_and_restart(tmp_path: Path) -> None:
 
 def test_torn_tail_recovered_on_reopen(tmp_path: Path) -> None:
     st = DiskStorage(tmp_path)
-    st.save(HS, ents(1, 10, 1), None, sync=True)
-    st.close()
+    st.save(HS, ents(1, 9, 1), None, sync=True)
+    st.save(None, ents(10, 10, 1), None, sync=False)  # then power fails mid-write
     [path] = segments(tmp_path)
     path.write_bytes(path.read_bytes()[:-5] + b"\xffgarbage")
     st = DiskStorage(tmp_path)
@@ -100,6 +95,19 @@ def test_torn_tail_recovered_on_reopen(tmp_path: Path) -> None:
     st.save(None, ents(10, 12, 2), None, sync=True)
     st.close()
     assert DiskStorage(tmp_path).load().entries == tuple(ents(1, 9, 1) + ents(10, 12, 2))
+
+
+def test_damage_to_the_last_synced_batch_is_corruption_not_a_tear(tmp_path: Path) -> None:
+    """The SYNCED mark written after the fsync proves the batch durable: damage there
+    cannot be a torn write, so it must stop the node rather than drop the entries."""
+    st = DiskStorage(tmp_path)
+    st.save(HS, ents(1, 10, 1), None, sync=True)
+    st.close()
+    [path] = segments(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-40] + b"\xffgarbage" + data[-31:])
+    with pytest.raises(CorruptStorage):
+        DiskStorage(tmp_path)
 
 
 def test_corruption_in_the_middle_stops_the_node(tmp_path: Path) -> None:
@@ -113,9 +121,9 @@ def test_corruption_in_the_middle_stops_the_node(tmp_path: Path) -> None:
     assert path.name in str(info.value) and info.value.offset > 0
 
 
-@pytest.mark.parametrize("name", [HARD_STATE_FILE, SNAPSHOT_FILE])
+@pytest.mark.parametrize("name", [SNAPSHOT_FILE])
 @pytest.mark.parametrize("offset", [0, 25, -1])
-def test_corrupt_hard_state_or_snapshot_raises(tmp_path: Path, name: str, offset: int) -> None:
+def test_corrupt_snapshot_raises(tmp_path: Path, name: str, offset: int) -> None:
     st = DiskStorage(tmp_path)
     st.save(HS, ents(1, 5, 1), None, sync=True)
     st.save_snapshot(snap(3, 1, b"some state machine image"))
@@ -215,24 +223,15 @@ def test_old_snapshot_and_use_after_close_are_refused(tmp_path: Path) -> None:
         st.load()
 
 
-def test_hard_state_file_is_rewritten_for_term_and_vote_not_for_commit_alone(
-    tmp_path: Path,
-) -> None:
-    """Raft needs term and vote durable before messages; the commit index is volatile,
-    so a batch that only advances it costs the WAL's fsync, not the file's two."""
+def test_commit_travels_with_the_entries(tmp_path: Path) -> None:
+    """The commit index is written in the WAL batch with the entries, so a restart
+    (even after kill -9) applies everything it had committed."""
     s = DiskStorage(tmp_path)
     s.save(HardState(term=1, vote="n1", commit=0), ents(1, 3, 1), None, True)
-    path = tmp_path / HARD_STATE_FILE
-    written = path.read_bytes()
-    s.save(HardState(term=1, vote="n1", commit=3), (), None, True)
-    assert path.read_bytes() == written, "a commit-only change must not rewrite the file"
-    s.save(HardState(term=2, vote="n2", commit=3), (), None, True)
-    assert path.read_bytes() != written, "a new term and vote must be durable at once"
+    s.save(HardState(term=1, vote="n1", commit=3), (), None, False)
     s.save(HardState(term=2, vote="n2", commit=3), ents(4, 4, 2), None, True)
-    s.save(HardState(term=2, vote="n2", commit=4), (), None, True)
-    # Crash now (no close): the node comes back with the old commit, which is safe.
-    crashed = DiskStorage(tmp_path).load()
-    assert crashed.hard_state == HardState(term=2, vote="n2", commit=3)
+    s.save(HardState(term=2, vote="n2", commit=4), (), None, False)
+    crashed = DiskStorage(tmp_path).load()  # no close: a kill -9
+    assert crashed.hard_state == HardState(term=2, vote="n2", commit=4)
     assert [e.index for e in crashed.entries] == [1, 2, 3, 4]
-    s.close()  # a clean close writes the latest commit too
-    assert DiskStorage(tmp_path).load().hard_state.commit == 4
+    s.close()

@@ -1,0 +1,284 @@
+"""A simulated filesystem with the crash models the storage code must survive.
+
+The simulator runs the real :class:`~raft.storage.disk.DiskStorage` over this, so what a
+crash keeps is decided by what that code actually fsynced, not by a storage twin that is
+more durable than a disk (FoundationDB's approach: swap only the lowest I/O layer).
+
+Crash models (docs/ARCHITECTURE.md, "Durability"):
+
+* **Process crash** (kill -9, OOM): the page cache survives, so nothing here changes;
+  the caller just drops its storage object without closing it.
+* **Power loss** (:meth:`SimFileSystem.power_loss`): a file keeps what a completed fsync
+  covered; of what it received since, a prefix survives at page granularity (a random
+  number of pages, in offset order, which for append-only files is write order), the
+  first lost page possibly torn (garbage or zeros), and a file that grew may keep its
+  new length with the lost pages read back as zeros. A created, renamed or removed name
+  survives only if its directory was fsynced afterwards; otherwise the directory's
+  entries revert to what its last fsync saw.
+* **Media corruption** (:meth:`SimFileSystem.corrupt`): a sector of durable data zeroed
+  or bit-flipped, a separate fault that the storage must detect, never absorb.
+* **Failing fsync** (:attr:`SimFileSystem.fail_fsync`): the next fsync raises EIO; the
+  storage must stop (the page cache state after a failed fsync is unknown).
+
+Paths are compared as strings; only absolute or consistently relative paths are used.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+from pathlib import Path
+
+from raft.storage.fs import FileHandle
+
+PAGE = 4096
+SECTOR = 512
+
+
+def _parent(p: str) -> str:
+    return str(Path(p).parent)
+
+
+class _Inode:
+    """A file's content as processes see it (``data``) and as the medium holds it."""
+
+    __slots__ = ("data", "dirty_from", "durable")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.durable = bytearray()
+        # Lowest offset changed since the last fsync, or None when data == durable.
+        self.dirty_from: int | None = None
+
+    def touch(self, offset: int) -> None:
+        self.dirty_from = offset if self.dirty_from is None else min(self.dirty_from, offset)
+
+    def fsync(self) -> None:
+        lo = self.dirty_from
+        if lo is None:
+            return
+        del self.durable[lo:]
+        self.durable += self.data[lo:]
+        self.dirty_from = None
+
+    def lose_unsynced(self, rng: random.Random) -> None:
+        lo = self.dirty_from
+        if lo is None:
+            return
+        data, durable = self.data, self.durable
+        page0 = lo - lo % PAGE
+        pages = -(-(len(data) - page0) // PAGE)
+        keep = rng.randint(0, pages)
+        end = min(len(data), page0 + keep * PAGE) if keep else lo
+        if end >= len(data):  # every write since the fsync reached the medium
+            self.durable = bytearray(data)
+        else:
+            out = bytearray(durable)
+            if len(out) < end:
+                out.extend(bytes(end - len(out)))
+            out[lo:end] = data[lo:end]
+            roll = rng.random()
+            if roll < 0.4:  # the first lost page is torn: part garbage or zeros
+                n = rng.randint(1, min(PAGE, len(data) - end))
+                junk = rng.randbytes(n) if rng.random() < 0.5 else bytes(n)
+                if len(out) < end + n:
+                    out.extend(bytes(end + n - len(out)))
+                out[end : end + n] = junk
+            elif roll < 0.6 and len(out) < len(data):  # size updated, pages never written
+                out.extend(bytes(len(data) - len(out)))
+            self.durable = out
+        self.data = bytearray(self.durable)
+        self.dirty_from = None
+
+
+class _SimFile:
+    __slots__ = ("_fs", "_inode", "_open")
+
+    def __init__(self, fs: SimFileSystem, inode: _Inode) -> None:
+        self._fs = fs
+        self._inode = inode
+        self._open = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._open, "write to a closed file"
+        ino = self._inode
+        ino.touch(len(ino.data))
+        ino.data += data
+        self._fs.bytes_written += len(data)
+
+    def fsync(self) -> None:
+        assert self._open, "fsync of a closed file"
+        self._fs.check_fsync()
+        self._inode.fsync()
+
+    def truncate(self, size: int) -> None:
+        ino = self._inode
+        if size < len(ino.data):
+            ino.touch(size)
+            del ino.data[size:]
+        elif size > len(ino.data):
+            ino.touch(len(ino.data))
+            ino.data.extend(bytes(size - len(ino.data)))
+
+    def close(self) -> None:
+        self._open = False
+
+
+class SimFileSystem:
+    """One machine's disk. See the module docstring for the crash models."""
+
+    def __init__(self) -> None:
+        # name -> inode as processes see them, and as the directories' last fsync saw.
+        self._files: dict[str, _Inode] = {}
+        self._durable_files: dict[str, _Inode] = {}
+        self._dirs: set[str] = {"/", "."}
+        self._durable_dirs: set[str] = {"/", "."}
+        self.fail_fsync = False  # the next fsync (file or directory) raises EIO
+        self.fsyncs = 0
+        self.bytes_written = 0
+
+    # ---- FileSystem ----------------------------------------------------------------
+
+    def exists(self, path: Path) -> bool:
+        p = str(path)
+        return p in self._files or p in self._dirs
+
+    def is_dir(self, path: Path) -> bool:
+        return str(path) in self._dirs
+
+    def mkdir(self, path: Path) -> None:
+        p = str(path)
+        if p in self._dirs or p in self._files:
+            raise FileExistsError(errno.EEXIST, "exists", p)
+        if str(path.parent) not in self._dirs:
+            raise FileNotFoundError(errno.ENOENT, "no parent directory", p)
+        self._dirs.add(p)
+
+    def listdir(self, path: Path) -> list[str]:
+        d = str(path)
+        if d not in self._dirs:
+            raise FileNotFoundError(errno.ENOENT, "no such directory", d)
+        names = [Path(p).name for p in self._files if _parent(p) == d]
+        names += [Path(p).name for p in self._dirs if p != d and _parent(p) == d]
+        return sorted(names)
+
+    def read_bytes(self, path: Path) -> bytes:
+        return bytes(self._inode(path).data)
+
+    def open_append(self, path: Path, *, create: bool = False) -> FileHandle:
+        p = str(path)
+        if create:
+            if p in self._files:
+                raise FileExistsError(errno.EEXIST, "exists", p)
+            self._check_parent(path)
+            self._files[p] = _Inode()
+        return _SimFile(self, self._inode(path))
+
+    def open_truncate(self, path: Path) -> FileHandle:
+        p = str(path)
+        ino = self._files.get(p)
+        if ino is None:
+            self._check_parent(path)
+            ino = self._files[p] = _Inode()
+        f = _SimFile(self, ino)
+        f.truncate(0)
+        return f
+
+    def rename(self, src: Path, dst: Path) -> None:
+        ino = self._inode(src)
+        del self._files[str(src)]
+        self._files[str(dst)] = ino
+
+    def unlink(self, path: Path) -> None:
+        self._inode(path)
+        del self._files[str(path)]
+
+    def fsync_dir(self, path: Path) -> None:
+        d = str(path)
+        if d not in self._dirs:
+            raise FileNotFoundError(errno.ENOENT, "no such directory", d)
+        self.check_fsync()
+        durable = self._durable_files
+        for p in [p for p in durable if _parent(p) == d]:
+            del durable[p]
+        for p, ino in self._files.items():
+            if _parent(p) == d:
+                durable[p] = ino
+        self._durable_dirs -= {p for p in self._durable_dirs if p != d and _parent(p) == d}
+        self._durable_dirs |= {p for p in self._dirs if p != d and _parent(p) == d}
+
+    # ---- faults ------------------------------------------------------------------------
+
+    def check_fsync(self) -> None:
+        self.fsyncs += 1
+        if self.fail_fsync:
+            self.fail_fsync = False
+            raise OSError(errno.EIO, "injected fsync failure")
+
+    def power_loss(self, rng: random.Random) -> None:
+        """The machine loses power: keep only what the crash model says survives."""
+        dirs = {d for d in self._durable_dirs if self._reachable(d, self._durable_dirs)}
+        files = {p: ino for p, ino in sorted(self._durable_files.items()) if _parent(p) in dirs}
+        seen: set[int] = set()
+        for _, ino in sorted(files.items()):
+            if id(ino) not in seen:
+                seen.add(id(ino))
+                ino.lose_unsynced(rng)
+        self._files = dict(files)
+        self._durable_files = dict(files)
+        self._dirs = set(dirs)
+        self._durable_dirs = set(dirs)
+
+    def corrupt(self, path: Path, rng: random.Random, lo: int = 0, hi: int | None = None) -> int:
+        """Damage durable data in ``[lo, hi)``: zero a whole sector inside it, or flip
+        one bit. Returns the damaged offset, or -1 if nothing was damaged."""
+        ino = self._inode(path)
+        end = min(len(ino.durable), len(ino.data), hi if hi is not None else len(ino.data))
+        if end <= lo:
+            return -1
+        off = rng.randrange(lo, end)
+        start = off - off % SECTOR
+        stop = min(start + SECTOR, len(ino.data))
+        if rng.random() < 0.5 and start >= lo and stop <= end:  # a whole sector zeroed
+            if not any(ino.data[start:stop]):
+                return -1  # already zeros: nothing to damage
+            for buf in (ino.data, ino.durable):
+                buf[start:stop] = bytes(stop - start)
+            return start
+        bit = 1 << rng.randrange(8)
+        for buf in (ino.data, ino.durable):
+            buf[off] ^= bit
+        return off
+
+    def size(self, path: Path) -> int:
+        return len(self._inode(path).data)
+
+    def durable_size(self, path: Path) -> int:
+        """Bytes of ``path`` that a completed fsync covers (ignoring its directory)."""
+        ino = self._inode(path)
+        lo = ino.dirty_from
+        return len(ino.data) if lo is None else min(lo, len(ino.durable))
+
+    def files(self) -> list[str]:
+        return sorted(self._files)
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def _inode(self, path: Path) -> _Inode:
+        ino = self._files.get(str(path))
+        if ino is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+        return ino
+
+    def _check_parent(self, path: Path) -> None:
+        if str(path.parent) not in self._dirs:
+            raise FileNotFoundError(errno.ENOENT, "no parent directory", str(path))
+
+    @staticmethod
+    def _reachable(d: str, dirs: set[str]) -> bool:
+        p = Path(d)
+        while str(p) not in ("/", "."):
+            if str(p) not in dirs:
+                return False
+            p = p.parent
+        return True
