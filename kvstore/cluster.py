@@ -41,6 +41,7 @@ from typing import Any
 
 from kvstore.client import AsyncClient, ClientError, NodeStatus
 from kvstore.config import ClusterConfig, NodeConfig, load_config
+from raft.storage.fs import make_dirs
 
 __all__ = [
     "OUT_FILE",
@@ -201,7 +202,7 @@ def spawn_node(
     go to ``kv node`` (e.g. ``["--log-level", "DEBUG"]``). ``wrapper`` is a command
     that must exec the node in its own process (``ip netns exec NS``), so the pid is
     still the node's."""
-    node.data_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(node.data_dir)
     env = dict(os.environ)
     # The node runs ``-m cli.main``: make the project importable even without an install.
     env["PYTHONPATH"] = os.pathsep.join(

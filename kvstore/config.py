@@ -97,6 +97,7 @@ class RaftSettings:
     pre_vote: bool = True
     check_quorum: bool = True
     snapshot_threshold: int = 10_000
+    snapshot_catchup_entries: int = 1000
     fsync: Fsync = Fsync.ALWAYS
     max_entry_bytes: int = 8 * MiB
     max_msg_bytes: int = 1 * MiB
@@ -116,6 +117,7 @@ class RaftSettings:
             max_msg_bytes=self.max_msg_bytes,
             max_inflight_msgs=self.max_inflight_msgs,
             snapshot_chunk_bytes=self.snapshot_chunk_bytes,
+            snapshot_catchup_entries=self.snapshot_catchup_entries,
             applied=applied,
         )
 
@@ -298,6 +300,14 @@ def _scan_value(line: str, pos: int, ml: str | None, depth: int) -> tuple[str | 
 # ---- validation -----------------------------------------------------------------------
 
 
+# Integer settings that may be 0; every other integer setting is at least 1.
+_ZERO_ALLOWED = frozenset({"snapshot_catchup_entries"})
+
+
+def _lowest(name: str) -> int:
+    return 0 if name in _ZERO_ALLOWED else 1
+
+
 class _Checker:
     """Validation context: the parsed document, its lines and where it came from."""
 
@@ -335,8 +345,10 @@ class _Checker:
                 raise self.fail(
                     path, f"[{key}] {name} must be {_type(default)}, not {_type(value)}"
                 )
-            elif type(value) is int and not 1 <= value <= MAX_FRAME_LIMIT:
-                raise self.fail(path, f"[{key}] {name} must be in [1, {MAX_FRAME_LIMIT}]")
+            elif type(value) is int and not _lowest(name) <= value <= MAX_FRAME_LIMIT:
+                raise self.fail(
+                    path, f"[{key}] {name} must be in [{_lowest(name)}, {MAX_FRAME_LIMIT}]"
+                )
             values[name] = value
         return cls(**values)
 
@@ -545,6 +557,8 @@ _DOCS: dict[str, str] = {
     "steps down, so a partitioned leader stops serving reads.",
     "snapshot_threshold": "Applied entries between state-machine snapshots (which also\n"
     "compact the log).",
+    "snapshot_catchup_entries": "Entries kept in memory below each snapshot: a follower at\n"
+    "most this far behind catches up by appends, not the whole snapshot (0: none).",
     "fsync": '"always": fsync the log before acknowledging a write (the default).\n'
     '"never" is for benchmarks ONLY: it loses acknowledged writes on power loss or an\n'
     "OS crash, and a node that restarts without them may break linearizability.",

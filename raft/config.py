@@ -15,6 +15,12 @@ class Config:
     ``election_ticks`` is the base election timeout; each term a follower waits a
     random timeout in ``[election_ticks, 2 * election_ticks)`` (§3.4). ``applied`` is
     the index the application's state already reflects when the node (re)starts.
+
+    ``snapshot_catchup_entries`` is how many entries before a local snapshot's index
+    ``create_snapshot`` keeps in memory (etcd's ``SnapshotCatchUpEntries``): a follower
+    that lags by fewer is caught up by appends instead of the whole snapshot. 0 compacts
+    right up to the snapshot (the simulator relies on that to stream snapshots often);
+    the store sets its own default (kvstore ``[raft] snapshot_catchup_entries``).
     """
 
     id: NodeId
@@ -28,6 +34,7 @@ class Config:
     max_inflight_bytes: int = 32 << 20
     max_uncommitted_bytes: int = 64 << 20
     snapshot_chunk_bytes: int = 1 << 20
+    snapshot_catchup_entries: int = 0
     applied: Index = 0
 
     def validate(self) -> None:
@@ -47,5 +54,7 @@ class Config:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if self.snapshot_catchup_entries < 0:
+            raise ConfigError("snapshot_catchup_entries must be >= 0")
         if self.applied < 0:
             raise ConfigError("applied must be >= 0")

@@ -1,12 +1,21 @@
 """RaftLog: the core's in-memory copy of the log, with what is durable and applied.
 
-The log is a snapshot (everything up to ``offset``) followed by ``_entries``. Entries
-above ``stabled`` have been handed out (or are about to be) for persistence but are
-not yet acknowledged durable. The core never reads storage: the runtime restores
-this log once at start, and it stays bounded by snapshots/compaction.
+The log is a snapshot (the state through ``snapshot.meta.index``) and ``_entries``,
+the entries after ``offset``. The two positions differ on purpose: a locally taken
+snapshot may leave a *catch-up margin* of entries it already covers in memory
+(``compact(snapshot, keep)``, etcd's SnapshotCatchUpEntries), so a follower a little
+behind is sent those entries rather than the whole snapshot. Entries at or below the
+snapshot index are committed and applied; they are kept only to be sent. A leader's
+snapshot (``restore``) replaces everything, so there ``offset`` is the snapshot index.
 
-Invariants: offset <= applied <= committed; offset <= stabled <= last_index;
-committed <= last_index.
+Entries above ``stabled`` have been handed out (or are about to be) for persistence
+but are not yet acknowledged durable. The core never reads storage: the runtime
+restores this log once at start (from the snapshot on), and it stays bounded by
+snapshots/compaction.
+
+Invariants: offset <= snapshot index <= committed <= last_index; offset <= stabled <=
+last_index; applied <= committed, and applied >= snapshot index except while a
+received snapshot is pending (``restore`` until ``snapshot_stable``).
 """
 
 from __future__ import annotations
@@ -16,21 +25,32 @@ from raft.types import Entry, EntryId, Index, Snapshot, Term
 
 
 class RaftLog:
-    __slots__ = ("_entries", "applied", "committed", "pending_snapshot", "snapshot", "stabled")
+    __slots__ = (
+        "_base",
+        "_entries",
+        "applied",
+        "committed",
+        "pending_snapshot",
+        "snapshot",
+        "stabled",
+    )
 
     def __init__(self, snapshot: Snapshot, entries: tuple[Entry, ...], committed: Index) -> None:
         self.snapshot = snapshot
+        # The entry just before the first held one: only its id is kept, so appends
+        # right after it can still be checked (§5.3 consistency check).
+        self._base = EntryId(snapshot.meta.term, snapshot.meta.index)
         self._entries: list[Entry] = list(entries)
         for i, e in enumerate(self._entries):
             if e.index != self.offset + 1 + i:
                 raise InvariantViolation(f"restored log not contiguous at {e.index}")
         self.stabled = self.last_index
-        self.committed = max(committed, self.offset)
+        self.committed = max(committed, self.snapshot_index)
         if self.committed > self.last_index:
             raise InvariantViolation(
                 f"restored commit {self.committed} beyond last index {self.last_index}"
             )
-        self.applied = self.offset
+        self.applied = self.snapshot_index
         # Snapshot received from the leader and not yet acknowledged durable.
         self.pending_snapshot: Snapshot | None = None
 
@@ -38,6 +58,11 @@ class RaftLog:
 
     @property
     def offset(self) -> Index:
+        """Index of the entry before the first held one (<= the snapshot index)."""
+        return self._base.index
+
+    @property
+    def snapshot_index(self) -> Index:
         return self.snapshot.meta.index
 
     @property
@@ -50,7 +75,7 @@ class RaftLog:
 
     @property
     def last_term(self) -> Term:
-        return self._entries[-1].term if self._entries else self.snapshot.meta.term
+        return self._entries[-1].term if self._entries else self._base.term
 
     @property
     def last_id(self) -> EntryId:
@@ -59,7 +84,7 @@ class RaftLog:
     def term_or_none(self, index: Index) -> Term | None:
         """Term at ``index``; None when compacted away or beyond the end."""
         if index == self.offset:
-            return self.snapshot.meta.term
+            return self._base.term
         if self.offset < index <= self.last_index:
             return self._entries[index - self.offset - 1].term
         return None
@@ -104,14 +129,15 @@ class RaftLog:
         return tuple(self._entries[self.stabled - self.offset :])
 
     def next_committed(self) -> tuple[Entry, ...]:
-        """Committed entries not yet handed out for applying."""
-        lo = max(self.applied, self.offset)
+        """Committed entries not yet handed out for applying (never ones a snapshot
+        covers: after a restore the snapshot, not the log, brings the state there)."""
+        lo = max(self.applied, self.snapshot_index)
         if self.committed <= lo:
             return ()
         return tuple(self._entries[lo - self.offset : self.committed - self.offset])
 
     def has_next_committed(self) -> bool:
-        return self.committed > max(self.applied, self.offset)
+        return self.committed > max(self.applied, self.snapshot_index)
 
     def find_conflict_by_term(self, index: Index, term: Term) -> tuple[Index, Term]:
         """The last index <= ``index`` whose term is <= ``term``, with its term: a
@@ -123,7 +149,7 @@ class RaftLog:
             if t <= term:
                 return index, t
             index -= 1
-        return self.offset, self.snapshot.meta.term
+        return self.offset, self._base.term
 
     # ---- writing -----------------------------------------------------------------
 
@@ -182,6 +208,7 @@ class RaftLog:
     def restore(self, snapshot: Snapshot) -> None:
         """Replace the whole log with a leader's snapshot (not yet durable)."""
         self.snapshot = snapshot
+        self._base = EntryId(snapshot.meta.term, snapshot.meta.index)
         self.pending_snapshot = snapshot
         self._entries = []
         self.committed = snapshot.meta.index
@@ -192,10 +219,19 @@ class RaftLog:
             self.pending_snapshot = None
         self.applied = max(self.applied, snapshot.meta.index)
 
-    def compact(self, snapshot: Snapshot) -> None:
-        """Drop entries covered by a locally taken snapshot."""
+    def compact(self, snapshot: Snapshot, keep: int = 0) -> None:
+        """Adopt a locally taken snapshot and drop the entries it covers, except the
+        last ``keep`` of them (the catch-up margin; never un-drops entries)."""
         index = snapshot.meta.index
-        if not (self.offset < index <= self.applied):
-            raise ValueError(f"cannot compact to {index}: outside ({self.offset}, {self.applied}]")
-        del self._entries[: index - self.offset]
+        if not (self.snapshot_index < index <= self.applied):
+            raise ValueError(
+                f"cannot compact to {index}: outside ({self.snapshot_index}, {self.applied}]"
+            )
+        if keep < 0:
+            raise ValueError(f"cannot keep {keep} entries")
+        base = max(self.offset, index - keep)
+        if base > self.offset:
+            term = self.term(base)
+            del self._entries[: base - self.offset]
+            self._base = EntryId(term, base)
         self.snapshot = snapshot

@@ -103,8 +103,8 @@ class Raft:
         self._incoming: tuple[SnapshotMeta, bytearray] | None = None
         # Membership as of each applied change, for snapshots taken below `applied`.
         self.conf = restored.snapshot.meta.conf
-        self._conf_history: list[tuple[Index, ConfState]] = [(self.log.offset, self.conf)]
-        applied = max(config.applied, self.log.offset)
+        self._conf_history: list[tuple[Index, ConfState]] = [(self.log.snapshot_index, self.conf)]
+        applied = max(config.applied, self.log.snapshot_index)
         if applied > self.log.committed:
             raise InvariantViolation(f"applied {applied} beyond commit {self.log.committed}")
         for e in self.log.slice(self.log.first_index, applied + 1):
@@ -243,7 +243,7 @@ class Raft:
 
     def _unapplied_conf_change(self) -> bool:
         """A membership change is committed but not yet applied here."""
-        lo = max(self.log.applied, self.log.offset) + 1
+        lo = max(self.log.applied, self.log.snapshot_index) + 1
         if self.log.committed < lo:
             return False
         pending = self.log.slice(lo, self.log.committed + 1)
@@ -669,14 +669,19 @@ class Raft:
         self.prs = {n: self._new_progress(n) for n in self.conf.members}
 
     def create_snapshot(self, index: Index, data: bytes) -> Snapshot:
-        if self.log.pending_snapshot is not None or index <= self.log.offset:
+        if self.log.pending_snapshot is not None or index <= self.log.snapshot_index:
             raise ProposalDropped(f"snapshot at {index} is out of date")
         meta = SnapshotMeta(index=index, term=self.log.term(index), conf=self._conf_at(index))
         snap = Snapshot(meta=meta, data=data)
-        self.log.compact(snap)
+        # Keep a catch-up margin below the snapshot: a follower a few entries behind
+        # gets them by append instead of the whole snapshot (etcd's
+        # SnapshotCatchUpEntries). The leader sends a snapshot only once its
+        # follower's next entry falls below the margin (_maybe_send_append).
+        self.log.compact(snap, self.cfg.snapshot_catchup_entries)
         while len(self._conf_history) > 1 and self._conf_history[1][0] <= index:
             del self._conf_history[0]
-        self._debug(f"compacted log through {index}")
+        kept = "" if self.log.offset == index else f" (snapshot at {index})"
+        self._debug(f"compacted log through {self.log.offset}{kept}")
         return snap
 
     def _conf_at(self, index: Index) -> ConfState:

@@ -92,6 +92,12 @@ def test_helpers() -> None:
     assert str(Address("::1", 7101)) == "[::1]:7101" and str(Address("h", 1)) == "h:1"
 
 
+def test_catchup_margin_reaches_the_core_and_may_be_zero() -> None:
+    assert RaftSettings().core_config("n1").snapshot_catchup_entries == 1000
+    cfg = parse_config(sub("snapshot_catchup_entries = 1000", "snapshot_catchup_entries = 0")(BASE))
+    assert cfg.raft.core_config("n1").snapshot_catchup_entries == 0
+
+
 def test_minimal_config_takes_every_default(tmp_path: Path) -> None:
     text = (
         '[[nodes]]\nid = "a"\npeer_address = "localhost:9001"\nclient_address = "h.example:9002"\n'
@@ -147,6 +153,8 @@ BROKEN: list[tuple[str, Edit, tuple[str, int], str]] = [
     # values
     ("zero tick", sub("tick_ms = 100", "tick_ms = 0"), ("tick_ms = 0", 1), "[1, "),
     ("negative", sub("peer_queue_limit = 4096", "peer_queue_limit = -1"), ("peer_q", 1), "[1, "),
+    ("negative margin", sub("snapshot_catchup_entries = 1000", "snapshot_catchup_entries = -1"),
+     ("snapshot_catchup", 1), "[0, "),
     ("election<=hb", sub("election_ticks = 10", "election_ticks = 1"), ("election_ticks", 1),
      "election_ticks = 1 must be greater than heartbeat_ticks = 1"),
     ("hb>=default", lambda t: sub("heartbeat_ticks = 1", "heartbeat_ticks = 10")(

@@ -215,6 +215,24 @@ def test_compact() -> None:
         log.slice(2, 3)
 
 
+def test_compact_keeps_catchup_margin() -> None:
+    """``keep`` entries below the snapshot stay, so the log starts before the snapshot
+    index; the margin's base still answers the §5.3 consistency check."""
+    log = base()
+    log.commit_to(5)
+    log.applied_to(5)
+    log.compact(snap(4, 3), keep=2)
+    assert (log.offset, log.snapshot_index, log.first_index) == (2, 4, 3)
+    assert ids_of(log) == [(2, 3), (3, 4), (3, 5)]
+    assert (log.term_or_none(1), log.term_or_none(2), log.term_or_none(4)) == (None, 1, 3)
+    assert log.find_conflict_by_term(5, 0) == (2, 1)  # bottoms out at the base
+    assert not log.has_next_committed()
+    with pytest.raises(ValueError):
+        log.compact(snap(4, 3), keep=2)  # not beyond the snapshot
+    log.compact(snap(5, 3), keep=10)  # a margin never brings entries back
+    assert (log.offset, log.snapshot_index) == (2, 5)
+
+
 def test_restore_replaces_log_until_stable() -> None:
     log = base()
     s = snap(10, 4)
