@@ -12,12 +12,18 @@ the same seed yields the same run, byte for byte: there are no threads, no wall 
 no I/O, and nothing iterates over a set of strings (whose order changes with
 ``PYTHONHASHSEED``, which would make a seed printed by CI useless on a laptop).
 
-A node (:mod:`raft.sim.node`) is a ``RawNode`` plus a ``MemoryStorage`` plus a
+A node (:mod:`raft.sim.node`) is a ``RawNode`` plus the real ``DiskStorage`` over its
+own simulated disk (:class:`~raft.storage.simfs.SimFileSystem`) plus a
 :class:`~raft.sim.workload.Register` state machine. Draining follows the Ready contract
-exactly — persist, then send, then apply, then advance — so storage holds precisely
-what the core was told is durable. A crash throws away the RawNode and the state
-machine; in ``lose_unsynced`` runs the storage also loses every write that was not
-synced. A restart rebuilds the node from ``storage.load()`` alone, like a process.
+exactly — persist, then send, then apply, then advance. A crash throws away the
+RawNode, the state machine and the storage object (a process crash: the disk keeps
+everything written); in ``lose_unsynced`` runs half the crashes are power losses, after
+which the disk keeps only what the storage code fsynced (and directory entries it
+fsynced), with torn pages. A restart opens a new DiskStorage on that disk and rebuilds
+the node from ``load()`` alone, like a process. Two more disk faults: ``corrupt``
+crashes a node and damages a sector of its durable data, which the restart must detect
+(``CorruptStorage``; the sim then repairs the sector, as a RAID mirror would, and
+restarts it), and ``fsync-fail`` makes a node's next fsync fail, which must stop it.
 
 Messages travel as bytes through :class:`~raft.sim.network.Network` (the real codec
 on every hop), and die with a crashed destination: each delivery names the
@@ -44,10 +50,12 @@ leader's commit index, within ``quiet_ms`` of virtual time. Safety violations ra
 from __future__ import annotations
 
 import heapq
+import logging
 import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from raft.config import Config
@@ -61,10 +69,14 @@ from raft.sim.network import NetConfig, Network
 from raft.sim.node import SimNode
 from raft.sim.trace import Trace
 from raft.sim.workload import FAIL, OK, PENDING, Client, ClientConfig, History, Op
-from raft.storage.memory import MemoryStorage
+from raft.storage.base import CorruptStorage, StorageError
+from raft.storage.simfs import SimFileSystem
 from raft.types import ConfChange, ConfState, Entry, Index, NodeId, Role
 
 TICK, DELIVER, CLIENT, NEMESIS, FAULT, RESTART, HEAL, WIPE, FRESH, QUIET = range(10)
+# Torn tails are routine here and go to the trace; keep them off stderr.
+logging.getLogger("raft.storage.wal").addHandler(logging.NullHandler())
+logging.getLogger("raft.storage.wal").propagate = False
 TICK_MS = 10  # one core tick per 10 virtual ms, so an election timeout is 100-200 ms
 QUIET_CHECK_MS = 50
 BASE_CONFIG = Config(
@@ -137,11 +149,11 @@ class Cluster:
         for _ in range(self.params.clients):
             self._add_client(ClientConfig())
         boot = Restored.bootstrap(frozenset(self.ids))
-        self.nodes = {
-            nid: SimNode(self, nid, MemoryStorage.from_restored(boot)) for nid in self.ids
-        }
+        self.nodes = {nid: SimNode(self, nid) for nid in self.ids}
         for nid, rng in zip(self.ids, node_rngs, strict=True):
-            self._start(self.nodes[nid], boot, rng)
+            n = self.nodes[nid]
+            n.open_storage().save(boot.hard_state, boot.entries, None, sync=True)
+            self._start(n, boot, rng)
         for c in self.clients:
             self.wake(c, self._rng.randint(0, 300))
         if self.scenario.schedule is not None:
@@ -267,7 +279,8 @@ class Cluster:
             return
         self.note("nemesis", f"{nid} removed (at {self.removed[nid]}): stopped and wiped")
         n.kill()
-        n.storage = MemoryStorage()
+        n.fs = SimFileSystem()
+        n.damaged = None
         n.last_snap = 0
         self.ghost.forget_node(nid)
 
@@ -278,6 +291,7 @@ class Cluster:
         if n.raw is None and nid not in self.removed:
             self.note("nemesis", f"{nid} re-added: starting with empty storage")
             self.stats["readds"] += 1
+            n.open_storage()
             self._start(n, Restored(), random.Random(self._rng.getrandbits(64)))
 
     def _on_quiet(self, _a: None, _b: None) -> None:
@@ -373,25 +387,90 @@ class Cluster:
     def down_count(self) -> int:
         return sum(1 for nid in self.ids if self.nodes[nid].raw is None and nid not in self.removed)
 
-    def crash(self, nid: NodeId, down_ms: int) -> None:
+    def crash(self, nid: NodeId, down_ms: int, power_loss: bool | None = None) -> None:
+        """Kill ``nid``'s process; in ``lose_unsynced`` runs, half the time the whole
+        machine loses power (``power_loss`` forces the choice)."""
         n = self.nodes[nid]
         if n.raw is None:
             return
-        lose = self.params.lose_unsynced
-        self.note("nemesis", f"crash {nid}{' (losing unsynced writes)' if lose else ''}")
+        if power_loss is None:
+            power_loss = self.params.lose_unsynced and self._rng.random() < 0.5
+        self.note("nemesis", f"crash {nid}{' (power loss)' if power_loss else ''}")
         n.kill()
+        n.fs.fail_fsync = False  # the fault was armed for the process that died
         self.stats["crashes"] += 1
-        if lose:
-            n.storage = n.storage.crash()
+        if power_loss:
+            self.stats["power_losses"] += 1
+            n.fs.power_loss(self._rng)
         if down_ms:
             self._push(self.now + down_ms, RESTART, nid, n.incarnation)
+
+    def storage_failed(self, nid: NodeId, exc: StorageError) -> None:
+        """The node's storage raised (a failed fsync): the process stops, and what the
+        disk holds is unknown, so the machine is treated as having lost power."""
+        self.note("nemesis", f"{nid} stopped on a storage error: {exc}")
+        self.stats["storage_stops"] += 1
+        self.crash(nid, self._rng.randint(*self.scenario.down_ms), power_loss=True)
+
+    def fail_next_fsync(self, nid: NodeId) -> None:
+        n = self.nodes[nid]
+        if n.raw is not None:
+            self.note("nemesis", f"{nid}: the next fsync will fail")
+            n.fs.fail_fsync = True
+
+    def damage(self, nid: NodeId, down_ms: int) -> None:
+        """Media corruption: crash ``nid`` (a process crash) and damage one sector of
+        data its disk holds durably, where the WAL proves it durable (before its last
+        SYNCED mark, which is where the last segment's unsynced bytes begin)."""
+        n = self.nodes[nid]
+        self.crash(nid, down_ms, power_loss=False)
+        if n.raw is not None or n.damaged is not None:
+            return
+        files = [p for p in n.fs.files() if not p.endswith(".tmp")]
+        if not files:
+            return
+        path = Path(self._rng.choice(files))
+        wals = [p for p in files if Path(p).name.startswith("wal-")]
+        hi = n.fs.durable_size(path) if wals and str(path) == wals[-1] else None
+        before = n.fs.read_bytes(path)
+        off = n.fs.corrupt(path, self._rng, 0, hi)
+        if off >= 0:
+            n.damaged = (path, before)
+            self.stats["corruptions"] += 1
+            self.note("nemesis", f"{nid}: damaged {path} at offset {off}")
 
     def restart(self, nid: NodeId) -> None:
         n = self.nodes[nid]
         if n.raw is not None or nid in self.removed:
             return
-        restored = n.storage.load()
+        try:
+            storage = n.open_storage()
+        except CorruptStorage as exc:
+            if n.damaged is None:
+                raise inv.violation(
+                    "storage-recovery", f"{nid} cannot restart after a crash: {exc}"
+                ) from exc
+            path, before = n.damaged
+            self.note("nemesis", f"{nid} refused its damaged disk ({exc}); repairing {path}")
+            self.stats["corruptions_detected"] += 1
+            n.fs.restore(path, before)
+            n.damaged = None
+            storage = n.open_storage()
+        else:
+            if n.damaged is not None:
+                raise inv.violation(
+                    "undetected-corruption",
+                    f"{nid} opened its disk although {n.damaged[0]} was damaged",
+                )
+        if storage.wal.truncated_tail is not None:
+            path, off, size = storage.wal.truncated_tail
+            self.stats["torn_tails"] += 1
+            self.note(nid, f"cut a torn tail of {size} bytes at {path.name}:{off}")
+        restored = storage.load()
         inv.check_restart_commit(self.ghost, nid, restored.hard_state.commit)
+        inv.check_restart_membership(
+            self.ghost, nid, max(restored.hard_state.commit, restored.snapshot.meta.index)
+        )
         self.stats["restarts"] += 1
         self.note("nemesis", f"restart {nid} from {describe_hard_state(restored.hard_state)}")
         self._start(n, restored, random.Random(self._rng.getrandbits(64)))

@@ -41,6 +41,8 @@ DEMOTE = "demote"
 PROMOTE = "promote"
 REMOVE = "remove"
 READD = "readd"
+CORRUPT = "corrupt"  # crash a node and damage a sector of its durable data
+FSYNC_FAIL = "fsync-fail"  # a node's next fsync fails
 
 FAULT_KINDS = (
     CRASH,
@@ -58,6 +60,8 @@ FAULT_KINDS = (
     PROMOTE,
     REMOVE,
     READD,
+    CORRUPT,
+    FSYNC_FAIL,
 )
 MEMBERSHIP_KINDS = (DEMOTE, PROMOTE, REMOVE, READD)
 T = TypeVar("T")
@@ -77,6 +81,8 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     PROMOTE: 3,
     REMOVE: 2,
     READD: 3,
+    CORRUPT: 0.5,
+    FSYNC_FAIL: 0.5,
 }
 
 
@@ -99,7 +105,9 @@ class Scenario:
     nemesis_ms: tuple[int, int] | None = None  # gap between random faults
     weights: dict[str, float] | None = None
     schedule: tuple[tuple[int, Fault], ...] | None = None  # replaces the random nemesis
-    lose_unsynced: bool | None = None
+    lose_unsynced: bool | None = None  # crashes may be power losses
+    fsync_never: bool | None = None  # the runtime's fsync = "never": process crashes only
+    segment_bytes: int | None = None  # WAL segment size (small: rotation and compaction)
     drop_p: float | None = None
     dup_p: float | None = None
     max_down: int | None = None  # nodes crashed at once
@@ -121,6 +129,8 @@ class Params:
     nemesis_ms: tuple[int, int]
     weights: dict[str, float]
     lose_unsynced: bool
+    fsync_never: bool
+    segment_bytes: int
     drop_p: float
     dup_p: float
     max_down: int
@@ -141,6 +151,8 @@ def resolve(s: Scenario, rng: random.Random, n: int) -> Params:
     gap = rng.choice([(20, 150), (50, 400), (150, 900), (400, 2500)])
     scale = {k: w * rng.uniform(0.2, 1.0) for k, w in DEFAULT_WEIGHTS.items()}
     lose = rng.random() < 0.5
+    never = rng.random() < 0.1
+    segment = rng.choice([512, 4096, 1 << 16])
     drop = rng.choice([0.0, 0.0, 0.01, 0.05, 0.15])
     dup = rng.choice([0.0, 0.01, 0.05])
     down = rng.choice([1, max(1, n // 2), n - 1])
@@ -156,7 +168,10 @@ def resolve(s: Scenario, rng: random.Random, n: int) -> Params:
     return Params(
         nemesis_ms=_or(s.nemesis_ms, gap),
         weights=weights,
-        lose_unsynced=_or(s.lose_unsynced, lose),
+        # fsync = "never" survives process crashes only: no power loss in such runs.
+        lose_unsynced=_or(s.lose_unsynced, lose) and not _or(s.fsync_never, never),
+        fsync_never=_or(s.fsync_never, never),
+        segment_bytes=_or(s.segment_bytes, segment),
         drop_p=_or(s.drop_p, drop),
         dup_p=_or(s.dup_p, dup),
         max_down=_or(s.max_down, down),
@@ -190,7 +205,7 @@ class Nemesis:
         kind = rng.choices(self._kinds, self._weights)[0]
         n = len(self.c.ids)
         lo, hi = self.scenario.partition_ms
-        if kind in (CRASH, CRASH_LEADER):
+        if kind in (CRASH, CRASH_LEADER, CORRUPT):
             lo, hi = self.scenario.down_ms
         return Fault(kind, rng.randrange(1 << n), rng.randrange(n), rng.randint(lo, hi))
 
@@ -225,6 +240,11 @@ class Nemesis:
                 c.cut(node, dst, f.duration)
         elif f.kind == HEAL:
             c.heal()
+        elif f.kind == CORRUPT:
+            if c.nodes[node].raw is None or c.down_count() < self.p.max_down:
+                c.damage(node, f.duration)
+        elif f.kind == FSYNC_FAIL:
+            c.fail_next_fsync(node)
         elif f.kind == TRANSFER:
             self._transfer(leader, ids[f.b % len(ids)])
         else:

@@ -67,6 +67,8 @@ class Ghost:
     leader_tail: dict[NodeId, tuple[Term, Index, Term]] = field(default_factory=dict)
     # Per node, across restarts: the commit index its storage held at the last restart.
     restart_commit: dict[NodeId, Index] = field(default_factory=dict)
+    # Per node, across restarts: the index of the last membership change it applied.
+    applied_conf: dict[NodeId, Index] = field(default_factory=dict)
 
     def forget_lifetime(self, node: NodeId) -> None:
         """A crash ends a lifetime: in-memory monotonicity starts over."""
@@ -77,6 +79,7 @@ class Ghost:
         """The node's storage was wiped (removed, to be re-added fresh)."""
         self.forget_lifetime(node)
         self.restart_commit.pop(node, None)
+        self.applied_conf.pop(node, None)
 
 
 # ---- per-event checks on one node -------------------------------------------------
@@ -180,6 +183,19 @@ def check_restart_commit(g: Ghost, node: NodeId, stored_commit: Index) -> None:
     g.restart_commit[node] = stored_commit
 
 
+def check_restart_membership(g: Ghost, node: NodeId, restored_commit: Index) -> None:
+    """(6b) A restarted node applies at least every membership change it applied in an
+    earlier life: else it would count votes in a configuration the cluster has left
+    (issue 8, item 1)."""
+    applied = g.applied_conf.get(node, 0)
+    if restored_commit < applied:
+        raise violation(
+            "membership-durable",
+            f"{node} restarted with commit {restored_commit}, below the membership "
+            f"change at {applied} it had applied",
+        )
+
+
 def check_appended(
     g: Ghost, node: NodeId, entries: Sequence[Entry], prev_term: Term | None
 ) -> None:
@@ -208,6 +224,8 @@ def check_applied(g: Ghost, node: NodeId, e: Entry) -> None:
             f"{node} applied {e.term}/{e.index} {e.data!r}, "
             f"another node applied {seen.term}/{seen.index} {seen.data!r}",
         )
+    if e.kind is EntryKind.CONF_CHANGE:
+        g.applied_conf[node] = max(g.applied_conf.get(node, 0), e.index)
     if e.kind is EntryKind.NORMAL and e.data:
         at = g.command_index.setdefault(e.data, e.index)
         if at != e.index:

@@ -1,4 +1,5 @@
-"""One simulated server: a RawNode, its MemoryStorage and its Register state machine.
+"""One simulated server: a RawNode, the real DiskStorage over its own simulated disk
+(:class:`~raft.storage.simfs.SimFileSystem`), and its Register state machine.
 
 The Ready loop here is the reference use of the core's output contract: persist the
 snapshot, entries and hard state (synced when ``must_sync``), then send, then apply,
@@ -7,14 +8,18 @@ way to storage, every applied entry for state-machine safety, and every snapshot
 node restores from against the applied history, so a core that hands out something
 wrong is caught at the batch that did it.
 
-A crash discards ``raw`` and ``sm`` (the process's memory) and keeps ``storage``;
-``incarnation`` counts lives, so events addressed to an earlier life are dropped.
+A crash discards ``raw``, ``sm`` and the storage object (the process's memory) and
+keeps the disk, which the cluster may put through a power loss; a restart opens a new
+DiskStorage on it, exactly as a process would. A storage error (an injected failing
+fsync) stops the node the way the runtime does. ``incarnation`` counts lives, so events
+addressed to an earlier life are dropped.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from raft.config import Config
@@ -24,7 +29,9 @@ from raft.describe import describe_snapshot_meta
 from raft.messages import Message
 from raft.sim import invariants as inv
 from raft.sim.workload import PENDING, NodeDown, Op, Register
-from raft.storage.memory import MemoryStorage
+from raft.storage.base import StorageError
+from raft.storage.disk import DiskStorage
+from raft.storage.simfs import SimFileSystem
 from raft.types import Entry, EntryKind, Index, NodeId, ReadState, Snapshot
 
 if TYPE_CHECKING:
@@ -34,10 +41,14 @@ if TYPE_CHECKING:
 class SimNode:
     """One server of the simulated cluster; ``raw`` and ``sm`` are None while down."""
 
-    def __init__(self, cluster: Cluster, nid: NodeId, storage: MemoryStorage) -> None:
+    def __init__(self, cluster: Cluster, nid: NodeId) -> None:
         self.c = cluster
         self.id = nid
-        self.storage = storage
+        self.fs = SimFileSystem()  # this machine's disk
+        self.path = Path(f"/{nid}/raft")
+        self.storage: DiskStorage | None = None  # open while the process runs
+        # (path, content before the damage) while the disk carries a media fault.
+        self.damaged: tuple[Path, bytes] | None = None
         self.raw: RawNode | None = None
         self.sm: Register | None = None
         self.incarnation = 0
@@ -49,6 +60,11 @@ class SimNode:
         self.paused_until = 0  # virtual ms; events wait, clients are turned away
 
     # ---- life cycle --------------------------------------------------------------
+
+    def open_storage(self) -> DiskStorage:
+        """What a starting process does first: open the data directory."""
+        self.storage = DiskStorage(self.path, self.c.params.segment_bytes, fs=self.fs)
+        return self.storage
 
     def start(self, restored: Restored, rng: random.Random, config: Config) -> None:
         """Come up from ``restored`` alone, as a fresh process would."""
@@ -63,6 +79,7 @@ class SimNode:
         """Lose everything but storage (which the caller may also degrade)."""
         self.raw = None
         self.sm = None
+        self.storage = None  # dropped without close, as kill -9 does
         self.paused_until = 0
         self.incarnation += 1
         self.waiting_reads = []
@@ -98,15 +115,20 @@ class SimNode:
         raw = self.raw
         if raw is None:
             return
-        while True:
-            while raw.has_ready():
-                self._handle_ready(raw)
-            if not self.unreachable:
-                break
-            for peer in sorted(self.unreachable):  # as a transport would report
-                raw.report_unreachable(peer)
-            self.unreachable.clear()
-        self._maybe_snapshot(raw)
+        try:
+            while True:
+                while raw.has_ready():
+                    self._handle_ready(raw)
+                if not self.unreachable:
+                    break
+                for peer in sorted(self.unreachable):  # as a transport would report
+                    raw.report_unreachable(peer)
+                self.unreachable.clear()
+            self._maybe_snapshot(raw)
+        except StorageError as exc:
+            self.c.storage_failed(self.id, exc)  # the process exits, as the runtime's does
+            return
+        assert self.storage is not None
         inv.check_node(self.c.ghost, raw.status(), raw.term_at, self.storage.last_index)
 
     def _handle_ready(self, raw: RawNode) -> None:
@@ -116,7 +138,9 @@ class SimNode:
         if rd.entries:
             prev = raw.term_at(rd.entries[0].index - 1)
             inv.check_appended(c.ghost, self.id, rd.entries, prev)
-        self.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync)
+        assert self.storage is not None
+        sync = rd.must_sync and not c.params.fsync_never
+        self.storage.save(rd.hard_state, rd.entries, rd.snapshot, sync)
         if rd.snapshot is not None:
             self._adopt(rd.snapshot)
             c.stats["snapshots_installed"] += 1
@@ -187,6 +211,7 @@ class SimNode:
             raise inv.violation(
                 "snapshot", f"{self.id} took {describe_snapshot_meta(meta)} at {sm.applied}"
             )
+        assert self.storage is not None
         self.storage.save_snapshot(snap)
         self.last_snap = meta.index
         self.c.stats["snapshots_taken"] += 1

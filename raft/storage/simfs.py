@@ -250,6 +250,13 @@ class SimFileSystem:
             buf[off] ^= bit
         return off
 
+    def restore(self, path: Path, content: bytes) -> None:
+        """Put durable ``content`` back (a repaired sector, for the simulator)."""
+        ino = self._inode(path)
+        ino.data = bytearray(content)
+        ino.durable = bytearray(content)
+        ino.dirty_from = None
+
     def size(self, path: Path) -> int:
         return len(self._inode(path).data)
 
