@@ -104,24 +104,29 @@ def test_one_way_cut_blocks_one_direction(monkeypatch: pytest.MonkeyPatch) -> No
     assert (follower, leader) in seen  # e.g. its pre-votes, once it misses the leader
 
 
-@pytest.mark.parametrize("lose", [True, False])
-def test_crash_loses_exactly_the_unsynced_writes(lose: bool) -> None:
-    c = Cluster(2, 3, Scenario(schedule=(), membership=False, lose_unsynced=lose))
+@pytest.mark.parametrize("power_loss", [True, False])
+def test_crash_keeps_synced_writes_and_a_process_crash_keeps_all(power_loss: bool) -> None:
+    c = Cluster(2, 3, Scenario(schedule=(), membership=False, lose_unsynced=True))
     c.run_faults(500)
     n = c.nodes["n2"]
+    assert n.storage is not None
     before = n.storage.load()
     last = n.storage.last_index
     extra = Entry(before.hard_state.term, last + 1, data=b"unsynced")
     hs = HardState(before.hard_state.term, before.hard_state.vote, before.hard_state.commit)
     n.storage.save(hs, [extra], None, sync=False)
-    c.crash("n2", 0)
-    assert n.raw is None and n.sm is None
-    after = n.storage.load()
-    assert (extra in after.entries) is not lose
-    assert after.snapshot == before.snapshot
+    c.crash("n2", 0, power_loss=power_loss)
+    assert n.raw is None and n.sm is None and n.storage is None
     c.restart("n2")
-    assert n.raw is not None
-    assert n.raw.status().last_index == (last if lose else last + 1)
+    assert n.raw is not None and n.storage is not None
+    after = n.storage.load()
+    assert after.snapshot == before.snapshot
+    assert after.entries[: len(before.entries)] == before.entries  # synced: always kept
+    if not power_loss:
+        assert extra in after.entries
+        assert n.raw.status().last_index == last + 1
+    else:
+        assert n.raw.status().last_index in (last, last + 1)
 
 
 def test_messages_in_flight_die_with_the_crashed_node(monkeypatch: pytest.MonkeyPatch) -> None:
