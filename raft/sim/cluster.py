@@ -70,7 +70,7 @@ from raft.sim.node import SimNode
 from raft.sim.trace import Trace
 from raft.sim.workload import FAIL, OK, PENDING, Client, ClientConfig, History, Op
 from raft.storage.base import CorruptStorage, StorageError
-from raft.storage.simfs import SimFileSystem
+from raft.storage.simfs import SimFileSystem, SimulatedCrash
 from raft.types import ConfChange, ConfState, Entry, Index, NodeId, Role
 
 TICK, DELIVER, CLIENT, NEMESIS, FAULT, RESTART, HEAL, WIPE, FRESH, QUIET = range(10)
@@ -96,7 +96,10 @@ class Cluster:
         nodes: int = 3,
         scenario: Scenario | None = None,
         trace: Trace | None = None,
+        founders: int | None = None,
     ) -> None:
+        """``founders``: only the first that many nodes found the cluster; the others
+        wait, empty, until a membership change adds them (scripted scenarios)."""
         self.seed = seed
         self.ids: list[NodeId] = [f"n{i}" for i in range(1, nodes + 1)]
         self.node_ids = self.ids  # the ClientHost view
@@ -122,7 +125,8 @@ class Cluster:
         self.stats: Counter[str] = Counter()  # what happened, for summaries and tuning
         self._queue: list[tuple[int, int, int, Any, Any]] = []
         self._seq = 0
-        self.conf = ConfState(frozenset(self.ids))
+        self.founders = self.ids[: founders or nodes]
+        self.conf = ConfState(frozenset(self.founders))
         self._conf_upto: Index = 0
         self.removed: dict[NodeId, Index] = {}  # removed node -> index of its removal
         self.quiet = False
@@ -148,12 +152,17 @@ class Cluster:
         """Found the cluster, start its clients and arm the nemesis (time 0)."""
         for _ in range(self.params.clients):
             self._add_client(ClientConfig())
-        boot = Restored.bootstrap(frozenset(self.ids))
+        boot = Restored.bootstrap(frozenset(self.founders))
         self.nodes = {nid: SimNode(self, nid) for nid in self.ids}
         for nid, rng in zip(self.ids, node_rngs, strict=True):
+            if nid not in self.founders:
+                self.removed[nid] = 0  # not a member yet: started when added
+                continue
             n = self.nodes[nid]
             n.open_storage().save(boot.hard_state, boot.entries, None, sync=True)
             self._start(n, boot, rng)
+        for nid in self.ids:
+            self._arm(self.nodes[nid].fs)
         for c in self.clients:
             self.wake(c, self._rng.randint(0, 300))
         if self.scenario.schedule is not None:
@@ -279,7 +288,7 @@ class Cluster:
             return
         self.note("nemesis", f"{nid} removed (at {self.removed[nid]}): stopped and wiped")
         n.kill()
-        n.fs = SimFileSystem()
+        n.fs = self._arm(SimFileSystem())
         n.damaged = None
         n.last_snap = 0
         self.ghost.forget_node(nid)
@@ -291,7 +300,12 @@ class Cluster:
         if n.raw is None and nid not in self.removed:
             self.note("nemesis", f"{nid} re-added: starting with empty storage")
             self.stats["readds"] += 1
-            n.open_storage()
+            try:
+                n.open_storage()
+            except SimulatedCrash:
+                self.note("nemesis", f"{nid} crashed creating its data directory")
+                self._push(self.now + self._rng.randint(*self.scenario.down_ms), FRESH, nid, None)
+                return
             self._start(n, Restored(), random.Random(self._rng.getrandbits(64)))
 
     def _on_quiet(self, _a: None, _b: None) -> None:
@@ -405,6 +419,18 @@ class Cluster:
         if down_ms:
             self._push(self.now + down_ms, RESTART, nid, n.incarnation)
 
+    def _arm(self, fs: SimFileSystem) -> SimFileSystem:
+        """Give a disk its crash points (none in the quiet phase)."""
+        fs.rng = random.Random(self._rng.getrandbits(64))
+        fs.crash_p = 0.0 if self.quiet else self.params.crash_points
+        return fs
+
+    def crash_point(self, nid: NodeId) -> None:
+        """The machine died inside a storage operation (a crash point)."""
+        self.stats["crash_points"] += 1
+        self.note("nemesis", f"{nid} hit a crash point")
+        self.crash(nid, self._rng.randint(*self.scenario.down_ms))
+
     def storage_failed(self, nid: NodeId, exc: StorageError) -> None:
         """The node's storage raised (a failed fsync): the process stops, and what the
         disk holds is unknown, so the machine is treated as having lost power."""
@@ -445,6 +471,16 @@ class Cluster:
             return
         try:
             storage = n.open_storage()
+        except SimulatedCrash:
+            self.stats["crash_points"] += 1
+            self.note("nemesis", f"{nid} crashed during recovery")
+            n.storage = None
+            if self._rng.random() < 0.5 and self.params.lose_unsynced:
+                n.fs.power_loss(self._rng)
+            self._push(
+                self.now + self._rng.randint(*self.scenario.down_ms), RESTART, nid, n.incarnation
+            )
+            return
         except CorruptStorage as exc:
             if n.damaged is None:
                 raise inv.violation(
@@ -467,6 +503,7 @@ class Cluster:
             self.stats["torn_tails"] += 1
             self.note(nid, f"cut a torn tail of {size} bytes at {path.name}:{off}")
         restored = storage.load()
+        inv.check_restored_log(nid, restored.snapshot.meta.term, restored.entries)
         inv.check_restart_commit(self.ghost, nid, restored.hard_state.commit)
         inv.check_restart_membership(
             self.ghost, nid, max(restored.hard_state.commit, restored.snapshot.meta.index)
@@ -523,6 +560,8 @@ class Cluster:
         self.note("nemesis", "quiet phase: healing everything")
         self.network.heal()
         self.network.calm()
+        for nid in self.ids:
+            self.nodes[nid].fs.crash_p = 0.0
         for c in self.clients:
             c.stopped = True
         for nid in self.ids:  # (pauses simply run out: they are short)

@@ -108,6 +108,7 @@ class Scenario:
     lose_unsynced: bool | None = None  # crashes may be power losses
     fsync_never: bool | None = None  # the runtime's fsync = "never": process crashes only
     segment_bytes: int | None = None  # WAL segment size (small: rotation and compaction)
+    crash_points: float | None = None  # chance of a crash after each fsync/rename/unlink
     drop_p: float | None = None
     dup_p: float | None = None
     max_down: int | None = None  # nodes crashed at once
@@ -131,6 +132,7 @@ class Params:
     lose_unsynced: bool
     fsync_never: bool
     segment_bytes: int
+    crash_points: float
     drop_p: float
     dup_p: float
     max_down: int
@@ -153,6 +155,7 @@ def resolve(s: Scenario, rng: random.Random, n: int) -> Params:
     lose = rng.random() < 0.5
     never = rng.random() < 0.1
     segment = rng.choice([512, 4096, 1 << 16])
+    points = rng.choice([0.0, 0.0, 0.002, 0.01])
     drop = rng.choice([0.0, 0.0, 0.01, 0.05, 0.15])
     dup = rng.choice([0.0, 0.01, 0.05])
     down = rng.choice([1, max(1, n // 2), n - 1])
@@ -172,6 +175,7 @@ def resolve(s: Scenario, rng: random.Random, n: int) -> Params:
         lose_unsynced=_or(s.lose_unsynced, lose) and not _or(s.fsync_never, never),
         fsync_never=_or(s.fsync_never, never),
         segment_bytes=_or(s.segment_bytes, segment),
+        crash_points=_or(s.crash_points, points),
         drop_p=_or(s.drop_p, drop),
         dup_p=_or(s.dup_p, dup),
         max_down=_or(s.max_down, down),

@@ -196,6 +196,20 @@ def check_restart_membership(g: Ghost, node: NodeId, restored_commit: Index) -> 
         )
 
 
+def check_restored_log(node: NodeId, snapshot_term: Term, entries: Sequence[Entry]) -> None:
+    """(6c) What storage hands a restarting node is a possible Raft log: terms never
+    decrease, starting from the snapshot's. A disagreeing tail that a snapshot install
+    discarded must not come back after a crash."""
+    prev = snapshot_term
+    for e in entries:
+        if e.term < prev:
+            raise violation(
+                "restored-log",
+                f"{node} restarted with {e.term}/{e.index} after term {prev}",
+            )
+        prev = e.term
+
+
 def check_appended(
     g: Ghost, node: NodeId, entries: Sequence[Entry], prev_term: Term | None
 ) -> None:

@@ -31,7 +31,7 @@ from raft.sim import invariants as inv
 from raft.sim.workload import PENDING, NodeDown, Op, Register
 from raft.storage.base import StorageError
 from raft.storage.disk import DiskStorage
-from raft.storage.simfs import SimFileSystem
+from raft.storage.simfs import SimFileSystem, SimulatedCrash
 from raft.types import Entry, EntryKind, Index, NodeId, ReadState, Snapshot
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class SimNode:
     def __init__(self, cluster: Cluster, nid: NodeId) -> None:
         self.c = cluster
         self.id = nid
-        self.fs = SimFileSystem()  # this machine's disk
+        self.fs = SimFileSystem()  # this machine's disk (crash points armed after boot)
         self.path = Path(f"/{nid}/raft")
         self.storage: DiskStorage | None = None  # open while the process runs
         # (path, content before the damage) while the disk carries a media fault.
@@ -127,6 +127,9 @@ class SimNode:
             self._maybe_snapshot(raw)
         except StorageError as exc:
             self.c.storage_failed(self.id, exc)  # the process exits, as the runtime's does
+            return
+        except SimulatedCrash:
+            self.c.crash_point(self.id)
             return
         assert self.storage is not None
         inv.check_node(self.c.ghost, raw.status(), raw.term_at, self.storage.last_index)

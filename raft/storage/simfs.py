@@ -19,6 +19,11 @@ Crash models (docs/ARCHITECTURE.md, "Durability"):
   or bit-flipped, a separate fault that the storage must detect, never absorb.
 * **Failing fsync** (:attr:`SimFileSystem.fail_fsync`): the next fsync raises EIO; the
   storage must stop (the page cache state after a failed fsync is unknown).
+* **Crash points** (:attr:`SimFileSystem.crash_p`): after any fsync, rename or unlink,
+  with that probability, :class:`SimulatedCrash` is raised out of the storage code, so
+  crashes land *inside* storage operations (between a snapshot file's rename and the
+  next log write, in the middle of recovery...), FoundationDB's buggify applied to
+  the clock of the disk.
 
 Paths are compared as strings; only absolute or consistently relative paths are used.
 """
@@ -33,6 +38,10 @@ from raft.storage.fs import FileHandle
 
 PAGE = 4096
 SECTOR = 512
+
+
+class SimulatedCrash(Exception):
+    """The machine dies at this point of a storage operation (a crash point)."""
 
 
 def _parent(p: str) -> str:
@@ -110,6 +119,7 @@ class _SimFile:
         assert self._open, "fsync of a closed file"
         self._fs.check_fsync()
         self._inode.fsync()
+        self._fs.crash_point()
 
     def truncate(self, size: int) -> None:
         ino = self._inode
@@ -127,7 +137,9 @@ class _SimFile:
 class SimFileSystem:
     """One machine's disk. See the module docstring for the crash models."""
 
-    def __init__(self) -> None:
+    def __init__(self, rng: random.Random | None = None, crash_p: float = 0.0) -> None:
+        self.rng = rng or random.Random(0)
+        self.crash_p = crash_p  # chance of a crash point after each fsync/rename/unlink
         # name -> inode as processes see them, and as the directories' last fsync saw.
         self._files: dict[str, _Inode] = {}
         self._durable_files: dict[str, _Inode] = {}
@@ -188,10 +200,12 @@ class SimFileSystem:
         ino = self._inode(src)
         del self._files[str(src)]
         self._files[str(dst)] = ino
+        self.crash_point()
 
     def unlink(self, path: Path) -> None:
         self._inode(path)
         del self._files[str(path)]
+        self.crash_point()
 
     def fsync_dir(self, path: Path) -> None:
         d = str(path)
@@ -206,8 +220,13 @@ class SimFileSystem:
                 durable[p] = ino
         self._durable_dirs -= {p for p in self._durable_dirs if p != d and _parent(p) == d}
         self._durable_dirs |= {p for p in self._dirs if p != d and _parent(p) == d}
+        self.crash_point()
 
     # ---- faults ------------------------------------------------------------------------
+
+    def crash_point(self) -> None:
+        if self.crash_p and self.rng.random() < self.crash_p:
+            raise SimulatedCrash("crash point")
 
     def check_fsync(self) -> None:
         self.fsyncs += 1

@@ -153,6 +153,12 @@ def _mark_after(data: bytes, off: int) -> int:
     return best
 
 
+def _durable_mark(replayed: int, data: bytes, off: int) -> int:
+    """Where the region known durable ends, for a bad record at ``off``: the highest
+    SYNCED mark before it (``replayed``) or after it."""
+    return max(replayed, _mark_after(data, off))
+
+
 class _Replay:
     """The log as replay has rebuilt it so far: contiguous, possibly empty."""
 
@@ -204,7 +210,7 @@ def _scan(seg: Segment, data: bytes, log: _Replay, tail_may_tear: bool) -> int:
         rec = _parse(data, off)
         if rec is None:
             if tail_may_tear:
-                mark = max(durable, _mark_after(data, off))
+                mark = _durable_mark(durable, data, off)
                 if off >= mark and _is_torn(data, off):
                     return off
                 if off < mark:
@@ -284,10 +290,14 @@ class WAL:
             assert wal._file is not None
             wal._file.truncate(torn[1])
         wal.truncated_tail = torn
-        if wal._file is not None:
-            wal._dirty = True
-            wal.sync()
+        wal._sync_recovered()
         return wal, log.entries
+
+    def _sync_recovered(self) -> None:
+        """What replay read is treated as durable from now on, so make it so."""
+        if self._file is not None:
+            self._dirty = True
+            self.sync()
 
     def read(self) -> list[Entry]:
         """Replay every segment; after :meth:`open` any bad record is corruption."""
