@@ -93,6 +93,7 @@ from kvstore.commands import (
     decode_command,
 )
 from kvstore.mvcc import DEFAULT_HISTORY_LIMIT, Event, KeyValue, MVCCStore, WriteBatch
+from kvstore.snapshot import SNAPSHOT_FORMAT_VERSION, SnapshotCapture
 from raft.errors import InvariantViolation
 from raft.types import Index
 
@@ -107,7 +108,6 @@ __all__ = [
     "SnapshotError",
 ]
 
-SNAPSHOT_FORMAT_VERSION = 2  # 2: leases, lease on keys, event history
 DEFAULT_SESSION_TTL_MS = 10 * 60 * 1000
 DEFAULT_MAX_SESSIONS = 100_000
 DEFAULT_MAX_RESULTS_PER_SESSION = 1024
@@ -182,6 +182,10 @@ class _Session:
     last_active: int
     floor: int = 0
     results: dict[int, Result] = field(default_factory=dict)
+    # The capture epoch this object was made in. A session from an earlier epoch may
+    # be held by a snapshot capture, so it is copied before it changes
+    # (KVStateMachine._own_session): copy-on-write.
+    epoch: int = 0
 
     def acknowledge(self, ack_seq: int) -> None:
         """The client has every answer up to ``ack_seq``: forget them (§6.3)."""
@@ -199,8 +203,10 @@ class _Session:
             self.floor = max(self.floor, oldest)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Lease:
+    """Replaced, never changed: a snapshot capture may hold it."""
+
     ttl_ms: int
     expiry_ms: int
 
@@ -236,6 +242,7 @@ class KVStateMachine:
         self._lease_deadlines: Any = SortedList()  # (expiry_ms, lease id)
         self._next_lease_id = 1
         self._listeners: list[Callable[[], None]] = []
+        self._epoch = 0  # snapshot captures so far: see _Session.epoch
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every apply that wrote and after a restore (watches
@@ -334,6 +341,7 @@ class KVStateMachine:
                 return self._result(ResultCode.SESSION_EXPIRED, message="unknown session")
             session = self._open_session(client_id)
         else:
+            session = self._own_session(client_id, session)
             self._touch(client_id, session)
         session.acknowledge(header.ack_seq)
         cached = session.results.get(seq)
@@ -458,10 +466,19 @@ class KVStateMachine:
         if len(self._sessions) >= self.max_sessions:
             _, victim = self._activity.pop(0)  # least recently active, then lowest id
             del self._sessions[victim]
-        session = _Session(last_active=self._clock_ms)
+        session = _Session(last_active=self._clock_ms, epoch=self._epoch)
         self._sessions[client_id] = session
         self._activity.add((session.last_active, client_id))
         return session
+
+    def _own_session(self, client_id: bytes, session: _Session) -> _Session:
+        """``session``, or its copy if a snapshot capture may hold it: the one place a
+        session changes is ``_apply``, on what this returns."""
+        if session.epoch == self._epoch:
+            return session
+        own = _Session(session.last_active, session.floor, dict(session.results), self._epoch)
+        self._sessions[client_id] = own
+        return own
 
     def _touch(self, client_id: bytes, session: _Session) -> None:
         if session.last_active != self._clock_ms:
@@ -472,31 +489,26 @@ class KVStateMachine:
     # ---- snapshot -----------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """``[format, applied_index, clock_ms, mvcc_state, sessions, leases,
-        next_lease_id]`` as msgpack, leases as ``[id, ttl_ms, expiry_ms]``.
+        """The whole state as snapshot bytes (format 2, kvstore/snapshot.py), encoded
+        here and now; the engine uses :meth:`snapshot_capture` instead."""
+        return self.snapshot_capture()()
 
-        Sessions are ordered by client_id, results by seq and leases by id (arrays, never
-        maps), so equal states give equal bytes on every replica."""
-        sessions = [
-            [
-                client_id,
-                s.last_active,
-                s.floor,
-                [[seq, s.results[seq].to_obj()] for seq in sorted(s.results)],
-            ]
-            for client_id, s in sorted(self._sessions.items())
-        ]
-        state = [
-            SNAPSHOT_FORMAT_VERSION,
-            self._applied_index,
-            self._clock_ms,
-            self._store.snapshot_state(),
-            sessions,
-            [[lid, e.ttl_ms, e.expiry_ms] for lid, e in sorted(self._leases.items())],
-            self._next_lease_id,
-        ]
-        data: bytes = msgpack.packb(state, use_bin_type=True)
-        return data
+    def snapshot_capture(self) -> SnapshotCapture:
+        """Freeze the state as of now, cheaply, and return the encoder of its snapshot
+        bytes, to be called once, in any thread, while ``apply`` goes on
+        (kvstore/snapshot.py). Everything is copy-on-write or immutable, so capturing
+        copies only references: the session and lease tables (sessions are copied
+        before they change once captured, ``_own_session``; leases and cached results
+        never change), and the key space (:meth:`kvstore.mvcc.MVCCStore.capture`)."""
+        self._epoch += 1  # every session now existing may be held by this capture
+        return SnapshotCapture(
+            applied=self._applied_index,
+            clock_ms=self._clock_ms,
+            store=self._store.capture(),
+            sessions=list(self._sessions.items()),
+            leases=list(self._leases.items()),
+            next_lease_id=self._next_lease_id,
+        )
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with :meth:`snapshot` output; SnapshotError (state

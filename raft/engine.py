@@ -8,6 +8,7 @@ linearizable-read barriers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +25,14 @@ class StateMachine(Protocol):
 
     def snapshot(self) -> bytes:
         """The full state as bytes (msgpack; never pickle)."""
+        ...
+
+    def snapshot_capture(self) -> Callable[[], bytes]:
+        """Freeze the state as of now (the last applied command), cheaply: the engine
+        calls this between two applies, on its event loop. The returned encoder is
+        called once, in a worker thread, while ``apply`` goes on, and must return what
+        :meth:`snapshot` returned at the capture: nothing ``apply`` or ``restore`` does
+        afterwards may show in it."""
         ...
 
     def restore(self, data: bytes) -> None:

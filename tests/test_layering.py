@@ -52,6 +52,7 @@ KV_STATE_MACHINE_MODULES = frozenset(
     {
         "kvstore.state_machine",
         "kvstore.mvcc",
+        "kvstore.snapshot",
         "kvstore.vclock",
         "kvstore.commands",
     }

@@ -79,11 +79,14 @@ class RawNode:
 
     def create_snapshot(self, index: Index, data: bytes) -> Snapshot:
         """The application's state as of applied ``index`` is ``data``: the core keeps
-        it for lagging followers, compacts its in-memory log up to ``index`` and returns
-        the snapshot (with the membership as of ``index``) for the runtime to persist
-        with ``Storage.save_snapshot``, which compacts the durable log in turn.
-        Raises ProposalDropped if ``index`` is already compacted or a received snapshot
-        is still being persisted."""
+        it for lagging followers, compacts its in-memory log up to ``index`` (keeping
+        ``Config.snapshot_catchup_entries`` entries below it, for followers a little
+        behind) and returns the snapshot (with the membership as of ``index``) for the
+        runtime to persist with ``Storage.save_snapshot``, which compacts the durable
+        log in turn. ``index`` may be below the applied index by now (the runtime
+        encodes snapshots while it goes on applying).
+        Raises ProposalDropped if ``index`` is not beyond the current snapshot or a
+        received snapshot is still being persisted."""
         return self._raft.create_snapshot(index, data)
 
     def report_unreachable(self, peer: NodeId) -> None:

@@ -17,6 +17,14 @@ While step 2 waits for the disk, the event loop keeps accepting requests and pee
 messages; they queue up and go into the next Ready together. That is group commit:
 the fsync rate, not the request rate, bounds the number of fsyncs.
 
+Snapshots stay off the event loop. Encoding a large state takes seconds, longer than
+an election timeout, so step 3 only *captures* the state (``snapshot_capture``: a
+cheap freeze at exactly the applied index) and hands the encoder to a worker thread.
+The loop goes on applying meanwhile. When the bytes are ready the task wakes, gives
+them to the core (``create_snapshot``, which compacts the in-memory log, keeping
+``snapshot_catchup_entries`` below the snapshot) and persists them before the next
+Ready. One snapshot at a time; one overtaken by a leader's snapshot is dropped.
+
 A proposal resolves when the entry at its index is applied: with the state
 machine's result if the entry carries the proposal's term, with ProposalDropped if
 another entry took that index (it certainly was not applied). A caller that gives up
@@ -92,6 +100,8 @@ class RaftEngine:
         self._read_ids = itertools.count(1)
         self._applied: Index = 0
         self._snapshot_index: Index = 0
+        # The snapshot being encoded in a worker thread: its index and the bytes to be.
+        self._snapshot_job: tuple[Index, asyncio.Future[bytes]] | None = None
         self._stopped = False
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -130,6 +140,8 @@ class RaftEngine:
         self._stopped = True
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._snapshot_job is not None:
+            self._snapshot_job[1].cancel()  # its thread finishes; the bytes are dropped
         if self._task is not None:
             self._wake.set()
             try:
@@ -249,6 +261,7 @@ class RaftEngine:
             await self._wake.wait()
             self._wake.clear()
             self._run_inputs()
+            await self._maybe_install_snapshot()
             while node.has_ready() and not self._stopped:
                 rd = node.ready()
                 await self._persist(rd)
@@ -257,7 +270,8 @@ class RaftEngine:
                 self._apply(rd)
                 node.advance(rd)
                 self._run_inputs()
-                await self._maybe_snapshot()
+                await self._maybe_install_snapshot()
+                self._maybe_start_snapshot()
 
     def _run_inputs(self) -> None:
         inputs, self._inputs = self._inputs, []
@@ -309,14 +323,37 @@ class RaftEngine:
                 waiting.append((index, fut))
         self._reads_ready = waiting
 
-    async def _maybe_snapshot(self) -> None:
+    def _maybe_start_snapshot(self) -> None:
+        """Capture the state machine at ``_applied`` (on the loop, cheaply) and encode
+        it in a worker thread, if enough entries were applied since the last snapshot
+        and no snapshot is being encoded already."""
+        if self._snapshot_job is not None:
+            return
         if self._applied - self._snapshot_index < self._snapshot_threshold:
             return
-        node = self._require_node()
-        snap = node.create_snapshot(self._applied, self._sm.snapshot())
-        self._snapshot_index = snap.meta.index
+        encode = self._sm.snapshot_capture()
+        job: asyncio.Future[bytes] = asyncio.ensure_future(asyncio.to_thread(encode))
+        job.add_done_callback(lambda _: self._wake.set())
+        self._snapshot_job = (self._applied, job)
+
+    async def _maybe_install_snapshot(self) -> None:
+        """Once the encoder is done: hand the snapshot to the core (which compacts its
+        log) and persist it, before the next Ready can refer to the compacted log."""
+        if self._snapshot_job is None or not self._snapshot_job[1].done():
+            return
+        index, job = self._snapshot_job
+        self._snapshot_job = None
+        if job.cancelled():  # close() gave up on it
+            return
+        data = job.result()  # an encoder that failed is a bug: it ends the loop
+        try:
+            snap = self._require_node().create_snapshot(index, data)
+        except ProposalDropped as exc:  # a leader's snapshot overtook it meanwhile
+            log.info("%s: dropped snapshot at %d: %s", self.id, index, exc)
+            return
+        self._snapshot_index = max(self._snapshot_index, index)
         await asyncio.to_thread(self._storage.save_snapshot, snap)
-        log.info("%s: snapshot at %d (%d bytes)", self.id, snap.meta.index, len(snap.data))
+        log.info("%s: snapshot at %d (%d bytes)", self.id, index, len(data))
 
     def _fail_all(self, exc: Exception) -> None:
         for _, fut in self._proposals.values():

@@ -157,8 +157,9 @@ def test_kill_all_and_restart(local_cluster: LocalCluster) -> None:
 
 def test_lagging_node_catches_up_from_snapshot(make_cluster: MakeCluster) -> None:
     """A node that was down while the others wrote (and compacted their logs past it,
-    snapshot_threshold = 50) catches up on restart: the leader sends a snapshot."""
-    lc = make_cluster(snapshot_threshold=50)
+    snapshot_threshold = 50, no catch-up margin) catches up on restart: the leader
+    sends a snapshot."""
+    lc = make_cluster(snapshot_threshold=50, snapshot_catchup_entries=0)
     lead = lc.leader()
     lagger = next(n for n in lc.ids if n != lead)
     c = lc.client()

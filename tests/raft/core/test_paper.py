@@ -721,9 +721,7 @@ def test_catchup_margin_spares_a_snapshot(keep: int, behind: int, snapshot: bool
     n3 = net.nodes["n3"].status()
     assert (n3.last_index, n3.commit, n3.applied) == (applied, applied, applied)
     if not snapshot:  # every missed entry was applied on n3 itself
-        assert [e.data for e in net.applied["n3"][-behind:]] == [
-            b"v%d" % i for i in range(behind)
-        ]
+        assert [e.data for e in net.applied["n3"][-behind:]] == [b"v%d" % i for i in range(behind)]
 
 
 # ---- §3.8: persistence ------------------------------------------------------------------------
