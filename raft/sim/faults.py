@@ -109,6 +109,7 @@ class Scenario:
     fsync_never: bool | None = None  # the runtime's fsync = "never": process crashes only
     segment_bytes: int | None = None  # WAL segment size (small: rotation and compaction)
     crash_points: float | None = None  # chance of a crash after each fsync/rename/unlink
+    catchup_entries: int | None = None  # entries kept below a snapshot for lagging peers
     drop_p: float | None = None
     dup_p: float | None = None
     max_down: int | None = None  # nodes crashed at once
@@ -133,6 +134,7 @@ class Params:
     fsync_never: bool
     segment_bytes: int
     crash_points: float
+    catchup_entries: int
     drop_p: float
     dup_p: float
     max_down: int
@@ -160,6 +162,7 @@ def resolve(s: Scenario, rng: random.Random, n: int) -> Params:
     dup = rng.choice([0.0, 0.01, 0.05])
     down = rng.choice([1, max(1, n // 2), n - 1])
     snap = rng.randint(5, 50)
+    margin = rng.choice([0, rng.randint(1, max(1, snap // 2))])
     clients = rng.randint(3, 5)
     unreachable = rng.random() < 0.5
     msg_entries = rng.choice([1, 4, 16, 64])
@@ -176,6 +179,7 @@ def resolve(s: Scenario, rng: random.Random, n: int) -> Params:
         fsync_never=_or(s.fsync_never, never),
         segment_bytes=_or(s.segment_bytes, segment),
         crash_points=_or(s.crash_points, points),
+        catchup_entries=_or(s.catchup_entries, margin),
         drop_p=_or(s.drop_p, drop),
         dup_p=_or(s.dup_p, dup),
         max_down=_or(s.max_down, down),

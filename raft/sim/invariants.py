@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from raft.core.ready import Status
+from raft.core.ready import Restored, Status
 from raft.errors import InvariantViolation
 from raft.types import Entry, EntryKind, Index, NodeId, Role, Term
 
@@ -196,18 +196,24 @@ def check_restart_membership(g: Ghost, node: NodeId, restored_commit: Index) -> 
         )
 
 
-def check_restored_log(node: NodeId, snapshot_term: Term, entries: Sequence[Entry]) -> None:
-    """(6c) What storage hands a restarting node is a possible Raft log: terms never
-    decrease, starting from the snapshot's. A disagreeing tail that a snapshot install
-    discarded must not come back after a crash."""
-    prev = snapshot_term
-    for e in entries:
+def check_restored_log(node: NodeId, restored: Restored) -> None:
+    """(6c) What storage hands a restarting node is a possible Raft state: log terms
+    never decrease, starting from the snapshot's (a disagreeing tail that a snapshot
+    install discarded must not come back), and the commit index lies within the log."""
+    meta = restored.snapshot.meta
+    prev = meta.term
+    for e in restored.entries:
         if e.term < prev:
             raise violation(
-                "restored-log",
-                f"{node} restarted with {e.term}/{e.index} after term {prev}",
+                "restored-log", f"{node} restarted with {e.term}/{e.index} after term {prev}"
             )
         prev = e.term
+    last = meta.index + len(restored.entries)
+    if restored.hard_state.commit > last:
+        raise violation(
+            "restored-log",
+            f"{node} restarted with commit {restored.hard_state.commit} past its log ({last})",
+        )
 
 
 def check_appended(

@@ -84,6 +84,10 @@ class DiskStorage:
         for name in fs.listdir(self._dir):
             if name.endswith(TMP_SUFFIX):
                 fs.unlink(self._dir / name)  # an atomic_write interrupted before its rename
+        # What is read below is treated as durable from now on; a snapshot renamed into
+        # place just before a crash may not be yet (found by the simulator's crash
+        # points: the node restarted from it, then a power loss took it back).
+        fs.fsync_dir(self._dir)
         self._legacy_hs_path = self._dir / LEGACY_HARD_STATE_FILE
         self._snap_path = self._dir / SNAPSHOT_FILE
         snapshot = self._read_snapshot()

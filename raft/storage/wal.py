@@ -159,6 +159,17 @@ def _durable_mark(replayed: int, data: bytes, off: int) -> int:
     return max(replayed, _mark_after(data, off))
 
 
+def proven_durable(data: bytes) -> int:
+    """How much of a segment its own SYNCED marks prove fsynced (for fault injection:
+    damage below it must be reported as corruption)."""
+    off = best = 0
+    while (rec := _parse(data, off)) is not None:
+        rtype, payload, off = rec
+        if rtype == SYNCED and len(payload) == _U64.size:
+            best = max(best, _U64.unpack(payload)[0])
+    return best
+
+
 class _Replay:
     """The log as replay has rebuilt it so far: contiguous, possibly empty."""
 

@@ -228,3 +228,34 @@ def test_format1_migration_survives_power_loss(seed: int) -> None:
     first = DiskStorage(NODE, fs=fs).load()
     fs.power_loss(random.Random(seed))
     assert DiskStorage(NODE, fs=fs).load() == first
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_reopen_makes_a_renamed_snapshot_durable(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash right after the snapshot's rename, before its directory fsync: the
+    restarted node uses that snapshot (and records a commit index at its index), so
+    opening must make the directory entry durable before a power loss can undo it."""
+    from raft.storage.simfs import SimulatedCrash
+
+    fs = SimFileSystem()
+    st = DiskStorage(NODE, fs=fs)
+    st.save(HardState(1, "n1", 5), ents(1, 5, 1), None, sync=True)
+    real = SimFileSystem.rename
+
+    def rename_then_crash(self: SimFileSystem, src: Path, dst: Path) -> None:
+        real(self, src, dst)
+        raise SimulatedCrash("after rename")
+
+    monkeypatch.setattr(SimFileSystem, "rename", rename_then_crash)
+    with pytest.raises(SimulatedCrash):
+        st.save(HardState(2, "n1", 9), (), snap(9, 2), sync=True)
+    monkeypatch.undo()
+    reopened = DiskStorage(NODE, fs=fs)
+    assert reopened.load().snapshot.meta.index == 9
+    reopened.save(HardState(2, "n1", 9), ents(10, 10, 2), None, sync=True)
+    fs.power_loss(random.Random(seed))
+    after = DiskStorage(NODE, fs=fs).load()
+    assert after.snapshot.meta.index == 9
+    assert after.hard_state.commit <= after.snapshot.meta.index + len(after.entries)
