@@ -251,7 +251,9 @@ class Nemesis:
         elif f.kind == CORRUPT:
             if c.nodes[node].raw is None or c.down_count() < self.p.max_down:
                 c.damage(node, f.duration)
-        elif f.kind == FSYNC_FAIL:
+        elif f.kind == FSYNC_FAIL and not self.p.fsync_never:
+            # A failed fsync may drop dirty pages (it is modelled as a power loss),
+            # which fsync = "never" does not survive by design.
             c.fail_next_fsync(node)
         elif f.kind == TRANSFER:
             self._transfer(leader, ids[f.b % len(ids)])

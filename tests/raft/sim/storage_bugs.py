@@ -285,7 +285,20 @@ BUGS: dict[str, StorageBug] = {
 }
 
 # The first seed (from 0) that catches each bug, found by the search command above.
-SEEDS: dict[str, int] = {}
+SEEDS: dict[str, int] = {
+    "wal-batch-fsync": 0,
+    "wal-rotate-fsync": 0,
+    "wal-rotate-dir-fsync": 0,
+    "wal-open-fsync": 3,
+    "snapshot-install-sync": 206,
+    "snapshot-file-fsync": 0,
+    "snapshot-dir-fsync": 0,
+    "make-dirs-fsync": 0,
+    "commit-past-membership-unsynced": 0,
+    "commit-not-in-wal": 0,
+    "hard-state-only-at-sync": 0,
+    "tear-ignores-marks": 0,
+}
 
 
 @contextmanager
