@@ -84,21 +84,23 @@ class DiskStorage:
         for name in fs.listdir(self._dir):
             if name.endswith(TMP_SUFFIX):
                 fs.unlink(self._dir / name)  # an atomic_write interrupted before its rename
-        # What is read below is treated as durable from now on; a snapshot renamed into
-        # place just before a crash may not be yet (found by the simulator's crash
-        # points: the node restarted from it, then a power loss took it back).
-        fs.fsync_dir(self._dir)
         self._legacy_hs_path = self._dir / LEGACY_HARD_STATE_FILE
         self._snap_path = self._dir / SNAPSHOT_FILE
         snapshot = self._read_snapshot()
         self._snap: SnapshotMeta = snapshot.meta
         legacy = self._read_legacy_hard_state()
-        self._wal, log = WAL.open(self._dir, segment_bytes, fs)
+        self._wal, log = WAL.open(self._dir, segment_bytes, fs)  # fsyncs the log it read
         try:
             entries = self._after_snapshot(log)
             self._hs = self._wal.state or legacy or HardState()
             if legacy is not None:
                 self._migrate_legacy_hard_state()
+            # What was read is treated as durable from now on; a snapshot renamed into
+            # place just before a crash may not be yet (found by the simulator's crash
+            # points: the node restarted from it, then a power loss took it back). The
+            # parent too, for a directory someone else created.
+            fs.fsync_dir(self._dir)
+            fs.fsync_dir(self._dir.parent)
         except (CorruptStorage, OSError):
             self._wal.close()
             raise
@@ -239,12 +241,13 @@ class DiskStorage:
 
     def _migrate_legacy_hard_state(self) -> None:
         """Format 1 -> 2: the hard state into the WAL (synced), then the file away."""
-        # No fsync here: the unlink becomes durable only with a later directory fsync,
-        # and each of those in this code follows a WAL sync (segment rotation, snapshot
-        # install), so the hard state record is durable first; and if a power loss
-        # brings the file back, the WAL's hard state wins and the next open removes it.
+        # The record must be durable before the file can go: a filesystem may persist
+        # the unlink at any journal commit. If a power loss brings the file back, the
+        # WAL's hard state wins and the next open removes it again (so the unlink
+        # itself needs no directory fsync).
         if self._wal.state is None:
             self._wal.append((), self._hs)
+            self._wal.sync()
         self._fs.unlink(self._legacy_hs_path)
 
     def _after_snapshot(self, log: list[Entry]) -> list[Entry]:

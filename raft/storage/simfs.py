@@ -11,15 +11,18 @@ Crash models (docs/ARCHITECTURE.md, "Durability"):
 * **Power loss** (:meth:`SimFileSystem.power_loss`): a file keeps what a completed fsync
   covered; of what it received since, a prefix survives at page granularity (a random
   number of pages, in offset order, which for append-only files is write order), the
-  first lost page possibly torn (garbage or zeros), and a file that grew may keep its
-  new length with the lost pages read back as zeros. A created, renamed or removed name
-  survives only if its directory was fsynced afterwards; otherwise the directory's
-  entries revert to what its last fsync saw.
+  first lost page possibly torn (garbage or zeros), a file that grew may keep its new
+  length with the lost pages read back as zeros, one later page may have been written
+  back while the ones before it were not (zeros between), and a truncation not followed
+  by an fsync may be undone. A created, renamed or removed name is certain to survive
+  only if its directory was fsynced afterwards; of the name operations not yet made
+  durable, a random prefix (in the order they were made) survives, as a journal that
+  commits in order, at any time, would keep.
 * **Media corruption** (:meth:`SimFileSystem.corrupt`): a sector of durable data zeroed
   or bit-flipped, a separate fault that the storage must detect, never absorb.
 * **Failing fsync** (:attr:`SimFileSystem.fail_fsync`): the next fsync raises EIO; the
   storage must stop (the page cache state after a failed fsync is unknown).
-* **Crash points** (:attr:`SimFileSystem.crash_p`): after any fsync, rename or unlink,
+* **Crash points** (:attr:`SimFileSystem.crash_p`): after any write, fsync, rename or unlink,
   with that probability, :class:`SimulatedCrash` is raised out of the storage code, so
   crashes land *inside* storage operations (between a snapshot file's rename and the
   next log write, in the middle of recovery...), FoundationDB's buggify applied to
@@ -42,6 +45,9 @@ SECTOR = 512
 
 class SimulatedCrash(Exception):
     """The machine dies at this point of a storage operation (a crash point)."""
+
+
+_NameOp = tuple[str, str, str, "_Inode | None"]  # (kind, path, rename target, inode)
 
 
 def _parent(p: str) -> str:
@@ -74,30 +80,49 @@ class _Inode:
         lo = self.dirty_from
         if lo is None:
             return
-        data, durable = self.data, self.durable
-        page0 = lo - lo % PAGE
-        pages = -(-(len(data) - page0) // PAGE)
-        keep = rng.randint(0, pages)
-        end = min(len(data), page0 + keep * PAGE) if keep else lo
-        if end >= len(data):  # every write since the fsync reached the medium
-            self.durable = bytearray(data)
+        data = self.data
+        if len(data) <= lo:  # only a truncation since the fsync: it may be lost
+            if rng.random() < 0.5:
+                self.durable = bytearray(data)
         else:
-            out = bytearray(durable)
-            if len(out) < end:
-                out.extend(bytes(end - len(out)))
-            out[lo:end] = data[lo:end]
-            roll = rng.random()
-            if roll < 0.4:  # the first lost page is torn: part garbage or zeros
-                n = rng.randint(1, min(PAGE, len(data) - end))
-                junk = rng.randbytes(n) if rng.random() < 0.5 else bytes(n)
-                if len(out) < end + n:
-                    out.extend(bytes(end + n - len(out)))
-                out[end : end + n] = junk
-            elif roll < 0.6 and len(out) < len(data):  # size updated, pages never written
-                out.extend(bytes(len(data) - len(out)))
-            self.durable = out
+            page0 = lo - lo % PAGE
+            pages = -(-(len(data) - page0) // PAGE)
+            keep = rng.randint(0, pages)
+            if keep == pages:  # every write since the fsync reached the medium
+                self.durable = bytearray(data)
+            else:
+                self.durable = self._survivors(rng, lo, page0 + keep * PAGE if keep else lo)
         self.data = bytearray(self.durable)
         self.dirty_from = None
+
+    def _survivors(self, rng: random.Random, lo: int, end: int) -> bytearray:
+        """The medium after losing the writes past ``end`` (``lo`` <= ``end`` <
+        len(data)): the first lost page may be torn, a grown file may keep its length
+        with zeros, and (write-back is unordered) one later page may have made it."""
+        data = self.data
+        out = bytearray(self.durable)
+        if len(out) < end:
+            out.extend(bytes(end - len(out)))
+        out[lo:end] = data[lo:end]
+        roll = rng.random()
+        if roll < 0.4:  # the first lost page is torn: part garbage or zeros
+            n = rng.randint(1, min(PAGE, len(data) - end))
+            junk = rng.randbytes(n) if rng.random() < 0.5 else bytes(n)
+            if len(out) < end + n:
+                out.extend(bytes(end + n - len(out)))
+            out[end : end + n] = junk
+        elif roll < 0.6 and len(out) < len(data):  # size updated, pages never written
+            out.extend(bytes(len(data) - len(out)))
+        elif roll < 0.75:  # a later page written back, the ones before it never were
+            first = end - end % PAGE + PAGE
+            if first < len(data):
+                at = first + PAGE * rng.randrange(-(-(len(data) - first) // PAGE))
+                stop = min(at + PAGE, len(data))
+                if len(out) < stop:
+                    out.extend(bytes(stop - len(out)))
+                out[end:at] = bytes(at - end)
+                out[at:stop] = data[at:stop]
+        return out
 
 
 class _SimFile:
@@ -114,6 +139,7 @@ class _SimFile:
         ino.touch(len(ino.data))
         ino.data += data
         self._fs.bytes_written += len(data)
+        self._fs.crash_point()
 
     def fsync(self) -> None:
         assert self._open, "fsync of a closed file"
@@ -145,6 +171,9 @@ class SimFileSystem:
         self._durable_files: dict[str, _Inode] = {}
         self._dirs: set[str] = {"/", "."}
         self._durable_dirs: set[str] = {"/", "."}
+        # Name operations not yet made durable by a directory fsync, in order: a power
+        # loss keeps a random prefix of them (a journal commits in order, at any time).
+        self._pending: list[_NameOp] = []
         self.fail_fsync = False  # the next fsync (file or directory) raises EIO
         self.fsyncs = 0
         self.bytes_written = 0
@@ -165,6 +194,7 @@ class SimFileSystem:
         if str(path.parent) not in self._dirs:
             raise FileNotFoundError(errno.ENOENT, "no parent directory", p)
         self._dirs.add(p)
+        self._pending.append(("mkdir", p, "", None))
 
     def listdir(self, path: Path) -> list[str]:
         d = str(path)
@@ -183,7 +213,8 @@ class SimFileSystem:
             if p in self._files:
                 raise FileExistsError(errno.EEXIST, "exists", p)
             self._check_parent(path)
-            self._files[p] = _Inode()
+            ino = self._files[p] = _Inode()
+            self._pending.append(("create", p, "", ino))
         return _SimFile(self, self._inode(path))
 
     def open_truncate(self, path: Path) -> FileHandle:
@@ -192,6 +223,7 @@ class SimFileSystem:
         if ino is None:
             self._check_parent(path)
             ino = self._files[p] = _Inode()
+            self._pending.append(("create", p, "", ino))
         f = _SimFile(self, ino)
         f.truncate(0)
         return f
@@ -200,11 +232,13 @@ class SimFileSystem:
         ino = self._inode(src)
         del self._files[str(src)]
         self._files[str(dst)] = ino
+        self._pending.append(("rename", str(src), str(dst), ino))
         self.crash_point()
 
     def unlink(self, path: Path) -> None:
         self._inode(path)
         del self._files[str(path)]
+        self._pending.append(("unlink", str(path), "", None))
         self.crash_point()
 
     def fsync_dir(self, path: Path) -> None:
@@ -212,14 +246,13 @@ class SimFileSystem:
         if d not in self._dirs:
             raise FileNotFoundError(errno.ENOENT, "no such directory", d)
         self.check_fsync()
-        durable = self._durable_files
-        for p in [p for p in durable if _parent(p) == d]:
-            del durable[p]
-        for p, ino in self._files.items():
-            if _parent(p) == d:
-                durable[p] = ino
-        self._durable_dirs -= {p for p in self._durable_dirs if p != d and _parent(p) == d}
-        self._durable_dirs |= {p for p in self._dirs if p != d and _parent(p) == d}
+        keep = []
+        for op in self._pending:
+            if _parent(op[1]) == d or (op[2] and _parent(op[2]) == d):
+                self._commit(op)
+            else:
+                keep.append(op)
+        self._pending = keep
         self.crash_point()
 
     # ---- faults ------------------------------------------------------------------------
@@ -234,8 +267,26 @@ class SimFileSystem:
             self.fail_fsync = False
             raise OSError(errno.EIO, "injected fsync failure")
 
+    def _commit(self, op: _NameOp) -> None:
+        """Make one name operation durable."""
+        kind, a, b, ino = op
+        if kind == "mkdir":
+            self._durable_dirs.add(a)
+        elif kind == "create":
+            assert ino is not None
+            self._durable_files[a] = ino
+        elif kind == "rename":
+            assert ino is not None
+            self._durable_files.pop(a, None)
+            self._durable_files[b] = ino
+        else:
+            self._durable_files.pop(a, None)
+
     def power_loss(self, rng: random.Random) -> None:
         """The machine loses power: keep only what the crash model says survives."""
+        for op in self._pending[: rng.randint(0, len(self._pending))]:
+            self._commit(op)
+        self._pending = []
         dirs = {d for d in self._durable_dirs if self._reachable(d, self._durable_dirs)}
         files = {p: ino for p, ino in sorted(self._durable_files.items()) if _parent(p) in dirs}
         seen: set[int] = set()

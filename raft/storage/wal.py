@@ -24,16 +24,21 @@ endian), of four types:
   written right after each fsync (without one of its own: the next batch's fsync covers
   it), so the disk itself records which region is known durable.
 
+Every segment opens with a ``SYNCED`` mark of 0 and, once one exists, a ``STATE``.
+
 Recovery: a power loss can only damage what was written after the last fsync, which is
-the end of the last segment (a segment is fsynced before the next one is created). A bad
-record in the last segment at or after the highest ``SYNCED`` mark is a torn write and
-is cut away, unless a valid record follows it that a tear cannot explain -- with one
-exception: an all-zero 512-byte sector in between is a page the kernel never wrote
-back, a tear too (etcd's heuristic). Any other bad record -- in particular one below a
-``SYNCED`` mark, i.e. in fsynced data -- is corruption and raises
+the end of the last segment (a segment is fsynced before the next one is created). Every
+segment opens with a ``SYNCED`` mark of 0, which says its marks are authoritative. A
+bad record in the last segment at or after its highest mark is a torn write and is cut
+away, with whatever follows it (write-back is unordered, so valid records may follow a
+lost page; none of it was acknowledged as durable). Any other bad record -- in
+particular one below a mark, i.e. in fsynced data -- is corruption and raises
 :class:`CorruptStorage`: truncating it would silently lose entries this node may have
-acknowledged. Known limit: the batch fsynced last before a power loss may have lost its
-mark, and media corruption there looks like a tear (docs/ARCHITECTURE.md).
+acknowledged. Segments without marks (format 1) keep the older rule: a tear is a bad
+record that no valid record follows, unless an all-zero 512-byte sector lies between
+(a page the kernel never wrote back; etcd's heuristic). Known limit: the batch fsynced
+last before a power loss may have lost its mark, and media corruption there looks like a
+tear (docs/ARCHITECTURE.md).
 
 Opening fsyncs the last segment even when nothing was cut: after a process crash the
 unsynced tail is still in the page cache, and the restarted node treats everything it
@@ -90,6 +95,11 @@ class Segment:
     size: int = 0
     # Highest entry index recorded in this segment; 0 when it holds no entry.
     max_index: Index = 0
+    # Holds a STATE record (the newest hard state must always be in the last segment,
+    # so that compaction, which deletes only older segments, cannot lose it).
+    has_state: bool = False
+    # Bytes of the records a segment opens with (its first mark and hard state).
+    opening: int = 0
 
 
 def _crc(rtype: int, payload: bytes) -> int:
@@ -139,7 +149,7 @@ def _is_torn(data: bytes, off: int) -> bool:
 
 def _mark_after(data: bytes, off: int) -> int:
     """The highest SYNCED mark among the valid records after a bad one at ``off``."""
-    best = 0
+    best = -1
     nxt = _next_valid(data, off + 1)
     while nxt is not None:
         rec = _parse(data, nxt)
@@ -155,7 +165,8 @@ def _mark_after(data: bytes, off: int) -> int:
 
 def _durable_mark(replayed: int, data: bytes, off: int) -> int:
     """Where the region known durable ends, for a bad record at ``off``: the highest
-    SYNCED mark before it (``replayed``) or after it."""
+    SYNCED mark before it (``replayed``) or after it; -1 if the segment has no mark at
+    all (format 1, or a segment torn before its opening mark)."""
     return max(replayed, _mark_after(data, off))
 
 
@@ -207,6 +218,7 @@ def _apply_record(seg: Segment, log: _Replay, rtype: int, payload: bytes, off: i
         log.truncate(index)
     elif rtype == STATE:
         log.state = decode_hard_state(payload)
+        seg.has_state = True
     else:
         (mark,) = _U64.unpack(payload)
         if mark > off:
@@ -216,13 +228,15 @@ def _apply_record(seg: Segment, log: _Replay, rtype: int, payload: bytes, off: i
 def _scan(seg: Segment, data: bytes, log: _Replay, tail_may_tear: bool) -> int:
     """Replay one segment into ``log``; return the length of its valid prefix."""
     off = 0
-    durable = 0  # the highest SYNCED mark replayed so far
+    durable = -1  # the highest SYNCED mark replayed so far (-1: none yet)
     while off < len(data):
         rec = _parse(data, off)
         if rec is None:
             if tail_may_tear:
                 mark = _durable_mark(durable, data, off)
-                if off >= mark and _is_torn(data, off):
+                # With marks, everything after the highest one may tear; without any
+                # (format 1), only what no valid record follows (or a zero sector).
+                if off >= mark >= 0 or (mark < 0 and _is_torn(data, off)):
                     return off
                 if off < mark:
                     raise CorruptStorage(
@@ -301,6 +315,11 @@ class WAL:
             assert wal._file is not None
             wal._file.truncate(torn[1])
         wal.truncated_tail = torn
+        if log.state is not None and segments and not segments[-1].has_state:
+            # A segment rotated in just before a crash may have lost its opening STATE
+            # record (or been cut to nothing): restore the invariant before compaction
+            # can delete the segment that holds it.
+            wal.append((), log.state)
         wal._sync_recovered()
         return wal, log.entries
 
@@ -337,6 +356,8 @@ class WAL:
             buf += rec
             self.state = state
         self._write(buf)
+        if state is not None:
+            self._segments[-1].has_state = True
 
     def truncate_from(self, index: Index) -> None:
         """Drop every stored entry with index >= ``index``."""
@@ -364,6 +385,8 @@ class WAL:
         """Delete the oldest segments whose entries are all at or below ``index``,
         oldest first. The segment being appended to is never deleted. (No directory
         fsync: see the module docstring.)"""
+        if self.state is not None and self._segments and not self._segments[-1].has_state:
+            self.append((), self.state)  # never delete the only copy of the hard state
         while len(self._segments) > 1 and self._segments[0].max_index <= index:
             self._fs.unlink(self._segments.pop(0).path)
 
@@ -379,14 +402,19 @@ class WAL:
     def _make_room(self, buf: bytearray, size: int, first_index: Index) -> None:
         """Start a new segment if ``size`` more bytes would overflow the current one."""
         if self._segments:
-            used = self._segments[-1].size + len(buf)
-            if used == 0 or used + size <= self._segment_bytes:
+            seg = self._segments[-1]
+            used = seg.size + len(buf)
+            # A segment holding only its opening records takes any record, however big.
+            if used <= seg.opening or used + size <= self._segment_bytes:
                 return
         self._write(buf)
         buf.clear()
         self._rotate(first_index)
+        seg = self._segments[-1]
         if self.state is not None:
             buf += _record(STATE, encode_hard_state(self.state))
+            seg.has_state = True  # written with this buffer
+        seg.opening = seg.size + len(buf)
 
     def _write(self, buf: bytes | bytearray) -> None:
         if buf:
@@ -407,4 +435,10 @@ class WAL:
         path = self._dir / segment_name(seq, first_index)
         self._file = self._fs.open_append(path, create=True)
         self._fs.fsync_dir(self._dir)
-        self._segments.append(Segment(seq, first_index, path))
+        seg = Segment(seq, first_index, path)
+        self._segments.append(seg)
+        # A mark claiming nothing: this segment's marks are authoritative (format 2).
+        mark = _record(SYNCED, _U64.pack(0))
+        self._file.write(mark)
+        seg.size += len(mark)
+        self._dirty = True

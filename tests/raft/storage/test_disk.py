@@ -105,7 +105,7 @@ def test_damage_to_the_last_synced_batch_is_corruption_not_a_tear(tmp_path: Path
     st.close()
     [path] = segments(tmp_path)
     data = path.read_bytes()
-    path.write_bytes(data[:-40] + b"\xffgarbage" + data[-31:])
+    path.write_bytes(data[:-40] + b"\xffgarbage!" + data[-31:])  # same length: damage
     with pytest.raises(CorruptStorage):
         DiskStorage(tmp_path)
 

@@ -259,3 +259,35 @@ def test_reopen_makes_a_renamed_snapshot_durable(
     after = DiskStorage(NODE, fs=fs).load()
     assert after.snapshot.meta.index == 9
     assert after.hard_state.commit <= after.snapshot.meta.index + len(after.entries)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_compaction_never_deletes_the_only_hard_state(seed: int) -> None:
+    """A segment rotated in just before a power loss can come back empty, without the
+    STATE record that opens every segment; a snapshot's compaction then deleted the
+    older segment, the only one holding term and vote (found in review: a restarted
+    node came back at term 0, free to vote again)."""
+    fs = SimFileSystem()
+    st = DiskStorage(NODE, segment_bytes=600, fs=fs)
+    hs = HardState(term=5, vote="n2", commit=8)
+    st.save(hs, [Entry(5, i, data=b"x" * 40) for i in range(1, 9)], None, True)
+    st.save(None, [Entry(5, 9, data=b"y" * 400)], None, False)  # rotates
+    fs.power_loss(random.Random(seed))
+    st = DiskStorage(NODE, segment_bytes=600, fs=fs)
+    assert st.load().hard_state == hs
+    st.save_snapshot(snap(8, 5))
+    st.close()
+    assert DiskStorage(NODE, segment_bytes=600, fs=fs).load().hard_state == hs
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_format1_migration_syncs_before_removing_the_file(seed: int) -> None:
+    """The legacy file may only go once its copy in the WAL is durable: a filesystem
+    may persist the unlink at any journal commit (here: the next open's directory
+    fsync) while the record still waits for write-back (found in review)."""
+    fs = SimFileSystem()
+    _fixture_on(fs)
+    first = DiskStorage(NODE, fs=fs).load()  # migrates; then kill -9
+    fs.fsync_dir(NODE)  # a journal commit makes the unlink durable
+    fs.power_loss(random.Random(seed))
+    assert DiskStorage(NODE, fs=fs).load().hard_state == first.hard_state
