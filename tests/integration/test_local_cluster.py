@@ -215,9 +215,11 @@ def _tear(path: Path, how: str) -> None:
     elif how == "half_record":  # the first half of one more record: a torn append
         with open(path, "ab") as f:
             f.write(data[last : last + (len(data) - last) // 2])
-    else:  # "truncate": cut the last (acknowledged) record in the middle
+    else:  # "truncate": cut the last (acknowledged) entry record in the middle
+        entry = [off for off in _records(data) if data[off + 8] == 1][-1]
+        end = entry + 9 + struct.unpack_from("<I", data, entry + 4)[0]
         with open(path, "r+b") as f:
-            f.truncate(last + (len(data) - last) // 2)
+            f.truncate(entry + (end - entry) // 2)
 
 
 @pytest.mark.parametrize("how", ["garbage", "half_record", "truncate"])

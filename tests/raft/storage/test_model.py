@@ -1,5 +1,6 @@
 """Model-based test: DiskStorage must behave like MemoryStorage (the reference model)
-under any sequence of saves, local snapshots and clean restarts."""
+under any sequence of saves, local snapshots, clean restarts and kill -9 (which, with
+the page cache surviving, must lose nothing, synced or not)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,11 @@ class StorageModel(RuleBasedStateMachine):
     def reopen(self) -> None:
         self.disk.close()
         self.model.close()
+        self.disk = DiskStorage(self.dir, self.segment_bytes)
+
+    @rule()
+    def kill(self) -> None:
+        self.disk.wal.close()  # the process dies: its descriptors close, nothing syncs
         self.disk = DiskStorage(self.dir, self.segment_bytes)
 
     @invariant()
