@@ -166,6 +166,8 @@ class SimFileSystem:
     def __init__(self, rng: random.Random | None = None, crash_p: float = 0.0) -> None:
         self.rng = rng or random.Random(0)
         self.crash_p = crash_p  # chance of a crash point after each fsync/rename/unlink
+        # Crash at exactly the n-th coming crash point (scripted tests), if set.
+        self.crash_countdown: int | None = None
         # name -> inode as processes see them, and as the directories' last fsync saw.
         self._files: dict[str, _Inode] = {}
         self._durable_files: dict[str, _Inode] = {}
@@ -258,6 +260,11 @@ class SimFileSystem:
     # ---- faults ------------------------------------------------------------------------
 
     def crash_point(self) -> None:
+        if self.crash_countdown is not None:
+            self.crash_countdown -= 1
+            if self.crash_countdown <= 0:
+                self.crash_countdown = None
+                raise SimulatedCrash("scripted crash point")
         if self.crash_p and self.rng.random() < self.crash_p:
             raise SimulatedCrash("crash point")
 

@@ -889,3 +889,32 @@ def test_leader_repairs_a_follower_that_lost_acknowledged_entries() -> None:
     net.nodes["n1"].report_unreachable("n2")
     net.tick(["n1"], n=3)
     assert net.log("n2") == net.log("n1")
+
+
+def test_no_campaign_while_a_committed_membership_change_is_unapplied() -> None:
+    """etcd's hup guard: a node restored with a committed but not yet applied
+    membership change would count votes in a configuration the cluster has left, so it
+    refuses to campaign until the change is applied (issue 8, item 1). Reference:
+    dissertation §4.1 (a server uses the latest configuration it has applied)."""
+    import random as _random
+
+    from raft.config import Config
+    from raft.core.raw_node import RawNode
+    from raft.core.ready import Restored
+    from raft.types import ConfState, Entry, Snapshot, SnapshotMeta
+
+    three = ConfState(frozenset({"n1", "n2", "n3"}))
+    snapshot = Snapshot(SnapshotMeta(3, 1, three), b"")
+    add = Entry(2, 4, EntryKind.CONF_CHANGE, ConfChange(ConfChangeKind.ADD_VOTER, "n4").encode())
+    restored = Restored(HardState(2, None, 4), snapshot, (add,))
+    raw = RawNode(Config(id="n1", pre_vote=False, applied=3), restored, _random.Random(1))
+    assert raw.status().conf == three  # a voter of the applied configuration
+    raw.campaign()  # committed up to 4, applied 3: refused
+    assert raw.status().role is Role.FOLLOWER and raw.status().term == 2
+    rd = raw.ready()
+    assert not any(m.__class__.__name__ == "RequestVote" for m in rd.messages)
+    assert [e.index for e in rd.committed_entries] == [4]
+    raw.advance(rd)  # now applied: voters n1..n4
+    raw.campaign()
+    assert raw.status().role is Role.CANDIDATE
+    assert raw.status().conf.voters == frozenset({"n1", "n2", "n3", "n4"})
