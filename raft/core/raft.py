@@ -69,6 +69,9 @@ from raft.types import (
 _LEADER_MESSAGES = (AppendEntries, Heartbeat, InstallSnapshot)
 
 
+MAX_FORWARDED_READS = 4096
+
+
 class Raft:
     def __init__(
         self,
@@ -92,6 +95,11 @@ class Raft:
         self.votes: dict[NodeId, bool] = {}
         self.prs: dict[NodeId, Progress] = {}
         self.read_only = ReadOnly()
+        # Contexts of reads this node forwarded to a leader, in this life only: an
+        # answer to anything else (a request of a previous incarnation, delivered
+        # late) must not become a ReadState. Oldest first; bounded (a forwarded read
+        # whose answer never came is long abandoned by its caller).
+        self.forwarded_reads: dict[bytes, None] = {}
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_timeout = config.election_ticks
@@ -389,8 +397,12 @@ class Raft:
                 self._debug(f"campaigning at once: leadership transfer from {m.src}")
                 self.campaign(transfer=True)
             case ReadIndexResp():
-                if not m.reject:
-                    self.read_states.append(ReadState(m.index, m.ctx))
+                if m.ctx not in self.forwarded_reads:
+                    self._debug(f"ignored a read answer for a request not issued here: {m.ctx!r}")
+                else:
+                    del self.forwarded_reads[m.ctx]
+                    if not m.reject:
+                        self.read_states.append(ReadState(m.index, m.ctx))
             case ReadIndex():
                 self._reject_read(m)
             case _:
@@ -778,6 +790,9 @@ class Raft:
         elif self.lead is None:
             raise NotLeader(None)
         else:
+            self.forwarded_reads[ctx] = None
+            if len(self.forwarded_reads) > MAX_FORWARDED_READS:
+                del self.forwarded_reads[next(iter(self.forwarded_reads))]
             self._send(ReadIndex(src=self.id, dst=self.lead, term=self.term, ctx=ctx))
 
     def _leader_read(self, ctx: bytes, requester: NodeId) -> None:

@@ -97,12 +97,20 @@ class RaftEngine:
         self._proposals: dict[Index, tuple[Term, asyncio.Future[object]]] = {}
         self._read_waiters: dict[bytes, asyncio.Future[Index]] = {}
         self._reads_ready: list[tuple[Index, asyncio.Future[Index]]] = []
+        # Read contexts are unique across incarnations: a random per-process prefix,
+        # then a counter. Frames queued for this node while it was down may deliver an
+        # answer to a read of its previous life; the core drops those too.
+        self._read_prefix = self._rng.getrandbits(64).to_bytes(8, "big")
         self._read_ids = itertools.count(1)
         self._applied: Index = 0
         self._snapshot_index: Index = 0
         # The snapshot being encoded in a worker thread: its index and the bytes to be.
         self._snapshot_job: tuple[Index, asyncio.Future[bytes]] | None = None
         self._stopped = False
+        # The storage call running in a worker thread, if any: close() must not close
+        # the storage under it (a thread cannot be cancelled).
+        self._disk_work: asyncio.Future[None] | None = None
+        self.close_timeout = 5.0  # seconds close() lets the loop finish its batch
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -145,9 +153,16 @@ class RaftEngine:
         if self._task is not None:
             self._wake.set()
             try:
-                await asyncio.wait_for(self._task, timeout=5)
+                await asyncio.wait_for(asyncio.shield(self._task), self.close_timeout)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
+            except Exception as exc:  # the loop died earlier: clean up all the same
+                log.warning("%s: raft loop had failed: %r", self.id, exc)
+        if self._disk_work is not None and not self._disk_work.done():
+            try:
+                await self._disk_work  # the thread finishes whatever we do
+            except Exception as exc:
+                log.warning("%s: storage call failed during shutdown: %r", self.id, exc)
         self._fail_all(ProposalDropped("node shutting down"))
         self._storage.close()
 
@@ -187,7 +202,8 @@ class RaftEngine:
             try:
                 index = self._require_node().propose(command)
             except RaftError as exc:
-                fut.set_exception(exc)
+                if not fut.done():  # the caller may have given up meanwhile
+                    fut.set_exception(exc)
                 return
             self._register_proposal(index, fut)
 
@@ -201,7 +217,8 @@ class RaftEngine:
             try:
                 index = self._require_node().propose_conf_change(cc)
             except RaftError as exc:
-                fut.set_exception(exc)
+                if not fut.done():  # the caller may have given up meanwhile
+                    fut.set_exception(exc)
                 return
             self._register_proposal(index, fut)
 
@@ -222,16 +239,18 @@ class RaftEngine:
     async def read_barrier(self, timeout: float) -> Index:
         if self._unsafe_local_reads:
             return self._applied  # BROKEN ON PURPOSE: no leadership check at all
-        ctx = next(self._read_ids).to_bytes(8, "big")
+        ctx = self._read_prefix + next(self._read_ids).to_bytes(8, "big")
         fut: asyncio.Future[Index] = asyncio.get_running_loop().create_future()
 
         def do() -> None:
             try:
                 self._require_node().read_index(ctx)
             except RaftError as exc:
-                fut.set_exception(exc)
+                if not fut.done():  # the caller may have given up meanwhile
+                    fut.set_exception(exc)
                 return
-            self._read_waiters[ctx] = fut
+            if not fut.done():
+                self._read_waiters[ctx] = fut
 
         self._enqueue(do)
         try:
@@ -282,7 +301,14 @@ class RaftEngine:
         if rd.snapshot is None and not rd.entries and rd.hard_state is None:
             return
         sync = rd.must_sync and self._sync_writes
-        await asyncio.to_thread(self._storage.save, rd.hard_state, rd.entries, rd.snapshot, sync)
+        await self._on_disk(self._storage.save, rd.hard_state, rd.entries, rd.snapshot, sync)
+
+    async def _on_disk(self, fn: Callable[..., None], *args: object) -> None:
+        """Run a storage call in a worker thread, remembered so close() can wait for it
+        (shielded: cancelling the loop must not pretend the thread stopped)."""
+        work = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._disk_work = work
+        await asyncio.shield(work)
 
     def _apply(self, rd: Ready) -> None:
         if rd.snapshot is not None:
@@ -352,7 +378,7 @@ class RaftEngine:
             log.info("%s: dropped snapshot at %d: %s", self.id, index, exc)
             return
         self._snapshot_index = max(self._snapshot_index, index)
-        await asyncio.to_thread(self._storage.save_snapshot, snap)
+        await self._on_disk(self._storage.save_snapshot, snap)
         log.info("%s: snapshot at %d (%d bytes)", self.id, index, len(data))
 
     def _fail_all(self, exc: Exception) -> None:

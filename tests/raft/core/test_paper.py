@@ -23,6 +23,7 @@ from raft.messages import (
     InstallSnapshot,
     Message,
     ReadIndex,
+    ReadIndexResp,
     RequestVote,
     TimeoutNow,
     VoteResp,
@@ -464,6 +465,29 @@ def test_read_index_via_follower() -> None:
     net.send()
     assert [(r.index, r.ctx) for r in net.read_states["n2"]] == [(4, b"f")]
     assert net.sent_of(ReadIndex, src="n2", dst="n1")
+
+
+def test_follower_ignores_read_answers_it_did_not_ask_for() -> None:
+    """A restarted follower may receive, from frames queued while it was down, the
+    answer to a read its previous life forwarded: matched to a new read with the same
+    context, it would serve a stale read. The core accepts an answer only for a read it
+    forwarded in this life (issue 9, item 1). Reference: §6.4"""
+    net = net3()
+    net.elect("n1")
+    net.nodes["n2"].read_index(b"old")
+    net.drop(lambda m: isinstance(m, ReadIndexResp))
+    net.send()
+    [late] = [m for m in net.dropped if isinstance(m, ReadIndexResp)]
+    net.crash("n2")
+    net.start("n2")  # a new life: it never asked for b"old"
+    net.recover()
+    net.send([late])
+    net.send([replace(late, ctx=b"forged")])
+    assert net.read_states["n2"] == []
+    net.tick(["n1"])  # a heartbeat: n2 learns the leader again
+    net.nodes["n2"].read_index(b"new")
+    net.send()
+    assert [r.ctx for r in net.read_states["n2"]] == [b"new"]
 
 
 def test_partitioned_old_leader_never_serves_reads() -> None:
