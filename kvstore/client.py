@@ -92,6 +92,7 @@ __all__ = [
     "RangeOp",
     "RangeResult",
     "ScanResult",
+    "SeqReused",
     "SessionExpired",
     "TooLarge",
     "TxnResult",
@@ -198,6 +199,11 @@ class Indeterminate(ClientError):
 class SessionExpired(ClientError):
     """The write's session had expired; it was not applied (definite). The client has
     already started a new session for later writes."""
+
+
+class SeqReused(ClientError):
+    """The session's seq had answered another request: this one was not applied
+    (definite). This library never does that; a client reusing a session id would."""
 
 
 class BadRequest(ClientError):
@@ -403,15 +409,17 @@ def _split_address(addr: str) -> tuple[str, int]:
 class _Session:
     """Seq numbering for one client id. Invariant: every seq in ``_open`` is > ``ack``.
 
-    The state machine opens a session only on ``seq == 1`` (kvstore/state_machine.py):
-    were seq 2 to arrive first, it would be refused as SESSION_EXPIRED. So seq 1 goes
-    alone, and later writes wait until it has finished before they are sent."""
+    Only ``session_open`` creates a session (kvstore/state_machine.py): it is the
+    session's request seq 1, sent and answered before any write, which then use seqs
+    2, 3, ... A write never opens a session, so a session evicted before a retry of a
+    write cannot come back and apply that write twice."""
 
     def __init__(self, client_id: bytes) -> None:
         self.client_id = client_id
-        self._next_seq = 1
+        self._next_seq = 2  # 1 is the session_open
         self._open: set[int] = set()
-        self._opened = asyncio.Event()
+        self.opened = False
+        self.opening: asyncio.Future[None] | None = None
 
     def begin(self) -> int:
         seq = self._next_seq
@@ -419,15 +427,10 @@ class _Session:
         self._open.add(seq)
         return seq
 
-    async def wait_opened(self) -> None:
-        await self._opened.wait()
-
     def finish(self, seq: int) -> None:
         """The write is over (answered, or given up for good): it may be acknowledged,
         since it will never be retried."""
         self._open.discard(seq)
-        if seq == 1:
-            self._opened.set()
 
     @property
     def ack(self) -> int:
@@ -684,6 +687,8 @@ class AsyncClient:
         return _members(await self._call(build, None, admin=True))
 
     async def close(self) -> None:
+        if not self._closed:
+            await self._close_session()
         self._closed = True
         conns, self._conns = list(self._conns.values()), {}
         for task in conns:
@@ -712,18 +717,14 @@ class AsyncClient:
         renewed = False
         while True:
             session = self._session
+            await self._ensure_open(session, deadline)
             seq = session.begin()
             try:
-                if seq > 1:
-                    async with asyncio.timeout_at(deadline):
-                        await session.wait_opened()
                 resp = await self._call(
                     functools.partial(_with_session, build, session, seq),
                     session,
                     deadline=deadline,
                 )
-            except TimeoutError:
-                raise Unavailable("gave up waiting for the session to open") from None
             except SessionExpired:
                 # Definite: no attempt of this write can have been applied, so it is safe
                 # to send it again as a new write of the fresh session (once).
@@ -737,6 +738,47 @@ class AsyncClient:
         if isinstance(resp, p.CompareFailedResponse):
             raise CompareFailed(resp.current, resp.revision)
         return resp
+
+    async def open_session(self) -> None:
+        """Open this client's write session now (else the first write does it): one
+        write through the log, whose answer every later write waits for."""
+        deadline = asyncio.get_running_loop().time() + self._deadline
+        await self._ensure_open(self._session, deadline)
+
+    async def _ensure_open(self, session: _Session, deadline: float) -> None:
+        """Open ``session`` (once; concurrent writers share the attempt) before its first
+        write: one more round trip through the log per session. An open whose outcome
+        is unknown is simply sent again by the next write: it is idempotent."""
+        if session.opened:
+            return
+        if session.opening is None or session.opening.done():
+            session.opening = asyncio.ensure_future(self._open_session(session, deadline))
+        try:
+            await asyncio.shield(session.opening)
+        except (Unavailable, Indeterminate) as exc:
+            raise Unavailable(f"could not open a session: {exc}") from exc
+
+    async def _open_session(self, session: _Session, deadline: float) -> None:
+        header = p.Session(client=session.client_id, seq=1, ack=0)
+        await self._call(
+            lambda rid: p.SessionOpen(id=rid, session=header), session, deadline=deadline
+        )
+        session.opened = True
+
+    async def _close_session(self) -> None:
+        """Tell the cluster this client is done (best effort): its session and cached
+        results go now instead of at the session TTL."""
+        session = self._session
+        if not session.opened:
+            return
+        seq = session.begin()
+        deadline = asyncio.get_running_loop().time() + min(self._deadline, 2.0)
+        with contextlib.suppress(ClientError):
+            await self._call(
+                lambda rid: p.SessionClose(id=rid, session=session.header(seq)),
+                session,
+                deadline=deadline,
+            )
 
     async def _call(
         self,
@@ -825,6 +867,8 @@ class AsyncClient:
             case Code.STALE_SEQ:
                 # The session forgot this seq's result: retrying cannot tell us more.
                 raise Indeterminate(f"outcome forgotten by the server: {resp.message}")
+            case Code.SEQ_REUSED:
+                raise SeqReused(resp.message)
 
     async def _attempt(
         self, addr: str, build: Callable[[int], p.Request], timeout: float

@@ -13,7 +13,8 @@ absent optional argument is msgpack nil. A ``Txn`` nests arrays: compares
 
 ``Tick`` is the one command outside the session rules: it only carries a leader's
 clock into the log (so leases expire on time when nobody writes), and applying it twice
-is the same as once.
+is the same as once. ``OpenSession`` is the only command that creates a session (as its
+request seq 1); ``CloseSession`` ends one.
 
 The header carries the client session of dissertation §6.3 (exactly-once): ``client_id``
 names the session, ``seq`` numbers the request within it, ``ack_seq`` tells the state
@@ -32,6 +33,7 @@ the same checks, so a request the server accepts is one every replica can decode
 from __future__ import annotations
 
 import enum
+import zlib
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -48,6 +50,7 @@ __all__ = [
     "MAX_TXN_OPS",
     "MAX_VALUE_LEN",
     "Cas",
+    "CloseSession",
     "Command",
     "CommandError",
     "Compare",
@@ -60,6 +63,7 @@ __all__ = [
     "LeaseKeepAlive",
     "LeaseRevoke",
     "Noop",
+    "OpenSession",
     "Put",
     "PutOp",
     "RangeOp",
@@ -67,6 +71,7 @@ __all__ = [
     "Txn",
     "TxnOp",
     "check_branch",
+    "command_digest",
     "decode_command",
     "encode_command",
     "read_only",
@@ -109,6 +114,18 @@ class Header:
 @dataclass(frozen=True, slots=True)
 class Noop:
     """Header only: keeps a session alive and carries its ``ack_seq`` forward."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSession:
+    """Creates the header's session (request seq 1); a retry finds it open. Data
+    commands never create sessions: a session evicted before a retry of its first
+    write must not come back and apply that write twice (issue 9)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSession:
+    """Ends the header's session and forgets its cached results (a client that exits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +264,19 @@ class Tick:
     """Carries the leader's clock into the log; outside the session rules (idempotent)."""
 
 
-Command = Noop | Put | Delete | Cas | Txn | LeaseGrant | LeaseRevoke | LeaseKeepAlive | Tick
+Command = (
+    Noop
+    | Put
+    | Delete
+    | Cas
+    | Txn
+    | LeaseGrant
+    | LeaseRevoke
+    | LeaseKeepAlive
+    | Tick
+    | OpenSession
+    | CloseSession
+)
 
 COMMAND_TAGS: dict[type, int] = {
     Noop: 0,
@@ -259,6 +288,8 @@ COMMAND_TAGS: dict[type, int] = {
     LeaseRevoke: 6,
     LeaseKeepAlive: 7,
     Tick: 8,
+    OpenSession: 9,
+    CloseSession: 10,
 }
 """Wire tag of each command class. Append only: a retired tag stays retired."""
 
@@ -272,6 +303,8 @@ _ARITY: dict[type, int] = {
     LeaseRevoke: 1,
     LeaseKeepAlive: 1,
     Tick: 0,
+    OpenSession: 0,
+    CloseSession: 0,
 }
 _TARGETS = frozenset(int(t) for t in CompareTarget)
 _COMPARE_OPS = frozenset(int(o) for o in CompareOp)
@@ -341,6 +374,10 @@ def _command(tag: Obj, args: tuple[Obj, ...]) -> Command:
         return Noop()
     if cls is Tick:
         return Tick()
+    if cls is OpenSession:
+        return OpenSession()
+    if cls is CloseSession:
+        return CloseSession()
     if cls is Put:
         return Put(_key(args[0]), _value(args[1]))
     if cls is Delete:
@@ -420,7 +457,7 @@ def _txn_op(v: Obj) -> TxnOp:
 
 def _args(cmd: Command) -> list[Obj]:
     match cmd:
-        case Noop() | Tick():
+        case Noop() | Tick() | OpenSession() | CloseSession():
             return []
         case Put(key, value):
             return [key, value]
@@ -507,6 +544,14 @@ def decode_command(data: bytes) -> tuple[Header, Command]:
     # Tag before header: an unknown kind is the more useful error.
     cmd = _command(tag, tuple(args))
     return _header(header), cmd
+
+
+def command_digest(cmd: Command) -> int:
+    """A checksum of what a command does (its kind and arguments, not its header, which
+    changes between retries): a retry must carry the same command as the request its
+    seq first named."""
+    packed = msgpack.packb([COMMAND_TAGS[type(cmd)], *_args(cmd)], use_bin_type=True)
+    return zlib.crc32(packed)
 
 
 def encode_command(header: Header, cmd: Command) -> bytes:

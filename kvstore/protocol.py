@@ -77,6 +77,8 @@ __all__ = [
     "Scan",
     "ScanResponse",
     "Session",
+    "SessionClose",
+    "SessionOpen",
     "Status",
     "StatusResponse",
     "TransferLeader",
@@ -133,6 +135,7 @@ class Code(enum.StrEnum):
     LEASE_NOT_FOUND = "LEASE_NOT_FOUND"
     COMPACTED = "COMPACTED"
     CANCELED = "CANCELED"
+    SEQ_REUSED = "SEQ_REUSED"
 
 
 class Op(enum.StrEnum):
@@ -152,10 +155,22 @@ class Op(enum.StrEnum):
     LEASE_REVOKE = "lease_revoke"
     WATCH = "watch"
     WATCH_CANCEL = "watch_cancel"
+    SESSION_OPEN = "session_open"
+    SESSION_CLOSE = "session_close"
 
 
 WRITE_OPS = frozenset(
-    {Op.PUT, Op.DELETE, Op.CAS, Op.TXN, Op.LEASE_GRANT, Op.LEASE_KEEPALIVE, Op.LEASE_REVOKE}
+    {
+        Op.PUT,
+        Op.DELETE,
+        Op.CAS,
+        Op.TXN,
+        Op.LEASE_GRANT,
+        Op.LEASE_KEEPALIVE,
+        Op.LEASE_REVOKE,
+        Op.SESSION_OPEN,
+        Op.SESSION_CLOSE,
+    }
 )
 """Ops that go through the log with a session. A read-only ``txn`` carries no session
 and is a read; :func:`is_definite` cannot tell, and errs on the indefinite side."""
@@ -179,6 +194,7 @@ _ALWAYS_DEFINITE = frozenset(
         Code.LEASE_NOT_FOUND,
         Code.COMPACTED,
         Code.CANCELED,
+        Code.SEQ_REUSED,
     }
 )
 
@@ -373,6 +389,23 @@ class LeaseRevoke:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionOpen:
+    """Open the session ``session.client`` (its request ``seq`` 1). The only request
+    that creates a session: every write needs one, opened and answered first."""
+
+    id: int
+    session: Session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionClose:
+    """End the session (a client that exits): its cached results are forgotten."""
+
+    id: int
+    session: Session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Watch:
     """Stream every change to keys in ``(key, end)`` (as for a range; ``end=None``: the
     key alone) from ``start_revision`` (None: from the next write). The answers are
@@ -411,9 +444,13 @@ Request = (
     | LeaseRevoke
     | Watch
     | WatchCancel
+    | SessionOpen
+    | SessionClose
 )
 
 _OP_OF: dict[type, Op] = {
+    SessionOpen: Op.SESSION_OPEN,
+    SessionClose: Op.SESSION_CLOSE,
     Get: Op.GET,
     Scan: Op.SCAN,
     Put: Op.PUT,
@@ -822,6 +859,8 @@ _REQUEST_FIELDS: dict[Op, frozenset[str]] = {
     Op.LEASE_REVOKE: frozenset({"id", "op", "lease", *_SESSION}),
     Op.WATCH: frozenset({"id", "op", "key", "end", "start_revision"}),
     Op.WATCH_CANCEL: frozenset({"id", "op", "watch"}),
+    Op.SESSION_OPEN: frozenset({"id", "op", *_SESSION}),
+    Op.SESSION_CLOSE: frozenset({"id", "op", *_SESSION}),
 }
 _TARGET_NAMES: dict[str, CompareTarget] = {
     "value": CompareTarget.VALUE,
@@ -885,6 +924,8 @@ def encode_request(req: Request) -> bytes:
             m.update(key=req.key, end=req.end, start_revision=req.start_revision)
         case WatchCancel():
             m.update(watch=req.watch)
+        case SessionOpen() | SessionClose():
+            m.update(_session_map(req.session))
     return _pack(m)
 
 
@@ -958,6 +999,13 @@ def decode_request(data: bytes, limits: Limits) -> Request:
             return LeaseKeepAlive(id=rid, lease=_lease_id(f), session=_session(f))
         case Op.LEASE_REVOKE:
             return LeaseRevoke(id=rid, lease=_lease_id(f), session=_session(f))
+        case Op.SESSION_OPEN:
+            session = _session(f)
+            if session.seq != 1:
+                f.fail(Code.BAD_REQUEST, "session_open is the session's request seq 1")
+            return SessionOpen(id=rid, session=session)
+        case Op.SESSION_CLOSE:
+            return SessionClose(id=rid, session=_session(f))
         case Op.WATCH:
             key = _key(f, limits)
             end = f.opt_bytes("end")
@@ -1242,6 +1290,8 @@ _OK_FIELDS: dict[Op, frozenset[str]] = {
     Op.LEASE_REVOKE: frozenset({"id", "code", "revision", "prev"}),
     Op.WATCH: frozenset({"id", "code", "events", "revision"}),
     Op.WATCH_CANCEL: frozenset({"id", "code"}),
+    Op.SESSION_OPEN: frozenset({"id", "code", "revision", "prev"}),
+    Op.SESSION_CLOSE: frozenset({"id", "code", "revision", "prev"}),
 }
 _COMPARE_FAILED_FIELDS = frozenset({"id", "code", "revision", "current"})
 
@@ -1296,7 +1346,7 @@ def decode_response(
                 more=f.bool_("more"),
                 revision=f.int_("revision"),
             )
-        case Op.PUT | Op.DELETE | Op.CAS | Op.LEASE_REVOKE:
+        case Op.PUT | Op.DELETE | Op.CAS | Op.LEASE_REVOKE | Op.SESSION_OPEN | Op.SESSION_CLOSE:
             return WriteResponse(id=rid, revision=f.int_("revision"), prev=_opt_kv(f, "prev"))
         case Op.STATUS:
             return StatusResponse(

@@ -51,6 +51,7 @@ from . import protocol as p
 from .commands import (
     CLIENT_ID_LEN,
     Cas,
+    CloseSession,
     Command,
     CommandError,
     Delete,
@@ -58,6 +59,7 @@ from .commands import (
     LeaseGrant,
     LeaseKeepAlive,
     LeaseRevoke,
+    OpenSession,
     Put,
     RangeOp,
     Tick,
@@ -399,6 +401,8 @@ class ClientServer:
                     | p.LeaseGrant()
                     | p.LeaseKeepAlive()
                     | p.LeaseRevoke()
+                    | p.SessionOpen()
+                    | p.SessionClose()
                 ):
                     return await self._write(req)
                 case p.Status():
@@ -449,7 +453,15 @@ class ClientServer:
 
     async def _write(
         self,
-        req: p.Put | p.Delete | p.Cas | p.Txn | p.LeaseGrant | p.LeaseKeepAlive | p.LeaseRevoke,
+        req: p.Put
+        | p.Delete
+        | p.Cas
+        | p.Txn
+        | p.LeaseGrant
+        | p.LeaseKeepAlive
+        | p.LeaseRevoke
+        | p.SessionOpen
+        | p.SessionClose,
     ) -> p.Response:
         s = req.session
         assert s is not None, "the protocol gives every writing request a session"
@@ -470,6 +482,10 @@ class ClientServer:
                 cmd = LeaseKeepAlive(req.lease)
             case p.LeaseRevoke():
                 cmd = LeaseRevoke(req.lease)
+            case p.SessionOpen():
+                cmd = OpenSession()
+            case p.SessionClose():
+                cmd = CloseSession()
         result = await self._engine.propose(encode_command(header, cmd), self._timeout)
         if not isinstance(result, Result):
             raise TypeError(f"engine returned {type(result).__name__}, not a Result")
@@ -676,6 +692,8 @@ def _write_response(rid: int, r: Result) -> p.Response:
             return _error(rid, Code.STALE_SEQ, r.message or "seq below the session floor")
         case ResultCode.LEASE_NOT_FOUND:
             return _error(rid, Code.LEASE_NOT_FOUND, r.message or "lease not found")
+        case ResultCode.SEQ_REUSED:
+            return _error(rid, Code.SEQ_REUSED, r.message or "seq reused by another command")
     # BAD_COMMAND: we proposed bytes the state machine could not decode: our bug.
     log.error("state machine rejected our command: %s %s", r.code.name, r.message)
     return _error(rid, Code.INTERNAL, f"{r.code.name}: {r.message}")

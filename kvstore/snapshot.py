@@ -15,7 +15,7 @@ splits it in two:
    and a session held by a capture is copied before it changes (copy-on-write,
    ``KVStateMachine._own_session``).
 
-The bytes are those of format 2 (docs/ARCHITECTURE.md), identical to a single
+The bytes are those of format 3 (docs/ARCHITECTURE.md), identical to a single
 ``msgpack.packb`` of the whole state: a msgpack array is its header followed by its
 items, so the long arrays (keys, events, sessions, leases) are written as a header and
 then chunks of :data:`CHUNK_ROWS` rows, each packed on its own with its own array
@@ -36,7 +36,7 @@ from kvstore.mvcc import StoreCapture
 
 __all__ = ["CHUNK_ROWS", "SNAPSHOT_FORMAT_VERSION", "SnapshotCapture"]
 
-SNAPSHOT_FORMAT_VERSION = 2  # 2: leases, lease on keys, event history
+SNAPSHOT_FORMAT_VERSION = 3  # 2: leases, lease on keys, event history; 3: digests
 
 CHUNK_ROWS = 1024
 """Rows packed per msgpack call: small enough that the encoder lets go of the GIL often."""
@@ -100,8 +100,12 @@ class SnapshotCapture:
 
 def _session_obj(item: tuple[bytes, Any]) -> list[Any]:
     client_id, s = item
-    results = s.results
-    return [client_id, s.last_active, s.floor, [[q, results[q].to_obj()] for q in sorted(results)]]
+    results, digests = s.results, s.digests
+    rows = [
+        [q, results[q].to_obj(), digests[q]] if q in digests else [q, results[q].to_obj()]
+        for q in sorted(results)
+    ]
+    return [client_id, s.last_active, s.floor, rows]
 
 
 def _chunks(rows: Iterable[Any]) -> Iterator[list[Any]]:

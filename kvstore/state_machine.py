@@ -25,15 +25,18 @@ state machine cannot tell whether such a seq was ever applied (it keeps a floor,
 set), so re-applying could apply it twice: the code is definite for *this* proposal (it
 did nothing) but the client must treat the original request as indefinite.
 
-Sessions are opened implicitly by a command with ``seq == 1`` for an unknown
-client_id; any other seq for an unknown client_id gets ``SESSION_EXPIRED``: the
-session existed and was evicted (or never existed), its cached results are gone, so
-the client must treat its outstanding requests as indefinite and start a new session
-under a fresh client_id. NB: opening on "``ack_seq == 0``" as well, which would accept
-pipelined first requests arriving out of order, is unsafe: a session evicted before
-the client got any answer would be reopened by the retry of an already-applied
-request, applying it twice. The same holds for seq 1 itself, so a client should open a
-session with a ``Noop`` and await its answer before sending writes.
+Sessions are opened only by an explicit ``OpenSession`` command (the client's request
+seq 1, whose answer it awaits before sending writes); a data command for an unknown
+client_id gets ``SESSION_EXPIRED``: the session existed and was evicted (or never
+existed), its cached results are gone, so the client must treat its outstanding
+requests as indefinite and start a new session under a fresh client_id. (Until issue
+9 a data command with seq 1 opened the session: evicted before a retry of that first
+write, the retry reopened it and applied the write twice.) ``CloseSession`` ends one.
+
+A cached result answers a retry only if the retry carries the same command (by
+:func:`kvstore.commands.command_digest`): a reused seq with another command is refused
+with ``SEQ_REUSED``, definite (nothing applied), instead of answering it with the
+result of a different request.
 
 Eviction is replicated state: a session idle for more than ``session_ttl_ms`` of the
 state machine clock is dropped during apply, and when ``max_sessions`` are open the
@@ -73,6 +76,7 @@ from sortedcontainers import SortedList  # type: ignore[import-untyped]  # no st
 from kvstore.commands import (
     CLIENT_ID_LEN,
     Cas,
+    CloseSession,
     Command,
     CommandError,
     Compare,
@@ -85,11 +89,13 @@ from kvstore.commands import (
     LeaseKeepAlive,
     LeaseRevoke,
     Noop,
+    OpenSession,
     Put,
     PutOp,
     RangeOp,
     Tick,
     Txn,
+    command_digest,
     decode_command,
 )
 from kvstore.mvcc import DEFAULT_HISTORY_LIMIT, Event, KeyValue, MVCCStore, WriteBatch
@@ -124,6 +130,7 @@ class ResultCode(enum.IntEnum):
     BAD_COMMAND = 4  # undecodable log entry: nothing changed
     STALE_SEQ = 5  # seq at or below the session floor, result gone: not applied
     LEASE_NOT_FOUND = 6  # a Txn put names a lease that does not exist: nothing changed
+    SEQ_REUSED = 7  # a cached seq retried with another command: nothing changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +193,9 @@ class _Session:
     # be held by a snapshot capture, so it is copied before it changes
     # (KVStateMachine._own_session): copy-on-write.
     epoch: int = 0
+    # command_digest of the request each cached seq answered (absent: restored from a
+    # format-2 snapshot, which did not keep it; such a result answers any retry).
+    digests: dict[int, int] = field(default_factory=dict)
 
     def acknowledge(self, ack_seq: int) -> None:
         """The client has every answer up to ``ack_seq``: forget them (§6.3)."""
@@ -194,12 +204,15 @@ class _Session:
         self.floor = ack_seq
         for seq in [s for s in self.results if s <= ack_seq]:
             del self.results[seq]
+            self.digests.pop(seq, None)
 
-    def remember(self, seq: int, result: Result, bound: int) -> None:
+    def remember(self, seq: int, result: Result, digest: int, bound: int) -> None:
         self.results[seq] = result
+        self.digests[seq] = digest
         if len(self.results) > bound:
             oldest = min(self.results)
             del self.results[oldest]
+            self.digests.pop(oldest, None)
             self.floor = max(self.floor, oldest)
 
 
@@ -337,26 +350,34 @@ class KVStateMachine:
             return self._result(ResultCode.OK)  # idempotent: no session needed
         session = self._sessions.get(client_id)
         if session is None:
-            if seq != 1:
+            if not isinstance(cmd, OpenSession):
                 return self._result(ResultCode.SESSION_EXPIRED, message="unknown session")
             session = self._open_session(client_id)
         else:
             session = self._own_session(client_id, session)
             self._touch(client_id, session)
+        if isinstance(cmd, CloseSession):
+            self._close_session(client_id, session)
+            return self._result(ResultCode.OK)
         session.acknowledge(header.ack_seq)
+        digest = command_digest(cmd)
         cached = session.results.get(seq)
         if cached is not None:
+            if session.digests.get(seq, digest) != digest:
+                return self._result(
+                    ResultCode.SEQ_REUSED, message=f"seq {seq} was used by another command"
+                )
             return cached
         if seq <= session.floor:
             return self._result(ResultCode.STALE_SEQ, message=f"seq {seq} <= floor {session.floor}")
         result = self._execute(cmd)
-        session.remember(seq, result, self.max_results_per_session)
+        session.remember(seq, result, digest, self.max_results_per_session)
         return result
 
     def _execute(self, cmd: Command) -> Result:
         store = self._store
         match cmd:
-            case Noop():
+            case Noop() | OpenSession():
                 return self._result(ResultCode.OK)
             case Put(key, value):
                 prev = store.get(key)
@@ -476,9 +497,19 @@ class KVStateMachine:
         session changes is ``_apply``, on what this returns."""
         if session.epoch == self._epoch:
             return session
-        own = _Session(session.last_active, session.floor, dict(session.results), self._epoch)
+        own = _Session(
+            session.last_active,
+            session.floor,
+            dict(session.results),
+            self._epoch,
+            dict(session.digests),
+        )
         self._sessions[client_id] = own
         return own
+
+    def _close_session(self, client_id: bytes, session: _Session) -> None:
+        self._activity.remove((session.last_active, client_id))
+        del self._sessions[client_id]
 
     def _touch(self, client_id: bytes, session: _Session) -> None:
         if session.last_active != self._clock_ms:
@@ -520,7 +551,7 @@ class KVStateMachine:
             if version == 1:  # before leases and history
                 _, applied, clock, store_state, rows = obj
                 lease_rows, next_lease = (), 1
-            elif version == SNAPSHOT_FORMAT_VERSION:
+            elif version in (2, SNAPSHOT_FORMAT_VERSION):  # 3: command digests
                 _, applied, clock, store_state, rows, lease_rows, next_lease = obj
             else:
                 raise ValueError(f"unknown snapshot format {version!r}")
@@ -556,10 +587,14 @@ class KVStateMachine:
             if len(results) > self.max_results_per_session:
                 raise SnapshotError("cached results exceed max_results_per_session")
             s = _Session(last_active, floor)
-            for seq, result in results:
+            for seq, result, *digest in results:  # format 3 adds the digest
                 if type(seq) is not int or seq <= floor or seq in s.results:
                     raise ValueError(f"bad cached seq {seq!r}")
                 s.results[seq] = Result.from_obj(result)
+                if digest:
+                    if len(digest) != 1 or type(digest[0]) is not int:
+                        raise ValueError(f"bad digest of seq {seq}")
+                    s.digests[seq] = digest[0]
             sessions[client_id] = s
         return sessions
 

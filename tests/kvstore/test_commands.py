@@ -21,6 +21,7 @@ from kvstore.commands import (
     MAX_TXN_OPS,
     MAX_VALUE_LEN,
     Cas,
+    CloseSession,
     Command,
     CommandError,
     Compare,
@@ -33,11 +34,13 @@ from kvstore.commands import (
     LeaseKeepAlive,
     LeaseRevoke,
     Noop,
+    OpenSession,
     Put,
     PutOp,
     RangeOp,
     Tick,
     Txn,
+    command_digest,
     decode_command,
     encode_command,
 )
@@ -73,6 +76,8 @@ leases = st.integers(min_value=1, max_value=MAX_INT - 1)
 commands: st.SearchStrategy[Command] = st.one_of(
     st.just(Noop()),
     st.just(Tick()),
+    st.just(OpenSession()),
+    st.just(CloseSession()),
     st.builds(Put, keys, values),
     st.builds(Delete, keys),
     cas,
@@ -117,9 +122,11 @@ def test_tags_are_explicit() -> None:
         LeaseRevoke: 6,
         LeaseKeepAlive: 7,
         Tick: 8,
+        OpenSession: 9,
+        CloseSession: 10,
     } == COMMAND_TAGS
     with pytest.raises(CommandError, match="tag"):
-        decode_command(raw(FORMAT_VERSION, 9, HDR))
+        decode_command(raw(FORMAT_VERSION, 11, HDR))
 
 
 @pytest.mark.parametrize(
@@ -282,3 +289,14 @@ def test_encoding_refuses_a_command_no_replica_would_decode() -> None:
     txn = Txn((), tuple(PutOp(b"k%d" % i, big) for i in range(5)), ())
     with pytest.raises(CommandError, match="exceeds"):
         encode_command(H, txn)
+
+
+@given(headers(), headers(), commands)
+def test_digest_ignores_the_header_and_names_the_command(
+    a: Header, b: Header, cmd: Command
+) -> None:
+    """A retry (another ack, another leader clock) has the digest of the first try; a
+    different command under the same seq has another (issue 9, item 2)."""
+    assert command_digest(cmd) == command_digest(decode_command(encode_command(b, cmd))[1])
+    assert command_digest(Put(b"k", b"1")) != command_digest(Put(b"k", b"2"))
+    assert command_digest(OpenSession()) != command_digest(CloseSession())

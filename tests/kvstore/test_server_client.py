@@ -173,7 +173,8 @@ def test_limits_are_checked_by_the_client_and_the_server() -> None:
                     await c.put(b"k", b"v" * (16 << 10 + 1))
                 with pytest.raises(BadRequest):
                     await c.get(b"")
-                assert n1.engine.proposals == 0
+                # Only the session's open reached the log, never an oversized write.
+                assert n1.engine.proposals == 1
             finally:
                 await c.close()
 
@@ -213,8 +214,11 @@ def test_responses_may_overtake_each_other() -> None:
             reader, writer = await raw_connect(n1)
             try:
                 client_id = b"c" * 16
+                writer.write(frame(id=9, op="session_open", client=client_id, seq=1, ack=0))
+                opened = await read_frame(reader)
+                assert opened is not None and (opened["id"], opened["code"]) == (9, "OK")
                 writer.write(
-                    frame(id=1, op="put", key=b"k", value=b"v", client=client_id, seq=1, ack=0)
+                    frame(id=1, op="put", key=b"k", value=b"v", client=client_id, seq=2, ack=1)
                 )
                 writer.write(frame(id=2, op="get", key=b"k", consistency="serializable"))
                 first, second = await read_frame(reader), await read_frame(reader)
@@ -239,7 +243,8 @@ def test_follower_redirects_to_the_leader() -> None:
                 await c.put(b"k", b"v")
                 assert c.leader == n2.addr
                 assert (await c.get(b"k")).value == b"v"
-                assert n1.engine.proposals == 0 and n2.engine.proposals == 1
+                # The leader got the session's open and the put; the follower nothing.
+                assert n1.engine.proposals == 0 and n2.engine.proposals == 2
 
                 # Serializable reads are served by any node: n1's replica is (here) empty.
                 one = AsyncClient([n1.addr], timeout=2.0, deadline=5.0)
@@ -364,7 +369,7 @@ def test_malformed_input_never_hurts_other_clients() -> None:
                 assert await read_frame(r) is None
                 w.close()
                 await still_fine()
-                assert n1.engine.proposals == 1
+                assert n1.engine.proposals == 2  # the good client's open and put
             finally:
                 await good.close()
 
@@ -376,7 +381,10 @@ def test_requests_in_flight_are_answered_before_a_fatal_close() -> None:
         async with cluster("n1") as [n1]:
             n1.engine.delay = 0.2
             r, w = await raw_connect(n1)
-            w.write(frame(id=1, op="put", key=b"k", value=b"v", client=b"c" * 16, seq=1, ack=0))
+            w.write(frame(id=9, op="session_open", client=b"c" * 16, seq=1, ack=0))
+            opened = await read_frame(r)
+            assert opened is not None and (opened["id"], opened["code"]) == (9, "OK")
+            w.write(frame(id=1, op="put", key=b"k", value=b"v", client=b"c" * 16, seq=2, ack=1))
             w.write(encode_frame(b"\xc1"))
             first = await read_frame(r)
             assert first is not None and (first["id"], first["code"]) == (1, "OK")
@@ -393,17 +401,20 @@ def test_lost_response_is_retried_and_applied_once() -> None:
         async with cluster("n1") as [n1]:
             c = client(n1, backoff_base=0.01)
             try:
+                await c.open_session()
+                assert n1.engine.proposals == 1
                 n1.engine.drop_responses = 1  # applied, then the answer is "lost"
                 w = await c.put(b"k", b"v")
-                assert n1.engine.proposals == 2  # the retry reached the state machine ...
+                assert n1.engine.proposals == 3  # the retry reached the state machine ...
                 assert w.revision == 1  # ... which answered from the session table
                 kv = await c.get(b"k")
                 assert (kv.version, kv.mod_revision, n1.sm.revision) == (1, 1, 1)
 
                 # The same through a client-side attempt timeout: the slow first attempt
                 # and its retry both get proposed; one applies.
-                n1.engine.delays = [0.4]
                 slow = client(n1, timeout=0.25, backoff_base=0.01)
+                await slow.open_session()
+                n1.engine.delays = [0.4]
                 try:
                     w = await slow.put(b"k", b"v2")
                 finally:
@@ -421,6 +432,7 @@ def test_write_that_never_gets_an_answer_is_indeterminate() -> None:
         async with cluster("n1") as [n1]:
             c = client(n1, deadline=0.5, backoff_base=0.01)
             try:
+                await c.open_session()
                 n1.engine.drop_responses = 10**6
                 with pytest.raises(Indeterminate):
                     await c.put(b"k", b"v")
@@ -500,5 +512,29 @@ def test_a_silent_leader_does_not_pin_the_client() -> None:
                 assert c.leader == n2.addr
             finally:
                 await c.close()
+
+    run(body)
+
+
+def test_a_session_is_opened_before_the_first_write_and_closed_on_exit() -> None:
+    """Only session_open creates a session (issue 9): the client sends it once, shared
+    by concurrent first writes, before any of them; close() ends the session."""
+
+    async def body() -> None:
+        async with cluster("n1") as [n1]:
+            c = client(n1)
+            try:
+                await asyncio.gather(*(c.put(b"k%d" % i, b"v") for i in range(5)))
+                assert n1.engine.proposals == 6  # one open, five puts
+                assert n1.sm.session_count == 1 and n1.sm.revision == 5
+            finally:
+                await c.close()
+            assert n1.sm.session_count == 0 and n1.engine.proposals == 7
+            reads = client(n1)
+            try:
+                await reads.get(b"k0")
+            finally:
+                await reads.close()
+            assert n1.engine.proposals == 7  # a client that never wrote opens nothing
 
     run(body)

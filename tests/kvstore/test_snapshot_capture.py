@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstore import snapshot as snapshot_mod
-from kvstore.commands import Delete, Header, LeaseGrant, Put, encode_command
+from kvstore.commands import Delete, Header, LeaseGrant, OpenSession, Put, encode_command
 from kvstore.state_machine import SNAPSHOT_FORMAT_VERSION, KVStateMachine
 from raft.config import Config
 from raft.errors import ProposalDropped
@@ -33,7 +33,12 @@ def one_shot(sm: KVStateMachine) -> bytes:
     built, then one packb."""
     st_ = sm._store
     sessions = [
-        [cid, s.last_active, s.floor, [[q, s.results[q].to_obj()] for q in sorted(s.results)]]
+        [
+            cid,
+            s.last_active,
+            s.floor,
+            [[q, s.results[q].to_obj(), s.digests[q]] for q in sorted(s.results)],
+        ]
         for cid, s in sorted(sm._sessions.items())
     ]
     state = [
@@ -62,7 +67,9 @@ def replica(log: list[bytes], upto: int, make: Callable[[], KVStateMachine] = ne
 
 
 def put(client: int, seq: int, key: bytes, value: bytes) -> bytes:
-    return encode_command(Header(bytes([client]) * 16, seq, seq - 1, seq), Put(key, value))
+    """Seq 1 of a client is its session's open; its puts are seqs 2, 3, ..."""
+    cmd = OpenSession() if seq == 1 else Put(key, value)
+    return encode_command(Header(bytes([client]) * 16, seq, seq - 1, seq), cmd)
 
 
 @settings(max_examples=300, deadline=None)
@@ -135,12 +142,13 @@ def test_restore_after_capture_does_not_leak_into_it() -> None:
 
 def test_finished_capture_stops_copy_on_write() -> None:
     sm = KVStateMachine()
-    sm.apply(1, put(1, 1, b"a", b"1"))
+    sm.apply(1, put(1, 1, b"", b""))
+    sm.apply(2, put(1, 2, b"a", b"1"))
     encode = sm.snapshot_capture()
-    sm.apply(2, put(1, 2, b"a", b"2"))
+    sm.apply(3, put(1, 3, b"a", b"2"))
     assert len(sm._store._captures) == 1
     encode()
-    sm.apply(3, put(1, 3, b"b", b"3"))
+    sm.apply(4, put(1, 4, b"b", b"3"))
     assert sm._store._captures == ()
 
 

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from kvstore.commands import (
     Cas,
+    CloseSession,
     Command,
+    CommandError,
     Compare,
     CompareOp,
     CompareTarget,
@@ -28,11 +30,13 @@ from kvstore.commands import (
     LeaseKeepAlive,
     LeaseRevoke,
     Noop,
+    OpenSession,
     Put,
     PutOp,
     RangeOp,
     Tick,
     Txn,
+    decode_command,
     encode_command,
 )
 from kvstore.mvcc import KeyValue
@@ -50,12 +54,16 @@ def cid(n: int) -> bytes:
 
 @dataclass
 class Client:
-    """A well-behaved client: consecutive seqs, acks what it has been answered."""
+    """A well-behaved client: consecutive seqs, acks what it has been answered. Seq 1
+    is its session's OpenSession (:meth:`open`), so its first command is seq 2."""
 
     id: bytes
     now_ms: int = 0
-    seq: int = 0
+    seq: int = 1
     ack: int = 0
+
+    def open(self) -> bytes:
+        return encode_command(Header(self.id, 1, 0, self.now_ms), OpenSession())
 
     def cmd(self, cmd: Command, *, ack: int | None = None) -> bytes:
         self.seq += 1
@@ -69,10 +77,27 @@ class Client:
 
 @dataclass
 class Replica:
+    """Applies commands in order. The first time a client id shows up it opens that
+    client's session first (seq 1), as the client library does; a session evicted
+    later is not reopened."""
+
     sm: KVStateMachine = field(default_factory=KVStateMachine)
     index: int = 0
+    opened: set[bytes] = field(default_factory=set)
 
     def apply(self, data: bytes) -> Result:
+        try:
+            header, cmd = decode_command(data)
+        except CommandError:
+            header, cmd = None, None
+        if header is not None and header.client_id not in self.opened:
+            self.opened.add(header.client_id)
+            if not isinstance(cmd, OpenSession | Tick):
+                self.index += 1
+                opening = encode_command(
+                    Header(header.client_id, 1, 0, header.now_ms), OpenSession()
+                )
+                assert self.sm.apply(self.index, opening).code is OK
         self.index += 1
         return self.sm.apply(self.index, data)
 
@@ -169,17 +194,17 @@ def test_duplicate_is_not_reapplied_and_gets_the_same_result() -> None:
 
 def test_pipelined_seqs_and_ack_trimming() -> None:
     r, c = Replica(), Client(cid(1))
-    sent = [c.cmd(Put(b"k", bytes([i]))) for i in range(5)]  # seqs 1..5, ack 0
+    sent = [c.cmd(Put(b"k", bytes([i]))) for i in range(5)]  # seqs 2..6, ack 0
     results = [r.apply(d) for d in sent]
     assert r.sm.revision == 5
     assert r.apply(sent[1]) == results[1]  # not yet acknowledged: still cached
-    r.apply(c.cmd(Noop(), ack=3))  # seq 6: answers 1..3 received
-    stale = r.apply(sent[1])
+    r.apply(c.cmd(Noop(), ack=4))  # seq 7: answers 1..4 received
+    stale = r.apply(sent[1])  # seq 3
     assert stale.code is ResultCode.STALE_SEQ and r.sm.revision == 5
-    assert r.apply(sent[3]) == results[3]  # seq 4 still cached
+    assert r.apply(sent[3]) == results[3]  # seq 5 still cached
     # An older ack (a delayed duplicate proposal) never lowers the floor.
-    assert r.apply(c.at(7, Noop(), ack=1)).code is OK
-    assert r.apply(sent[2]).code is ResultCode.STALE_SEQ
+    assert r.apply(c.at(8, Noop(), ack=1)).code is OK
+    assert r.apply(sent[2]).code is ResultCode.STALE_SEQ  # seq 4
 
 
 def test_cached_results_are_bounded_per_session() -> None:
@@ -202,12 +227,51 @@ def test_out_of_order_seqs_within_a_session_apply_once_each() -> None:
     assert r.sm.revision == 2
 
 
-def test_unknown_session_is_opened_only_by_seq_1() -> None:
+def test_only_open_session_opens_a_session() -> None:
+    """A data command never opens a session, not even with seq 1 (issue 9, item 2)."""
+    c = Client(cid(1))
+    r = Replica(opened={c.id})  # no automatic open
+    for seq in (1, 2):
+        res = r.apply(c.at(seq, Put(b"k", b"v"), ack=0))
+        assert res.code is ResultCode.SESSION_EXPIRED
+        assert r.sm.session_count == 0 and r.sm.revision == 0
+    assert r.apply(c.open()).code is OK and r.sm.session_count == 1
+    assert r.apply(c.open()).code is OK and r.sm.session_count == 1  # a retry: still open
+    assert r.apply(c.cmd(Put(b"k", b"v"))).code is OK and r.sm.revision == 1
+
+
+def test_first_write_is_not_applied_twice_after_eviction() -> None:
+    """The bug: seq 1 opened a session for an unknown client and was the client's first
+    write; evicted before a retry of that write arrived, the retry reopened the session
+    and applied the write again. Now the write (seq 2) finds no session: refused."""
+    c = Client(cid(1))
+    r = Replica(KVStateMachine(session_ttl_ms=1000), opened={c.id})
+    assert r.apply(c.open()).code is OK
+    first = c.cmd(Put(b"k", b"v"))
+    assert r.apply(first).code is OK and r.sm.revision == 1
+    other = Client(cid(2), now_ms=5000)
+    r.apply(other.cmd(Noop()))  # the clock passes c's TTL: evicted
+    assert r.apply(first).code is ResultCode.SESSION_EXPIRED and r.sm.revision == 1
+    old_style = encode_command(Header(c.id, 1, 0, 0), Put(b"k", b"v"))
+    assert r.apply(old_style).code is ResultCode.SESSION_EXPIRED and r.sm.revision == 1
+
+
+def test_a_reused_seq_with_another_command_is_refused() -> None:
+    """A retry must carry the command its seq first named: another command under a
+    cached seq is SEQ_REUSED (definite, nothing applied), not the other's result."""
     r, c = Replica(), Client(cid(1))
-    res = r.apply(c.at(2, Put(b"k", b"v"), ack=0))
-    assert res.code is ResultCode.SESSION_EXPIRED
-    assert r.sm.session_count == 0 and r.sm.revision == 0
-    assert r.apply(c.at(1, Put(b"k", b"v"))).code is OK and r.sm.session_count == 1
+    put_a = c.cmd(Put(b"a", b"1"))
+    assert r.apply(put_a).code is OK
+    reused = r.apply(c.at(c.seq, Put(b"b", b"2")))
+    assert reused.code is ResultCode.SEQ_REUSED and r.sm.get(b"b") is None
+    assert r.apply(put_a).code is OK and r.sm.revision == 1  # the true retry: cached
+
+
+def test_close_session_forgets_it() -> None:
+    r, c = Replica(), Client(cid(1))
+    assert r.apply(c.cmd(Put(b"k", b"v"))).code is OK and r.sm.session_count == 1
+    assert r.apply(c.cmd(CloseSession())).code is OK and r.sm.session_count == 0
+    assert r.apply(c.cmd(Put(b"k", b"w"))).code is ResultCode.SESSION_EXPIRED
 
 
 def test_session_expires_after_ttl_of_replicated_clock() -> None:
@@ -265,7 +329,7 @@ def test_malformed_entry_is_bad_command_and_changes_nothing(data: bytes) -> None
     before = state_without_index(r.sm)
     res = r.apply(data)
     assert res.code is ResultCode.BAD_COMMAND and res.message and res.revision == 1
-    assert state_without_index(r.sm) == before and r.sm.applied_index == 2
+    assert state_without_index(r.sm) == before and r.sm.applied_index == 3  # open, put, bad
 
 
 def test_apply_requires_increasing_index() -> None:
@@ -282,9 +346,9 @@ def test_snapshot_restore_round_trip_behaves_identically() -> None:
     r.apply(b.cmd(Cas(b"k", b"v", None, b"w")))
     r.apply(b.cmd(Delete(b"missing")))
     snap = r.sm.snapshot()
-    twin = Replica(KVStateMachine(session_ttl_ms=1000), index=r.index)
+    twin = Replica(KVStateMachine(session_ttl_ms=1000), index=r.index, opened=set(r.opened))
     twin.sm.restore(snap)
-    assert twin.sm.snapshot() == snap and twin.sm.applied_index == 3
+    assert twin.sm.snapshot() == snap and twin.sm.applied_index == 5  # with two opens
     b.now_ms = 1500
     follow = [put, a.cmd(Noop()), b.cmd(Put(b"k", b"z")), b"bad", put]
     assert [r.apply(d) for d in follow] == [twin.apply(d) for d in follow]
@@ -296,7 +360,7 @@ def test_snapshot_restore_round_trip_behaves_identically() -> None:
     [
         b"",
         b"\x93\x01\x02\x03",
-        msgpack.packb([2, 0, 0, [0, []], []]),  # unknown format version
+        msgpack.packb([9, 0, 0, [0, []], []]),  # unknown format version
         msgpack.packb([1, 0, 0, [0, []], [[b"short", 0, 0, []]]]),
         msgpack.packb([1, 0, 0, [0, []], [[cid(1), 0, 5, [[5, [0, None, None, 0, ""]]]]]]),
         msgpack.packb([1, 0, 0, [0, []], [[cid(1), 0, 0, [[1, [99, None, None, 0, ""]]]]]]),
@@ -382,7 +446,8 @@ def logs(draw: st.DrawFn, cmds: st.SearchStrategy[Command] = commands) -> list[b
             draw(st.integers(max(0, seq - 3), seq - 1)),
             max(0, base - draw(st.sampled_from([0, 0, 0, 300]))),
         )
-        log.append(encode_command(header, draw(cmds)))
+        # A session's seq 1 is its OpenSession (a restart opens anew, as a client does).
+        log.append(encode_command(header, OpenSession() if seq == 1 else draw(cmds)))
     return log
 
 
@@ -456,13 +521,14 @@ def test_snapshot_bytes_do_not_depend_on_hash_seed() -> None:
     script = textwrap.dedent(
         """
         import hashlib
-        from kvstore.commands import Header, Put, Delete, encode_command
+        from kvstore.commands import Header, OpenSession, Put, Delete, encode_command
         from kvstore.state_machine import KVStateMachine
-        sm = KVStateMachine(session_ttl_ms=50, max_sessions=20, max_results_per_session=4)
+        sm = KVStateMachine(session_ttl_ms=200, max_sessions=20, max_results_per_session=4)
         for i in range(1, 400):
             cid = bytes([i % 37]) * 16
             cmd = Put(b"k%d" % (i % 23), b"v") if i % 5 else Delete(b"k%d" % (i % 23))
-            sm.apply(i, encode_command(Header(cid, 1 + i // 37, 0, i), cmd))
+            seq = 1 + i // 37
+            sm.apply(i, encode_command(Header(cid, seq, 0, i), OpenSession() if seq == 1 else cmd))
         print(hashlib.sha256(sm.snapshot()).hexdigest())
         """
     )
@@ -475,3 +541,21 @@ def test_snapshot_bytes_do_not_depend_on_hash_seed() -> None:
         )
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+def test_format_2_snapshot_restores_and_its_cached_results_answer_retries() -> None:
+    """Format 2 kept no command digests: such a cached result answers a retry of its
+    seq as before (the format-3 check starts with results cached after the upgrade)."""
+    r, c = Replica(), Client(cid(1))
+    put = c.cmd(Put(b"k", b"v"))
+    first = r.apply(put)
+    obj = msgpack.unpackb(r.sm.snapshot(), use_list=True)
+    assert obj[0] == 3
+    obj[0] = 2
+    for session in obj[4]:
+        session[3] = [row[:2] for row in session[3]]
+    old = KVStateMachine()
+    old.restore(msgpack.packb(obj, use_bin_type=True))
+    twin = Replica(old, index=r.index, opened=set(r.opened))
+    assert twin.apply(put) == first and old.revision == 1
+    assert twin.apply(c.at(c.seq, Put(b"k", b"other"))) == first  # no digest: as before

@@ -23,7 +23,7 @@ from kvstore.client import (
     TooLarge,
     WatchEnded,
 )
-from kvstore.commands import Header, LeaseGrant, Tick, Txn, encode_command
+from kvstore.commands import Header, LeaseGrant, OpenSession, Tick, Txn, encode_command
 from kvstore.mvcc import EventType
 from kvstore.state_machine import KVStateMachine, ResultCode
 from tests.kvstore.test_server_client import client, cluster, run
@@ -93,8 +93,9 @@ def test_txn_branches_on_compares_and_is_one_revision() -> None:
 def test_compare_semantics_follow_etcd(compare: Compare, holds: bool) -> None:
     sm = KVStateMachine()
     cid = b"c" * 16
-    sm.apply(1, encode_command(Header(cid, 1, 0, 0), Txn((), (PutOp(b"k", b"v1"),), ())))
-    sm.apply(2, encode_command(Header(cid, 2, 1, 0), Txn((), (PutOp(b"k", b"v2"),), ())))
+    sm.apply(1, encode_command(Header(cid, 1, 0, 0), OpenSession()))
+    sm.apply(2, encode_command(Header(cid, 2, 1, 0), Txn((), (PutOp(b"k", b"v1"),), ())))
+    sm.apply(3, encode_command(Header(cid, 3, 2, 0), Txn((), (PutOp(b"k", b"v2"),), ())))
     res = sm.read_txn(Txn((compare,), (RangeOp(b"k", None, None),), ()))
     assert res.data[0] is holds
 
@@ -177,18 +178,19 @@ def test_lease_keys_vanish_on_revoke_and_on_expiry_by_replicated_clock() -> None
 def test_lease_expiry_is_one_revision_and_survives_snapshot() -> None:
     sm = KVStateMachine()
     cid = b"c" * 16
-    r = sm.apply(1, encode_command(Header(cid, 1, 0, 1000), LeaseGrant(500)))
+    sm.apply(1, encode_command(Header(cid, 1, 0, 1000), OpenSession()))
+    r = sm.apply(2, encode_command(Header(cid, 2, 1, 1000), LeaseGrant(500)))
     lease = r.data[0]
     ops = (PutOp(b"a", b"1", lease), PutOp(b"b", b"2", lease))
-    sm.apply(2, encode_command(Header(cid, 2, 1, 1000), Txn((), ops, ())))
+    sm.apply(3, encode_command(Header(cid, 3, 2, 1000), Txn((), ops, ())))
     copy = KVStateMachine()
     copy.restore(sm.snapshot())
     assert copy.snapshot() == sm.snapshot()
     for replica in (sm, copy):
         assert replica.next_lease_expiry_ms() == 1500
-        replica.apply(3, encode_command(Header(bytes(16), 1, 0, 1499), Tick()))
+        replica.apply(4, encode_command(Header(bytes(16), 1, 0, 1499), Tick()))
         assert replica.get(b"a") is not None
-        replica.apply(4, encode_command(Header(bytes(16), 1, 0, 1500), Tick()))
+        replica.apply(5, encode_command(Header(bytes(16), 1, 0, 1500), Tick()))
         assert replica.get(b"a") is None and replica.get(b"b") is None
         assert replica.revision == 2  # both keys went in one revision
         events, _ = replica.events_since(2, b"\x01", b"\x00")
@@ -314,7 +316,8 @@ def test_state_machine_restores_a_format_1_snapshot() -> None:
     assert sm.applied_index == 7 and sm.revision == 3 and sm.get(b"k") is not None
     assert sm.compacted_revision == 3 and sm.lease_count == 0
     cid = b"c" * 16
-    r = sm.apply(8, encode_command(Header(cid, 1, 0, 2000), LeaseGrant(100)))
+    sm.apply(8, encode_command(Header(cid, 1, 0, 2000), OpenSession()))
+    r = sm.apply(9, encode_command(Header(cid, 2, 1, 2000), LeaseGrant(100)))
     assert r.data[0] == 1  # lease ids start afresh
 
 
@@ -326,9 +329,12 @@ def test_a_watch_far_behind_catches_up_without_new_writes() -> None:
         async with cluster("n1") as (n,):
             c = client(n)
             try:
+                opening = encode_command(Header(b"w" * 16, 1, 0, 0), OpenSession())
+                await n.engine.propose(opening, 1)
                 for i in range(2500):  # straight into the engine: fast, same history
                     put = Txn((), (PutOp(b"h/%d" % i, b"v"),), ())
-                    await n.engine.propose(encode_command(Header(b"w" * 16, i + 1, i, 0), put), 1)
+                    header = Header(b"w" * 16, i + 2, i + 1, 0)
+                    await n.engine.propose(encode_command(header, put), 1)
                 watch = await c.watch("h/", prefix=True, start_revision=1)
                 seen = 0
                 async with asyncio.timeout(10):
