@@ -7,7 +7,7 @@
 # repository's venv (.venv), with PYTHONPATH pointing at the checkout being measured.
 set -u
 A=$(readlink -f "$1"); B=$(readlink -f "$2"); ROUNDS=${3:-5}
-PY=$(readlink -f "$(dirname "$0")/../.venv/bin/python")
+PY="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python"  # not resolved: the venv is the point
 BENCH_ARGS=${BENCH_ARGS:---clients 64 --workload put --duration 10}
 run() {
   local tree=$1 label=$2 out
