@@ -144,7 +144,10 @@ class LocalDB:
         unsafe: str | None = None,
         placement: Placement | None = None,
     ) -> None:
-        self.run_dir = run_dir
+        # Absolute once, here: the configs' paths are resolved against the config file's
+        # folder, so a relative run directory would put the nodes' data somewhere the
+        # harness never looks (its wipes and log copies then silently did nothing).
+        self.run_dir = run_dir = run_dir.resolve()
         self.nodes = node_ids(n)
         self.raft = dict(raft)
         self.unsafe = unsafe

@@ -144,13 +144,14 @@ def _run_dir(opts: RunOptions, seed: int) -> Path:
     name = f"{opts.workload}-{opts.nemesis.replace(',', '+')}-{stamp}-s{seed}"
     if opts.unsafe:
         name += f"-UNSAFE-{opts.unsafe}"
-    path = opts.out / name
+    out = opts.out.resolve()  # every path below, and in the nodes' configs, is absolute
+    path = out / name
     n = 1
     while path.exists():
         n += 1
-        path = opts.out / f"{name}.{n}"
+        path = out / f"{name}.{n}"
     path.mkdir(parents=True)
-    latest = opts.out / "latest"
+    latest = out / "latest"
     try:
         if latest.is_symlink() or latest.exists():
             latest.unlink()

@@ -69,3 +69,18 @@ def test_free_ports_lie_below_the_ephemeral_range() -> None:
         first_ephemeral = int(ephemeral.read_text().split()[0])
         if first_ephemeral > 12000:
             assert high <= first_ephemeral
+
+
+def test_a_relative_run_directory_puts_node_data_where_the_harness_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default --out is relative. Written into a node's config, a relative data
+    root was resolved against the config's folder, so the nodes kept their data under
+    <run>/config/... while wipes, log copies and clean-up looked in <run>/data: a wipe
+    that wiped nothing (issue 10)."""
+    monkeypatch.chdir(tmp_path)
+    db = LocalDB(Path("runs/r1"), 3, raft={"tick_ms": 25, "election_ticks": 10})
+    db.write_configs(proxies(db.nodes))
+    for me in db.nodes:
+        cfg = load_config(db.config_paths[me])
+        assert cfg.node(me).data_dir == db.data_dirs[me] == tmp_path / "runs/r1/data" / me
