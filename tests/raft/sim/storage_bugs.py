@@ -217,6 +217,25 @@ BUGS: dict[str, StorageBug] = {
         Scenario(**CRASHY | {"snapshot_every": 5}),  # type: ignore[arg-type]
         SAFETY,
     ),
+    "open-dir-fsync": StorageBug(
+        "DiskStorage.__init__: the directory fsyncs at open (what a restart reads, "
+        "a snapshot renamed just before the crash, must be durable)",
+        drop_dir_fsync("DiskStorage.__init__"),
+        Scenario(
+            nemesis_ms=(20, 150),
+            weights={"isolate-leader": 4, "crash": 2, "crash-leader": 2, "split": 2, "heal": 1},
+            down_ms=(5, 100),
+            partition_ms=(100, 800),
+            lose_unsynced=True,
+            fsync_never=False,
+            membership=False,
+            snapshot_every=3,
+            max_msg_entries=1,
+            crash_points=0.03,
+            catchup_entries=0,
+        ),
+        SAFETY,
+    ),
     "make-dirs-fsync": StorageBug(
         "make_dirs: the parent fsync of each created directory (item 4)",
         drop_dir_fsync("make_dirs"),
@@ -294,6 +313,7 @@ SEEDS: dict[str, int] = {
     "snapshot-install-sync": 18,
     "snapshot-file-fsync": 0,
     "snapshot-dir-fsync": 0,
+    "open-dir-fsync": 6,
     "make-dirs-fsync": 0,
     "commit-past-membership-unsynced": 1,
     "commit-not-in-wal": 0,

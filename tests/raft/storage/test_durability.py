@@ -291,3 +291,18 @@ def test_format1_migration_syncs_before_removing_the_file(seed: int) -> None:
     fs.fsync_dir(NODE)  # a journal commit makes the unlink durable
     fs.power_loss(random.Random(seed))
     assert DiskStorage(NODE, fs=fs).load().hard_state == first.hard_state
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_open_makes_a_directory_someone_else_created_durable(seed: int) -> None:
+    """An operator (or an older version) created the data directory without fsyncing
+    its parent: opening storage makes the directory durable, else a power loss could
+    take it, with every fsynced file in it. (The simulator's nodes always create their
+    directories with make_dirs, so this fsync is tested here.)"""
+    fs = SimFileSystem()
+    make_dirs(NODE.parent, fs)
+    fs.mkdir(NODE)  # no fsync of /data/n1
+    st = DiskStorage(NODE, fs=fs)
+    st.save(HardState(1, "n1", 0), ents(1, 3, 1), None, sync=True)
+    fs.power_loss(random.Random(seed))
+    assert DiskStorage(NODE, fs=fs).load().entries == tuple(ents(1, 3, 1))
