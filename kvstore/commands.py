@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import enum
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 import msgpack  # type: ignore[import-untyped]  # no stubs upstream
@@ -43,6 +43,7 @@ __all__ = [
     "CLIENT_ID_LEN",
     "COMMAND_TAGS",
     "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
     "MAX_COMMAND_BYTES",
     "MAX_INT",
     "MAX_KEY_LEN",
@@ -77,7 +78,12 @@ __all__ = [
     "read_only",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: sessions are opened only by OpenSession, and a cached seq answers only its own
+command. Format-1 commands, still in the logs of older data directories, keep the rules
+they were applied under (a data command with seq 1 opened its session), so replaying
+an old log rebuilds exactly the state the old version had."""
+FORMAT_VERSIONS = (1, 2)
 CLIENT_ID_LEN = 16
 MAX_KEY_LEN = 4096
 MAX_VALUE_LEN = 1 << 20
@@ -103,12 +109,15 @@ class CommandError(ValueError):
 class Header:
     """Client session of the request (dissertation §6.3) and the leader's clock.
 
-    Invariant (checked at the gateway): ``0 <= ack_seq < seq``."""
+    Invariant (checked at the gateway): ``0 <= ack_seq < seq``. ``format`` is the
+    command format the entry was written in (not a header field on the wire: the
+    command's first element)."""
 
     client_id: bytes
     seq: int
     ack_seq: int
     now_ms: int
+    format: int = FORMAT_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,11 +548,12 @@ def decode_command(data: bytes) -> tuple[Header, Command]:
     if type(obj) is not tuple or len(obj) < 3:
         _fail("command (want array [version, tag, header, ...])", obj)
     version, tag, header, *args = obj
-    if type(version) is not int or version != FORMAT_VERSION:
+    if type(version) is not int or version not in FORMAT_VERSIONS:
         _fail("format version", version)
     # Tag before header: an unknown kind is the more useful error.
     cmd = _command(tag, tuple(args))
-    return _header(header), cmd
+    h = _header(header)
+    return (h if version == FORMAT_VERSION else replace(h, format=version)), cmd
 
 
 def command_digest(cmd: Command) -> int:
@@ -562,11 +572,13 @@ def encode_command(header: Header, cmd: Command) -> bytes:
         raise CommandError(f"not a command: {type(cmd).__name__}")
     if type(header) is not Header:
         raise CommandError(f"not a header: {type(header).__name__}")
+    if header.format not in FORMAT_VERSIONS:
+        raise CommandError(f"unknown command format {header.format!r}")
     _header(tuple(_header_obj(header)))
     args = _args(cmd)
     _command(tag, _tuples(args))
     data: bytes = msgpack.packb(
-        [FORMAT_VERSION, tag, _header_obj(header), *args], use_bin_type=True
+        [header.format, tag, _header_obj(header), *args], use_bin_type=True
     )
     if len(data) > MAX_COMMAND_BYTES:
         raise CommandError(f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")

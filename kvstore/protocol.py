@@ -104,8 +104,10 @@ __all__ = [
 ]
 
 PROTOCOL_NAME = "raftkv"
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+PROTOCOL_VERSION = 2
+"""2: sessions are opened by ``session_open`` (a version-1 client, which opened them with
+its first write, would only ever get SESSION_EXPIRED: it is refused at the hello)."""
+SUPPORTED_VERSIONS: tuple[int, ...] = (2,)
 CLIENT_ID_BYTES = 16
 MAX_INT = 1 << 63
 """Exclusive upper bound of every integer on the wire (ids, seqs, revisions)."""

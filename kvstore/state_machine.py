@@ -350,7 +350,10 @@ class KVStateMachine:
             return self._result(ResultCode.OK)  # idempotent: no session needed
         session = self._sessions.get(client_id)
         if session is None:
-            if not isinstance(cmd, OpenSession):
+            # Format 1 (older logs): a data command with seq 1 opened its session; kept
+            # for them alone, so an old log replays to the state it had (issue 9).
+            implicit = header.format == 1 and seq == 1
+            if not (isinstance(cmd, OpenSession) or implicit):
                 return self._result(ResultCode.SESSION_EXPIRED, message="unknown session")
             session = self._open_session(client_id)
         else:
@@ -363,7 +366,7 @@ class KVStateMachine:
         digest = command_digest(cmd)
         cached = session.results.get(seq)
         if cached is not None:
-            if session.digests.get(seq, digest) != digest:
+            if header.format > 1 and session.digests.get(seq, digest) != digest:
                 return self._result(
                     ResultCode.SEQ_REUSED, message=f"seq {seq} was used by another command"
                 )

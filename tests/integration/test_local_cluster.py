@@ -290,9 +290,9 @@ def _connect(addr: str, hello: bool = True) -> socket.socket:
     host, port = addr.rsplit(":", 1)
     s = socket.create_connection((host, int(port)), timeout=5)
     if hello:
-        s.sendall(_frame({"hello": "raftkv", "version": 1}))
+        s.sendall(_frame({"hello": "raftkv", "version": 2}))
         reply = _read_frame(s)
-        assert reply is not None and reply["version"] == 1, reply
+        assert reply is not None and reply["version"] == 2, reply
     return s
 
 

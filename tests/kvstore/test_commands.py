@@ -253,7 +253,7 @@ def test_invalid_headers_rejected(header: Header) -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (raw(2, 1, HDR, b"k", b"v"), "format version"),
+        (raw(3, 1, HDR, b"k", b"v"), "format version"),
         (raw(True, 1, HDR, b"k", b"v"), "format version"),
         (raw(1, 99, HDR), "tag"),
         (raw(1, 1, HDR, b"k"), "Put takes 2"),

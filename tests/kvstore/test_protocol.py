@@ -249,8 +249,8 @@ def test_connection_level_error_round_trip() -> None:
 
 
 def test_hello_round_trip() -> None:
-    assert p.decode_hello(p.encode_hello(p.Hello())) == p.Hello(version=1)
-    ok = p.HelloOk(version=1, node="n1", leader="n2", leader_addr="h:1", limits=LIMITS)
+    assert p.decode_hello(p.encode_hello(p.Hello())) == p.Hello(version=2)
+    ok = p.HelloOk(version=2, node="n1", leader="n2", leader_addr="h:1", limits=LIMITS)
     assert p.decode_hello_reply(p.encode_hello_reply(ok)) == ok
     err = p.ErrorResponse(id=None, code=Code.UNSUPPORTED_VERSION, message="no")
     assert p.decode_hello_reply(p.encode_hello_reply(err)) == err
@@ -258,8 +258,8 @@ def test_hello_round_trip() -> None:
 
 def test_hello_wire_format_is_the_documented_one() -> None:
     """docs/PROTOCOL.md §2 spells these maps out for other-language clients."""
-    assert msgpack.unpackb(p.encode_hello(p.Hello())) == {"hello": "raftkv", "version": 1}
-    ok = p.HelloOk(version=1, node="n1", leader=None, leader_addr=None)
+    assert msgpack.unpackb(p.encode_hello(p.Hello())) == {"hello": "raftkv", "version": 2}
+    ok = p.HelloOk(version=2, node="n1", leader=None, leader_addr=None)
     m = msgpack.unpackb(p.encode_hello_reply(ok))
     assert m["hello"] == "raftkv" and m["node"] == "n1" and m["leader"] is None
     assert set(m["limits"]) == {"max_frame_bytes", "max_key_bytes", "max_value_bytes"} | {

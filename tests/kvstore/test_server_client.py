@@ -94,7 +94,11 @@ async def raw_connect(node: Node) -> tuple[asyncio.StreamReader, asyncio.StreamW
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(encode_frame(p.encode_hello(p.Hello())))
     reply = await read_frame(reader)
-    assert reply is not None and reply["version"] == 1 and reply["node"] == node.engine.id
+    assert (
+        reply is not None
+        and reply["version"] == p.PROTOCOL_VERSION
+        and reply["node"] == node.engine.id
+    )
     return reader, writer
 
 
@@ -357,7 +361,7 @@ def test_malformed_input_never_hurts_other_clients() -> None:
                 w.write(frame(hello="raftkv", version=99))
                 reply = await read_frame(r)
                 assert reply is not None and reply["code"] == "UNSUPPORTED_VERSION"
-                assert reply["versions"] == [1]
+                assert reply["versions"] == [2]
                 assert await read_frame(r) is None
                 w.close()
 

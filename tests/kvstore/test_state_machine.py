@@ -559,3 +559,15 @@ def test_format_2_snapshot_restores_and_its_cached_results_answer_retries() -> N
     twin = Replica(old, index=r.index, opened=set(r.opened))
     assert twin.apply(put) == first and old.revision == 1
     assert twin.apply(c.at(c.seq, Put(b"k", b"other"))) == first  # no digest: as before
+
+
+def test_format_1_commands_replay_under_their_own_rules() -> None:
+    """Logs written before format 2 opened a session with a data command's seq 1: such
+    an entry, replayed from an old data directory, must rebuild the state the old
+    version built, or a restarted node would diverge from its own history."""
+    r = Replica(opened={cid(1), cid(2)})  # no automatic opens
+    old = Header(cid(1), 1, 0, 0, format=1)
+    assert r.apply(encode_command(old, Put(b"k", b"v"))).code is OK and r.sm.revision == 1
+    new = Header(cid(2), 1, 0, 0)  # format 2: no session, no write
+    assert r.apply(encode_command(new, Put(b"k", b"w"))).code is ResultCode.SESSION_EXPIRED
+    assert decode_command(encode_command(old, Noop()))[0].format == 1
