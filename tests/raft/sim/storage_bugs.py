@@ -135,6 +135,38 @@ CRASHY = dict(
 )
 
 
+# Followers with disagreeing tails install snapshots and die inside storage operations
+# (3% crash points) before their next log write; lagging followers get snapshots.
+SNAPSHOT_CRASH_POINTS = Scenario(
+    nemesis_ms=(20, 150),
+    weights={"isolate-leader": 4, "crash": 2, "crash-leader": 2, "split": 2, "heal": 1},
+    down_ms=(5, 100),
+    partition_ms=(100, 800),
+    lose_unsynced=True,
+    fsync_never=False,
+    membership=False,
+    snapshot_every=3,
+    max_msg_entries=1,
+    crash_points=0.03,
+    catchup_entries=0,
+)
+MEMBERSHIP_CRASHES = Scenario(
+    nemesis_ms=(10, 80),
+    weights={
+        "crash": 4,
+        "crash-leader": 2,
+        "promote": 4,
+        "demote": 3,
+        "remove": 2,
+        "readd": 3,
+        "isolate-leader": 1,
+    },
+    down_ms=(5, 200),
+    lose_unsynced=True,
+    fsync_never=False,
+)
+
+
 @dataclass(frozen=True)
 class StorageBug:
     what: str
@@ -190,19 +222,7 @@ BUGS: dict[str, StorageBug] = {
         drop_fsync("WAL.sync", "DiskStorage._sync", "DiskStorage._install"),
         # A follower with a disagreeing tail installs a snapshot and dies before its
         # next log write: only crash points inside storage operations reach that.
-        Scenario(
-            nemesis_ms=(20, 150),
-            weights={"isolate-leader": 4, "crash": 2, "crash-leader": 2, "split": 2, "heal": 1},
-            down_ms=(5, 100),
-            partition_ms=(100, 800),
-            lose_unsynced=True,
-            fsync_never=False,
-            membership=False,
-            snapshot_every=3,
-            max_msg_entries=1,
-            crash_points=0.03,
-            catchup_entries=0,  # lagging followers get snapshots, not appends
-        ),
+        SNAPSHOT_CRASH_POINTS,
         SAFETY,
     ),
     "snapshot-file-fsync": StorageBug(
@@ -221,19 +241,7 @@ BUGS: dict[str, StorageBug] = {
         "DiskStorage.__init__: the directory fsyncs at open (what a restart reads, "
         "a snapshot renamed just before the crash, must be durable)",
         drop_dir_fsync("DiskStorage.__init__"),
-        Scenario(
-            nemesis_ms=(20, 150),
-            weights={"isolate-leader": 4, "crash": 2, "crash-leader": 2, "split": 2, "heal": 1},
-            down_ms=(5, 100),
-            partition_ms=(100, 800),
-            lose_unsynced=True,
-            fsync_never=False,
-            membership=False,
-            snapshot_every=3,
-            max_msg_entries=1,
-            crash_points=0.03,
-            catchup_entries=0,
-        ),
+        SNAPSHOT_CRASH_POINTS,
         SAFETY,
     ),
     "make-dirs-fsync": StorageBug(
@@ -245,21 +253,7 @@ BUGS: dict[str, StorageBug] = {
     "commit-past-membership-unsynced": StorageBug(
         "DiskStorage: the forced sync when the commit passes a membership change (item 1)",
         no_sync_past_membership,
-        Scenario(
-            nemesis_ms=(10, 80),
-            weights={
-                "crash": 4,
-                "crash-leader": 2,
-                "promote": 4,
-                "demote": 3,
-                "remove": 2,
-                "readd": 3,
-                "isolate-leader": 1,
-            },
-            down_ms=(5, 200),
-            lose_unsynced=True,
-            fsync_never=False,
-        ),
+        MEMBERSHIP_CRASHES,
         SAFETY,
     ),
     "commit-not-in-wal": StorageBug(
