@@ -30,7 +30,9 @@ relinks them in reverse order ("dancing links"), both O(1).
 Unknown outcomes
 ----------------
 
-``fail`` operations certainly did not happen and are dropped before the search. ``info``
+``fail`` operations certainly did not happen and are dropped before the search, except a
+failed ``cas`` without an error: its compare ran and failed, which the model checks
+(the register differed from the expected value at some point in its interval). ``info``
 operations (a timeout, a crash) may have taken effect at any instant after their call, or
 never: their return is at +inf. They live on a second chain holding only their calls, and
 are tried at a return entry, after every known-outcome candidate failed there: placed early
@@ -107,7 +109,14 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from jepsen_like.history import UNKNOWN, Operation, Record, Status, pair_operations
+from jepsen_like.history import (
+    COMPARE_FAILED,
+    UNKNOWN,
+    Operation,
+    Record,
+    Status,
+    pair_operations,
+)
 from jepsen_like.models import Model
 
 __all__ = [
@@ -254,7 +263,9 @@ def check(
         if history and isinstance(history[0], Record)
         else list(history)  # type: ignore[arg-type]
     )
-    live = [op for op in ops if op.status is not Status.FAIL]
+    # Failed operations certainly did not happen; a failed cas without an error still
+    # observed something (its compare did not hold) and stays, as a state-preserving op.
+    live = [op for op in ops if op.status is not Status.FAIL or op.output is COMPARE_FAILED]
     parts = model.partition(live)
     results: dict[str, PartitionResult] = {}
     # Smallest first: a huge key that eats the budget must not starve the cheap ones.

@@ -11,8 +11,12 @@ outcome, in Maelstrom's error model:
 
 - ``ok``: it happened, and ``value`` is what it returned (a read's ok carries the value
   read; its invoke carries ``null``).
-- ``fail``: it certainly did not happen (a definite error, or a cas whose comparison
-  failed): the checker drops it.
+- ``fail``: it certainly did not take effect. With an ``error`` field (a code such as
+  ``"UNAVAILABLE"``) it was refused for another reason and the checker drops it. Without
+  one, a failed ``cas`` is an observation: the compare ran and the register differed
+  from the expected value at that moment (porcupine's etcd model reads it so), and the
+  checker uses it. Any other failed operation is dropped (a failed read constrains
+  nothing).
 - ``info``: unknown (timeout, crash): it may take effect at any time after its invoke, or
   never. An invoke that never completes is read as ``info``.
 
@@ -71,14 +75,17 @@ class Status(enum.StrEnum):
 
 class _Unknown(enum.Enum):
     UNKNOWN = "unknown"
+    COMPARE_FAILED = "compare-failed"
 
     def __repr__(self) -> str:
-        return "UNKNOWN"
+        return self.name
 
 
 # The output of an operation whose response was never seen (status INFO). A sentinel
 # rather than None because None is a legitimate output (a read of a never-written key).
 UNKNOWN: Final = _Unknown.UNKNOWN
+# The output of a failed cas without an error: its compare ran and did not hold.
+COMPARE_FAILED: Final = _Unknown.COMPARE_FAILED
 
 _FIELDS: Final = ("process", "type", "f", "key", "value", "time")
 
@@ -102,9 +109,10 @@ class Record:
     key: str
     value: Any
     time: int
+    error: str | None = None  # fail only: why, when not a cas whose compare failed
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "process": self.process,
             "type": str(self.type),
             "f": self.f,
@@ -112,6 +120,9 @@ class Record:
             "value": self.value,
             "time": self.time,
         }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
 
 
 class OpInput(NamedTuple):
@@ -182,7 +193,14 @@ def parse_record(obj: object, line: int | None = None) -> Record:
         value = obj["value"]
         if not (isinstance(value, list) and len(value) == 2):
             raise HistoryError(f"cas value must be [expected, new], got {value!r}", line)
-    return Record(process=process, type=record_type, f=f, key=key, value=obj["value"], time=time)
+    error = obj.get("error")
+    if error is not None and (
+        not isinstance(error, str) or not error or record_type is not RecordType.FAIL
+    ):
+        raise HistoryError(f"error must be a non-empty string on a fail, got {error!r}", line)
+    return Record(
+        process=process, type=record_type, f=f, key=key, value=obj["value"], time=time, error=error
+    )
 
 
 def _numbered_records(lines: Iterable[str]) -> Iterator[tuple[int, Record]]:
@@ -242,6 +260,8 @@ def _operation(index: int, line: int, inv: Record, done: Record | None) -> Opera
     else:
         status = Status.OK if done.type is RecordType.OK else Status.FAIL
         ret, output = done.time, freeze(done.value)
+        if status is Status.FAIL and inv.f == "cas" and done.error is None:
+            output = COMPARE_FAILED  # an observation, kept by the checker
     return Operation(
         index=index,
         line=line,

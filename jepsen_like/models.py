@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from typing import Final, Protocol, cast
 
-from jepsen_like.history import UNKNOWN, Operation, OpInput, Status
+from jepsen_like.history import COMPARE_FAILED, UNKNOWN, Operation, OpInput, Status
 
 __all__ = ["MODELS", "Model", "RegisterModel", "get_model"]
 
@@ -85,7 +85,9 @@ class RegisterModel:
       change the state, so neither constrains anything).
     - ``write``: always legal; the state becomes the value.
     - ``cas [expected, new]``: an ok cas succeeded, so it is legal iff the state equals
-      ``expected``, and the state becomes ``new``. A failed cas is recorded as ``fail`` and
+      ``expected``, and the state becomes ``new``. A cas whose compare failed (``fail``
+      without an ``error``; output ``COMPARE_FAILED``) is legal iff the state differs
+      from ``expected`` and changes nothing; one that failed for another reason is
       excluded by the checker. An unknown cas is always legal: it takes effect iff the
       comparison holds at the point where it is linearized.
 
@@ -110,6 +112,8 @@ class RegisterModel:
             expected, new = cast(tuple[Hashable, Hashable], value)
             if op_output is UNKNOWN:
                 return True, (new if state == expected else state)
+            if op_output is COMPARE_FAILED:  # the compare ran and did not hold
+                return state != expected, state
             return state == expected, new
         raise ValueError(f"register model: unsupported operation {f!r}")
 
@@ -157,6 +161,8 @@ class RegisterModel:
             out = "?" if op.output is UNKNOWN else _show(op.output)
             return f"read() -> {out}"
         suffix = " ?" if op.status is Status.INFO else ""
+        if op.output is COMPARE_FAILED:
+            suffix = " -> compare failed"
         if op.f == "cas" and isinstance(value, tuple) and len(value) == 2:
             return f"cas({_show(value[0])}, {_show(value[1])}){suffix}"
         return f"{op.f}({_show(value)}){suffix}"

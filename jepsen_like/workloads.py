@@ -10,6 +10,8 @@ completion. The completion type follows Maelstrom's error model (docs/PROTOCOL.m
 - ``ok``: the call returned (a read of a missing key is ``ok`` with value ``null``);
 - ``fail``: a *definite* refusal, the operation certainly did not take effect
   (``Unavailable``, ``NotFound``, ``CompareFailed``, ``SessionExpired``, ``BadRequest``);
+  every one but a failed compare carries ``error`` (the exception's name as a code,
+  e.g. ``UNAVAILABLE``), because a failed compare is itself an observation;
 - ``info``: unknown (``Indeterminate``, the harness's own timeout, any unexpected
   error). A process whose operation ended ``info`` may still have it in flight, so it
   never invokes again: the slot retires it and continues as a new process (number
@@ -113,8 +115,19 @@ class Recorder:
     def now(self) -> int:
         return time.monotonic_ns() - self.t0
 
-    def add(self, process: int, rtype: RecordType, f: str, key: str, value: Any) -> Record:
-        rec = Record(process=process, type=rtype, f=f, key=key, value=value, time=self.now())
+    def add(
+        self,
+        process: int,
+        rtype: RecordType,
+        f: str,
+        key: str,
+        value: Any,
+        *,
+        error: str | None = None,
+    ) -> Record:
+        rec = Record(
+            process=process, type=rtype, f=f, key=key, value=value, time=self.now(), error=error
+        )
         self.records.append(rec)
         if rtype is not RecordType.INVOKE:
             self._counts[str(rtype)] += 1
@@ -178,21 +191,34 @@ async def _perform(
     reads); otherwise every completion echoes the invoked value. ``definite``: extra
     exception types that certainly mean "did not happen" (a workload's own refusals)."""
     rec.add(proc.number, RecordType.INVOKE, f, key, value)
+    error: str | None = None  # why a fail failed, unless a compare did not hold
     try:
         async with asyncio.timeout(timeout):
             result = await call()
         outcome: Outcome = (RecordType.OK, result)
     except NotFound:
         outcome = (RecordType.OK, None) if f == "read" else (RecordType.FAIL, value)
-    except (CompareFailed, Unavailable, SessionExpired, BadRequest):
-        outcome = (RecordType.FAIL, value)
+        error = None if f == "read" else "NOT_FOUND"
+    except CompareFailed:
+        outcome = (RecordType.FAIL, value)  # an observation: the compare did not hold
+    except (Unavailable, SessionExpired, BadRequest) as exc:
+        outcome, error = (RecordType.FAIL, value), _error_code(exc)
     except (Indeterminate, TimeoutError, ClientError, OSError) as exc:
         outcome = (RecordType.FAIL if isinstance(exc, definite) else RecordType.INFO, value)
+        if outcome[0] is RecordType.FAIL:
+            error = _error_code(exc)
     rtype, out = outcome
     if returns is None:
         returns = f == "read"
-    rec.add(proc.number, rtype, f, key, out if rtype is RecordType.OK and returns else value)
+    value_out = out if rtype is RecordType.OK and returns else value
+    rec.add(proc.number, rtype, f, key, value_out, error=error)
     return outcome
+
+
+def _error_code(exc: BaseException) -> str:
+    """The history's ``error`` for a definite failure: the client's exception, by name
+    (UNAVAILABLE, SESSION_EXPIRED, ...)."""
+    return "".join(f"_{c}" if c.isupper() else c for c in type(exc).__name__).lstrip("_").upper()
 
 
 class _Slots:

@@ -45,6 +45,7 @@ def op(
     result: str = "ok",
     output: Any = None,
     key: str = "x",
+    error: str | None = None,
 ) -> list[Record]:
     """An invoke and its completion (none if ``ret`` is None). A read's ``value`` is the
     value read; other functions complete with their input."""
@@ -56,7 +57,13 @@ def op(
     if ret is not None:
         out.append(
             Record(
-                process=process, type=RecordType(result), f=f, key=key, value=done_value, time=ret
+                process=process,
+                type=RecordType(result),
+                f=f,
+                key=key,
+                value=done_value,
+                time=ret,
+                error=error,
             )
         )
     return out
@@ -252,17 +259,24 @@ def test_twin_info_writes_can_each_take_effect() -> None:
     )
 
 
-def test_failed_cas_is_excluded() -> None:
-    # the cas would have succeeded; recorded as fail it certainly did not happen
-    assert (
-        verdict(op(0, "write", 0, 0, 1), op(1, "cas", [0, 9], 2, 3, "fail"), op(2, "read", 0, 4, 5))
-        is Verdict.OK
-    )
-    result = check(
-        RegisterModel(),
-        history(op(0, "write", 0, 0, 1), op(1, "cas", [0, 9], 2, 3, "fail")),
-    )
+def test_a_failed_compare_is_evidence_and_other_failures_are_not() -> None:
+    """A cas completed ``fail`` without an error ran its compare, and it failed: the
+    register differed from the expected value at some point in the cas's interval. Here
+    it certainly held the expected value throughout, so the history is not linearizable
+    (porcupine's etcd model reads a failed cas so). With an error code the cas was
+    refused for another reason, never happened, and constrains nothing (issue 10)."""
+    compare_failed = op(1, "cas", [0, 9], 2, 3, "fail")
+    refused = op(1, "cas", [0, 9], 2, 3, "fail", error="UNAVAILABLE")
+    before, after = op(0, "write", 0, 0, 1), op(2, "read", 0, 4, 5)
+    assert verdict(before, compare_failed, after) is Verdict.ILLEGAL
+    assert verdict(before, refused, after) is Verdict.OK
+    # concurrent with a write that changed the value, a failed compare is fine
+    racing = op(3, "write", 7, 2, 6)
+    assert verdict(before, racing, op(1, "cas", [0, 9], 3, 5, "fail")) is Verdict.OK
+    result = check(RegisterModel(), history(before, refused))
     assert (result.ops, result.failed, result.partitions[0].ops) == (2, 1, 1)
+    result = check(RegisterModel(), history(before, compare_failed))
+    assert (result.ops, result.failed, result.partitions[0].ops) == (2, 0, 2)
 
 
 def test_cas_chain() -> None:

@@ -44,7 +44,7 @@ def test_non_linearizable_history_exits_1_with_a_counterexample() -> None:
     assert code == 1, out
     assert "ILLEGAL" in out and "NOT linearizable." in out
     assert "Counter-example for key 'r'" in out
-    assert "Linearizable prefix: 27 operations (the last 10 shown)" in out
+    assert "Linearizable prefix: 30 operations (the last 10 shown)" in out  # failed cas kept
     assert "State after the prefix: 1" in out
     assert "Could not be linearized next" in out
     assert (
