@@ -452,7 +452,9 @@ class AsyncClient:
 
     ``timeout`` bounds one attempt (connect + request); ``deadline`` bounds a whole call
     including retries. ``client_id`` (16 bytes) names the write session; random by
-    default -- pass one only to resume a session you know is still open."""
+    default. It must be new: the client opens its session under it, and the cluster
+    never reopens an id whose session ended (a session cannot be resumed by another
+    client object, whose seqs would start over)."""
 
     def __init__(
         self,
@@ -868,6 +870,8 @@ class AsyncClient:
                 # The session forgot this seq's result: retrying cannot tell us more.
                 raise Indeterminate(f"outcome forgotten by the server: {resp.message}")
             case Code.SEQ_REUSED:
+                if indefinite:  # an earlier attempt may be what the seq remembers
+                    raise Indeterminate(f"seq reused after an unknown outcome: {resp.message}")
                 raise SeqReused(resp.message)
 
     async def _attempt(

@@ -577,9 +577,7 @@ def encode_command(header: Header, cmd: Command) -> bytes:
     _header(tuple(_header_obj(header)))
     args = _args(cmd)
     _command(tag, _tuples(args))
-    data: bytes = msgpack.packb(
-        [header.format, tag, _header_obj(header), *args], use_bin_type=True
-    )
+    data: bytes = msgpack.packb([header.format, tag, _header_obj(header), *args], use_bin_type=True)
     if len(data) > MAX_COMMAND_BYTES:
         raise CommandError(f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")
     return data

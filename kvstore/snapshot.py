@@ -36,7 +36,7 @@ from kvstore.mvcc import StoreCapture
 
 __all__ = ["CHUNK_ROWS", "SNAPSHOT_FORMAT_VERSION", "SnapshotCapture"]
 
-SNAPSHOT_FORMAT_VERSION = 3  # 2: leases, lease on keys, event history; 3: digests
+SNAPSHOT_FORMAT_VERSION = 3  # 2: leases, lease on keys, event history; 3: digests, ended ids
 
 CHUNK_ROWS = 1024
 """Rows packed per msgpack call: small enough that the encoder lets go of the GIL often."""
@@ -46,7 +46,7 @@ class SnapshotCapture:
     """A state frozen by :meth:`KVStateMachine.snapshot_capture`; call it (once, in any
     thread) for the snapshot bytes."""
 
-    __slots__ = ("_applied", "_clock", "_leases", "_next_lease", "_sessions", "_store")
+    __slots__ = ("_applied", "_clock", "_ended", "_leases", "_next_lease", "_sessions", "_store")
 
     def __init__(
         self,
@@ -59,6 +59,7 @@ class SnapshotCapture:
         sessions: list[tuple[bytes, Any]],
         leases: list[tuple[int, Any]],
         next_lease_id: int,
+        ended: list[bytes],
     ) -> None:
         self._applied = applied
         self._clock = clock_ms
@@ -66,6 +67,7 @@ class SnapshotCapture:
         self._sessions = sessions
         self._leases = leases
         self._next_lease = next_lease_id
+        self._ended = ended  # ids of ended sessions, oldest first (a copy)
 
     def __call__(self) -> bytes:
         try:
@@ -75,12 +77,12 @@ class SnapshotCapture:
 
     def parts(self) -> Iterator[bytes | memoryview]:
         """The snapshot bytes, piece by piece: ``[format, applied_index, clock_ms,
-        [revision, kvs, compacted, events], sessions, leases, next_lease_id]``, sessions
-        ordered by client_id (results by seq) and leases by id, so equal states give
-        equal bytes on every replica."""
+        [revision, kvs, compacted, events], sessions, leases, next_lease_id, ended]``,
+        sessions ordered by client_id (results by seq), leases by id and ended session
+        ids oldest first, so equal states give equal bytes on every replica."""
         packer = msgpack.Packer(use_bin_type=True)
         store = self._store
-        yield packer.pack_array_header(7)
+        yield packer.pack_array_header(8)
         yield packer.pack(SNAPSHOT_FORMAT_VERSION)
         yield packer.pack(self._applied)
         yield packer.pack(self._clock)
@@ -96,6 +98,7 @@ class SnapshotCapture:
         rows = ([lid, e.ttl_ms, e.expiry_ms] for lid, e in leases)
         yield from _pack_array(packer, len(leases), _chunks(rows))
         yield packer.pack(self._next_lease)
+        yield from _pack_array(packer, len(self._ended), _chunks(iter(self._ended)))
 
 
 def _session_obj(item: tuple[bytes, Any]) -> list[Any]:

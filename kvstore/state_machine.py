@@ -248,6 +248,8 @@ class KVStateMachine:
         self._applied_index: Index = 0
         self._clock_ms = 0  # Invariant: never decreases; >= every session's last_active
         self._sessions: dict[bytes, _Session] = {}
+        # Ids of ended sessions, oldest first, at most max_sessions: never reopened.
+        self._ended: dict[bytes, None] = {}
         # (last_active, client_id) of every session: expiry and LRU order, independent
         # of insertion order so a restored replica evicts exactly as a live one does.
         self._activity: Any = SortedList()
@@ -355,6 +357,10 @@ class KVStateMachine:
             implicit = header.format == 1 and seq == 1
             if not (isinstance(cmd, OpenSession) or implicit):
                 return self._result(ResultCode.SESSION_EXPIRED, message="unknown session")
+            if not implicit and client_id in self._ended:
+                return self._result(
+                    ResultCode.SESSION_EXPIRED, message="session ended: open a new one"
+                )
             session = self._open_session(client_id)
         else:
             session = self._own_session(client_id, session)
@@ -481,7 +487,7 @@ class KVStateMachine:
         activity = self._activity
         while activity and activity[0][0] < deadline:
             _, client_id = activity.pop(0)
-            del self._sessions[client_id]
+            self._end_session(client_id)
         deadlines = self._lease_deadlines
         while deadlines and deadlines[0][0] <= self._clock_ms:
             self._revoke(deadlines[0][1])
@@ -489,7 +495,7 @@ class KVStateMachine:
     def _open_session(self, client_id: bytes) -> _Session:
         if len(self._sessions) >= self.max_sessions:
             _, victim = self._activity.pop(0)  # least recently active, then lowest id
-            del self._sessions[victim]
+            self._end_session(victim)
         session = _Session(last_active=self._clock_ms, epoch=self._epoch)
         self._sessions[client_id] = session
         self._activity.add((session.last_active, client_id))
@@ -512,7 +518,16 @@ class KVStateMachine:
 
     def _close_session(self, client_id: bytes, session: _Session) -> None:
         self._activity.remove((session.last_active, client_id))
+        self._end_session(client_id)
+
+    def _end_session(self, client_id: bytes) -> None:
+        """Drop a session and remember its id (bounded, oldest forgotten first): a
+        delayed duplicate of its OpenSession must not bring it back empty, where a
+        retry of an applied write would apply again."""
         del self._sessions[client_id]
+        self._ended[client_id] = None
+        if len(self._ended) > self.max_sessions:
+            del self._ended[next(iter(self._ended))]
 
     def _touch(self, client_id: bytes, session: _Session) -> None:
         if session.last_active != self._clock_ms:
@@ -542,6 +557,7 @@ class KVStateMachine:
             sessions=list(self._sessions.items()),
             leases=list(self._leases.items()),
             next_lease_id=self._next_lease_id,
+            ended=list(self._ended),
         )
 
     def restore(self, data: bytes) -> None:
@@ -553,9 +569,12 @@ class KVStateMachine:
             version = obj[0]
             if version == 1:  # before leases and history
                 _, applied, clock, store_state, rows = obj
-                lease_rows, next_lease = (), 1
-            elif version in (2, SNAPSHOT_FORMAT_VERSION):  # 3: command digests
+                lease_rows, next_lease, ended_rows = (), 1, ()
+            elif version == 2:
                 _, applied, clock, store_state, rows, lease_rows, next_lease = obj
+                ended_rows = ()
+            elif version == SNAPSHOT_FORMAT_VERSION:  # 3: digests, ended session ids
+                _, applied, clock, store_state, rows, lease_rows, next_lease, ended_rows = obj
             else:
                 raise ValueError(f"unknown snapshot format {version!r}")
             if type(applied) is not int or type(clock) is not int or min(applied, clock) < 0:
@@ -564,6 +583,7 @@ class KVStateMachine:
             store.restore_state(store_state)
             sessions = self._decode_sessions(rows, clock)
             leases = _decode_leases(lease_rows, next_lease)
+            ended = self._decode_ended(ended_rows, sessions)
         except SnapshotError:
             raise
         except Exception as exc:  # any shape mismatch in our own format
@@ -572,11 +592,24 @@ class KVStateMachine:
         self._applied_index = applied
         self._clock_ms = clock
         self._sessions = sessions
+        self._ended = ended
         self._activity = SortedList((s.last_active, cid) for cid, s in sessions.items())
         self._leases = leases
         self._lease_deadlines = SortedList((e.expiry_ms, lid) for lid, e in leases.items())
         self._next_lease_id = next_lease
         self._notify()
+
+    def _decode_ended(self, rows: Any, sessions: dict[bytes, _Session]) -> dict[bytes, None]:
+        if len(rows) > self.max_sessions:
+            raise SnapshotError(f"{len(rows)} ended sessions exceed max_sessions")
+        ended: dict[bytes, None] = {}
+        for cid in rows:
+            if type(cid) is not bytes or len(cid) != CLIENT_ID_LEN or cid in sessions:
+                raise ValueError("bad ended session id")
+            ended[cid] = None
+        if len(ended) != len(rows):
+            raise ValueError("duplicate ended session id")
+        return ended
 
     def _decode_sessions(self, rows: Any, clock: int) -> dict[bytes, _Session]:
         if len(rows) > self.max_sessions:

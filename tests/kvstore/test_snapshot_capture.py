@@ -54,6 +54,7 @@ def one_shot(sm: KVStateMachine) -> bytes:
         sessions,
         [[lid, e.ttl_ms, e.expiry_ms] for lid, e in sorted(sm._leases.items())],
         sm._next_lease_id,
+        list(sm._ended),
     ]
     data: bytes = msgpack.packb(state, use_bin_type=True)
     return data

@@ -552,6 +552,7 @@ def test_format_2_snapshot_restores_and_its_cached_results_answer_retries() -> N
     obj = msgpack.unpackb(r.sm.snapshot(), use_list=True)
     assert obj[0] == 3
     obj[0] = 2
+    del obj[7]  # format 3 added the ended session ids
     for session in obj[4]:
         session[3] = [row[:2] for row in session[3]]
     old = KVStateMachine()
@@ -571,3 +572,29 @@ def test_format_1_commands_replay_under_their_own_rules() -> None:
     new = Header(cid(2), 1, 0, 0)  # format 2: no session, no write
     assert r.apply(encode_command(new, Put(b"k", b"w"))).code is ResultCode.SESSION_EXPIRED
     assert decode_command(encode_command(old, Noop()))[0].format == 1
+
+
+def test_an_ended_session_is_never_reopened() -> None:
+    """A delayed duplicate of a session's OpenSession, applied after the session was
+    evicted, used to recreate it empty: a retry of a write it had applied then applied
+    again (found in review). Ended ids are remembered (bounded) and refused."""
+    c = Client(cid(1))
+    r = Replica(KVStateMachine(max_sessions=1), opened={c.id})
+    opening = c.open()
+    assert r.apply(opening).code is OK
+    put = c.cmd(Put(b"k", b"v"))
+    assert r.apply(put).code is OK and r.sm.revision == 1
+    other = Client(cid(2))
+    r.apply(other.open())  # max_sessions=1: evicts c's session
+    assert r.apply(opening).code is ResultCode.SESSION_EXPIRED  # the late duplicate
+    assert r.apply(put).code is ResultCode.SESSION_EXPIRED and r.sm.revision == 1
+    closed = Client(cid(3))
+    r.apply(closed.open())
+    r.apply(closed.cmd(CloseSession()))
+    assert r.apply(closed.open()).code is ResultCode.SESSION_EXPIRED
+    twin = KVStateMachine(max_sessions=1)
+    twin.restore(r.sm.snapshot())
+    assert twin.snapshot() == r.sm.snapshot()
+    assert twin.apply(r.index + 1, closed.open()).code is ResultCode.SESSION_EXPIRED
+    # At most max_sessions ended ids are kept: c's (the oldest) is forgotten by now.
+    assert twin.apply(r.index + 2, opening).code is OK
