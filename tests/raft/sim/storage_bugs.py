@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -259,21 +259,7 @@ BUGS: dict[str, StorageBug] = {
     "commit-not-in-wal": StorageBug(
         "DiskStorage: the commit index written with every batch (item 1)",
         commit_only_with_term_vote,
-        Scenario(
-            nemesis_ms=(10, 80),
-            weights={
-                "crash": 4,
-                "crash-leader": 2,
-                "promote": 4,
-                "demote": 3,
-                "remove": 2,
-                "readd": 3,
-                "isolate-leader": 1,
-            },
-            down_ms=(5, 200),
-            lose_unsynced=False,
-            fsync_never=False,
-        ),
+        replace(MEMBERSHIP_CRASHES, lose_unsynced=False),  # kill -9 alone shows it
         SAFETY,
     ),
     "hard-state-only-at-sync": StorageBug(
