@@ -497,6 +497,9 @@ class KVStateMachine:
             _, victim = self._activity.pop(0)  # least recently active, then lowest id
             self._end_session(victim)
         session = _Session(last_active=self._clock_ms, epoch=self._epoch)
+        # Only a format-1 command (an old log) may reopen an ended id: it is open again.
+        # Invariant: no id is both open and ended.
+        self._ended.pop(client_id, None)
         self._sessions[client_id] = session
         self._activity.add((session.last_active, client_id))
         return session
@@ -538,7 +541,7 @@ class KVStateMachine:
     # ---- snapshot -----------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole state as snapshot bytes (format 2, kvstore/snapshot.py), encoded
+        """The whole state as snapshot bytes (format 3, kvstore/snapshot.py), encoded
         here and now; the engine uses :meth:`snapshot_capture` instead."""
         return self.snapshot_capture()()
 

@@ -598,3 +598,18 @@ def test_an_ended_session_is_never_reopened() -> None:
     assert twin.apply(r.index + 1, closed.open()).code is ResultCode.SESSION_EXPIRED
     # At most max_sessions ended ids are kept: c's (the oldest) is forgotten by now.
     assert twin.apply(r.index + 2, opening).code is OK
+
+
+def test_a_format_1_reopen_of_an_ended_id_keeps_snapshots_restorable() -> None:
+    """Old logs may reopen an evicted id with a seq-1 data command (their rules): the
+    id then is open, not ended, and the snapshot still restores."""
+    r = Replica(KVStateMachine(max_sessions=2), opened={cid(1), cid(2), cid(3)})
+    old = Header(cid(1), 1, 0, 0, format=1)
+    assert r.apply(encode_command(old, Put(b"k", b"v"))).code is OK
+    r.apply(Client(cid(2)).open())
+    r.apply(Client(cid(3)).open())  # evicts cid(1): ended
+    assert r.apply(encode_command(old, Put(b"k", b"w"))).code is OK  # reopened, format 1
+    assert r.sm.session_count == 2
+    twin = KVStateMachine(max_sessions=2)
+    twin.restore(r.sm.snapshot())
+    assert twin.snapshot() == r.sm.snapshot()
