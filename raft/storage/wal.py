@@ -18,17 +18,17 @@ endian), of four types:
 * ``STATE``: the hard state (term, vote, commit), written in the same batch as the
   entries it covers, so one fsync makes both durable (etcd's HardState record) and a
   restarted node applies -- and adopts the membership of -- everything it had
-  committed. The last one replayed wins. Every segment opens with one, so compaction
-  never deletes the newest.
+  committed. The last one replayed wins.
 * ``SYNCED``: an offset in this segment below which every byte was fsynced. It is
   written right after each fsync (without one of its own: the next batch's fsync covers
   it), so the disk itself records which region is known durable.
 
-Every segment opens with a ``SYNCED`` mark of 0 and, once one exists, a ``STATE``.
+Every segment opens with a ``SYNCED`` mark of 0 (it claims nothing, but says that this
+segment's marks are authoritative) and, once one exists, a ``STATE``, so compaction,
+which deletes only older segments, never deletes the newest hard state.
 
 Recovery: a power loss can only damage what was written after the last fsync, which is
-the end of the last segment (a segment is fsynced before the next one is created). Every
-segment opens with a ``SYNCED`` mark of 0, which says its marks are authoritative. A
+the end of the last segment (a segment is fsynced before the next one is created). A
 bad record in the last segment at or after its highest mark is a torn write and is cut
 away, with whatever follows it (write-back is unordered, so valid records may follow a
 lost page; none of it was acknowledged as durable). Any other bad record -- in
@@ -147,19 +147,26 @@ def _is_torn(data: bytes, off: int) -> bool:
     return nxt is None or _has_zero_sector(data, off, nxt)
 
 
+def _mark(rtype: int, payload: bytes, off: int) -> int:
+    """The offset a valid SYNCED record at ``off`` proves durable; -1 for any other."""
+    if rtype != SYNCED or len(payload) != _U64.size:
+        return -1
+    (mark,) = _U64.unpack(payload)
+    return mark if mark <= off else -1
+
+
 def _mark_after(data: bytes, off: int) -> int:
     """The highest SYNCED mark among the valid records after a bad one at ``off``."""
     best = -1
     nxt = _next_valid(data, off + 1)
     while nxt is not None:
         rec = _parse(data, nxt)
-        assert rec is not None
+        if rec is None:  # another bad record: resync past it
+            nxt = _next_valid(data, nxt + 1)
+            continue
         rtype, payload, end = rec
-        if rtype == SYNCED and len(payload) == _U64.size:
-            (mark,) = _U64.unpack(payload)
-            if mark <= nxt:
-                best = max(best, mark)
-        nxt = end if _parse(data, end) is not None else _next_valid(data, end + 1)
+        best = max(best, _mark(rtype, payload, nxt))
+        nxt = end if end < len(data) else None
     return best
 
 
@@ -175,9 +182,9 @@ def proven_durable(data: bytes) -> int:
     damage below it must be reported as corruption)."""
     off = best = 0
     while (rec := _parse(data, off)) is not None:
-        rtype, payload, off = rec
-        if rtype == SYNCED and len(payload) == _U64.size:
-            best = max(best, _U64.unpack(payload)[0])
+        rtype, payload, end = rec
+        best = max(best, _mark(rtype, payload, off))
+        off = end
     return best
 
 
@@ -248,8 +255,7 @@ def _scan(seg: Segment, data: bytes, log: _Replay, tail_may_tear: bool) -> int:
             _apply_record(seg, log, rtype, payload, off)
         except (CodecError, struct.error) as exc:
             raise CorruptStorage(seg.path, off, f"undecodable record: {exc}") from exc
-        if rtype == SYNCED:
-            durable = max(durable, _U64.unpack(payload)[0])
+        durable = max(durable, _mark(rtype, payload, off))
         off = nxt
     return off
 
