@@ -47,35 +47,31 @@ def _chain(depth: int) -> tuple[str, ...]:
     return tuple(names)
 
 
-def drop_fsync(*chain: str) -> Plant:
-    """A plant that makes the file fsync called from ``chain`` (innermost caller
-    first) do nothing, as if that line of the storage code were deleted."""
+def _drop(owner: type, method: str, chain: tuple[str, ...]) -> Plant:
+    """A plant that makes ``owner.method`` (an fsync) do nothing when called from
+    ``chain`` (innermost caller first), as if that line of the storage code were
+    deleted."""
 
     def plant(mp: pytest.MonkeyPatch) -> None:
-        real = _SimFile.fsync
+        real = getattr(owner, method)
 
-        def fsync(self: _SimFile) -> None:
+        def skipped(self: Any, *args: Any) -> None:
             if _chain(len(chain)) != chain:
-                real(self)
+                real(self, *args)
 
-        mp.setattr(_SimFile, "fsync", fsync)
+        mp.setattr(owner, method, skipped)
 
     return plant
+
+
+def drop_fsync(*chain: str) -> Plant:
+    """Drop the file fsync called from ``chain``."""
+    return _drop(_SimFile, "fsync", chain)
 
 
 def drop_dir_fsync(*chain: str) -> Plant:
-    """The same for a directory fsync."""
-
-    def plant(mp: pytest.MonkeyPatch) -> None:
-        real = SimFileSystem.fsync_dir
-
-        def fsync_dir(self: SimFileSystem, path: Any) -> None:
-            if _chain(len(chain)) != chain:
-                real(self, path)
-
-        mp.setattr(SimFileSystem, "fsync_dir", fsync_dir)
-
-    return plant
+    """Drop the directory fsync called from ``chain``."""
+    return _drop(SimFileSystem, "fsync_dir", chain)
 
 
 def no_sync_past_membership(mp: pytest.MonkeyPatch) -> None:
