@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvstore.client import AsyncClient, Members
+from kvstore.client import AsyncClient, Members, NodeStatus
 from kvstore.cluster import (
     OUT_FILE,
     free_ports,
@@ -282,6 +282,27 @@ class LocalDB:
 
     def dead(self) -> list[str]:
         return [n for n in self.nodes if not self.running(n)]
+
+    # ---- what a verifier reads (jepsen_like.observe) ----------------------------------
+
+    def pid(self, node: str) -> int | None:
+        """The pid of ``node``'s current process, if it has one."""
+        return self.pids.get(node)
+
+    def dial_address(self, src: str, dst: str) -> Address:
+        """Where ``src`` dials ``dst``, read from src's config file as the node reads it
+        (not from the harness's own tables)."""
+        addr = load_config(self.config_paths[src]).node(dst).peer_address
+        return addr.host, addr.port
+
+    def own_data_dir(self, node: str) -> Path:
+        """``node``'s data directory as its config file resolves it for the node."""
+        return load_config(self.config_paths[node]).node(node).data_dir
+
+    async def status(self, node: str) -> NodeStatus:
+        """``node``'s own answer to the status op."""
+        async with AsyncClient([self._endpoint(node)], timeout=1.0, deadline=1.0) as client:
+            return await client.status(self._endpoint(node))
 
     def exit_tail(self, node: str, lines: int = 8) -> str:
         try:

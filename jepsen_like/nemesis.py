@@ -46,10 +46,22 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
+from jepsen_like.observe import (
+    DEAD_STATES,
+    PROC,
+    Evidence,
+    Startup,
+    dir_listing,
+    eventually,
+    open_paths,
+    proc_state,
+    startups,
+)
 from jepsen_like.proxy import Grudge, Link
 from kvstore.client import ClientError, Conflict, Unavailable
 
@@ -62,12 +74,14 @@ __all__ = [
     "Schedule",
     "TimelineEvent",
     "bridge",
+    "combined",
     "complete_grudge",
     "halves",
     "isolate",
     "majorities_ring",
     "parse_nemesis",
     "reachable_from",
+    "verification",
 ]
 
 
@@ -144,6 +158,13 @@ class Net(Protocol):
     def set_latency(self, delay_s: float, jitter_s: float) -> None: ...
     def drop_connections(self) -> int: ...
     def heal(self) -> None: ...
+    # What verifiers read back (jepsen_like.observe):
+    def link_blocked(self, link: Link) -> bool: ...
+    def link_latency(self, link: Link) -> tuple[float, float]: ...
+    def counters(self) -> dict[str, int]: ...
+    async def probe(
+        self, src: str, dst: str, address: tuple[str, int], timeout: float
+    ) -> dict[str, Any]: ...
 
 
 class DB(Protocol):
@@ -163,22 +184,38 @@ class DB(Protocol):
     async def member_add(self, node: str, learner: bool) -> Any: ...
     async def member_remove(self, node: str) -> Any: ...
     async def wait_caught_up(self, node: str, timeout: float) -> int: ...
+    # What verifiers read back (jepsen_like.observe):
+    def pid(self, node: str) -> int | None: ...
+    def dial_address(self, src: str, dst: str) -> tuple[str, int]: ...
+    def own_data_dir(self, node: str) -> Path: ...
+    async def status(self, node: str) -> Any: ...
 
 
 @dataclass
 class Env:
-    """What a fault needs: the network, the processes and the schedule's RNG."""
+    """What a fault needs: the network, the processes and the schedule's RNG; and
+    what its verifier needs: where /proc is, how long a probe waits for an answer,
+    and how long an effect may take to show (a signal's delivery, a node's start)."""
 
     net: Net
     db: DB
     rng: random.Random
+    proc: Path = PROC
+    probe_timeout: float = 0.75
+    settle_s: float = 5.0
 
 
 # ---- faults --------------------------------------------------------------------------
 
 
 class Fault(abc.ABC):
-    """One kind of fault. ``start`` returns details for the timeline; ``stop`` undoes."""
+    """One kind of fault. ``start`` returns details for the timeline; ``stop`` undoes.
+
+    After each, the schedule asks the fault to prove it: :meth:`verify_start` and
+    :meth:`verify_stop` look at the world from another side than the one that made the
+    fault (:mod:`jepsen_like.observe`) and return the :class:`Evidence`. A kind without a
+    verifier is ``unverified``, so a new kind (a clock fault, say) must bring its own or
+    every run using it ends ``unknown``."""
 
     kind: str = ""
     group: str = ""
@@ -190,6 +227,16 @@ class Fault(abc.ABC):
     @abc.abstractmethod
     async def stop(self, env: Env) -> dict[str, Any]:
         """Undo the fault completely (the schedule always ends healed)."""
+
+    async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
+        """Prove the fault took effect (called right after :meth:`start`)."""
+        ev = Evidence()
+        ev.add(f"no verifier for {self.kind}", False)
+        return ev
+
+    async def verify_stop(self, env: Env, details: dict[str, Any]) -> Evidence | None:
+        """Prove the fault was undone, where that means something; None: nothing to see."""
+        return None
 
 
 async def _leader_or_random(env: Env) -> tuple[str, bool]:
@@ -203,11 +250,37 @@ def _show_grudge(grudge: Grudge) -> list[str]:
     return sorted(f"{s}->{d}" for s, d in grudge)
 
 
+def _state_word(state: str | None) -> str:
+    return "no /proc entry (gone, reaped)" if state is None else f"state {state}"
+
+
+async def _probe_links(
+    env: Env, links: Iterable[Link], ev: Evidence, *, expect_reached: bool
+) -> None:
+    """Probe each link where its source's config says it dials (in parallel) and add a
+    check per link. A SIGSTOPped receiver's kernel still accepts connections and then
+    says nothing, which would look like a cut: links into a paused node are not probed
+    (the check says so) and the link's drop-mode check stands alone."""
+    links = sorted(links)
+    paused = set(env.db.paused)
+    probed = [link for link in links if link[1] not in paused]
+    answers = await asyncio.gather(
+        *(env.net.probe(s, d, env.db.dial_address(s, d), env.probe_timeout) for s, d in probed)
+    )
+    verb = "reaches" if expect_reached else "fails"
+    for (s, d), answer in zip(probed, answers, strict=True):
+        ev.add(f"probe {s}->{d} {verb}", answer["reached"] == expect_reached, answer["observed"])
+    for s, d in links:
+        if d in paused:
+            ev.add(f"probe {s}->{d} skipped", True, f"{d} is paused: silence would prove nothing")
+
+
 class Partition(Fault):
     group = "partition"
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self._grudge: Grudge = frozenset()
 
     async def start(self, env: Env) -> dict[str, Any]:
         nodes, rng = env.db.nodes, env.rng
@@ -235,12 +308,30 @@ class Partition(Fault):
         else:
             raise NemesisError(f"unknown partition kind {self.kind}")
         env.net.partition(grudge)
+        self._grudge = grudge
         details["blocked"] = _show_grudge(grudge)
         return details
 
     async def stop(self, env: Env) -> dict[str, Any]:
         env.net.partition(())
-        return {}
+        return {"opened": _show_grudge(self._grudge)}
+
+    async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
+        """Every cut link is in drop mode where the cut is made, and a probe sent the
+        way its source node dials gets no answer."""
+        ev = Evidence()
+        for s, d in sorted(self._grudge):
+            ev.add(f"{s}->{d} in drop mode", env.net.link_blocked((s, d)))
+        await _probe_links(env, self._grudge, ev, expect_reached=False)
+        return ev
+
+    async def verify_stop(self, env: Env, details: dict[str, Any]) -> Evidence | None:
+        grudge, self._grudge = self._grudge, frozenset()
+        ev = Evidence()
+        for s, d in sorted(grudge):
+            ev.add(f"{s}->{d} open", not env.net.link_blocked((s, d)))
+        await _probe_links(env, grudge, ev, expect_reached=True)
+        return ev
 
 
 class Latency(Fault):
@@ -248,16 +339,46 @@ class Latency(Fault):
 
     def __init__(self, max_delay_s: float = 0.2) -> None:
         self.max_delay_s = max_delay_s
+        self._before: dict[str, int] = {}
+        self._set = (0.0, 0.0)
 
     async def start(self, env: Env) -> dict[str, Any]:
         delay = round(env.rng.uniform(self.max_delay_s / 10, self.max_delay_s), 4)
         jitter = round(delay / 2, 4)
+        self._before = env.net.counters()
         env.net.set_latency(delay, jitter)
+        self._set = (delay, jitter)
         return {"delay_ms": delay * 1000, "jitter_ms": jitter * 1000}
 
     async def stop(self, env: Env) -> dict[str, Any]:
         env.net.set_latency(0.0, 0.0)
         return {}
+
+    async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
+        """Every link is set to the delay drawn, and chunks are really held back: the
+        proxies' count of chunks delivered late moves."""
+        ev = Evidence()
+        links = _links(env)
+        wrong = [f"{s}->{d}" for s, d in links if env.net.link_latency((s, d)) != self._set]
+        ev.add("every link delayed", not wrong, {"not set": wrong} if wrong else None)
+        base = self._before.get("delayed", 0)
+        held, now = await eventually(
+            env.net.counters, lambda c: c.get("delayed", 0) > base, env.settle_s
+        )
+        n = now.get("delayed", 0) - base
+        mean = (now.get("delay_ms", 0) - self._before.get("delay_ms", 0)) / max(1, n)
+        ev.add("chunks held back", held, {"delayed_chunks": n, "mean_held_ms": round(mean, 1)})
+        return ev
+
+    async def verify_stop(self, env: Env, details: dict[str, Any]) -> Evidence | None:
+        ev = Evidence()
+        still = [f"{s}->{d}" for s, d in _links(env) if env.net.link_latency((s, d)) != (0, 0)]
+        ev.add("no link delayed", not still, {"still delayed": still} if still else None)
+        return ev
+
+
+def _links(env: Env) -> list[Link]:
+    return [(s, d) for s in env.db.nodes for d in env.db.nodes if s != d]
 
 
 class DropConnections(Fault):
@@ -269,11 +390,13 @@ class DropConnections(Fault):
         self.every_s = every_s
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self._before: dict[str, int] = {}
 
     async def start(self, env: Env) -> dict[str, Any]:
+        self._before = env.net.counters()
         self.dropped = env.net.drop_connections()
         self._task = asyncio.get_running_loop().create_task(self._flap(env))
-        return {"every_s": self.every_s}
+        return {"every_s": self.every_s, "first_drop": self.dropped}
 
     async def _flap(self, env: Env) -> None:
         while True:
@@ -288,6 +411,26 @@ class DropConnections(Fault):
         self._task = None
         return {"connections_dropped": self.dropped}
 
+    async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
+        """Connections were reset (the reset counter moves) and, where the network counts
+        accepted connections (the proxies), the nodes noticed and dialled again."""
+        ev = Evidence()
+        base = self._before
+
+        def moved(c: dict[str, int], key: str) -> int:
+            return c.get(key, 0) - base.get(key, 0)
+
+        held, now = await eventually(
+            env.net.counters, lambda c: moved(c, "dropped") > 0, env.settle_s
+        )
+        ev.add("connections reset", held, {"reset": moved(now, "dropped")})
+        if "accepted" in now:
+            held, now = await eventually(
+                env.net.counters, lambda c: moved(c, "accepted") > 0, env.settle_s
+            )
+            ev.add("peers dialled again", held, {"new_connections": moved(now, "accepted")})
+        return ev
+
 
 class Kill(Fault):
     group = "kill"
@@ -295,6 +438,7 @@ class Kill(Fault):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._victims: list[str] = []
+        self._pids: dict[str, int] = {}
 
     async def start(self, env: Env) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -306,14 +450,44 @@ class Kill(Fault):
             targets = [victim]
         else:
             targets = [env.rng.choice(env.db.nodes)]
+        pids = {n: env.db.pid(n) for n in targets}
         self._victims = env.db.kill(targets)
+        self._pids = {n: p for n, p in pids.items() if n in self._victims and p is not None}
         details["killed"] = self._victims
+        details["pids"] = self._pids
         return details
 
     async def stop(self, env: Env) -> dict[str, Any]:
         restarted = {n: env.db.restart(n) for n in self._victims}
         self._victims = []
         return {"restarted": {n: p for n, p in restarted.items() if p is not None}}
+
+    async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
+        """Each killed pid is gone from /proc (or a zombie not yet reaped)."""
+        if not self._pids:
+            return Evidence.nothing(f"none of {details.get('killed')} was running")
+        ev = Evidence()
+        for node, pid in sorted(self._pids.items()):
+            gone, state = await eventually(
+                lambda p=pid: proc_state(p, env.proc), lambda s: s in DEAD_STATES, env.settle_s
+            )
+            ev.add(f"{node} pid {pid} gone", gone, _state_word(state))
+        return ev
+
+    async def verify_stop(self, env: Env, details: dict[str, Any]) -> Evidence | None:
+        """Each restarted node has a live process again."""
+        return _alive_evidence(env, details.get("restarted", {}))
+
+
+def _alive_evidence(env: Env, pids: dict[str, int | None]) -> Evidence | None:
+    if not pids:
+        return None
+    ev = Evidence()
+    for node, pid in sorted(pids.items()):
+        state = None if pid is None else proc_state(pid, env.proc)
+        ok = state not in DEAD_STATES and state != "T"
+        ev.add(f"{node} pid {pid} alive", ok, _state_word(state))
+    return ev
 
 
 class Pause(Fault):
@@ -322,6 +496,7 @@ class Pause(Fault):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._victim: str | None = None
+        self._pid: int | None = None
 
     async def start(self, env: Env) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -330,14 +505,43 @@ class Pause(Fault):
             details["leader"] = victim if was_leader else None
         else:
             victim = env.rng.choice(env.db.nodes)
+        pid = env.db.pid(victim)
         self._victim = victim if env.db.pause(victim) else None
+        self._pid = pid if self._victim is not None else None
         details["paused"] = self._victim
+        details["pid"] = self._pid
         return details
 
     async def stop(self, env: Env) -> dict[str, Any]:
         resumed = self._victim is not None and env.db.resume(self._victim)
         victim, self._victim = self._victim, None
-        return {"resumed": victim if resumed else None}
+        return {"resumed": victim if resumed else None, "pid": self._pid if resumed else None}
+
+    async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
+        """The kernel reports the paused process stopped: state ``T``."""
+        pid = self._pid
+        if pid is None:
+            return Evidence.nothing(f"{details.get('leader') or 'the node'} was not running")
+        ev = Evidence()
+        stopped, state = await eventually(
+            lambda: proc_state(pid, env.proc), lambda s: s == "T", env.settle_s
+        )
+        ev.add(f"{details['paused']} pid {pid} stopped", stopped, _state_word(state))
+        return ev
+
+    async def verify_stop(self, env: Env, details: dict[str, Any]) -> Evidence | None:
+        """The resumed process runs again: alive and no longer in state ``T``."""
+        pid = details.get("pid")
+        if details.get("resumed") is None or pid is None:
+            return Evidence.nothing("not paused any more (killed or restarted meanwhile)")
+        ev = Evidence()
+        running, state = await eventually(
+            lambda: proc_state(pid, env.proc),
+            lambda s: s not in DEAD_STATES and s != "T",
+            env.settle_s,
+        )
+        ev.add(f"{details['resumed']} pid {pid} running", running, _state_word(state))
+        return ev
 
 
 class Transfer(Fault):
@@ -364,6 +568,21 @@ class Transfer(Fault):
     async def stop(self, env: Env) -> dict[str, Any]:
         return {}
 
+    async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
+        """The target itself says it leads (or names itself the leader)."""
+        if details.get("outcome") != "moved":
+            return Evidence.nothing(str(details.get("outcome")))
+        to = details["to"]
+        ev = Evidence()
+        try:
+            st = await env.db.status(to)
+        except Exception as exc:
+            ev.add(f"{to} reports leading", False, f"status failed: {exc!r}")
+            return ev
+        seen = {"role": st.role, "term": st.term, "leader": st.leader}
+        ev.add(f"{to} reports leading", st.role == "leader" or st.leader == to, seen)
+        return ev
+
 
 class Membership(Fault):
     """Remove a random non-leader voter, kill it and wipe its Raft state; the stop
@@ -373,7 +592,13 @@ class Membership(Fault):
 
     The stop restores whatever state it finds (each step is a no-op when already
     done), so an interrupted change is completed by the final heal. Every step is
-    timestamped in the window's details."""
+    timestamped in the window's details.
+
+    The wipe is verified where the *node* keeps its state, not where the harness
+    believes it does: before the kill, the files the node has open (/proc/PID/fd)
+    show its Raft directory and its log. That directory must be empty after the wipe
+    (and still before the restart), and the restarted node must log that it recovered
+    nothing: term 0, snapshot 0, 0 log entries."""
 
     kind = group = "membership"
 
@@ -381,6 +606,7 @@ class Membership(Fault):
         self.catch_up_timeout = catch_up_timeout
         self.conflict_retry_s = conflict_retry_s
         self._victim: str | None = None
+        self._seen: dict[str, Any] = {}  # where the victim really keeps its state
 
     async def start(self, env: Env) -> dict[str, Any]:
         leader = await env.db.leader()
@@ -389,16 +615,20 @@ class Membership(Fault):
         victim = env.rng.choice([n for n in env.db.nodes if n != leader])
         steps = _Steps()
         self._victim = victim  # before the remove: its outcome may be unknown
+        self._seen = {}
         try:
             members = await self._retry(lambda: env.db.member_remove(victim))
         except ClientError as exc:  # refused or unknown: the stop restores either way
             steps.add("remove failed", error=f"{type(exc).__name__}: {exc}")
             return {"leader": leader, "victim": victim, "steps": steps.done}
         steps.add("removed", voters=list(members.voters))
+        self._seen = _where_it_writes(env, victim)
         env.db.kill([victim])
         steps.add("killed")
         env.db.wipe(victim)
         steps.add("wiped")
+        log = self._seen.get("log")
+        self._seen["log_offset"] = _size(Path(log)) if log else 0
         return {"leader": leader, "victim": victim, "steps": steps.done}
 
     async def stop(self, env: Env) -> dict[str, Any]:
@@ -407,6 +637,9 @@ class Membership(Fault):
             return {}
         steps = _Steps()
         if not env.db.running(victim):
+            raft_dir = self._seen.get("raft_dir")
+            if raft_dir is not None:  # looked at by verify_stop
+                self._seen["before_restart"] = dir_listing(Path(raft_dir))
             steps.add("restarted", pid=env.db.restart(victim), join=True)
         members = await self._retry(env.db.member_list)
         if victim not in members.voters:
@@ -420,6 +653,71 @@ class Membership(Fault):
         self._victim = None
         return {"victim": victim, "steps": steps.done}
 
+    async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
+        """The victim's process is gone and the Raft directory it had open is empty."""
+        steps = [s["step"] for s in details.get("steps", [])]
+        if "wiped" not in steps:
+            return Evidence.nothing(str(details.get("outcome") or "the remove failed"))
+        ev = Evidence()
+        seen = self._seen
+        pid = seen.get("pid")
+        if pid is not None:
+            state = proc_state(pid, env.proc)
+            ev.add(f"{details['victim']} pid {pid} gone", state in DEAD_STATES, _state_word(state))
+        raft_dir = seen.get("raft_dir")
+        if raft_dir is None:
+            ev.add("the node's Raft directory seen", False, seen.get("open"))
+        else:
+            listing = dir_listing(Path(raft_dir))
+            ev.add(
+                "Raft directory empty",
+                not listing,
+                {"dir": raft_dir, "source": seen["source"], "entries": (listing or [])[:8]},
+            )
+        return ev
+
+    async def verify_stop(self, env: Env, details: dict[str, Any]) -> Evidence | None:
+        """The directory was still empty at the restart, and the restarted node logs
+        that it recovered nothing from disk (index 0, term 0)."""
+        victim = details.get("victim")
+        if victim is None or "log_offset" not in self._seen:
+            return None
+        ev = Evidence()
+        seen, self._seen = self._seen, {}
+        if "before_restart" in seen:
+            listing = seen["before_restart"]
+            ev.add(
+                "Raft directory empty before restart",
+                not listing,
+                {"dir": seen["raft_dir"], "entries": (listing or [])[:8]},
+            )
+        log = seen.get("log")
+        if log is None:
+            ev.add("the node's log seen", False, seen.get("open"))
+            return ev
+        pid = env.db.pid(victim)
+
+        def first_start() -> Startup | None:
+            text = _read_from(Path(log), seen["log_offset"])
+            found = [s for s in startups(text) if s.pid is not None]
+            return found[0] if found else None
+
+        logged, start = await eventually(first_start, lambda s: s is not None, env.settle_s)
+        if not logged or start is None:
+            ev.add("restart logged", False, {"log": log, "from_byte": seen["log_offset"]})
+            return ev
+        ev.add(
+            "recovered index 0 from disk",
+            start.recovered_index == 0 and start.term == 0,
+            {"log": log, **start.to_json(), "current_pid": pid},
+        )
+        alive = _alive_evidence(env, {victim: pid})
+        ev.checks += alive.checks if alive is not None else []
+        voters = next((s.get("voters") for s in details["steps"] if s["step"] == "promoted"), None)
+        if voters is not None:
+            ev.add(f"{victim} a voter again", victim in voters, {"voters": voters})
+        return ev
+
     async def _retry(self, call: Callable[[], Any]) -> Any:
         """Retry a refused change (another change or a transfer still pending, or a new
         leader that has not committed in its term yet: all definite refusals)."""
@@ -431,6 +729,38 @@ class Membership(Fault):
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
+
+
+def _where_it_writes(env: Env, node: str) -> dict[str, Any]:
+    """Where ``node``'s running process keeps its Raft state and its log: from the files
+    it has open (/proc/PID/fd), else from its own config file (saying so)."""
+    pid = env.db.pid(node)
+    paths = open_paths(pid, env.proc) if pid is not None else []
+    raft = sorted({p[: p.index("/raft/") + 5] for p in paths if "/raft/" in p})
+    logs = [p for p in paths if p.endswith("/node.log")]
+    seen: dict[str, Any] = {"pid": pid, "open": paths[:12]}
+    if raft and logs:
+        seen.update(raft_dir=raft[0], log=logs[0], source=f"/proc/{pid}/fd")
+    else:
+        own = env.db.own_data_dir(node)
+        seen.update(raft_dir=str(own / "raft"), log=str(own / "node.log"), source="its config")
+    return seen
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 class _Steps:
@@ -464,11 +794,18 @@ GROUPS: Final[dict[str, tuple[str, ...]]] = {
     "kill": ("kill-one", "kill-leader", "kill-all"),
     "pause": ("pause-one", "pause-leader"),
     "member": ("membership",),
+    "all": tuple(FAULTS),  # and, through combined(), Jepsen's combined schedule
 }
 UNAVAILABLE: Final[dict[str, str]] = {
     "clock": "clock faults need root or libfaketime; the store does not use wall clocks "
     "for safety decisions",
 }
+
+
+def combined(spec: str) -> bool:
+    """Whether ``--nemesis`` asks for the combined schedule (``all``): overlapping
+    faults of different groups rather than one fault at a time."""
+    return any(raw.strip().lower() == "all" for raw in spec.split(","))
 
 
 def parse_nemesis(spec: str) -> list[str]:
@@ -515,7 +852,16 @@ class TimelineEvent:
 
 
 class Schedule:
-    """Healthy for ``interval`` s, a fault for ``interval`` s, repeat, until stopped."""
+    """Healthy for ``interval`` s, a fault for ``interval`` s, repeat, until stopped.
+
+    ``combined`` (``--nemesis all``): Jepsen's combined nemesis instead. Each group of
+    kinds (partition, kill, pause, latency, drop, transfer, membership) runs its own
+    loop: healthy for a random ``0.5-1.5 x interval``, then a kind of the group drawn at
+    random, in force for another such while, then stopped. So faults of different
+    groups overlap, at most one of each group is in force at a time, and every draw
+    comes from the seed (each group from its own RNG, so one group's timing does not
+    shift another's draws). A fault that fails is recorded as an ``error`` and its
+    group goes on; the heal ends everything."""
 
     def __init__(
         self,
@@ -525,16 +871,23 @@ class Schedule:
         interval: float,
         clock_ns: Callable[[], int],
         faults: dict[str, Fault] | None = None,
+        combined: bool = False,
     ) -> None:
         self.kinds = list(kinds)
         self.env = env
         self.interval = interval
         self.clock_ns = clock_ns
+        self.combined = combined
         self.timeline: list[TimelineEvent] = []
         self._faults = faults or {k: FAULTS[k]() for k in self.kinds}
-        self._active: tuple[int, Fault] | None = None
+        self._active: dict[int, Fault] = {}
         self._next_id = 0
         self._bag: list[str] = []
+        groups: dict[str, list[str]] = {}
+        for kind in self.kinds:
+            groups.setdefault(self._faults[kind].group or kind, []).append(kind)
+        self.groups = groups
+        self._group_rngs = {g: random.Random(env.rng.random()) for g in sorted(groups)}
 
     def _next_kind(self) -> str:
         """Kinds in a freshly shuffled order each round: random, yet a run with as many
@@ -546,10 +899,15 @@ class Schedule:
 
     @property
     def active(self) -> str | None:
-        return None if self._active is None else self._active[1].kind
+        kinds = sorted(f.kind for f in self._active.values())
+        return ", ".join(kinds) if kinds else None
 
-    def _record(self, event: str, fault: int | None, kind: str, details: dict[str, Any]) -> None:
-        self.timeline.append(TimelineEvent(self.clock_ns(), event, fault, kind, details))
+    def _record(
+        self, event: str, fault: int | None, kind: str, details: dict[str, Any]
+    ) -> TimelineEvent:
+        ev = TimelineEvent(self.clock_ns(), event, fault, kind, details)
+        self.timeline.append(ev)
+        return ev
 
     def note(self, event: str, kind: str, details: dict[str, Any]) -> None:
         """Put something seen outside the schedule on the timeline (a node crash)."""
@@ -559,17 +917,35 @@ class Schedule:
         """Inject faults until ``stop`` is set; leaves the last fault active (call heal)."""
         if not self.kinds:
             return
+        if self.combined:
+            await asyncio.gather(*(self._run_group(g, stop) for g in sorted(self.groups)))
+            return
         while not await _wait(stop, self.interval):
             await self.start(self._next_kind())
             if await _wait(stop, self.interval):
                 return
             await self.stop_active()
 
-    async def start(self, kind: str) -> None:
+    async def _run_group(self, group: str, stop: asyncio.Event) -> None:
+        rng = self._group_rngs[group]
+        kinds = self.groups[group]
+        while not await _wait(stop, self.interval * rng.uniform(0.5, 1.5)):
+            kind = rng.choice(kinds)
+            try:
+                fid = await self.start(kind)
+            except Exception:
+                continue  # recorded as an error; the fault's state is the heal's to mend
+            if await _wait(stop, self.interval * rng.uniform(0.5, 1.5)):
+                return
+            with contextlib.suppress(Exception):  # recorded as an error, as above
+                await self.stop(fid)
+
+    async def start(self, kind: str) -> int:
+        """Start a fault of ``kind``, record it, then verify it; returns its id."""
         fault = self._faults[kind]
         fid = self._next_id
         self._next_id += 1
-        self._active = (fid, fault)
+        self._active[fid] = fault
         started = time.monotonic()
         try:
             details = await fault.start(self.env)
@@ -578,26 +954,40 @@ class Schedule:
             raise
         details["took_ms"] = round((time.monotonic() - started) * 1000, 1)
         self._record("start", fid, kind, details)
+        details["evidence"] = (await _verified(fault.verify_start, self.env, details)).to_json()
+        return fid
 
-    async def stop_active(self) -> None:
-        if self._active is None:
+    async def stop(self, fid: int) -> None:
+        """Undo fault ``fid`` (if still active), record it, then verify the undo."""
+        fault = self._active.pop(fid, None)
+        if fault is None:
             return
-        fid, fault = self._active
-        self._active = None
         try:
             details = await fault.stop(self.env)
         except Exception as exc:
             self._record("error", fid, fault.kind, {"phase": "stop", "error": repr(exc)})
             raise
         self._record("stop", fid, fault.kind, details)
+        evidence = await _verified(fault.verify_stop, self.env, details)
+        if evidence is not None:
+            details["evidence"] = evidence.to_json()
+
+    async def stop_active(self) -> None:
+        """Undo every active fault (one, unless ``combined``): processes and network
+        first, membership last (it needs a live quorum to restore the voters)."""
+        for fid in sorted(self._active, key=lambda f: (self._active[f].group == "membership", f)):
+            await self.stop(fid)
 
     async def heal(self) -> dict[str, Any]:
-        """End the active fault, then heal everything whatever state it is in."""
+        """End the active faults, then heal everything whatever state it is in, and look
+        whether it is: every link open and answering a probe, every process running."""
         errors = []
-        try:
-            await self.stop_active()
-        except Exception as exc:
-            errors.append(repr(exc))
+        later = [f for f, fault in self._active.items() if fault.group == "membership"]
+        for fid in sorted(set(self._active) - set(later)):
+            try:
+                await self.stop(fid)
+            except Exception as exc:
+                errors.append(repr(exc))
         self.env.net.heal()
         resumed = [n for n in list(self.env.db.paused) if self.env.db.resume(n)]
         restarted = []
@@ -607,11 +997,87 @@ class Schedule:
                     restarted.append(node)
             except Exception as exc:
                 errors.append(f"restart {node}: {exc!r}")
+        for fid in later:  # with a quorum back, the removed voter can be restored
+            try:
+                await self.stop(fid)
+            except Exception as exc:
+                errors.append(repr(exc))
         details: dict[str, Any] = {"resumed": resumed, "restarted": restarted}
         if errors:
             details["errors"] = errors
         self._record("heal", None, "all", details)
+        details["evidence"] = (await _verified(_verify_healed, self.env, details)).to_json()
         return details
+
+
+async def _verified(
+    verify: Callable[[Env, dict[str, Any]], Awaitable[Evidence | None]],
+    env: Env,
+    details: dict[str, Any],
+) -> Evidence:
+    """Run a verifier, timed; a verifier that raises is evidence of nothing."""
+    started = time.monotonic()
+    try:
+        evidence = await verify(env, details)
+    except Exception as exc:
+        evidence = Evidence(error=f"verifier failed: {exc!r}")
+    if evidence is not None:
+        evidence.took_ms = round((time.monotonic() - started) * 1000, 1)
+    return evidence  # type: ignore[return-value]
+
+
+async def _verify_healed(env: Env, details: dict[str, Any]) -> Evidence:
+    """After the final heal: no link in drop mode, every link's probe answered, every
+    node's process alive and not stopped."""
+    ev = Evidence()
+    links = _links(env)
+    blocked = [f"{s}->{d}" for s, d in links if env.net.link_blocked((s, d))]
+    ev.add("no link in drop mode", not blocked, {"blocked": blocked} if blocked else None)
+    await _probe_links(env, links, ev, expect_reached=True)
+    pids = {n: env.db.pid(n) for n in env.db.nodes}
+    for node, pid in sorted(pids.items()):
+        running, state = await eventually(
+            lambda p=pid: None if p is None else proc_state(p, env.proc),
+            lambda s: s not in DEAD_STATES and s != "T",
+            env.settle_s,
+        )
+        ev.add(f"{node} pid {pid} running", running, _state_word(state))
+    return ev
+
+
+def verification(timeline: Sequence[TimelineEvent]) -> dict[str, Any]:
+    """The faults checker: every fault's evidence, judged. ``valid`` True when every
+    start, stop and the heal was verified (or the fault says it injected nothing);
+    None (unknown) otherwise: a fault nobody saw take effect proves nothing, so the
+    run cannot be called valid, nor invalid on that account."""
+    counts: dict[str, int] = {}
+    bad: list[dict[str, Any]] = []
+    for ev in timeline:
+        if ev.event == "error":
+            status = "error"
+            failed: list[Any] = [ev.details.get("error")]
+        elif ev.event in ("start", "stop", "heal") and "evidence" in ev.details:
+            evidence = ev.details["evidence"]
+            status = evidence["status"]
+            failed = [c for c in evidence["checks"] if not c["ok"]] or [evidence.get("error")]
+        elif ev.event == "start":
+            status, failed = "unverified", ["no evidence recorded"]
+        else:
+            continue
+        counts[status] = counts.get(status, 0) + 1
+        if status in ("unverified", "error"):
+            bad.append({"fault": ev.fault, "kind": ev.kind, "event": ev.event, "failed": failed})
+    ok = not bad
+    parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+    summary = ("every fault verified" if ok else "NOT every fault verified") + (
+        f" ({', '.join(parts)})" if parts else " (no faults)"
+    )
+    if bad:
+        first, what = bad[0], bad[0]["failed"][0]
+        if isinstance(what, dict):
+            what = f"{what['check']}: {what['observed']}"
+        summary += f"; first: {first['kind']} {first['event']}: {what}"
+    return {"valid": True if ok else None, "summary": summary, "counts": counts, "unverified": bad}
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:

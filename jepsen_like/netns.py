@@ -65,6 +65,7 @@ harness killed outright (SIGKILL) can leave ``jl*`` namespaces and links, which
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import functools
@@ -82,6 +83,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jepsen_like.db import Placement
 from jepsen_like.proxy import Grudge, Link
@@ -477,6 +479,47 @@ class NetnsNet:
             self._batch(ns, [f"neigh flush dev {_DEV} nud permanent"])
         self._blocked = frozenset()
         self.set_latency(0.0, 0.0)
+
+    # ---- what a verifier reads (jepsen_like.observe) ----------------------------------
+
+    def link_blocked(self, link: Link) -> bool:
+        """Whether ``src``'s namespace really holds the entry that cuts ``dst`` off (read
+        back from the kernel, not from what this object last asked for)."""
+        src, dst = link
+        out = _run(["ip", "-n", self.namespaces[src], "neigh", "show", self.ips[dst]])
+        return out.returncode == 0 and any(
+            _NOWHERE_MAC in line and "PERMANENT" in line for line in out.stdout.splitlines()
+        )
+
+    def link_latency(self, link: Link) -> tuple[float, float]:
+        return self._latency
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
+
+    async def probe(self, src: str, dst: str, address: Address, timeout: float) -> dict[str, Any]:
+        """A TCP connect from inside ``src``'s namespace to ``address`` (dst's real peer
+        address): a cut link loses the SYN (silence); an open one connects or is refused."""
+        code = (
+            "import socket,sys\n"
+            "s=socket.socket()\n"
+            f"s.settimeout({timeout!r})\n"
+            "try:\n"
+            f"  s.connect(({address[0]!r},{address[1]!r}))\n"
+            "  print('connected')\n"
+            "except socket.timeout:\n"
+            "  print('silent')\n"
+            "except OSError as e:\n"
+            "  print('refused',e.errno)\n"
+        )
+        argv = ["ip", "netns", "exec", self.namespaces[src], sys.executable, "-c", code]
+        out = await asyncio.to_thread(_run, argv)
+        seen = out.stdout.strip() or _first_line(out.stderr)
+        ms = f"{timeout * 1000:.0f} ms"
+        return {
+            "reached": seen != "silent",
+            "observed": f"connect silent for {ms}" if seen == "silent" else seen,
+        }
 
     # ---- commands -------------------------------------------------------------------
 

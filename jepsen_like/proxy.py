@@ -41,6 +41,9 @@ import contextlib
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from jepsen_like.observe import probe_link
 
 __all__ = ["Grudge", "LinkProxy", "ProxyNet"]
 
@@ -82,7 +85,17 @@ class LinkProxy:
         self._jitter_s = 0.0
         self._pipes: set[_Pipe] = set()
         self._server: asyncio.Server | None = None
-        self.stats = {"accepted": 0, "bytes": 0, "discarded": 0, "dropped": 0}
+        # accepted: connections; bytes: relayed; discarded: lost to a block; dropped:
+        # connections reset by drop_connections; delayed: chunks delivered at least 1 ms
+        # after they were read (latency in force), delay_ms: their total holding time.
+        self.stats = {
+            "accepted": 0,
+            "bytes": 0,
+            "discarded": 0,
+            "dropped": 0,
+            "delayed": 0,
+            "delay_ms": 0,
+        }
 
     @property
     def blocked(self) -> bool:
@@ -187,7 +200,7 @@ class LinkProxy:
     ) -> None:
         """Copy one direction until EOF, honouring block and latency per chunk."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(_QUEUE_CHUNKS)
+        queue: asyncio.Queue[tuple[float, float, bytes] | None] = asyncio.Queue(_QUEUE_CHUNKS)
         sender = loop.create_task(self._deliver(queue, writer, pipe))
         pipe.tasks.append(sender)
         last_due = 0.0
@@ -201,7 +214,7 @@ class LinkProxy:
                 if self._jitter_s:
                     delay = max(0.0, delay + self._rng.uniform(-self._jitter_s, self._jitter_s))
                 last_due = max(last_due, loop.time() + delay)  # never overtake: TCP order
-                await queue.put((last_due, data))
+                await queue.put((last_due, loop.time(), data))
             await queue.put(None)
             await sender
         finally:
@@ -209,16 +222,19 @@ class LinkProxy:
 
     async def _deliver(
         self,
-        queue: asyncio.Queue[tuple[float, bytes] | None],
+        queue: asyncio.Queue[tuple[float, float, bytes] | None],
         writer: asyncio.StreamWriter,
         pipe: _Pipe,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
             while (item := await queue.get()) is not None:
-                due, data = item
+                due, read_at, data = item
                 if (wait := due - loop.time()) > 0:
                     await asyncio.sleep(wait)
+                if (held := loop.time() - read_at) >= 0.001:
+                    self.stats["delayed"] += 1
+                    self.stats["delay_ms"] += round(held * 1000)
                 writer.write(data)
                 self.stats["bytes"] += len(data)
                 await writer.drain()
@@ -275,6 +291,28 @@ class ProxyNet:
 
     def drop_connections(self) -> int:
         return sum(p.drop_connections() for p in self.links.values())
+
+    # ---- what a verifier reads (jepsen_like.observe) ----------------------------------
+
+    def link_blocked(self, link: Link) -> bool:
+        """Whether the proxy of ``link`` is in drop mode right now."""
+        return self.links[link].blocked
+
+    def link_latency(self, link: Link) -> tuple[float, float]:
+        return self.links[link].latency
+
+    def counters(self) -> dict[str, int]:
+        """Every link's counters, summed."""
+        total: dict[str, int] = {}
+        for proxy in self.links.values():
+            for key, value in proxy.stats.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    async def probe(self, src: str, dst: str, address: Address, timeout: float) -> dict[str, Any]:
+        """Probe ``src → dst`` at ``address``, where src's config says it dials dst (the
+        proxy the harness meant to cut, if harness and node agree)."""
+        return await probe_link(address, timeout)
 
     def heal(self) -> None:
         """Every link open, no latency."""

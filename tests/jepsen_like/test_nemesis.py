@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
@@ -16,18 +18,21 @@ from jepsen_like.nemesis import (
     FAULTS,
     GROUPS,
     Env,
+    Fault,
     NemesisError,
     Schedule,
     bridge,
+    combined,
     complete_grudge,
     halves,
     isolate,
     majorities_ring,
     parse_nemesis,
     reachable_from,
+    verification,
 )
 from jepsen_like.proxy import Link
-from kvstore.client import Indeterminate, Members
+from kvstore.client import Indeterminate, Members, NodeStatus
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -136,10 +141,15 @@ def test_unknown_nemesis_lists_the_choices() -> None:
 
 
 class FakeNet:
+    """The network as the faults see it; a probe of a link reaches iff it is not cut,
+    and traffic (chunks held back, redials) flows as long as ``traffic`` says so."""
+
     def __init__(self) -> None:
         self.grudge: frozenset[Link] = frozenset()
         self.latency = (0.0, 0.0)
         self.drops = 0
+        self.traffic = True
+        self.stats = {"accepted": 0, "dropped": 0, "delayed": 0, "delay_ms": 0}
 
     def partition(self, grudge: Iterable[Link]) -> None:
         self.grudge = frozenset(grudge)
@@ -149,32 +159,108 @@ class FakeNet:
 
     def drop_connections(self) -> int:
         self.drops += 1
+        self.stats["dropped"] += 2
         return 2
 
     def heal(self) -> None:
         self.grudge, self.latency = frozenset(), (0.0, 0.0)
 
+    def link_blocked(self, link: Link) -> bool:
+        return link in self.grudge
+
+    def link_latency(self, link: Link) -> tuple[float, float]:
+        return self.latency
+
+    def counters(self) -> dict[str, int]:
+        if self.traffic:  # every look sees a little more traffic
+            self.stats["accepted"] += 1
+            if self.latency[0] > 0:
+                self.stats["delayed"] += 3
+                self.stats["delay_ms"] += round(3000 * self.latency[0])
+        return dict(self.stats)
+
+    async def probe(
+        self, src: str, dst: str, address: tuple[str, int], timeout: float
+    ) -> dict[str, object]:
+        assert address == ("127.0.0.1", 9000 + int(dst[1:])), "dialled where the config says"
+        cut = (src, dst) in self.grudge
+        return {"reached": not cut, "observed": "silence" if cut else "EOF"}
+
 
 class FakeDB:
+    """Processes with a fake /proc (a ``stat`` per pid: S running, T stopped, removed
+    when killed; ``fd`` links into the node's data directory) and a node log on which
+    each start writes what it recovered, as a real node does."""
+
+    root: Path  # set by the autouse fixture: holds proc/ and data/
+    next_pid = 5_000_000  # above any real pid_max: never a real process
+
     def __init__(self, n: int = 3) -> None:
         self.nodes = NODES[n]
-        self.alive = set(self.nodes)
         self.paused: set[str] = set()
         self.the_leader: str | None = "n2"
+        self.proc = self.root / "proc"
+        self.pids: dict[str, int] = {}
+        self.wiped: set[str] = set()
+        for node in self.nodes:
+            raft = self.own_data_dir(node) / "raft"
+            raft.mkdir(parents=True, exist_ok=True)
+            (raft / "wal-1.log").write_text("17 entries")
+            self._spawn(node)
+
+    @property
+    def alive(self) -> set[str]:
+        return set(self.pids)
+
+    def _spawn(self, node: str) -> int:
+        pid = FakeDB.next_pid = FakeDB.next_pid + 1
+        d = self.own_data_dir(node)
+        fd = self.proc / str(pid) / "fd"
+        fd.mkdir(parents=True)
+        (fd / "3").symlink_to(d / "node.log")
+        (fd / "4").symlink_to(d / "raft" / "wal-1.log")
+        self._set_state(pid, "S")
+        empty = not any((d / "raft").iterdir()) if (d / "raft").exists() else True
+        with open(d / "node.log", "a") as log:
+            log.write(
+                f"x INFO raft: {node}: started at term {0 if empty else 3}, snapshot 0, "
+                f"{0 if empty else 17} log entries\nx INFO kv: {node}: serving (pid {pid})\n"
+            )
+        self.pids[node] = pid
+        return pid
+
+    def _set_state(self, pid: int, state: str) -> None:
+        (self.proc / str(pid) / "stat").write_text(f"{pid} (kv node) {state} 1 2 3\n")
+
+    def pid(self, node: str) -> int | None:
+        return self.pids.get(node)
+
+    def own_data_dir(self, node: str) -> Path:
+        return self.root / "data" / node
+
+    def dial_address(self, src: str, dst: str) -> tuple[str, int]:
+        return ("127.0.0.1", 9000 + int(dst[1:]))
+
+    async def status(self, node: str) -> NodeStatus:
+        role = "leader" if node == self.the_leader else "follower"
+        return NodeStatus(node, role, 3, self.the_leader, "", 10, 10)
 
     def kill(self, nodes: list[str]) -> list[str]:
-        victims = [n for n in nodes if n in self.alive]
-        self.alive -= set(victims)
+        victims = [n for n in nodes if n in self.pids]
+        for n in victims:
+            shutil.rmtree(self.proc / str(self.pids.pop(n)))
         self.paused -= set(victims)
         return victims
 
     def restart(self, node: str) -> int | None:
-        if node in self.alive:
+        if node in self.pids:
             return None
-        self.alive.add(node)
-        return 1000
+        return self._spawn(node)
 
     def pause(self, node: str) -> bool:
+        if node not in self.pids:
+            return False
+        self._set_state(self.pids[node], "T")
         self.paused.add(node)
         return True
 
@@ -182,6 +268,7 @@ class FakeDB:
         if node not in self.paused:
             return False
         self.paused.discard(node)
+        self._set_state(self.pids[node], "S")
         return True
 
     def dead(self) -> list[str]:
@@ -197,14 +284,15 @@ class FakeDB:
     # Membership, as the leader applies it; restart() of a wiped node models --join.
     voters: tuple[str, ...] = ()
     learners: tuple[str, ...] = ()
-    wiped: set[str] = set()
 
     def running(self, node: str) -> bool:
         return node in self.alive
 
     def wipe(self, node: str) -> None:
         assert node not in self.alive
-        self.wiped = {*self.wiped, node}
+        self.wiped.add(node)
+        shutil.rmtree(self.own_data_dir(node) / "raft")
+        (self.own_data_dir(node) / "raft").mkdir()
 
     def _members(self) -> Members:
         if not self.voters:
@@ -241,10 +329,19 @@ def healed(env: Env) -> bool:
     )
 
 
-def make_schedule(kinds: list[str], interval: float = 0.02) -> Schedule:
-    env = Env(FakeNet(), FakeDB(), random.Random(1))
+@pytest.fixture(autouse=True)
+def fake_root(tmp_path: Path) -> None:
+    FakeDB.root = tmp_path
+
+
+def make_env(db: FakeDB | None = None, net: FakeNet | None = None) -> Env:
+    db = db or FakeDB()
+    return Env(net or FakeNet(), db, random.Random(1), proc=db.proc, settle_s=0.1)
+
+
+def make_schedule(kinds: list[str], interval: float = 0.02, **kw: bool) -> Schedule:
     clock = itertools.count(0, 1000)
-    return Schedule(kinds, env, interval=interval, clock_ns=lambda: next(clock))
+    return Schedule(kinds, make_env(), interval=interval, clock_ns=lambda: next(clock), **kw)
 
 
 def run_schedule(schedule: Schedule, seconds: float) -> None:
@@ -345,7 +442,7 @@ def test_membership_whose_remove_fails_goes_on_and_still_restores() -> None:
         async def member_remove(self, node: str) -> Members:
             raise Indeterminate("gave up")
 
-    env = Env(FakeNet(), StuckDB(), random.Random(1))
+    env = make_env(StuckDB())
     schedule = Schedule(["membership"], env, interval=0.02, clock_ns=lambda: 0)
 
     async def body() -> None:
@@ -384,7 +481,7 @@ def test_a_failed_transfer_is_recorded_not_raised() -> None:
         async def transfer_leader(self, to: str) -> str:
             raise TimeoutError("no new leader")
 
-    env = Env(FakeNet(), StuckDB(), random.Random(1))
+    env = make_env(StuckDB())
     schedule = Schedule(["transfer"], env, interval=0.02, clock_ns=lambda: 0)
     asyncio.run(schedule.start("transfer"))
     assert schedule.timeline[-1].event == "start"
@@ -424,7 +521,7 @@ def test_heal_recovers_from_a_fault_whose_stop_failed() -> None:
             return super().restart(node)
 
     clock = itertools.count(0, 1000)
-    env = Env(FakeNet(), FlakyDB(), random.Random(1))
+    env = make_env(FlakyDB())
     schedule = Schedule(["kill-one"], env, interval=0.02, clock_ns=lambda: next(clock))
 
     async def body() -> dict[str, object]:
@@ -464,3 +561,253 @@ def test_schedule_gives_every_kind_its_turn_in_a_seeded_order() -> None:
     assert sorted(first[: len(kinds)]) == kinds and sorted(first[len(kinds) :]) == kinds
     assert first == order(), "the same seed gives the same schedule"
     assert first[: len(kinds)] != kinds, "shuffled, not alphabetical"
+
+
+# ---- every fault proves it took effect ------------------------------------------------
+
+
+def _evidence(schedule: Schedule, event: str) -> dict[str, object]:
+    ev = next(e for e in reversed(schedule.timeline) if e.event == event)
+    return ev.details["evidence"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", sorted(FAULTS))
+def test_every_fault_is_verified_and_so_is_its_undoing(kind: str) -> None:
+    schedule = make_schedule([kind])
+
+    async def body() -> None:
+        await schedule.start(kind)
+        start = _evidence(schedule, "start")
+        assert start["status"] == "verified", start
+        await schedule.stop_active()
+        stop = schedule.timeline[-1].details.get("evidence")
+        assert stop is None or stop["status"] == "verified", stop
+        await schedule.heal()
+        assert _evidence(schedule, "heal")["status"] == "verified"
+
+    asyncio.run(body())
+    assert verification(schedule.timeline)["valid"] is True
+
+
+class DeafNet(FakeNet):
+    """A network whose partitions and latency silently do nothing."""
+
+    def partition(self, grudge: Iterable[Link]) -> None:
+        pass
+
+    def set_latency(self, delay_s: float, jitter_s: float) -> None:
+        pass
+
+
+class WrongProxyNet(FakeNet):
+    """Cuts the links it is asked to in its own tables, while the nodes dial elsewhere:
+    the drop-mode check holds, the probe the node's way goes through."""
+
+    async def probe(
+        self, src: str, dst: str, address: tuple[str, int], timeout: float
+    ) -> dict[str, object]:
+        return {"reached": True, "observed": "EOF"}
+
+
+class QuietNet(FakeNet):
+    """Counters that never move: no traffic was delayed, nobody redialled."""
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
+
+
+class DudDB(FakeDB):
+    """Signals that never land, and the old relative-path wipe: it removes a directory
+    the node does not use, so the node comes back with its whole log."""
+
+    def kill(self, nodes: list[str]) -> list[str]:
+        victims = [n for n in nodes if n in self.pids]
+        for n in victims:
+            self.pids.pop(n)  # forgotten by the harness, still running
+        return victims
+
+    def pause(self, node: str) -> bool:
+        self.paused.add(node)
+        return True
+
+    def wipe(self, node: str) -> None:
+        self.wiped.add(node)
+        shutil.rmtree(self.root / "elsewhere" / node, ignore_errors=True)
+
+    async def status(self, node: str) -> NodeStatus:
+        return NodeStatus(node, "follower", 3, "n2", "", 10, 10)  # never moved
+
+
+@pytest.mark.parametrize(
+    ("kind", "net", "db"),
+    [
+        ("partition-one", DeafNet, FakeDB),
+        ("partition-halves", WrongProxyNet, FakeDB),
+        ("latency", DeafNet, FakeDB),
+        ("latency", QuietNet, FakeDB),
+        ("drop", QuietNet, FakeDB),
+        ("kill-one", FakeNet, DudDB),
+        ("kill-all", FakeNet, DudDB),
+        ("pause-one", FakeNet, DudDB),
+        ("transfer", FakeNet, DudDB),
+        ("membership", FakeNet, DudDB),
+    ],
+)
+def test_a_fault_that_does_nothing_is_not_verified(
+    kind: str, net: type[FakeNet], db: type[FakeDB]
+) -> None:
+    clock = itertools.count(0, 1000)
+    env = make_env(db(), net())
+    schedule = Schedule([kind], env, interval=0.02, clock_ns=lambda: next(clock))
+
+    async def body() -> None:
+        await schedule.start(kind)
+        await schedule.stop_active()
+
+    asyncio.run(body())
+    start = _evidence(schedule, "start")
+    assert start["status"] == "unverified", start
+    result = verification(schedule.timeline)
+    assert result["valid"] is None and "NOT every fault verified" in result["summary"]
+
+
+def test_a_wipe_that_missed_is_caught_at_both_ends() -> None:
+    """The old bug itself: the harness wiped a directory the node never used. The node's
+    open files show where its Raft state really is (still full), and the restarted node
+    logs that it recovered its whole log."""
+    clock = itertools.count(0, 1000)
+    env = make_env(DudDB())
+    schedule = Schedule(["membership"], env, interval=0.02, clock_ns=lambda: next(clock))
+
+    async def body() -> None:
+        await schedule.start("membership")
+        await schedule.stop_active()
+
+    asyncio.run(body())
+    start = _evidence(schedule, "start")
+    empty = next(c for c in start["checks"] if c["check"] == "Raft directory empty")
+    assert not empty["ok"] and empty["observed"]["source"].endswith("/fd"), empty
+    assert empty["observed"]["entries"] == ["wal-1.log"]
+    stop = _evidence(schedule, "stop")
+    recovered = next(c for c in stop["checks"] if c["check"] == "recovered index 0 from disk")
+    assert not recovered["ok"] and recovered["observed"]["recovered_index"] == 17, recovered
+
+
+def test_a_correct_wipe_is_seen_empty_and_the_node_recovers_nothing() -> None:
+    schedule = make_schedule(["membership"])
+
+    async def body() -> None:
+        await schedule.start("membership")
+        await schedule.stop_active()
+
+    asyncio.run(body())
+    stop = _evidence(schedule, "stop")
+    checks = {c["check"]: c for c in stop["checks"]}
+    assert checks["Raft directory empty before restart"]["ok"]
+    assert checks["recovered index 0 from disk"]["observed"]["entries"] == 0
+    assert stop["status"] == "verified", stop
+
+
+def test_probes_skip_links_into_a_paused_node_and_say_so() -> None:
+    schedule = make_schedule(["partition-one", "pause-one"])
+    db = schedule.env.db
+
+    async def body() -> None:
+        db.pause("n3")
+        await schedule.start("partition-one")
+
+    asyncio.run(body())
+    start = _evidence(schedule, "start")
+    skipped = [c for c in start["checks"] if "skipped" in c["check"]]
+    isolated = schedule.timeline[-1].details["isolated"]
+    if isolated == "n3":
+        assert len(skipped) == 2  # n1->n3, n2->n3
+    else:
+        assert [c["check"] for c in skipped] == [f"probe {isolated}->n3 skipped"]
+    assert start["status"] == "verified"
+
+
+def test_not_applied_faults_do_not_make_a_run_unknown() -> None:
+    schedule = make_schedule(["transfer"])
+    schedule.env.db.the_leader = None  # type: ignore[attr-defined]
+    asyncio.run(schedule.start("transfer"))
+    assert _evidence(schedule, "start")["status"] == "not-applied"
+    assert verification(schedule.timeline)["valid"] is True
+
+
+def test_a_kind_without_a_verifier_is_unverified() -> None:
+    """A new fault kind (a clock fault, say) must bring its own verifier."""
+
+    class Silent(Fault):
+        kind = group = "silent"
+
+        async def start(self, env: Env) -> dict[str, object]:
+            return {}
+
+        async def stop(self, env: Env) -> dict[str, object]:
+            return {}
+
+    schedule = Schedule(
+        ["silent"], make_env(), interval=0.02, clock_ns=lambda: 0, faults={"silent": Silent()}
+    )
+    asyncio.run(schedule.start("silent"))
+    assert _evidence(schedule, "start")["status"] == "unverified"
+    assert verification(schedule.timeline)["valid"] is None
+
+
+# ---- --nemesis all: the combined schedule ----------------------------------------------------
+
+
+def test_all_parses_to_every_kind_and_asks_for_the_combined_schedule() -> None:
+    assert parse_nemesis("all") == list(FAULTS)
+    assert combined("all") and combined("partition, all") and not combined("partition,kill")
+
+
+def _overlaps(schedule: Schedule) -> tuple[int, dict[str, int]]:
+    """(most faults in force at once, most of one group in force at once)."""
+    group_of = {k: FAULTS[k]().group for k in FAULTS}
+    active: dict[int, str] = {}
+    most, per_group = 0, dict.fromkeys(set(group_of.values()), 0)
+    for e in schedule.timeline:
+        if e.event == "start":
+            active[e.fault] = e.kind  # type: ignore[index]
+        elif e.event in ("stop", "error"):
+            active.pop(e.fault, None)  # type: ignore[arg-type]
+        most = max(most, len(active))
+        for g in per_group:
+            per_group[g] = max(per_group[g], sum(1 for k in active.values() if group_of[k] == g))
+    return most, per_group
+
+
+def test_combined_faults_overlap_one_per_group_and_end_healed() -> None:
+    schedule = make_schedule(parse_nemesis("all"), interval=0.03, combined=True)
+    run_schedule(schedule, 1.0)
+    most, per_group = _overlaps(schedule)
+    assert most >= 2, "faults of different groups overlap"
+    assert max(per_group.values()) == 1, per_group
+    assert healed(schedule.env)
+    assert schedule.timeline[-1].event == "heal"
+    assert {e.kind for e in schedule.timeline if e.event == "start"} >= {
+        "latency",
+        "drop",
+        "transfer",
+        "membership",
+    }
+    assert verification(schedule.timeline)["valid"] is True, verification(schedule.timeline)
+
+
+def test_combined_draws_come_from_the_seed() -> None:
+    def draws() -> dict[str, list[str]]:
+        schedule = make_schedule(parse_nemesis("all"), interval=0.03, combined=True)
+        run_schedule(schedule, 0.6)
+        out: dict[str, list[str]] = {}
+        for e in schedule.timeline:
+            if e.event == "start":
+                out.setdefault(FAULTS[e.kind]().group, []).append(e.kind)
+        return out
+
+    first, second = draws(), draws()
+    # Timing decides how many windows each group gets; the seed decides which kinds.
+    for group in first.keys() & second.keys():
+        n = min(len(first[group]), len(second[group]))
+        assert first[group][:n] == second[group][:n], group
