@@ -605,10 +605,17 @@ class AsyncClient:
         return Lease(resp.lease, resp.ttl_ms)
 
     async def lease_keepalive(self, lease: int) -> Lease:
-        """Restart the lease's TTL; raises NotFound if it has already expired."""
-        resp = await self._write_raw(
-            lambda rid, s: p.LeaseKeepAlive(id=rid, lease=lease, session=s)
-        )
+        """Restart the lease's TTL; raises NotFound if it has already expired. Answered
+        by the leader once it has confirmed it leads (never logged), so it needs no
+        session and is safe to repeat."""
+        resp = await self._call(lambda rid: p.LeaseKeepAlive(id=rid, lease=lease), None)
+        assert isinstance(resp, p.LeaseResponse)
+        return Lease(resp.lease, resp.ttl_ms)
+
+    async def lease_ttl(self, lease: int) -> Lease:
+        """The lease with the milliseconds it has left by the leader's clock (as its
+        ``ttl_ms``); raises NotFound if it is gone."""
+        resp = await self._call(lambda rid: p.LeaseTimeToLive(id=rid, lease=lease), None)
         assert isinstance(resp, p.LeaseResponse)
         return Lease(resp.lease, resp.ttl_ms)
 
@@ -769,7 +776,7 @@ class AsyncClient:
 
     async def _close_session(self) -> None:
         """Tell the cluster this client is done (best effort): its session and cached
-        results go now instead of at the session TTL."""
+        results go now instead of when the session table is full."""
         session = self._session
         if not session.opened:
             return
@@ -1074,6 +1081,9 @@ class Client:
 
     def lease_revoke(self, lease: int) -> WriteResult:
         return self._run(self._async.lease_revoke(lease))
+
+    def lease_ttl(self, lease: int) -> Lease:
+        return self._run(self._async.lease_ttl(lease))
 
     def status(self, endpoint: str | None = None) -> NodeStatus:
         return self._run(self._async.status(endpoint))

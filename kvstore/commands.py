@@ -3,7 +3,8 @@
 Theory of operation. A command is one msgpack array::
 
     [format_version, tag, header, *args]
-    header = [client_id, seq, ack_seq, now_ms]
+    header = [client_id, seq, ack_seq]            (format 3)
+    header = [client_id, seq, ack_seq, now_ms]    (formats 1 and 2)
 
 ``format_version`` (currently :data:`FORMAT_VERSION`) lets a later release change the
 layout wholesale; ``tag`` names the command kind from the explicit :data:`COMMAND_TAGS`
@@ -11,16 +12,20 @@ table, whose numbers are never reused. Arguments follow in dataclass field order
 absent optional argument is msgpack nil. A ``Txn`` nests arrays: compares
 ``[key, target, op, operand]`` and operations ``[kind, ...fields]``.
 
-``Tick`` is the one command outside the session rules: it only carries a leader's
-clock into the log (so leases expire on time when nobody writes), and applying it twice
-is the same as once. ``OpenSession`` is the only command that creates a session (as its
-request seq 1); ``CloseSession`` ends one.
+``ExpireLease`` is the one command outside the session rules: the leader's lessor
+(kvstore/lessor.py) proposes it when a lease has run out on the leader's monotonic
+clock, and applying it twice is the same as once (lease ids are never reused).
+``OpenSession`` is the only command that creates a session (as its request seq 1);
+``CloseSession`` ends one.
 
 The header carries the client session of dissertation §6.3 (exactly-once): ``client_id``
-names the session, ``seq`` numbers the request within it, ``ack_seq`` tells the state
-machine that every ``seq <= ack_seq`` has been answered so its cached result may go, and
-``now_ms`` is the proposing leader's wall clock. ``now_ms`` is the *only* way time
-enters the state machine: it is in the log, so every replica sees the same value.
+names the session, ``seq`` numbers the request within it, and ``ack_seq`` tells the
+state machine that every ``seq <= ack_seq`` has been answered so its cached result may
+go. Format 3 carries no time at all: no replicated decision reads a clock (issue 9).
+Formats 1 and 2 carried the proposing leader's wall clock (``now_ms``), which drove
+lease expiry (``Tick``) and session eviction; entries of those formats still decode, and
+the state machine replays their lease expiry by that clock so an old log rebuilds the
+state it had. ``Tick`` and ``LeaseKeepAlive`` exist only in formats 1 and 2.
 
 Decoding is the gateway (the etcd ``valid()`` discipline, as in raft/codec.py): log
 bytes either become a well-typed ``(Header, Command)`` or raise :class:`CommandError`
@@ -34,13 +39,14 @@ from __future__ import annotations
 
 import enum
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import msgpack  # type: ignore[import-untyped]  # no stubs upstream
 
 __all__ = [
     "CLIENT_ID_LEN",
+    "CLOCKED_FORMATS",
     "COMMAND_TAGS",
     "FORMAT_VERSION",
     "FORMAT_VERSIONS",
@@ -59,6 +65,7 @@ __all__ = [
     "CompareTarget",
     "Delete",
     "DeleteOp",
+    "ExpireLease",
     "Header",
     "LeaseGrant",
     "LeaseKeepAlive",
@@ -78,12 +85,15 @@ __all__ = [
     "read_only",
 ]
 
-FORMAT_VERSION = 2
-"""2: sessions are opened only by OpenSession, and a cached seq answers only its own
-command. Format-1 commands, still in the logs of older data directories, keep the rules
-they were applied under (a data command with seq 1 opened its session), so replaying
-an old log rebuilds exactly the state the old version had."""
-FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""3: no clock in the header; leases expire by ``ExpireLease`` from the leader's lessor,
+keep-alives are not replicated. 2: sessions are opened only by OpenSession, and a cached
+seq answers only its own command. Commands of older formats, still in the logs of older
+data directories, keep the rules they were applied under (format 1: a data command with
+seq 1 opened its session; formats 1 and 2: the header's clock expired leases)."""
+FORMAT_VERSIONS = (1, 2, 3)
+CLOCKED_FORMATS = (1, 2)
+"""Formats whose header carries the proposing leader's wall clock."""
 CLIENT_ID_LEN = 16
 MAX_KEY_LEN = 4096
 MAX_VALUE_LEN = 1 << 20
@@ -107,16 +117,17 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """Client session of the request (dissertation §6.3) and the leader's clock.
+    """Client session of the request (dissertation §6.3).
 
     Invariant (checked at the gateway): ``0 <= ack_seq < seq``. ``format`` is the
     command format the entry was written in (not a header field on the wire: the
-    command's first element)."""
+    command's first element). ``now_ms`` is the leader's wall clock of formats 1 and 2;
+    format 3 has none (always 0)."""
 
     client_id: bytes
     seq: int
     ack_seq: int
-    now_ms: int
+    now_ms: int = 0
     format: int = FORMAT_VERSION
 
 
@@ -248,8 +259,8 @@ def check_branch(ops: tuple[TxnOp, ...]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LeaseGrant:
-    """A new lease living ``ttl_ms`` of replicated clock unless kept alive; the state
-    machine picks its id."""
+    """A new lease of ``ttl_ms``, timed by the leader's lessor (formats 1 and 2: by the
+    replicated clock); the state machine picks its id."""
 
     ttl_ms: int
 
@@ -263,14 +274,23 @@ class LeaseRevoke:
 
 @dataclass(frozen=True, slots=True)
 class LeaseKeepAlive:
-    """Restart a lease's TTL from the current replicated clock."""
+    """Formats 1 and 2 only: restarted a lease's TTL from the replicated clock. Since
+    format 3 a keep-alive is answered by the leader's lessor and never logged."""
 
     lease: int
 
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """Carries the leader's clock into the log; outside the session rules (idempotent)."""
+    """Formats 1 and 2 only: carried the leader's clock into the log (sessionless)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireLease:
+    """The leader's lessor found ``lease`` run out (format 3): revoke it. Sessionless
+    and idempotent; a lease already gone is NOT_FOUND, nothing changes."""
+
+    lease: int
 
 
 Command = (
@@ -285,6 +305,7 @@ Command = (
     | Tick
     | OpenSession
     | CloseSession
+    | ExpireLease
 )
 
 COMMAND_TAGS: dict[type, int] = {
@@ -299,6 +320,7 @@ COMMAND_TAGS: dict[type, int] = {
     Tick: 8,
     OpenSession: 9,
     CloseSession: 10,
+    ExpireLease: 11,
 }
 """Wire tag of each command class. Append only: a retired tag stays retired."""
 
@@ -314,7 +336,14 @@ _ARITY: dict[type, int] = {
     Tick: 0,
     OpenSession: 0,
     CloseSession: 0,
+    ExpireLease: 1,
 }
+_FORMATS_OF: dict[type, tuple[int, ...]] = {
+    Tick: CLOCKED_FORMATS,
+    LeaseKeepAlive: CLOCKED_FORMATS,
+    ExpireLease: (3,),
+}
+"""Commands that exist only in some formats (the rest exist in all)."""
 _TARGETS = frozenset(int(t) for t in CompareTarget)
 _COMPARE_OPS = frozenset(int(o) for o in CompareOp)
 
@@ -354,15 +383,17 @@ def _value(v: Obj, what: str = "value") -> bytes:
     return _bytes(v, what, 0, MAX_VALUE_LEN)
 
 
-def _header(v: Obj) -> Header:
-    if type(v) is not tuple or len(v) != 4:
-        _fail("header (want array of 4)", v)
-    client_id, seq, ack_seq, now_ms = v
+def _header(v: Obj, version: int) -> Header:
+    width = 4 if version in CLOCKED_FORMATS else 3
+    if type(v) is not tuple or len(v) != width:
+        _fail(f"header (want array of {width})", v)
+    client_id, seq, ack_seq, *clock = v
     h = Header(
         _bytes(client_id, "client_id", CLIENT_ID_LEN, CLIENT_ID_LEN),
         _int(seq, "seq", low=1),
         _int(ack_seq, "ack_seq"),
-        _int(now_ms, "now_ms"),
+        _int(clock[0], "now_ms") if clock else 0,
+        version,
     )
     if h.ack_seq >= h.seq:
         # A client cannot have been answered for the request it is only now sending.
@@ -370,12 +401,14 @@ def _header(v: Obj) -> Header:
     return h
 
 
-def _command(tag: Obj, args: tuple[Obj, ...]) -> Command:
+def _command(tag: Obj, args: tuple[Obj, ...], version: int) -> Command:
     if type(tag) is not int:
         _fail("tag", tag)
     cls = _TAG_TYPES.get(tag)
     if cls is None:
         _fail("tag", tag)
+    if version not in _FORMATS_OF.get(cls, FORMAT_VERSIONS):
+        raise CommandError(f"{cls.__name__} does not exist in command format {version}")
     arity = _ARITY[cls]
     if len(args) != arity:
         raise CommandError(f"{cls.__name__} takes {arity} arguments, got {len(args)}")
@@ -402,6 +435,8 @@ def _command(tag: Obj, args: tuple[Obj, ...]) -> Command:
         return LeaseRevoke(_int(args[0], "lease", low=1))
     if cls is LeaseKeepAlive:
         return LeaseKeepAlive(_int(args[0], "lease", low=1))
+    if cls is ExpireLease:
+        return ExpireLease(_int(args[0], "lease", low=1))
     key, exp_value, exp_version, new_value = args
     cas = Cas(
         _key(key),
@@ -482,7 +517,7 @@ def _args(cmd: Command) -> list[Obj]:
             ]
         case LeaseGrant(ttl_ms):
             return [ttl_ms]
-        case LeaseRevoke(lease) | LeaseKeepAlive(lease):
+        case LeaseRevoke(lease) | LeaseKeepAlive(lease) | ExpireLease(lease):
             return [lease]
     raise CommandError(f"not a command: {type(cmd).__name__}")  # pragma: no cover
 
@@ -504,7 +539,11 @@ def _tuples(v: Obj) -> Obj:
 
 
 def _header_obj(h: Header) -> list[Obj]:
-    return [h.client_id, h.seq, h.ack_seq, h.now_ms]
+    if h.format in CLOCKED_FORMATS:
+        return [h.client_id, h.seq, h.ack_seq, h.now_ms]
+    if h.now_ms:
+        raise CommandError(f"command format {h.format} carries no clock (now_ms {h.now_ms})")
+    return [h.client_id, h.seq, h.ack_seq]
 
 
 def _unpack(data: bytes) -> Obj:
@@ -551,9 +590,8 @@ def decode_command(data: bytes) -> tuple[Header, Command]:
     if type(version) is not int or version not in FORMAT_VERSIONS:
         _fail("format version", version)
     # Tag before header: an unknown kind is the more useful error.
-    cmd = _command(tag, tuple(args))
-    h = _header(header)
-    return (h if version == FORMAT_VERSION else replace(h, format=version)), cmd
+    cmd = _command(tag, tuple(args), version)
+    return _header(header, version), cmd
 
 
 def command_digest(cmd: Command) -> int:
@@ -574,9 +612,9 @@ def encode_command(header: Header, cmd: Command) -> bytes:
         raise CommandError(f"not a header: {type(header).__name__}")
     if header.format not in FORMAT_VERSIONS:
         raise CommandError(f"unknown command format {header.format!r}")
-    _header(tuple(_header_obj(header)))
+    _header(tuple(_header_obj(header)), header.format)
     args = _args(cmd)
-    _command(tag, _tuples(args))
+    _command(tag, _tuples(args), header.format)
     data: bytes = msgpack.packb([header.format, tag, _header_obj(header), *args], use_bin_type=True)
     if len(data) > MAX_COMMAND_BYTES:
         raise CommandError(f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")

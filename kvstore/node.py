@@ -109,6 +109,7 @@ async def start_node(
     engine.attach(transport)
     engine.start()
     await transport.start()
+    election_timeout = cfg.raft.election_ticks * cfg.raft.tick_ms / 1000
     server = ClientServer(
         engine,
         sm,
@@ -119,7 +120,8 @@ async def start_node(
         # retries with the same seq) rather than silence.
         request_timeout=SERVER_REQUEST_TIMEOUT_S,
         # A transfer finishes within one election timeout or is abandoned by the core.
-        transfer_timeout=2 * cfg.raft.election_ticks * cfg.raft.tick_ms / 1000,
+        transfer_timeout=2 * election_timeout,
+        election_timeout=election_timeout,
     )
     await server.start(me.client_address.host, me.client_address.port)
     return RunningNode(engine, transport, server)

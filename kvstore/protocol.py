@@ -62,6 +62,7 @@ __all__ = [
     "LeaseKeepAlive",
     "LeaseResponse",
     "LeaseRevoke",
+    "LeaseTimeToLive",
     "Limits",
     "MemberAdd",
     "MemberList",
@@ -155,6 +156,7 @@ class Op(enum.StrEnum):
     LEASE_GRANT = "lease_grant"
     LEASE_KEEPALIVE = "lease_keepalive"
     LEASE_REVOKE = "lease_revoke"
+    LEASE_TTL = "lease_ttl"
     WATCH = "watch"
     WATCH_CANCEL = "watch_cancel"
     SESSION_OPEN = "session_open"
@@ -168,14 +170,15 @@ WRITE_OPS = frozenset(
         Op.CAS,
         Op.TXN,
         Op.LEASE_GRANT,
-        Op.LEASE_KEEPALIVE,
         Op.LEASE_REVOKE,
         Op.SESSION_OPEN,
         Op.SESSION_CLOSE,
     }
 )
 """Ops that go through the log with a session. A read-only ``txn`` carries no session
-and is a read; :func:`is_definite` cannot tell, and errs on the indefinite side."""
+and is a read; :func:`is_definite` cannot tell, and errs on the indefinite side. A
+``lease_keepalive`` is not one: the leader answers it without the log, and repeating it
+is harmless."""
 ADMIN_OPS = frozenset({Op.TRANSFER_LEADER, Op.MEMBER_ADD, Op.MEMBER_REMOVE})
 """Ops that change the cluster rather than the data; like writes, they can time out
 with an unknown outcome."""
@@ -378,9 +381,19 @@ class LeaseGrant:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LeaseKeepAlive:
+    """Answered by the leader after a ReadIndex round, never logged: no session (the
+    session fields protocol 2 clients send are accepted and ignored)."""
+
     id: int
     lease: int
-    session: Session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseTimeToLive:
+    """The leader's view of how long ``lease`` has left (etcd's LeaseTimeToLive)."""
+
+    id: int
+    lease: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -444,6 +457,7 @@ Request = (
     | LeaseGrant
     | LeaseKeepAlive
     | LeaseRevoke
+    | LeaseTimeToLive
     | Watch
     | WatchCancel
     | SessionOpen
@@ -467,6 +481,7 @@ _OP_OF: dict[type, Op] = {
     LeaseGrant: Op.LEASE_GRANT,
     LeaseKeepAlive: Op.LEASE_KEEPALIVE,
     LeaseRevoke: Op.LEASE_REVOKE,
+    LeaseTimeToLive: Op.LEASE_TTL,
     Watch: Op.WATCH,
     WatchCancel: Op.WATCH_CANCEL,
 }
@@ -586,7 +601,8 @@ class TxnResponse:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LeaseResponse:
-    """A granted or kept-alive lease and its TTL (restarted now)."""
+    """A granted or kept-alive lease and its TTL (restarted now); for ``lease_ttl``, the
+    milliseconds it has left."""
 
     id: int
     lease: int
@@ -859,6 +875,7 @@ _REQUEST_FIELDS: dict[Op, frozenset[str]] = {
     Op.LEASE_GRANT: frozenset({"id", "op", "ttl_ms", *_SESSION}),
     Op.LEASE_KEEPALIVE: frozenset({"id", "op", "lease", *_SESSION}),
     Op.LEASE_REVOKE: frozenset({"id", "op", "lease", *_SESSION}),
+    Op.LEASE_TTL: frozenset({"id", "op", "lease"}),
     Op.WATCH: frozenset({"id", "op", "key", "end", "start_revision"}),
     Op.WATCH_CANCEL: frozenset({"id", "op", "watch"}),
     Op.SESSION_OPEN: frozenset({"id", "op", *_SESSION}),
@@ -920,8 +937,10 @@ def encode_request(req: Request) -> bytes:
                 m.update(_session_map(req.session))
         case LeaseGrant():
             m.update(ttl_ms=req.ttl_ms, **_session_map(req.session))
-        case LeaseKeepAlive() | LeaseRevoke():
+        case LeaseRevoke():
             m.update(lease=req.lease, **_session_map(req.session))
+        case LeaseKeepAlive() | LeaseTimeToLive():
+            m.update(lease=req.lease)
         case Watch():
             m.update(key=req.key, end=req.end, start_revision=req.start_revision)
         case WatchCancel():
@@ -998,9 +1017,11 @@ def decode_request(data: bytes, limits: Limits) -> Request:
                 f.fail(Code.BAD_REQUEST, f"ttl_ms must be in [1, {MAX_TTL_MS}]")
             return LeaseGrant(id=rid, ttl_ms=ttl, session=_session(f))
         case Op.LEASE_KEEPALIVE:
-            return LeaseKeepAlive(id=rid, lease=_lease_id(f), session=_session(f))
+            return LeaseKeepAlive(id=rid, lease=_lease_id(f))
         case Op.LEASE_REVOKE:
             return LeaseRevoke(id=rid, lease=_lease_id(f), session=_session(f))
+        case Op.LEASE_TTL:
+            return LeaseTimeToLive(id=rid, lease=_lease_id(f))
         case Op.SESSION_OPEN:
             session = _session(f)
             if session.seq != 1:
@@ -1289,6 +1310,7 @@ _OK_FIELDS: dict[Op, frozenset[str]] = {
     Op.TXN: frozenset({"id", "code", "succeeded", "responses", "revision"}),
     Op.LEASE_GRANT: frozenset({"id", "code", "lease", "ttl_ms"}),
     Op.LEASE_KEEPALIVE: frozenset({"id", "code", "lease", "ttl_ms"}),
+    Op.LEASE_TTL: frozenset({"id", "code", "lease", "ttl_ms"}),
     Op.LEASE_REVOKE: frozenset({"id", "code", "revision", "prev"}),
     Op.WATCH: frozenset({"id", "code", "events", "revision"}),
     Op.WATCH_CANCEL: frozenset({"id", "code"}),
@@ -1382,7 +1404,7 @@ def decode_response(
                 responses=tuple(_op_result(m, rid) for m in _maps(f, "responses")),
                 revision=f.int_("revision"),
             )
-        case Op.LEASE_GRANT | Op.LEASE_KEEPALIVE:
+        case Op.LEASE_GRANT | Op.LEASE_KEEPALIVE | Op.LEASE_TTL:
             return LeaseResponse(id=rid, lease=f.int_("lease"), ttl_ms=f.int_("ttl_ms"))
         case Op.WATCH:
             return WatchEvents(

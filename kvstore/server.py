@@ -15,8 +15,8 @@ connection: the requests already running are answered first, then one error with
 ``"id": nil``, then close. Nothing a client sends can raise out of its handler, so no
 client affects another.
 
-Writes become commands (kvstore/commands.py) carrying the client's session and this
-node's wall clock, and go through ``Engine.propose``; linearizable reads (and read-only
+Writes become commands (kvstore/commands.py) carrying the client's session, and go
+through ``Engine.propose``; linearizable reads (and read-only
 transactions) wait for ``Engine.read_barrier`` and then read the local state machine.
 Engine errors map onto codes by what they promise: NotLeader and ProposalDropped
 certainly did not apply (NOT_LEADER / UNAVAILABLE), TimeoutError may have (TIMEOUT).
@@ -28,9 +28,11 @@ than pushing each event as it is applied makes the stream gap-free by constructi
 a slow watcher costs nothing but its place in the history: one that falls behind the
 compaction point gets COMPACTED instead of a silent gap.
 
-Leases expire by the replicated clock, which moves only when commands apply; so while
-this node leads, a ticker proposes a ``Tick`` whenever the earliest lease deadline has
-passed by its wall clock.
+Leases run out by the leader's lessor (kvstore/lessor.py), on this node's monotonic
+clock. A ticker follows this node's leadership (promoting the lessor when it becomes
+leader, in each new term; demoting it when it is not) and proposes ``ExpireLease`` for
+each lease the lessor finds run out. A keep-alive is answered here, after a ReadIndex
+round has confirmed this node still leads, and is never logged. No wall clock is read.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -55,24 +58,24 @@ from .commands import (
     Command,
     CommandError,
     Delete,
+    ExpireLease,
     Header,
     LeaseGrant,
-    LeaseKeepAlive,
     LeaseRevoke,
     OpenSession,
     Put,
     RangeOp,
-    Tick,
     Txn,
     TxnOp,
     encode_command,
 )
+from .lessor import Lessor
 from .mvcc import END_OF_KEYSPACE, Compacted, Event, EventType
 from .mvcc import KeyValue as StoredKV
 from .protocol import Code, Consistency, Limits, ProtocolError
-from .state_machine import Result, ResultCode
+from .state_machine import LeaseObserver, Result, ResultCode
 
-__all__ = ["ClientServer", "ReadableState", "wall_clock_ms"]
+__all__ = ["ClientServer", "ReadableState"]
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,11 @@ _READ_CHUNK = 256 << 10
 _RESPONSE_SLACK = 1024  # bytes kept free in a frame for the response envelope
 _KV_OVERHEAD = 96  # msgpack bytes per kv beyond key and value (5 field names, 3 ints)
 _TRANSFER_POLL_S = 0.01
-_LEASE_TICK_S = 0.1  # how often the leader looks for a lease deadline that has passed
-_TICK_CLIENT = bytes(CLIENT_ID_LEN)  # Tick is sessionless; the id is never looked up
+_LEASE_TICK_S = 0.1  # how often the lessor follows leadership and looks for expiries
+_LESSOR_CLIENT = bytes(CLIENT_ID_LEN)  # ExpireLease is sessionless; never looked up
+MIN_TTL_ELECTION_TIMEOUTS = 1.5
+"""A granted TTL is at least this many election timeouts (etcd's minimum): a shorter
+lease could run out during one election, before its holder can reach the new leader."""
 
 
 class ReadableState(Protocol):
@@ -103,13 +109,11 @@ class ReadableState(Protocol):
         self, revision: int, start: bytes, end: bytes | None, limit: int = 1000
     ) -> tuple[list[Event], int]: ...
 
-    def next_lease_expiry_ms(self) -> int | None: ...
+    def lease_ttl_ms(self, lease: int) -> int | None: ...
+
+    def set_lease_observer(self, observer: LeaseObserver | None) -> None: ...
 
     def add_listener(self, callback: Callable[[], None]) -> None: ...
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def limits_from_settings(settings: Any) -> Limits:
@@ -132,7 +136,9 @@ class ClientServer:
     ``client_addresses`` maps node ids to client addresses (for NOT_LEADER redirects);
     it is read at request time, so the caller may fill it after binding to port 0.
     ``request_timeout`` bounds each engine call; keep it below the clients' attempt
-    timeout so they hear TIMEOUT rather than silence."""
+    timeout so they hear TIMEOUT rather than silence. ``clock`` is this node's monotonic
+    clock (seconds), the lessor's; ``election_timeout`` (seconds) is what every lease
+    gains when this node becomes leader, and 1.5 times it is the shortest TTL granted."""
 
     def __init__(
         self,
@@ -141,8 +147,9 @@ class ClientServer:
         node_id: NodeId,
         client_addresses: dict[NodeId, str],
         settings: Any = None,
-        now_ms: Callable[[], int] = wall_clock_ms,
+        clock: Callable[[], float] = time.monotonic,
         *,
+        election_timeout: float = 1.0,
         request_timeout: float | None = None,
         transfer_timeout: float | None = None,
         max_in_flight: int = 1024,
@@ -152,7 +159,9 @@ class ClientServer:
         self._node_id = node_id
         self._addresses = client_addresses
         self._limits = limits_from_settings(settings if settings is not None else Limits())
-        self._now_ms = now_ms
+        self._lessor = Lessor(clock, election_timeout)
+        self._min_ttl_ms = math.ceil(MIN_TTL_ELECTION_TIMEOUTS * election_timeout * 1000)
+        self._expiring: set[asyncio.Task[None]] = set()
         self._timeout = request_timeout or getattr(settings, "request_timeout", None) or 5.0
         # How long a transfer_leader waits to see the new leader (capped by the request
         # timeout); the node passes two election timeouts.
@@ -163,6 +172,7 @@ class ClientServer:
         self._watch_wakeups: set[asyncio.Event] = set()
         self._ticker: asyncio.Task[None] | None = None
         state_machine.add_listener(self._wake_watchers)
+        state_machine.set_lease_observer(self._lessor)
 
     @property
     def limits(self) -> Limits:
@@ -185,6 +195,10 @@ class ClientServer:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
+        for task in list(self._expiring):
+            task.cancel()
+        await asyncio.gather(*self._expiring, return_exceptions=True)
+        self._sm.set_lease_observer(None)
         if self._server is not None:
             self._server.close()
         for task in list(self._handlers):
@@ -361,23 +375,72 @@ class ClientServer:
 
     # ---- leases --------------------------------------------------------------------------
 
+    @property
+    def lessor(self) -> Lessor:
+        return self._lessor
+
+    def _follow_leadership(self) -> None:
+        """Promote the lessor once in each term this node leads; demote it otherwise.
+        Noticing late only makes the deadlines of the promotion later (safe)."""
+        st = self._engine.status()
+        if st.role == "leader":
+            if self._lessor.promoted_term != st.term:
+                self._lessor.promote(st.term)
+                log.info("%s: lessor promoted in term %d", self._node_id, st.term)
+        elif self._lessor.primary:
+            self._lessor.demote()
+
     async def _lease_ticker(self) -> None:
-        """While leading, propose a Tick once the earliest lease deadline has passed by
-        this node's clock, so the replicated clock reaches it and the lease expires."""
+        """Follow leadership, and propose the expiry of every lease run out."""
         while True:
             await asyncio.sleep(_LEASE_TICK_S)
-            due = self._sm.next_lease_expiry_ms()
-            if due is None or due > self._now_ms():
-                continue
             try:
-                if self._engine.status().role != "leader":
-                    continue
-                header = Header(_TICK_CLIENT, 1, 0, self._now_ms())
-                await self._engine.propose(encode_command(header, Tick()), self._timeout)
-            except (NotLeader, ProposalDropped, TimeoutError) as exc:
-                log.debug("lease tick not applied: %r", exc)
+                self._follow_leadership()
+                for lease in self._lessor.due():
+                    task = asyncio.get_running_loop().create_task(self._expire(lease))
+                    self._expiring.add(task)
+                    task.add_done_callback(self._expiring.discard)
             except Exception:
-                log.exception("lease tick failed")
+                log.exception("lease ticker failed")
+
+    async def _expire(self, lease: int) -> None:
+        """Propose the expiry of ``lease``; a lost proposal is retried by the lessor."""
+        header = Header(_LESSOR_CLIENT, 1, 0)
+        try:
+            await self._engine.propose(encode_command(header, ExpireLease(lease)), self._timeout)
+            log.info("%s: lease %d expired", self._node_id, lease)
+        except (NotLeader, ProposalDropped, TimeoutError) as exc:
+            log.debug("expiry of lease %d not applied: %r", lease, exc)
+
+    async def _leader_confirmed(self) -> bool:
+        """True once a ReadIndex round in this node's current term has confirmed it
+        leads and it has applied everything committed before (raises NotLeader or
+        TimeoutError); False if its term changed meanwhile."""
+        st = self._engine.status()
+        if st.role != "leader":
+            raise NotLeader(st.leader)
+        await self._engine.read_barrier(self._timeout)
+        after = self._engine.status()
+        if after.role != "leader" or after.term != st.term:
+            return False
+        self._follow_leadership()
+        return True
+
+    async def _lease_keepalive(self, req: p.LeaseKeepAlive) -> p.Response:
+        if not await self._leader_confirmed():
+            return _error(req.id, Code.UNAVAILABLE, "leadership changed during keep-alive")
+        ttl_ms = self._lessor.renew(req.lease)
+        if ttl_ms is None:
+            return _error(req.id, Code.NOT_FOUND, f"lease {req.lease} not found or expired")
+        return p.LeaseResponse(id=req.id, lease=req.lease, ttl_ms=ttl_ms)
+
+    async def _lease_ttl(self, req: p.LeaseTimeToLive) -> p.Response:
+        if not await self._leader_confirmed():
+            return _error(req.id, Code.UNAVAILABLE, "leadership changed during the query")
+        left = self._lessor.remaining_ms(req.lease)
+        if left is None:
+            return _error(req.id, Code.NOT_FOUND, f"lease {req.lease} not found")
+        return p.LeaseResponse(id=req.id, lease=req.lease, ttl_ms=left)
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -399,12 +462,15 @@ class ClientServer:
                     | p.Cas()
                     | p.Txn()
                     | p.LeaseGrant()
-                    | p.LeaseKeepAlive()
                     | p.LeaseRevoke()
                     | p.SessionOpen()
                     | p.SessionClose()
                 ):
                     return await self._write(req)
+                case p.LeaseKeepAlive():
+                    return await self._lease_keepalive(req)
+                case p.LeaseTimeToLive():
+                    return await self._lease_ttl(req)
                 case p.Status():
                     return self._status(req)
                 case p.TransferLeader():
@@ -458,14 +524,13 @@ class ClientServer:
         | p.Cas
         | p.Txn
         | p.LeaseGrant
-        | p.LeaseKeepAlive
         | p.LeaseRevoke
         | p.SessionOpen
         | p.SessionClose,
     ) -> p.Response:
         s = req.session
         assert s is not None, "the protocol gives every writing request a session"
-        header = Header(s.client, s.seq, s.ack, self._now_ms())
+        header = Header(s.client, s.seq, s.ack)
         cmd: Command
         match req:
             case p.Put():
@@ -477,9 +542,7 @@ class ClientServer:
             case p.Txn():
                 cmd = self._bounded_txn(req)
             case p.LeaseGrant():
-                cmd = LeaseGrant(req.ttl_ms)
-            case p.LeaseKeepAlive():
-                cmd = LeaseKeepAlive(req.lease)
+                cmd = LeaseGrant(max(req.ttl_ms, self._min_ttl_ms))
             case p.LeaseRevoke():
                 cmd = LeaseRevoke(req.lease)
             case p.SessionOpen():
@@ -492,7 +555,7 @@ class ClientServer:
         if result.code is ResultCode.OK:
             if isinstance(req, p.Txn):
                 return self._fit(_txn_response(req.id, result), False)
-            if isinstance(req, p.LeaseGrant | p.LeaseKeepAlive):
+            if isinstance(req, p.LeaseGrant):
                 lease, ttl_ms = result.data
                 return p.LeaseResponse(id=req.id, lease=lease, ttl_ms=ttl_ms)
         return _write_response(req.id, result)

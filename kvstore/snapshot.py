@@ -15,7 +15,7 @@ splits it in two:
    and a session held by a capture is copied before it changes (copy-on-write,
    ``KVStateMachine._own_session``).
 
-The bytes are those of format 3 (docs/ARCHITECTURE.md), identical to a single
+The bytes are those of format 4 (docs/ARCHITECTURE.md), identical to a single
 ``msgpack.packb`` of the whole state: a msgpack array is its header followed by its
 items, so the long arrays (keys, events, sessions, leases) are written as a header and
 then chunks of :data:`CHUNK_ROWS` rows, each packed on its own with its own array
@@ -36,7 +36,9 @@ from kvstore.mvcc import StoreCapture
 
 __all__ = ["CHUNK_ROWS", "SNAPSHOT_FORMAT_VERSION", "SnapshotCapture"]
 
-SNAPSHOT_FORMAT_VERSION = 3  # 2: leases, lease on keys, event history; 3: digests, ended ids
+SNAPSHOT_FORMAT_VERSION = 4
+"""2: leases, lease on keys, event history; 3: digests, ended ids; 4: sessions in LRU
+order without a clock (issue 9)."""
 
 CHUNK_ROWS = 1024
 """Rows packed per msgpack call: small enough that the encoder lets go of the GIL often."""
@@ -55,7 +57,8 @@ class SnapshotCapture:
         clock_ms: int,
         store: StoreCapture,
         # (client_id, session) and (lease id, lease) pairs, read through attributes
-        # (last_active, floor, results; ttl_ms, expiry_ms): nothing changes them.
+        # (floor, results, digests; ttl_ms, expiry_ms): nothing changes them. Sessions
+        # least recently active first.
         sessions: list[tuple[bytes, Any]],
         leases: list[tuple[int, Any]],
         next_lease_id: int,
@@ -78,8 +81,8 @@ class SnapshotCapture:
     def parts(self) -> Iterator[bytes | memoryview]:
         """The snapshot bytes, piece by piece: ``[format, applied_index, clock_ms,
         [revision, kvs, compacted, events], sessions, leases, next_lease_id, ended]``,
-        sessions ordered by client_id (results by seq), leases by id and ended session
-        ids oldest first, so equal states give equal bytes on every replica."""
+        sessions least recently active first (results by seq), leases by id and ended
+        session ids oldest first, so equal states give equal bytes on every replica."""
         packer = msgpack.Packer(use_bin_type=True)
         store = self._store
         yield packer.pack_array_header(8)
@@ -92,7 +95,7 @@ class SnapshotCapture:
         yield packer.pack(store.compacted)
         events = (ev.to_obj() for ev in store.events)
         yield from _pack_array(packer, len(store.events), _chunks(events))
-        sessions = sorted(self._sessions, key=lambda item: item[0])
+        sessions = self._sessions
         yield from _pack_array(packer, len(sessions), _chunks(map(_session_obj, sessions)))
         leases = sorted(self._leases, key=lambda item: item[0])
         rows = ([lid, e.ttl_ms, e.expiry_ms] for lid, e in leases)
@@ -108,7 +111,7 @@ def _session_obj(item: tuple[bytes, Any]) -> list[Any]:
         [q, results[q].to_obj(), digests[q]] if q in digests else [q, results[q].to_obj()]
         for q in sorted(results)
     ]
-    return [client_id, s.last_active, s.floor, rows]
+    return [client_id, s.floor, rows]
 
 
 def _chunks(rows: Iterable[Any]) -> Iterator[list[Any]]:

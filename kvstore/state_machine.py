@@ -4,9 +4,10 @@ Theory of operation. ``apply(index, bytes)`` decodes one command (kvstore/comman
 runs it against the versioned store (kvstore/mvcc.py) and returns a :class:`Result`.
 Everything it reads is the current state and the command bytes: no clocks, no I/O, no
 randomness, no iteration over unordered containers whose order could differ between
-replicas. Time enters only as ``header.now_ms``; the state machine's clock is the
-maximum ``now_ms`` applied so far, so it never runs backwards even when a new leader's
-wall clock lags the old one's.
+replicas. No replicated decision reads a clock: sessions are bounded by count, and a
+lease ends only by a command in the log (a client's revoke, or the ``ExpireLease`` the
+leader's lessor proposes when the lease ran out on the leader's monotonic clock,
+kvstore/lessor.py).
 
 Exactly once (dissertation §6.3). Each client session (``client_id``) keeps the
 results of its requests that the client has not yet acknowledged. A retried request
@@ -38,13 +39,12 @@ A cached result answers a retry only if the retry carries the same command (by
 with ``SEQ_REUSED``, definite (nothing applied), instead of answering it with the
 result of a different request.
 
-Eviction is replicated state: a session idle for more than ``session_ttl_ms`` of the
-state machine clock is dropped during apply, and when ``max_sessions`` are open the
-least recently active (ties broken by client_id) makes room for a new one. Both
-constructor arguments must be identical on every replica. NB: a leader whose clock runs
-far ahead drags the replicated clock with it: every session expires once, and TTL expiry
-then stalls until real time catches up (``max_sessions`` still bounds the table).
-TODO(kv-sessions): bound how far one command may advance the clock.
+Eviction is replicated state decided by count alone (dissertation §6.3's LRU bound):
+when ``max_sessions`` are open, the least recently active session -- by log order, the
+one whose last command is oldest -- makes room for a new one. The session table is kept
+in that order. ``max_sessions`` must be identical on every replica. There is no idle
+timeout: one would need a clock every replica agrees on, and a leader's wall clock is
+not one (issue 9: a leader an hour ahead evicted every session at once).
 
 Transactions (``Txn``) are etcd's: compares on the current state choose a branch whose
 operations run in order, at one revision, reading their own writes. A branch that puts
@@ -52,29 +52,35 @@ to a lease that does not exist applies nothing (LEASE_NOT_FOUND), as in etcd. A
 read-only transaction need not enter the log: :meth:`KVStateMachine.read_txn` runs it
 against the local state after the engine's read barrier.
 
-Leases are replicated state too. A lease expires when the state machine clock passes
-its deadline (``clock + ttl`` at grant or keep-alive); expiry, like a revoke, deletes
-every key attached to the lease in one revision. Since the clock only moves when a
-command is applied, the leader proposes a ``Tick`` when the earliest deadline has passed
-by its own clock (kvstore/server.py), so leases expire on time on an idle cluster; the
-deadline is still decided here, by the log, so every replica expires the same lease at
-the same index. NB: a new leader whose clock runs ahead of the old one's expires leases
-early (etcd extends every lease on leader change for this reason);
-TODO(leases): do the same once terms are visible to the state machine.
+Leases are replicated as (id, TTL): which leases exist, and the keys attached to them.
+*When* one runs out is not replicated state (etcd's lessor): the leader tracks it on
+its own monotonic clock and proposes ``ExpireLease``, which, like a revoke, deletes
+every key attached to the lease in one revision, at the same index on every replica.
+The lessor learns of grants and revokes through :meth:`set_lease_observer`.
+
+Old logs. Commands of formats 1 and 2 carry the proposing leader's wall clock; for
+them alone the state machine still keeps the clock they built (the maximum ``now_ms``
+applied) and expires, when such a command moves it, the leases those formats granted
+or kept alive by it, so an old log replays the lease expiry it had. Leases granted by
+format 3 have no clock deadline. (Formats 1 and 2 also evicted sessions idle for ten
+minutes of that clock; replay keeps them instead, which only makes a retry across the
+upgrade find its session.)
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack  # type: ignore[import-untyped]  # no stubs upstream
 from sortedcontainers import SortedList  # type: ignore[import-untyped]  # no stubs upstream
 
 from kvstore.commands import (
     CLIENT_ID_LEN,
+    CLOCKED_FORMATS,
     Cas,
     CloseSession,
     Command,
@@ -84,6 +90,7 @@ from kvstore.commands import (
     CompareTarget,
     Delete,
     DeleteOp,
+    ExpireLease,
     Header,
     LeaseGrant,
     LeaseKeepAlive,
@@ -106,15 +113,14 @@ from raft.types import Index
 __all__ = [
     "DEFAULT_MAX_RESULTS_PER_SESSION",
     "DEFAULT_MAX_SESSIONS",
-    "DEFAULT_SESSION_TTL_MS",
     "SNAPSHOT_FORMAT_VERSION",
     "KVStateMachine",
+    "LeaseObserver",
     "Result",
     "ResultCode",
     "SnapshotError",
 ]
 
-DEFAULT_SESSION_TTL_MS = 10 * 60 * 1000
 DEFAULT_MAX_SESSIONS = 100_000
 DEFAULT_MAX_RESULTS_PER_SESSION = 1024
 
@@ -183,10 +189,21 @@ class SnapshotError(ValueError):
     """Bytes that are not a snapshot of this format. The state is left unchanged."""
 
 
+class LeaseObserver(Protocol):
+    """Told of every change to the set of leases, as it is applied (the lessor)."""
+
+    def lease_granted(self, lease: int, ttl_ms: int) -> None: ...
+
+    def lease_revoked(self, lease: int) -> None: ...
+
+    def leases_restored(self, leases: list[tuple[int, int]]) -> None:
+        """The whole set was replaced by a snapshot: (id, ttl_ms) of every lease."""
+        ...
+
+
 @dataclass(slots=True)
 class _Session:
     # Invariant: every key of ``results`` is > ``floor``.
-    last_active: int
     floor: int = 0
     results: dict[int, Result] = field(default_factory=dict)
     # The capture epoch this object was made in. A session from an earlier epoch may
@@ -218,10 +235,12 @@ class _Session:
 
 @dataclass(frozen=True, slots=True)
 class _Lease:
-    """Replaced, never changed: a snapshot capture may hold it."""
+    """Replaced, never changed: a snapshot capture may hold it. ``expiry_ms``: the
+    deadline by the clock of formats 1 and 2, for a lease those formats granted or
+    kept alive; 0 for a lease of format 3, which only the leader's lessor ends."""
 
     ttl_ms: int
-    expiry_ms: int
+    expiry_ms: int = 0
 
 
 class KVStateMachine:
@@ -233,30 +252,30 @@ class KVStateMachine:
     def __init__(
         self,
         *,
-        session_ttl_ms: int = DEFAULT_SESSION_TTL_MS,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_results_per_session: int = DEFAULT_MAX_RESULTS_PER_SESSION,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
     ) -> None:
-        if session_ttl_ms < 1 or max_sessions < 1 or max_results_per_session < 1:
+        if max_sessions < 1 or max_results_per_session < 1:
             raise ValueError("session limits must be positive")
-        self.session_ttl_ms = session_ttl_ms
         self.max_sessions = max_sessions
         self.max_results_per_session = max_results_per_session
         self.history_limit = history_limit
         self._store = MVCCStore(history_limit)
         self._applied_index: Index = 0
-        self._clock_ms = 0  # Invariant: never decreases; >= every session's last_active
-        self._sessions: dict[bytes, _Session] = {}
+        # The clock of formats 1 and 2 (old logs only). Invariant: never decreases.
+        self._clock_ms = 0
+        # Open sessions, least recently active first (the LRU order is replicated state:
+        # a snapshot keeps it).
+        self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
         # Ids of ended sessions, oldest first, at most max_sessions: never reopened.
-        self._ended: dict[bytes, None] = {}
-        # (last_active, client_id) of every session: expiry and LRU order, independent
-        # of insertion order so a restored replica evicts exactly as a live one does.
-        self._activity: Any = SortedList()
+        self._ended: OrderedDict[bytes, None] = OrderedDict()
         self._leases: dict[int, _Lease] = {}
-        self._lease_deadlines: Any = SortedList()  # (expiry_ms, lease id)
+        # (expiry_ms, lease id) of the leases with a format-1/2 clock deadline.
+        self._lease_deadlines: Any = SortedList()
         self._next_lease_id = 1
         self._listeners: list[Callable[[], None]] = []
+        self._lease_observer: LeaseObserver | None = None
         self._epoch = 0  # snapshot captures so far: see _Session.epoch
 
     def add_listener(self, callback: Callable[[], None]) -> None:
@@ -267,6 +286,13 @@ class KVStateMachine:
     def _notify(self) -> None:
         for cb in self._listeners:
             cb()
+
+    def set_lease_observer(self, observer: LeaseObserver | None) -> None:
+        """Tell ``observer`` of every lease granted or revoked from now on, and of a
+        restore; it is told of the leases existing now at once. Not replicated state."""
+        self._lease_observer = observer
+        if observer is not None:
+            observer.leases_restored(list(self.leases()))
 
     # ---- read side ----------------------------------------------------------------
 
@@ -280,6 +306,7 @@ class KVStateMachine:
 
     @property
     def clock_ms(self) -> int:
+        """The clock of command formats 1 and 2 (0 on a log that never had them)."""
         return self._clock_ms
 
     @property
@@ -309,14 +336,15 @@ class KVStateMachine:
     def lease_count(self) -> int:
         return len(self._leases)
 
-    def next_lease_expiry_ms(self) -> int | None:
-        """The earliest lease deadline, by the state machine clock (None: no lease)."""
-        return self._lease_deadlines[0][0] if self._lease_deadlines else None
+    def leases(self) -> Iterator[tuple[int, int]]:
+        """(id, ttl_ms) of every lease, by id."""
+        for lease in sorted(self._leases):
+            yield lease, self._leases[lease].ttl_ms
 
-    def lease_ttl_remaining_ms(self, lease: int) -> int | None:
-        """Milliseconds of state machine clock left on ``lease`` (None: no such lease)."""
+    def lease_ttl_ms(self, lease: int) -> int | None:
+        """The TTL ``lease`` was granted with (None: no such lease)."""
         entry = self._leases.get(lease)
-        return None if entry is None else max(0, entry.expiry_ms - self._clock_ms)
+        return None if entry is None else entry.ttl_ms
 
     def read_txn(self, txn: Txn) -> Result:
         """A read-only Txn against the current state (linearizable after the engine's
@@ -347,9 +375,13 @@ class KVStateMachine:
 
     def _apply(self, header: Header, cmd: Command) -> Result:
         client_id, seq = header.client_id, header.seq
-        self._advance_clock(header.now_ms)
+        clocked = header.format in CLOCKED_FORMATS
+        if clocked:
+            self._advance_clock(header.now_ms)
         if isinstance(cmd, Tick):
             return self._result(ResultCode.OK)  # idempotent: no session needed
+        if isinstance(cmd, ExpireLease):  # idempotent: lease ids are never reused
+            return self._revoke_if_present(cmd.lease)
         session = self._sessions.get(client_id)
         if session is None:
             # Format 1 (older logs): a data command with seq 1 opened its session; kept
@@ -364,9 +396,9 @@ class KVStateMachine:
             session = self._open_session(client_id)
         else:
             session = self._own_session(client_id, session)
-            self._touch(client_id, session)
+            self._sessions.move_to_end(client_id)
         if isinstance(cmd, CloseSession):
-            self._close_session(client_id, session)
+            self._end_session(client_id)
             return self._result(ResultCode.OK)
         session.acknowledge(header.ack_seq)
         digest = command_digest(cmd)
@@ -379,11 +411,12 @@ class KVStateMachine:
             return cached
         if seq <= session.floor:
             return self._result(ResultCode.STALE_SEQ, message=f"seq {seq} <= floor {session.floor}")
-        result = self._execute(cmd)
+        result = self._execute(cmd, clocked)
         session.remember(seq, result, digest, self.max_results_per_session)
         return result
 
-    def _execute(self, cmd: Command) -> Result:
+    def _execute(self, cmd: Command, clocked: bool) -> Result:
+        """Run a data command; ``clocked``: it is of format 1 or 2 (old lease rules)."""
         store = self._store
         match cmd:
             case Noop() | OpenSession():
@@ -405,19 +438,18 @@ class KVStateMachine:
             case LeaseGrant(ttl_ms):
                 lease = self._next_lease_id
                 self._next_lease_id += 1
-                self._set_lease(lease, ttl_ms)
+                self._set_lease(lease, ttl_ms, clocked)
+                if self._lease_observer is not None:
+                    self._lease_observer.lease_granted(lease, ttl_ms)
                 return self._result(ResultCode.OK, data=[lease, ttl_ms])
-            case LeaseKeepAlive(lease):
+            case LeaseKeepAlive(lease):  # formats 1 and 2 only
                 entry = self._leases.get(lease)
                 if entry is None:
                     return self._result(ResultCode.NOT_FOUND, message=f"no lease {lease}")
-                self._set_lease(lease, entry.ttl_ms)
+                self._set_lease(lease, entry.ttl_ms, clocked)
                 return self._result(ResultCode.OK, data=[lease, entry.ttl_ms])
             case LeaseRevoke(lease):
-                if lease not in self._leases:
-                    return self._result(ResultCode.NOT_FOUND, message=f"no lease {lease}")
-                self._revoke(lease)
-                return self._result(ResultCode.OK)
+                return self._revoke_if_present(lease)
         raise InvariantViolation(f"unhandled command {cmd!r}")  # pragma: no cover
 
     def _txn(self, txn: Txn, batch: WriteBatch | None) -> Result:
@@ -449,22 +481,33 @@ class KVStateMachine:
 
     # ---- leases -------------------------------------------------------------------
 
-    def _set_lease(self, lease: int, ttl_ms: int) -> None:
+    def _set_lease(self, lease: int, ttl_ms: int, clocked: bool) -> None:
+        """(Re)start ``lease``; a command of format 1 or 2 gives it a clock deadline."""
         old = self._leases.get(lease)
-        if old is not None:
+        if old is not None and old.expiry_ms:
             self._lease_deadlines.remove((old.expiry_ms, lease))
-        entry = _Lease(ttl_ms, self._clock_ms + ttl_ms)
+        entry = _Lease(ttl_ms, self._clock_ms + ttl_ms if clocked else 0)
         self._leases[lease] = entry
-        self._lease_deadlines.add((entry.expiry_ms, lease))
+        if entry.expiry_ms:
+            self._lease_deadlines.add((entry.expiry_ms, lease))
+
+    def _revoke_if_present(self, lease: int) -> Result:
+        if lease not in self._leases:
+            return self._result(ResultCode.NOT_FOUND, message=f"no lease {lease}")
+        self._revoke(lease)
+        return self._result(ResultCode.OK)
 
     def _revoke(self, lease: int) -> None:
         """Drop ``lease`` and delete its keys, all in one revision (etcd's LeaseRevoke)."""
         entry = self._leases.pop(lease)
-        self._lease_deadlines.remove((entry.expiry_ms, lease))
+        if entry.expiry_ms:
+            self._lease_deadlines.remove((entry.expiry_ms, lease))
         batch = self._store.batch()
         for key in self._store.keys_of_lease(lease):
             batch.delete(key)
         self._store.end_batch(batch)
+        if self._lease_observer is not None:
+            self._lease_observer.lease_revoked(lease)
 
     def _result(
         self,
@@ -479,29 +522,22 @@ class KVStateMachine:
     # ---- sessions -----------------------------------------------------------------
 
     def _advance_clock(self, now_ms: int) -> None:
-        """Move the clock to ``max(clock, now_ms)``, evict sessions idle > TTL and expire
-        leases whose deadline has passed (earliest first, ties by id)."""
+        """Formats 1 and 2 only: move their clock to ``max(clock, now_ms)`` and expire
+        the leases whose deadline it passed (earliest first, ties by id)."""
         if now_ms > self._clock_ms:
             self._clock_ms = now_ms
-        deadline = self._clock_ms - self.session_ttl_ms
-        activity = self._activity
-        while activity and activity[0][0] < deadline:
-            _, client_id = activity.pop(0)
-            self._end_session(client_id)
         deadlines = self._lease_deadlines
         while deadlines and deadlines[0][0] <= self._clock_ms:
             self._revoke(deadlines[0][1])
 
     def _open_session(self, client_id: bytes) -> _Session:
         if len(self._sessions) >= self.max_sessions:
-            _, victim = self._activity.pop(0)  # least recently active, then lowest id
-            self._end_session(victim)
-        session = _Session(last_active=self._clock_ms, epoch=self._epoch)
+            self._end_session(next(iter(self._sessions)))  # the least recently active
+        session = _Session(epoch=self._epoch)
         # Only a format-1 command (an old log) may reopen an ended id: it is open again.
         # Invariant: no id is both open and ended.
         self._ended.pop(client_id, None)
         self._sessions[client_id] = session
-        self._activity.add((session.last_active, client_id))
         return session
 
     def _own_session(self, client_id: bytes, session: _Session) -> _Session:
@@ -510,7 +546,6 @@ class KVStateMachine:
         if session.epoch == self._epoch:
             return session
         own = _Session(
-            session.last_active,
             session.floor,
             dict(session.results),
             self._epoch,
@@ -519,10 +554,6 @@ class KVStateMachine:
         self._sessions[client_id] = own
         return own
 
-    def _close_session(self, client_id: bytes, session: _Session) -> None:
-        self._activity.remove((session.last_active, client_id))
-        self._end_session(client_id)
-
     def _end_session(self, client_id: bytes) -> None:
         """Drop a session and remember its id (bounded, oldest forgotten first): a
         delayed duplicate of its OpenSession must not bring it back empty, where a
@@ -530,18 +561,12 @@ class KVStateMachine:
         del self._sessions[client_id]
         self._ended[client_id] = None
         if len(self._ended) > self.max_sessions:
-            del self._ended[next(iter(self._ended))]
-
-    def _touch(self, client_id: bytes, session: _Session) -> None:
-        if session.last_active != self._clock_ms:
-            self._activity.remove((session.last_active, client_id))
-            session.last_active = self._clock_ms
-            self._activity.add((session.last_active, client_id))
+            self._ended.popitem(last=False)
 
     # ---- snapshot -----------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole state as snapshot bytes (format 3, kvstore/snapshot.py), encoded
+        """The whole state as snapshot bytes (format 4, kvstore/snapshot.py), encoded
         here and now; the engine uses :meth:`snapshot_capture` instead."""
         return self.snapshot_capture()()
 
@@ -576,7 +601,7 @@ class KVStateMachine:
             elif version == 2:
                 _, applied, clock, store_state, rows, lease_rows, next_lease = obj
                 ended_rows = ()
-            elif version == SNAPSHOT_FORMAT_VERSION:  # 3: digests, ended session ids
+            elif version in (3, SNAPSHOT_FORMAT_VERSION):  # 3: digests, ended ids; 4: LRU
                 _, applied, clock, store_state, rows, lease_rows, next_lease, ended_rows = obj
             else:
                 raise ValueError(f"unknown snapshot format {version!r}")
@@ -584,7 +609,7 @@ class KVStateMachine:
                 raise ValueError("bad applied index or clock")
             store = MVCCStore(self.history_limit)
             store.restore_state(store_state)
-            sessions = self._decode_sessions(rows, clock)
+            sessions = self._decode_sessions(rows, version)
             leases = _decode_leases(lease_rows, next_lease)
             ended = self._decode_ended(ended_rows, sessions)
         except SnapshotError:
@@ -596,16 +621,21 @@ class KVStateMachine:
         self._clock_ms = clock
         self._sessions = sessions
         self._ended = ended
-        self._activity = SortedList((s.last_active, cid) for cid, s in sessions.items())
         self._leases = leases
-        self._lease_deadlines = SortedList((e.expiry_ms, lid) for lid, e in leases.items())
+        self._lease_deadlines = SortedList(
+            (e.expiry_ms, lid) for lid, e in leases.items() if e.expiry_ms
+        )
         self._next_lease_id = next_lease
+        if self._lease_observer is not None:
+            self._lease_observer.leases_restored(list(self.leases()))
         self._notify()
 
-    def _decode_ended(self, rows: Any, sessions: dict[bytes, _Session]) -> dict[bytes, None]:
+    def _decode_ended(
+        self, rows: Any, sessions: OrderedDict[bytes, _Session]
+    ) -> OrderedDict[bytes, None]:
         if len(rows) > self.max_sessions:
             raise SnapshotError(f"{len(rows)} ended sessions exceed max_sessions")
-        ended: dict[bytes, None] = {}
+        ended: OrderedDict[bytes, None] = OrderedDict()
         for cid in rows:
             if type(cid) is not bytes or len(cid) != CLIENT_ID_LEN or cid in sessions:
                 raise ValueError("bad ended session id")
@@ -614,18 +644,25 @@ class KVStateMachine:
             raise ValueError("duplicate ended session id")
         return ended
 
-    def _decode_sessions(self, rows: Any, clock: int) -> dict[bytes, _Session]:
+    def _decode_sessions(self, rows: Any, version: int) -> OrderedDict[bytes, _Session]:
+        """Format 4 lists sessions least recently active first. Formats 1-3 gave each
+        its last activity by the old clock instead: ordered by it, ties by client_id,
+        which was their eviction order."""
         if len(rows) > self.max_sessions:
             raise SnapshotError(f"{len(rows)} sessions exceed max_sessions {self.max_sessions}")
-        sessions: dict[bytes, _Session] = {}
-        for client_id, last_active, floor, results in rows:
+        if version < 4:
+            if not all(type(r) is tuple and len(r) == 4 and type(r[1]) is int for r in rows):
+                raise ValueError("bad session row")
+            rows = [(cid, floor, results) for cid, _, floor, results in sorted(rows, key=_lru)]
+        sessions: OrderedDict[bytes, _Session] = OrderedDict()
+        for client_id, floor, results in rows:
             if type(client_id) is not bytes or len(client_id) != CLIENT_ID_LEN:
                 raise ValueError("bad client_id")
-            if client_id in sessions or not 0 <= last_active <= clock or floor < 0:
-                raise ValueError("duplicate session, or bad last_active or floor")
+            if client_id in sessions or type(floor) is not int or floor < 0:
+                raise ValueError("duplicate session, or bad floor")
             if len(results) > self.max_results_per_session:
                 raise SnapshotError("cached results exceed max_results_per_session")
-            s = _Session(last_active, floor)
+            s = _Session(floor)
             for seq, result, *digest in results:  # format 3 adds the digest
                 if type(seq) is not int or seq <= floor or seq in s.results:
                     raise ValueError(f"bad cached seq {seq!r}")
@@ -638,6 +675,13 @@ class KVStateMachine:
         return sessions
 
 
+def _lru(row: tuple[Any, ...]) -> tuple[int, bytes]:
+    cid, last_active = row[0], row[1]
+    if type(cid) is not bytes:
+        raise ValueError("bad client_id")
+    return last_active, cid
+
+
 def _decode_leases(rows: Any, next_lease: Any) -> dict[int, _Lease]:
     if type(next_lease) is not int or next_lease < 1:
         raise ValueError("bad next lease id")
@@ -645,7 +689,7 @@ def _decode_leases(rows: Any, next_lease: Any) -> dict[int, _Lease]:
     for lid, ttl, expiry in rows:
         if not all(type(n) is int for n in (lid, ttl, expiry)):
             raise ValueError("lease fields must be ints")
-        if not 1 <= lid < next_lease or lid in leases or ttl < 1:
+        if not 1 <= lid < next_lease or lid in leases or ttl < 1 or expiry < 0:
             raise ValueError(f"bad lease {lid!r}")
         leases[lid] = _Lease(ttl, expiry)
     return leases

@@ -9,7 +9,8 @@ read raise NotLeader, None means no leader known), ``drop_responses`` (apply the
 N proposals, then raise TimeoutError as if their response had been lost: the server
 answers TIMEOUT and the client must retry the same seq), ``delay`` (seconds to wait
 before applying each proposal; ``delays`` overrides it for the next proposals, one
-entry each), and ``proposals``, the count of proposals applied.
+entry each), ``term`` (bump it to play an election this node won) and ``proposals``,
+the count of proposals applied.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class LocalEngine:
         self.delay = 0.0
         self.delays: list[float] = []
         self.proposals = 0
+        self.term = 1  # bump it to play a new election this node won
         self._index: Index = 0
 
     def _check_leader(self) -> None:
@@ -58,7 +60,7 @@ class LocalEngine:
         return EngineStatus(
             id=self.id,
             role="leader" if is_leader else "follower",
-            term=1,
+            term=self.term,
             leader=self.leader,
             commit=self._index,
             applied=self._index,

@@ -29,6 +29,7 @@ from kvstore.commands import (
     CompareTarget,
     Delete,
     DeleteOp,
+    ExpireLease,
     Header,
     LeaseGrant,
     LeaseKeepAlive,
@@ -52,11 +53,12 @@ ints = st.integers(min_value=0, max_value=MAX_INT - 1)
 
 
 @st.composite
-def headers(draw: st.DrawFn) -> Header:
+def headers(draw: st.DrawFn, fmt: int = FORMAT_VERSION) -> Header:
+    """A header of command format ``fmt``: formats 1 and 2 carry a clock, 3 none."""
     seq = draw(st.integers(min_value=1, max_value=MAX_INT - 1))
     ack = draw(st.integers(min_value=0, max_value=seq - 1))
     cid = draw(st.binary(min_size=CLIENT_ID_LEN, max_size=CLIENT_ID_LEN))
-    return Header(cid, seq, ack, draw(ints))
+    return Header(cid, seq, ack, draw(ints) if fmt < 3 else 0, fmt)
 
 
 cas = st.builds(Cas, keys, st.none() | values, st.none() | ints, values).filter(
@@ -75,7 +77,6 @@ txns = st.builds(Txn, st.lists(compares, max_size=4).map(tuple), branches, branc
 leases = st.integers(min_value=1, max_value=MAX_INT - 1)
 commands: st.SearchStrategy[Command] = st.one_of(
     st.just(Noop()),
-    st.just(Tick()),
     st.just(OpenSession()),
     st.just(CloseSession()),
     st.builds(Put, keys, values),
@@ -84,7 +85,15 @@ commands: st.SearchStrategy[Command] = st.one_of(
     txns,
     st.builds(LeaseGrant, st.integers(1, MAX_TTL_MS)),
     st.builds(LeaseRevoke, leases),
-    st.builds(LeaseKeepAlive, leases),
+    st.builds(ExpireLease, leases),
+)
+"""Commands of the current format."""
+old_commands: st.SearchStrategy[Command] = commands.filter(
+    lambda c: not isinstance(c, ExpireLease)
+) | st.sampled_from([Tick(), LeaseKeepAlive(1), LeaseKeepAlive(MAX_INT - 1)])
+"""Commands of formats 1 and 2."""
+any_format = st.tuples(headers(), commands) | st.tuples(
+    st.sampled_from([1, 2]).flatmap(headers), old_commands
 )
 
 H = Header(b"c" * CLIENT_ID_LEN, 1, 0, 0)
@@ -95,12 +104,35 @@ def raw(*items: object) -> bytes:
     return data
 
 
-HDR = [H.client_id, 1, 0, 0]
+HDR = [H.client_id, 1, 0]
 
 
-@given(headers(), commands)
-def test_round_trip(header: Header, cmd: Command) -> None:
+@given(any_format)
+def test_round_trip(framed: tuple[Header, Command]) -> None:
+    header, cmd = framed
     assert decode_command(encode_command(header, cmd)) == (header, cmd)
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_old_formats_keep_their_clock_and_their_commands(fmt: int) -> None:
+    old = Header(b"c" * CLIENT_ID_LEN, 1, 0, 1234, fmt)
+    for cmd in (Tick(), LeaseKeepAlive(3), Put(b"k", b"v")):
+        assert decode_command(encode_command(old, cmd)) == (old, cmd)
+    with pytest.raises(CommandError, match="ExpireLease does not exist in command format"):
+        encode_command(old, ExpireLease(1))
+    with pytest.raises(CommandError, match="header"):
+        decode_command(raw(fmt, 0, HDR[:3]))
+
+
+def test_format_3_has_no_clock_tick_or_replicated_keepalive() -> None:
+    """Issue 9: no replicated decision reads a clock, so the current format has none."""
+    with pytest.raises(CommandError, match="carries no clock"):
+        encode_command(Header(b"c" * CLIENT_ID_LEN, 1, 0, 5), Noop())
+    for cmd in (Tick(), LeaseKeepAlive(1)):
+        with pytest.raises(CommandError, match="does not exist in command format 3"):
+            encode_command(H, cmd)
+    with pytest.raises(CommandError, match="header"):
+        decode_command(raw(3, 0, [*HDR, 0]))
 
 
 @given(headers(), commands)
@@ -124,9 +156,10 @@ def test_tags_are_explicit() -> None:
         Tick: 8,
         OpenSession: 9,
         CloseSession: 10,
+        ExpireLease: 11,
     } == COMMAND_TAGS
     with pytest.raises(CommandError, match="tag"):
-        decode_command(raw(FORMAT_VERSION, 11, HDR))
+        decode_command(raw(FORMAT_VERSION, 12, HDR))
 
 
 @pytest.mark.parametrize(
@@ -196,10 +229,11 @@ def test_arbitrary_msgpack_arrays_raise_only_command_error(items: list[object]) 
         decode_command(raw(*items))
 
 
-@given(headers(), commands, st.data())
+@given(any_format, st.data())
 def test_truncated_or_extended_encodings_are_rejected(
-    header: Header, cmd: Command, data: st.DataObject
+    framed: tuple[Header, Command], data: st.DataObject
 ) -> None:
+    header, cmd = framed
     enc = encode_command(header, cmd)
     cut = data.draw(st.integers(min_value=0, max_value=len(enc) - 1))
     with pytest.raises(CommandError):
@@ -240,7 +274,8 @@ def test_size_limits_are_inclusive() -> None:
         Header(b"c" * 16, 0, 0, 0),  # seq starts at 1
         Header(b"c" * 16, 3, 3, 0),  # ack_seq < seq
         Header(b"c" * 16, 3, -1, 0),
-        Header(b"c" * 16, 1, 0, -5),
+        Header(b"c" * 16, 1, 0, -5, 2),
+        Header(b"c" * 16, 1, 0, 5),  # format 3 has no clock
         Header(b"c" * 16, MAX_INT, 0, 0),
         Header(b"c" * 16, True, 0, 0),
     ],
@@ -253,7 +288,7 @@ def test_invalid_headers_rejected(header: Header) -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (raw(3, 1, HDR, b"k", b"v"), "format version"),
+        (raw(4, 1, HDR, b"k", b"v"), "format version"),
         (raw(True, 1, HDR, b"k", b"v"), "format version"),
         (raw(1, 99, HDR), "tag"),
         (raw(1, 1, HDR, b"k"), "Put takes 2"),
@@ -261,6 +296,7 @@ def test_invalid_headers_rejected(header: Header) -> None:
         (raw(1, 1, HDR, b"k", None), "value"),
         (raw(1, 0, [HDR[0], 1, 0]), "header"),
         (raw(1, 0, [HDR[0], 1.0, 0, 0]), "seq"),
+        (raw(3, 0, [HDR[0], 1.0, 0]), "seq"),
         (msgpack.packb({"a": 1}), "malformed msgpack"),
         (b"", "malformed msgpack"),
         (raw(1, 0), "want array"),

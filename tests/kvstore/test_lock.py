@@ -48,7 +48,9 @@ def test_a_holder_whose_lease_expired_is_fenced_off() -> None:
                 la = await a.lease_grant(1_000)
                 t1 = await try_acquire(a, "L", la.id)
                 await fenced_put(a, "L", t1, "res", "a-enter")
-                n.clock[0] += 1_500  # "a" stalls past its lease; the ticker expires it
+                # "a" stalls past its lease (even one the leader's lessor extended on
+                # promotion, by an election timeout); the ticker expires it.
+                n.clock[0] += 2.0
                 async with asyncio.timeout(5):
                     while n.sm.lease_count:
                         await asyncio.sleep(0.05)

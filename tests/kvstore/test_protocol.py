@@ -90,7 +90,8 @@ def txn_requests(draw: st.DrawFn) -> p.Txn:
 requests = st.one_of(
     txn_requests(),
     st.builds(p.LeaseGrant, id=rid, ttl_ms=st.integers(1, MAX_TTL_MS), session=sessions()),
-    st.builds(p.LeaseKeepAlive, id=rid, lease=st.integers(1, p.MAX_INT - 1), session=sessions()),
+    st.builds(p.LeaseKeepAlive, id=rid, lease=st.integers(1, p.MAX_INT - 1)),
+    st.builds(p.LeaseTimeToLive, id=rid, lease=st.integers(1, p.MAX_INT - 1)),
     st.builds(p.LeaseRevoke, id=rid, lease=st.integers(1, p.MAX_INT - 1), session=sessions()),
     st.builds(p.Watch, id=rid, key=key, end=st.none() | key, start_revision=st.none() | uint),
     st.builds(p.WatchCancel, id=rid, watch=uint),
@@ -350,7 +351,9 @@ RANGE_K = {"op": "range", "key": b"k"}
         ({"id": 1, "op": "txn", "success": "not-an-array"}, Code.BAD_REQUEST),
         ({"id": 1, "op": "lease_grant", "ttl_ms": 0, **SESSION}, Code.BAD_REQUEST),
         ({"id": 1, "op": "lease_revoke", "lease": 0, **SESSION}, Code.BAD_REQUEST),
-        ({"id": 1, "op": "lease_keepalive", "lease": 5}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "lease_keepalive", "lease": 0}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "lease_ttl", "lease": 0}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "lease_ttl", "lease": 1, **SESSION}, Code.BAD_REQUEST),
         ({"id": 1, "op": "watch", "key": b""}, Code.BAD_REQUEST),
         ({"id": 1, "op": "watch", "key": b"k", "start_revision": -1}, Code.BAD_REQUEST),
         ({"id": 1, "op": "watch_cancel"}, Code.BAD_REQUEST),
@@ -486,3 +489,11 @@ def test_nil_means_absent_in_txn_fields() -> None:
         LIMITS,
     )
     assert isinstance(req, p.Txn) and req.session is None and req.compares == ()
+
+
+def test_a_keepalive_needs_no_session_and_ignores_an_old_clients() -> None:
+    """Keep-alives are answered by the leader's lessor, never logged (issue 9): no
+    session; the session fields a protocol-2 client still sends are accepted."""
+    for fields in ({}, SESSION):
+        req = p.decode_request(_req(id=1, op="lease_keepalive", lease=5, **fields), LIMITS)
+        assert req == p.LeaseKeepAlive(id=1, lease=5)

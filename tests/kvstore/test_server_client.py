@@ -36,6 +36,7 @@ pytestmark = pytest.mark.timeout(60)
 
 LIMITS = Limits(max_frame_bytes=64 << 10, max_key_bytes=256, max_value_bytes=16 << 10)
 TEST_TIMEOUT = 30.0
+ELECTION_TIMEOUT = 0.5  # the servers' (seconds): leases gain it on promotion
 
 
 def run(body: Callable[[], Awaitable[None]]) -> None:
@@ -47,11 +48,17 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
 
 class Node:
     def __init__(self, node_id: str, addresses: dict[str, str], **sm_args: Any) -> None:
-        self.clock = [1_000_000]
+        self.clock = [1000.0]  # the node's monotonic clock, seconds: the lessor's
         self.sm = KVStateMachine(**sm_args)
         self.engine = LocalEngine(self.sm, node_id)
         self.server = ClientServer(
-            self.engine, self.sm, node_id, addresses, LIMITS, now_ms=lambda: self.clock[0]
+            self.engine,
+            self.sm,
+            node_id,
+            addresses,
+            LIMITS,
+            clock=lambda: self.clock[0],
+            election_timeout=ELECTION_TIMEOUT,
         )
         self.addr = ""
 
@@ -65,10 +72,20 @@ async def cluster(*ids: str, **sm_args: Any) -> AsyncIterator[list[Node]]:
         for n in nodes:
             await n.server.start("127.0.0.1", 0)
             n.addr = addresses[n.engine.id] = f"127.0.0.1:{n.server.port}"
+        for n in nodes:
+            await lessor_promoted(n)
         yield nodes
     finally:
         for n in nodes:
             await n.server.close()
+
+
+async def lessor_promoted(n: Node) -> None:
+    """Wait until the server's ticker has seen its engine lead (in its current term) and
+    promoted the lessor, so lease deadlines follow ``n.clock`` from here on."""
+    async with asyncio.timeout(5):
+        while n.server.lessor.promoted_term != n.engine.term:
+            await asyncio.sleep(0.01)
 
 
 def client(*nodes: Node, **kwargs: Any) -> AsyncClient:
@@ -452,18 +469,19 @@ def test_write_that_never_gets_an_answer_is_indeterminate() -> None:
 
 def test_expired_session_is_renewed_transparently() -> None:
     async def body() -> None:
-        async with cluster("n1", session_ttl_ms=1000) as [n1]:
-            c = client(n1)
+        async with cluster("n1", max_sessions=1) as [n1]:
+            c, other = client(n1), client(n1)
             try:
                 await c.put(b"k", b"1")
                 old_id = c.client_id
-                n1.clock[0] += 5000  # the session idles past its TTL
+                await other.put(b"o", b"1")  # max_sessions=1: c's session is evicted
                 await c.put(b"other", b"x")  # finds its session evicted; resent in a new one
                 await c.put(b"k", b"2")
                 assert c.client_id != old_id
                 assert (await c.get(b"k")).version == 2
             finally:
                 await c.close()
+                await other.close()
 
     run(body)
 

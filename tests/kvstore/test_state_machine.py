@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstore.commands import (
+    FORMAT_VERSION,
     Cas,
     CloseSession,
     Command,
@@ -25,6 +26,7 @@ from kvstore.commands import (
     CompareTarget,
     Delete,
     DeleteOp,
+    ExpireLease,
     Header,
     LeaseGrant,
     LeaseKeepAlive,
@@ -58,12 +60,13 @@ class Client:
     is its session's OpenSession (:meth:`open`), so its first command is seq 2."""
 
     id: bytes
-    now_ms: int = 0
+    now_ms: int = 0  # the leader's clock, in command formats 1 and 2
     seq: int = 1
     ack: int = 0
+    fmt: int = FORMAT_VERSION
 
     def open(self) -> bytes:
-        return encode_command(Header(self.id, 1, 0, self.now_ms), OpenSession())
+        return encode_command(Header(self.id, 1, 0, self.now_ms, self.fmt), OpenSession())
 
     def cmd(self, cmd: Command, *, ack: int | None = None) -> bytes:
         self.seq += 1
@@ -71,7 +74,7 @@ class Client:
 
     def at(self, seq: int, cmd: Command, *, ack: int | None = None) -> bytes:
         return encode_command(
-            Header(self.id, seq, self.ack if ack is None else ack, self.now_ms), cmd
+            Header(self.id, seq, self.ack if ack is None else ack, self.now_ms, self.fmt), cmd
         )
 
 
@@ -92,11 +95,9 @@ class Replica:
             header, cmd = None, None
         if header is not None and header.client_id not in self.opened:
             self.opened.add(header.client_id)
-            if not isinstance(cmd, OpenSession | Tick):
+            if not isinstance(cmd, OpenSession | Tick | ExpireLease):
                 self.index += 1
-                opening = encode_command(
-                    Header(header.client_id, 1, 0, header.now_ms), OpenSession()
-                )
+                opening = encode_command(replace(header, seq=1, ack_seq=0), OpenSession())
                 assert self.sm.apply(self.index, opening).code is OK
         self.index += 1
         return self.sm.apply(self.index, data)
@@ -245,14 +246,13 @@ def test_first_write_is_not_applied_twice_after_eviction() -> None:
     write; evicted before a retry of that write arrived, the retry reopened the session
     and applied the write again. Now the write (seq 2) finds no session: refused."""
     c = Client(cid(1))
-    r = Replica(KVStateMachine(session_ttl_ms=1000), opened={c.id})
+    r = Replica(KVStateMachine(max_sessions=1), opened={c.id})
     assert r.apply(c.open()).code is OK
     first = c.cmd(Put(b"k", b"v"))
     assert r.apply(first).code is OK and r.sm.revision == 1
-    other = Client(cid(2), now_ms=5000)
-    r.apply(other.cmd(Noop()))  # the clock passes c's TTL: evicted
+    r.apply(Client(cid(2)).cmd(Noop()))  # another session opens: c is evicted
     assert r.apply(first).code is ResultCode.SESSION_EXPIRED and r.sm.revision == 1
-    old_style = encode_command(Header(c.id, 1, 0, 0), Put(b"k", b"v"))
+    old_style = encode_command(Header(c.id, 1, 0, 0, 2), Put(b"k", b"v"))
     assert r.apply(old_style).code is ResultCode.SESSION_EXPIRED and r.sm.revision == 1
 
 
@@ -274,46 +274,43 @@ def test_close_session_forgets_it() -> None:
     assert r.apply(c.cmd(Put(b"k", b"w"))).code is ResultCode.SESSION_EXPIRED
 
 
-def test_session_expires_after_ttl_of_replicated_clock() -> None:
-    r = Replica(KVStateMachine(session_ttl_ms=1000))
-    a, b = Client(cid(1)), Client(cid(2))
-    r.apply(a.cmd(Noop()))  # a active at 0
-    b.now_ms = 1000
-    r.apply(b.cmd(Noop()))  # idle exactly ttl: kept
-    assert r.sm.session_count == 2
-    b.now_ms = 1001
-    r.apply(b.cmd(Noop()))  # idle longer than ttl: evicted during this apply
-    assert r.sm.session_count == 1 and r.sm.clock_ms == 1001
-    a.now_ms = 1001
-    assert r.apply(a.cmd(Put(b"k", b"v"))).code is ResultCode.SESSION_EXPIRED
-    assert r.sm.revision == 0
-
-
-def test_clock_never_runs_backwards() -> None:
-    r = Replica(KVStateMachine(session_ttl_ms=1000))
-    a, b = Client(cid(1), now_ms=5000), Client(cid(2), now_ms=100)
-    r.apply(a.cmd(Noop()))
-    # A new leader whose wall clock lags: the session opened now counts as active at 5000,
-    # so it is not expired by the lag itself.
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_no_clock_evicts_a_session(fmt: int) -> None:
+    """Issue 9, item 4: a leader whose wall clock was an hour ahead evicted every
+    session (formats 1 and 2 expired sessions idle for ten minutes of the replicated
+    clock). Sessions are bounded by count alone: no clock, old or new, evicts one."""
+    r = Replica()
+    a, b = Client(cid(1), fmt=fmt), Client(cid(2), fmt=fmt)
+    assert r.apply(a.cmd(Put(b"k", b"v"))).code is OK
+    if fmt == 2:
+        b.now_ms = 3_600_000 + 1  # an hour after a's last command
     r.apply(b.cmd(Noop()))
-    assert r.sm.clock_ms == 5000
-    a.now_ms = 6000
-    r.apply(a.cmd(Noop()))
     assert r.sm.session_count == 2
+    assert r.apply(a.cmd(Put(b"k", b"w"))).code is OK
+
+
+def test_the_old_clock_never_runs_backwards_and_format_3_leaves_it() -> None:
+    r = Replica()
+    a, b = Client(cid(1), now_ms=5000, fmt=2), Client(cid(2), now_ms=100, fmt=2)
+    r.apply(a.cmd(Noop()))
+    r.apply(b.cmd(Noop()))  # a new leader whose wall clock lags
+    assert r.sm.clock_ms == 5000
+    r.apply(Client(cid(3)).cmd(Noop()))
+    assert r.sm.clock_ms == 5000 and r.sm.session_count == 3
 
 
 def test_session_count_is_bounded_evicting_least_recently_active() -> None:
+    """The least recently active session by log order goes first."""
     r = Replica(KVStateMachine(max_sessions=2))
     a, b, c, d = (Client(cid(n)) for n in (1, 2, 3, 4))
     r.apply(b.cmd(Noop()))
-    r.apply(a.cmd(Noop()))  # a and b tie on activity (clock 0)
-    r.apply(c.cmd(Noop()))  # evicts a: the tie goes to the lowest client_id
-    assert r.apply(a.cmd(Noop())).code is ResultCode.SESSION_EXPIRED
-    c.now_ms = d.now_ms = 10
-    r.apply(c.cmd(Noop()))  # c active at 10, b at 0
-    r.apply(d.cmd(Noop()))  # evicts b, the least recently active
+    r.apply(a.cmd(Noop()))
+    r.apply(c.cmd(Noop()))  # evicts b, whose last command is the oldest
     assert r.apply(b.cmd(Noop())).code is ResultCode.SESSION_EXPIRED
-    assert r.apply(c.cmd(Noop())).code is OK and r.sm.session_count == 2
+    r.apply(a.cmd(Noop()))  # a is now more recent than c
+    r.apply(d.cmd(Noop()))  # evicts c
+    assert r.apply(c.cmd(Noop())).code is ResultCode.SESSION_EXPIRED
+    assert r.apply(a.cmd(Noop())).code is OK and r.sm.session_count == 2
 
 
 # ---- malformed entries, indexes, snapshots --------------------------------------------
@@ -340,17 +337,17 @@ def test_apply_requires_increasing_index() -> None:
 
 
 def test_snapshot_restore_round_trip_behaves_identically() -> None:
-    r, a, b = Replica(KVStateMachine(session_ttl_ms=1000)), Client(cid(1)), Client(cid(2))
+    r, a, b = Replica(KVStateMachine(max_sessions=2)), Client(cid(1)), Client(cid(2))
     put = a.cmd(Put(b"k", b"v"))
     r.apply(put)
     r.apply(b.cmd(Cas(b"k", b"v", None, b"w")))
     r.apply(b.cmd(Delete(b"missing")))
     snap = r.sm.snapshot()
-    twin = Replica(KVStateMachine(session_ttl_ms=1000), index=r.index, opened=set(r.opened))
+    twin = Replica(KVStateMachine(max_sessions=2), index=r.index, opened=set(r.opened))
     twin.sm.restore(snap)
     assert twin.sm.snapshot() == snap and twin.sm.applied_index == 5  # with two opens
-    b.now_ms = 1500
-    follow = [put, a.cmd(Noop()), b.cmd(Put(b"k", b"z")), b"bad", put]
+    c = Client(cid(3))  # evicts the least recently active (a) on both
+    follow = [put, c.cmd(Noop()), b.cmd(Put(b"k", b"z")), b"bad", put]
     assert [r.apply(d) for d in follow] == [twin.apply(d) for d in follow]
     assert twin.sm.snapshot() == r.sm.snapshot()
 
@@ -411,8 +408,17 @@ txn_ops = st.one_of(
 
 
 branches = st.lists(txn_ops, max_size=3).map(one_write_per_key)
-# Everything the state machine applies: transactions, leases expiring by the clock, Tick.
+# Everything the state machine applies: transactions, leases granted and revoked, and
+# expired by the lessor's ExpireLease (format 3) ...
 rich_commands: st.SearchStrategy[Command] = st.one_of(
+    commands,
+    st.builds(Txn, st.lists(compares, max_size=2).map(tuple), branches, branches),
+    st.builds(LeaseGrant, st.sampled_from([200, 1000, 5000])),
+    st.builds(LeaseRevoke, leases),
+    st.builds(ExpireLease, leases),
+)
+# ... or, in an old log (formats 1 and 2), kept alive and expired by the leader's clock.
+rich_old_commands: st.SearchStrategy[Command] = st.one_of(
     commands,
     st.builds(Txn, st.lists(compares, max_size=2).map(tuple), branches, branches),
     st.builds(LeaseGrant, st.sampled_from([200, 1000, 5000])),
@@ -423,12 +429,18 @@ rich_commands: st.SearchStrategy[Command] = st.one_of(
 
 
 @st.composite
-def logs(draw: st.DrawFn, cmds: st.SearchStrategy[Command] = commands) -> list[bytes]:
+def logs(
+    draw: st.DrawFn,
+    cmds: st.SearchStrategy[Command] = commands,
+    old_cmds: st.SearchStrategy[Command] = commands,
+) -> list[bytes]:
     """A log: mostly well-formed commands with small seqs (so duplicates, gaps, stale
-    acks and reopened sessions are common) from more clients than ``max_sessions``, a
-    leader clock that creeps, jumps past the TTL and sometimes lags, and some garbage."""
+    acks and reopened sessions are common) from more clients than ``max_sessions``, and
+    some garbage. It may start as an old log (format 2, ``old_cmds``, with a leader
+    clock that creeps, jumps and sometimes lags) and go on in format 3 after an upgrade."""
     log, base, last = [], 0, [0] * len(CLIENTS)
-    for _ in range(draw(st.integers(0, 60))):
+    upgrade = draw(st.integers(0, 60))
+    for n in range(draw(st.integers(0, 60))):
         if draw(st.integers(0, 19)) == 0:
             log.append(draw(st.binary(max_size=8)))
             continue
@@ -440,25 +452,26 @@ def logs(draw: st.DrawFn, cmds: st.SearchStrategy[Command] = commands) -> list[b
         elif move == "next":
             last[client] += 1
         seq = draw(st.integers(1, last[client])) if move == "retry" else last[client]
+        old = n < upgrade
         header = Header(
             CLIENTS[client],
             seq,
             draw(st.integers(max(0, seq - 3), seq - 1)),
-            max(0, base - draw(st.sampled_from([0, 0, 0, 300]))),
+            max(0, base - draw(st.sampled_from([0, 0, 0, 300]))) if old else 0,
+            2 if old else FORMAT_VERSION,
         )
         # A session's seq 1 is its OpenSession (a restart opens anew, as a client does).
-        log.append(encode_command(header, OpenSession() if seq == 1 else draw(cmds)))
+        cmd = OpenSession() if seq == 1 else draw(old_cmds if old else cmds)
+        log.append(encode_command(header, cmd))
     return log
 
 
 def new_sm() -> KVStateMachine:
-    return KVStateMachine(
-        session_ttl_ms=1500, max_sessions=3, max_results_per_session=3, history_limit=6
-    )
+    return KVStateMachine(max_sessions=3, max_results_per_session=3, history_limit=6)
 
 
 @settings(max_examples=300, deadline=None)
-@given(logs(rich_commands), st.data())
+@given(logs(rich_commands, rich_old_commands), st.data())
 def test_replicas_are_deterministic_across_snapshot_restore(
     log: list[bytes], data: st.DataObject
 ) -> None:
@@ -523,12 +536,12 @@ def test_snapshot_bytes_do_not_depend_on_hash_seed() -> None:
         import hashlib
         from kvstore.commands import Header, OpenSession, Put, Delete, encode_command
         from kvstore.state_machine import KVStateMachine
-        sm = KVStateMachine(session_ttl_ms=200, max_sessions=20, max_results_per_session=4)
+        sm = KVStateMachine(max_sessions=20, max_results_per_session=4)
         for i in range(1, 400):
             cid = bytes([i % 37]) * 16
             cmd = Put(b"k%d" % (i % 23), b"v") if i % 5 else Delete(b"k%d" % (i % 23))
             seq = 1 + i // 37
-            sm.apply(i, encode_command(Header(cid, seq, 0, i), OpenSession() if seq == 1 else cmd))
+            sm.apply(i, encode_command(Header(cid, seq, 0), OpenSession() if seq == 1 else cmd))
         print(hashlib.sha256(sm.snapshot()).hexdigest())
         """
     )
@@ -550,16 +563,35 @@ def test_format_2_snapshot_restores_and_its_cached_results_answer_retries() -> N
     put = c.cmd(Put(b"k", b"v"))
     first = r.apply(put)
     obj = msgpack.unpackb(r.sm.snapshot(), use_list=True)
-    assert obj[0] == 3
+    assert obj[0] == 4
     obj[0] = 2
     del obj[7]  # format 3 added the ended session ids
-    for session in obj[4]:
-        session[3] = [row[:2] for row in session[3]]
+    # Format 4 dropped each session's last activity by the old clock (second field).
+    obj[4] = [[cid_, 0, floor, [row[:2] for row in rows]] for cid_, floor, rows in obj[4]]
     old = KVStateMachine()
     old.restore(msgpack.packb(obj, use_bin_type=True))
     twin = Replica(old, index=r.index, opened=set(r.opened))
     assert twin.apply(put) == first and old.revision == 1
     assert twin.apply(c.at(c.seq, Put(b"k", b"other"))) == first  # no digest: as before
+
+
+def test_a_format_3_snapshot_keeps_its_eviction_order() -> None:
+    """Format 3 gave each session its last activity by the old clock; restored, the
+    least recently active (ties: lowest client_id) is the first evicted, as before."""
+    r = Replica(KVStateMachine(max_sessions=3))
+    clients = [Client(cid(n)) for n in (1, 2, 3)]
+    for c in clients:
+        r.apply(c.cmd(Noop()))
+    obj = msgpack.unpackb(r.sm.snapshot(), use_list=True)
+    obj[0] = 3
+    active = {cid(1): 700, cid(2): 500, cid(3): 500}  # cid(2) the oldest, by id
+    obj[4] = [[c, active[c], floor, rows] for c, floor, rows in obj[4]]
+    old = KVStateMachine(max_sessions=3)
+    old.restore(msgpack.packb(obj, use_bin_type=True))
+    twin = Replica(old, index=r.index, opened=set(r.opened))
+    twin.apply(Client(cid(4)).cmd(Noop()))
+    assert twin.apply(clients[1].cmd(Noop())).code is ResultCode.SESSION_EXPIRED
+    assert twin.apply(clients[2].cmd(Noop())).code is OK
 
 
 def test_format_1_commands_replay_under_their_own_rules() -> None:
@@ -569,7 +601,7 @@ def test_format_1_commands_replay_under_their_own_rules() -> None:
     r = Replica(opened={cid(1), cid(2)})  # no automatic opens
     old = Header(cid(1), 1, 0, 0, format=1)
     assert r.apply(encode_command(old, Put(b"k", b"v"))).code is OK and r.sm.revision == 1
-    new = Header(cid(2), 1, 0, 0)  # format 2: no session, no write
+    new = Header(cid(2), 1, 0, 0)  # format 3 (as 2): no session, no write
     assert r.apply(encode_command(new, Put(b"k", b"w"))).code is ResultCode.SESSION_EXPIRED
     assert decode_command(encode_command(old, Noop()))[0].format == 1
 

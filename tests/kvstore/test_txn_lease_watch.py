@@ -1,7 +1,7 @@
 """Transactions, leases and watches through the real ClientServer and AsyncClient
 (over 127.0.0.1, with the single-replica ``LocalEngine``), and the state machine rules
 behind them: etcd's compare semantics, one revision per txn, lease expiry by the
-replicated clock, and gap-free watches that refuse compacted history."""
+leader's lessor, and gap-free watches that refuse compacted history."""
 
 from __future__ import annotations
 
@@ -23,7 +23,15 @@ from kvstore.client import (
     TooLarge,
     WatchEnded,
 )
-from kvstore.commands import Header, LeaseGrant, OpenSession, Tick, Txn, encode_command
+from kvstore.commands import (
+    ExpireLease,
+    Header,
+    LeaseGrant,
+    OpenSession,
+    Tick,
+    Txn,
+    encode_command,
+)
 from kvstore.mvcc import EventType
 from kvstore.state_machine import KVStateMachine, ResultCode
 from tests.kvstore.test_server_client import client, cluster, run
@@ -138,11 +146,14 @@ def test_txn_put_to_missing_lease_applies_nothing() -> None:
     run(body)
 
 
-def test_lease_keys_vanish_on_revoke_and_on_expiry_by_replicated_clock() -> None:
+def test_lease_keys_vanish_on_revoke_and_on_expiry_by_the_leaders_lessor() -> None:
     async def body() -> None:
         async with cluster("n1") as (n,):
             c = client(n)
             try:
+                async with asyncio.timeout(5):
+                    while not n.server.lessor.primary:  # the ticker sees it leads
+                        await asyncio.sleep(0.02)
                 lease = await c.lease_grant(5_000)
                 await c.txn([], [PutOp(b"l/a", b"1", lease.id), PutOp(b"l/b", b"2", lease.id)])
                 assert (await c.get("l/a")).lease == lease.id
@@ -155,13 +166,14 @@ def test_lease_keys_vanish_on_revoke_and_on_expiry_by_replicated_clock() -> None
 
                 short = await c.lease_grant(1_000)
                 await c.txn([], [PutOp(b"l/c", b"3", short.id)])
-                n.clock[0] += 600
+                n.clock[0] += 0.6
                 assert (await c.lease_keepalive(short.id)).ttl_ms == 1_000  # restarts TTL
-                n.clock[0] += 900  # 1.5 s after the grant, 0.9 s after the keep-alive
-                await c.put("other", "x")  # applies the clock: not yet expired
+                n.clock[0] += 0.9  # 1.5 s after the grant, 0.9 s after the keep-alive
+                await asyncio.sleep(0.3)  # three ticker rounds: not run out yet
                 assert (await c.get("l/c")).value == b"3"
-                n.clock[0] += 200
-                # Nobody writes: the server's lease ticker proposes a Tick by itself.
+                assert 90 <= (await c.lease_ttl(short.id)).ttl_ms <= 100
+                n.clock[0] += 0.2
+                # Nobody writes: the ticker proposes the lease's expiry by itself.
                 async with asyncio.timeout(5):
                     while n.sm.lease_count:
                         await asyncio.sleep(0.05)
@@ -175,22 +187,33 @@ def test_lease_keys_vanish_on_revoke_and_on_expiry_by_replicated_clock() -> None
     run(body)
 
 
-def test_lease_expiry_is_one_revision_and_survives_snapshot() -> None:
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_lease_expiry_is_one_revision_and_survives_snapshot(fmt: int) -> None:
+    """Format 3: the lessor's ExpireLease ends the lease, and nothing else does, however
+    far any clock moves. Format 2 (an old log): the leader's clock in the log did, and
+    replay must keep doing it so the old log rebuilds the state it had."""
     sm = KVStateMachine()
     cid = b"c" * 16
-    sm.apply(1, encode_command(Header(cid, 1, 0, 1000), OpenSession()))
-    r = sm.apply(2, encode_command(Header(cid, 2, 1, 1000), LeaseGrant(500)))
+    clock = 1000 if fmt == 2 else 0
+    sm.apply(1, encode_command(Header(cid, 1, 0, clock, fmt), OpenSession()))
+    r = sm.apply(2, encode_command(Header(cid, 2, 1, clock, fmt), LeaseGrant(500)))
     lease = r.data[0]
     ops = (PutOp(b"a", b"1", lease), PutOp(b"b", b"2", lease))
-    sm.apply(3, encode_command(Header(cid, 3, 2, 1000), Txn((), ops, ())))
+    sm.apply(3, encode_command(Header(cid, 3, 2, clock, fmt), Txn((), ops, ())))
     copy = KVStateMachine()
     copy.restore(sm.snapshot())
     assert copy.snapshot() == sm.snapshot()
     for replica in (sm, copy):
-        assert replica.next_lease_expiry_ms() == 1500
-        replica.apply(4, encode_command(Header(bytes(16), 1, 0, 1499), Tick()))
+        old_tick = encode_command(Header(bytes(16), 1, 0, 1499, 2), Tick())
+        assert replica.apply(4, old_tick).code is ResultCode.OK
         assert replica.get(b"a") is not None
-        replica.apply(5, encode_command(Header(bytes(16), 1, 0, 1500), Tick()))
+        if fmt == 2:
+            replica.apply(5, encode_command(Header(bytes(16), 1, 0, 1500, 2), Tick()))
+        else:
+            later = encode_command(Header(bytes(16), 1, 0, 3_600_000, 2), Tick())
+            assert replica.apply(5, later).code is ResultCode.OK  # an hour on: no effect
+            assert replica.get(b"a") is not None
+            replica.apply(6, encode_command(Header(bytes(16), 1, 0), ExpireLease(lease)))
         assert replica.get(b"a") is None and replica.get(b"b") is None
         assert replica.revision == 2  # both keys went in one revision
         events, _ = replica.events_since(2, b"\x01", b"\x00")
@@ -201,12 +224,19 @@ def test_lease_expiry_is_one_revision_and_survives_snapshot() -> None:
     assert sm.snapshot() == copy.snapshot()
 
 
-def test_tick_is_idempotent_and_sessionless() -> None:
+def test_expire_lease_and_old_ticks_are_idempotent_and_sessionless() -> None:
     sm = KVStateMachine()
-    tick = encode_command(Header(bytes(16), 1, 0, 5), Tick())
+    tick = encode_command(Header(bytes(16), 1, 0, 5, 2), Tick())
     assert sm.apply(1, tick).code is ResultCode.OK
     assert sm.apply(2, tick).code is ResultCode.OK
     assert sm.session_count == 0 and sm.clock_ms == 5
+    cid = b"c" * 16
+    sm.apply(3, encode_command(Header(cid, 1, 0), OpenSession()))
+    lease = sm.apply(4, encode_command(Header(cid, 2, 1), LeaseGrant(100))).data[0]
+    expire = encode_command(Header(bytes(16), 1, 0), ExpireLease(lease))
+    assert sm.apply(5, expire).code is ResultCode.OK and sm.lease_count == 0
+    assert sm.apply(6, expire).code is ResultCode.NOT_FOUND
+    assert sm.session_count == 1 and sm.clock_ms == 5
 
 
 def test_watch_streams_gap_free_from_a_revision_on_any_node() -> None:
@@ -316,8 +346,8 @@ def test_state_machine_restores_a_format_1_snapshot() -> None:
     assert sm.applied_index == 7 and sm.revision == 3 and sm.get(b"k") is not None
     assert sm.compacted_revision == 3 and sm.lease_count == 0
     cid = b"c" * 16
-    sm.apply(8, encode_command(Header(cid, 1, 0, 2000), OpenSession()))
-    r = sm.apply(9, encode_command(Header(cid, 2, 1, 2000), LeaseGrant(100)))
+    sm.apply(8, encode_command(Header(cid, 1, 0), OpenSession()))
+    r = sm.apply(9, encode_command(Header(cid, 2, 1), LeaseGrant(100)))
     assert r.data[0] == 1  # lease ids start afresh
 
 
