@@ -145,7 +145,11 @@ class LinkProxy:
         self._delay_s, self._jitter_s = delay_s, jitter_s
 
     def drop_connections(self) -> int:
-        """Abort every open connection; returns how many there were."""
+        """Abort every open connection; returns how many there were. Not while blocked:
+        a cut link lets nothing through, a reset included (and a probe of the cut,
+        :mod:`jepsen_like.observe`, must not see one)."""
+        if self._blocked:
+            return 0
         pipes = list(self._pipes)
         for pipe in pipes:
             pipe.abort()

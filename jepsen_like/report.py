@@ -27,7 +27,7 @@ from typing import Any
 
 from jepsen_like.history import Record, RecordType
 from jepsen_like.nemesis import TimelineEvent
-from jepsen_like.svg import Band, Series, line_chart, scatter
+from jepsen_like.svg import Band, Series, line_chart, scatter, state_rows
 
 __all__ = [
     "Window",
@@ -47,6 +47,15 @@ _BAND_COLORS = {
     "pause": "#9467bd",
     "latency": "#ff7f0e",
     "drop": "#8c564b",
+}
+_STATE_COLORS = {
+    "leader": "#2a9d2a",
+    "follower": "#9ecae1",
+    "candidate": "#ff7f0e",
+    "pre-candidate": "#fdd0a2",
+    "down": "#d62728",
+    "paused": "#9467bd",
+    "no answer": "#bbbbbb",
 }
 
 
@@ -152,9 +161,7 @@ def summarize(
     healthy = Counter(
         str(c.type) for _, c in in_run if not any(lo <= c.time < hi for lo, hi in faulty)
     )
-    healthy_s = duration - sum(
-        max(0.0, min(hi, workload_end_ns) - max(lo, workload_start_ns)) / _NS for lo, hi in faulty
-    )
+    healthy_s = duration - _covered(faulty, workload_start_ns, workload_end_ns) / _NS
     return {
         "invocations": invoked,
         "by_type": dict(by_type),
@@ -171,6 +178,18 @@ def summarize(
         "faults": windows,
         "by_fault_kind": by_kind,
     }
+
+
+def _covered(spans: list[tuple[float, float]], lo: float, hi: float) -> float:
+    """Length of the union of ``spans`` within ``[lo, hi]`` (windows may overlap under
+    ``--nemesis all``)."""
+    total, reach = 0.0, lo
+    for a, b in sorted(spans):
+        a, b = max(a, reach), min(b, hi)
+        if b > a:
+            total += b - a
+            reach = b
+    return total
 
 
 def copy_logs(data_dirs: dict[str, Path], run_dir: Path) -> list[str]:
@@ -236,9 +255,19 @@ def _charts(results: dict[str, Any], records: Sequence[Record]) -> str:
     points: dict[str, list[tuple[float, float]]] = {"ok": [], "fail": [], "info": []}
     for inv, done in pairs:
         points[str(done.type)].append((inv.time / _NS, max(0.01, (done.time - inv.time) / 1e6)))
-    cap = 20_000  # keep the page light: thin evenly beyond this many points per series
-    series = [Series(t, _COLORS[t], pts[:: max(1, len(pts) // cap)]) for t, pts in points.items()]
-    lat = scatter(series, bands, x_max=x_max, x_label="time (s)", y_label="latency (ms, log)")
+    series = [Series(t, _COLORS[t], _thin(pts)) for t, pts in points.items()]
+    deadline = results.get("run", {}).get("options", {}).get("op_deadline")
+    lat = scatter(
+        series,
+        bands,
+        x_max=x_max,
+        x_label="time (s)",
+        y_label="latency (ms, log)",
+        # Beyond twice the per-operation deadline the scale would only squash the rest:
+        # those points are drawn as markers on the top edge, counted, max given.
+        y_cap=2000.0 * deadline if deadline else None,
+        pending=[r.time / _NS for r in _pending(records)],
+    )
     buckets: dict[str, Counter[int]] = {t: Counter() for t in points}
     for _, done in pairs:
         buckets[str(done.type)][int(done.time // _NS)] += 1
@@ -253,7 +282,40 @@ def _charts(results: dict[str, Any], records: Sequence[Record]) -> str:
         x_label="time (s)",
         y_label="completions / s",
     )
-    return f"<h2>Latency over time</h2>{lat}<h2>Throughput</h2>{thr}"
+    nodes = results.get("node_states") or {}
+    rows = {
+        node: [(s["start_s"], s["end_s"], s["state"]) for s in spans]
+        for node, spans in sorted(nodes.items())
+    }
+    band = state_rows(rows, _STATE_COLORS, bands, x_max=x_max) if rows else ""
+    return f"<h2>Latency over time</h2>{lat}<h2>Throughput</h2>{thr}" + (
+        f"<h2>Nodes</h2><p>Each node's role from its own status answers "
+        f"(polled twice a second), or down / paused as the harness knows.</p>{band}"
+        if band
+        else ""
+    )
+
+
+def _thin(points: list[tuple[float, float]], cap: int = 20_000) -> list[tuple[float, float]]:
+    """At most about ``cap`` points, to keep the page light: the slowest 1% are always
+    kept (they are what a reader looks for), the rest thinned evenly."""
+    if len(points) <= cap:
+        return points
+    slow = sorted(points, key=lambda p: p[1])[-max(1, len(points) // 100) :]
+    keep = set(slow)
+    step = max(1, len(points) // cap)
+    return [p for i, p in enumerate(points) if p in keep or i % step == 0]
+
+
+def _pending(records: Sequence[Record]) -> list[Record]:
+    """Invocations that never completed."""
+    open_: dict[int, Record] = {}
+    for rec in records:
+        if rec.type is RecordType.INVOKE:
+            open_[rec.process] = rec
+        else:
+            open_.pop(rec.process, None)
+    return list(open_.values())
 
 
 def culprit_context(results: dict[str, Any], op: dict[str, Any]) -> str:
@@ -377,11 +439,16 @@ def render_html(results: dict[str, Any], records: Sequence[Record]) -> str:
         for f, v in stats.get("latency_ms", {}).items()
     ]
     timeline_rows = [
-        (f"{w['start_s']:.1f}\u2013{w['end_s']:.1f}", w["kind"], json.dumps(w["details"])[:160])
+        (
+            f"{w['start_s']:.1f}\u2013{w['end_s']:.1f}",
+            w["kind"],
+            _status(w["details"]) + " / " + _status(w.get("stop_details") or {}),
+            json.dumps({k: v for k, v in w["details"].items() if k != "evidence"})[:160],
+        )
         for w in stats.get("faults", [])
     ]
     error = results.get("error")
-    title = f"{run.get('workload')} \u00d7 {', '.join(run.get('nemesis_kinds', [])) or 'none'}"
+    title = f"{run.get('workload')} \u00d7 {_faults_ran(run, stats)}"
     unsafe = f", UNSAFE mode {escape(str(run['unsafe']))}" if run.get("unsafe") else ""
     counts = [
         (f, c.get("ok", 0), c.get("fail", 0), c.get("info", 0))
@@ -402,7 +469,8 @@ def render_html(results: dict[str, Any], records: Sequence[Record]) -> str:
         + _counterexamples(results)
         + "<h2>Faults</h2>"
         + _table(["fault", "windows", "seconds", "ops/s", "ok/s"], fault_rows)
-        + _table(["window (s)", "fault", "details"], timeline_rows)
+        + _table(["window (s)", "fault", "verified (start / stop)", "details"], timeline_rows)
+        + _evidence_html(results)
         + "<h2>Operation counts</h2>"
         + _table(
             ["op", "ok", "fail", "info"],
@@ -411,3 +479,59 @@ def render_html(results: dict[str, Any], records: Sequence[Record]) -> str:
         + "<p>Files: history.jsonl, nemesis.jsonl, results.json, logs/, config/</p>"
         "</body></html>\n"
     )
+
+
+def _faults_ran(run: dict[str, Any], stats: dict[str, Any]) -> str:
+    """The fault kinds that actually started (not merely those asked for)."""
+    kinds = run.get("faults_ran")
+    if kinds is None:
+        kinds = sorted({w["kind"] for w in stats.get("faults", [])})
+    if not kinds:
+        return "no faults" if run.get("nemesis_kinds") == [] else "no fault ran"
+    shown = ", ".join(kinds)
+    return f"all ({shown})" if run.get("combined") else shown
+
+
+def _status(details: dict[str, Any]) -> str:
+    evidence = details.get("evidence")
+    return "-" if evidence is None else str(evidence["status"])
+
+
+def _evidence_html(results: dict[str, Any]) -> str:
+    """Each fault's verification: what was observed, and whether it showed the fault
+    (or its undoing) in effect."""
+    stats = results.get("stats", {})
+    items = []
+    for w in stats.get("faults", []):
+        for phase, details in (("start", w["details"]), ("stop", w.get("stop_details") or {})):
+            ev = details.get("evidence")
+            if ev is not None:
+                items.append((f"{w['kind']} #{w['id']} {phase} at {w['start_s']:.1f}s", ev))
+    heal = (results.get("run") or {}).get("heal") or {}
+    if heal.get("evidence"):
+        items.append(("final heal", heal["evidence"]))
+    if not items:
+        return ""
+    out = [
+        "<h2>Fault verification</h2><p>Every fault is checked, once applied (and once "
+        "undone), by an independent observation: /proc for processes, the files a node "
+        "has open, its own log, probes through cut links, the proxies' counters. A fault "
+        "not verified makes the verdict unknown.</p><ul>"
+    ]
+    for label, ev in items:
+        extra = ev.get("not_applied") or ev.get("error") or ""
+        out.append(
+            f"<li><b>{escape(label)}</b>: <span class='{_EV_CLASS.get(ev['status'], 'unknown')}'>"
+            f"{escape(ev['status'])}</span> {escape(str(extra))} "
+            f"({ev.get('took_ms', 0)} ms)<ul>"
+        )
+        for c in ev["checks"]:
+            mark = "\u2713" if c["ok"] else "\u2717"
+            seen = "" if c["observed"] is None else ": " + json.dumps(c["observed"], default=str)
+            out.append(f"<li>{mark} {escape(c['check'])}{escape(seen[:300])}</li>")
+        out.append("</ul></li>")
+    out.append("</ul>")
+    return "".join(out)
+
+
+_EV_CLASS = {"verified": "valid", "not-applied": "", "unverified": "invalid", "error": "invalid"}

@@ -58,7 +58,7 @@ from jepsen_like.catalog import make_workload, workload_class
 from jepsen_like.checker import CheckResult
 from jepsen_like.db import DBError, LocalDB, node_ids
 from jepsen_like.history import pair_operations
-from jepsen_like.nemesis import Env, Schedule, parse_nemesis
+from jepsen_like.nemesis import Env, Schedule, combined, parse_nemesis, verification
 from jepsen_like.netns import NetnsNet, refusal
 from jepsen_like.proxy import ProxyNet
 from jepsen_like.report import copy_logs, summarize, write_evidence
@@ -219,7 +219,9 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
         Env(net, db, random.Random(f"{seed}:nemesis")),
         interval=opts.nemesis_interval,
         clock_ns=rec.now,
+        combined=combined(opts.nemesis),
     )
+    poller = StatusPoller(db, rec.now)
     facts: dict[str, Any] = {"run_dir": str(run_dir), "seed": seed}
     error: str | None = None
     start_ns = end_ns = 0
@@ -235,6 +237,7 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
             raise DBError(f"no leader elected within {opts.leader_timeout}s")
         facts["first_leader"] = leader
         start_ns = rec.now()
+        poller.start()
         await _drive(opts, workload, schedule, db, rec, note, facts)
         end_ns = rec.now()
         note("healing", facts)
@@ -247,12 +250,14 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
         await workload.final()
         _note_crashes(db, schedule)
         clean = True
+        await poller.stop()
     except Exception as exc:  # recorded as the run's error (exit 2), evidence still written
         error = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, DBError | OSError):
             facts["traceback"] = traceback.format_exc()
     finally:
         end_ns = end_ns or rec.now()
+        await poller.stop()
         try:
             if not clean:
                 await asyncio.shield(_heal_quietly(schedule))
@@ -266,9 +271,75 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
             await net.close()
             copy_logs(db.data_dirs, run_dir)
     note("checking", facts)
+    facts["node_states"] = poller.samples
+    facts["node_states_end"] = poller.stopped_ns
     return _finish(
         opts, kinds, seed, run_dir, db, rec, schedule, workload, facts, error, start_ns, end_ns
     )
+
+
+class StatusPoller:
+    """The per-node timeline: every ``every`` s, each node's role (leader, follower,
+    candidate...) from its own status answer, or what the harness knows instead: down
+    (no process), paused (SIGSTOPped: not asked, it could not answer), no answer. Only
+    changes are kept, as ``(time ns, node, state, term)``. Two polls a second per node
+    is light next to the workload, and fine enough for fault windows of seconds."""
+
+    def __init__(self, db: LocalDB, clock_ns: Callable[[], int], every: float = 0.5) -> None:
+        self.db = db
+        self.clock_ns = clock_ns
+        self.every = every
+        self.samples: list[tuple[int, str, str, int | None]] = []
+        self._last: dict[str, tuple[str, int | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.stopped_ns = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self.stopped_ns = self.clock_ns()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.gather(*(self._poll(n) for n in self.db.nodes))
+            await asyncio.sleep(self.every)
+
+    async def _poll(self, node: str) -> None:
+        term: int | None = None
+        if not self.db.running(node):
+            state = "down"
+        elif node in self.db.paused:
+            state = "paused"
+        else:
+            try:
+                st = await asyncio.wait_for(self.db.status(node), self.every)
+                state, term = str(st.role), st.term
+            except Exception:
+                state = "no answer"
+        if self._last.get(node, (None, None))[0] != state:
+            self.samples.append((self.clock_ns(), node, state, term))
+        self._last[node] = (state, term)
+
+
+def node_intervals(
+    samples: list[tuple[int, str, str, int | None]], nodes: list[str], end_ns: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Each node's states as intervals ``{start_s, end_s, state, term}``, in order."""
+    out: dict[str, list[dict[str, Any]]] = {n: [] for n in nodes}
+    for t, node, state, term in sorted(samples):
+        spans = out.setdefault(node, [])
+        if spans:
+            spans[-1]["end_s"] = round(t / 1e9, 3)
+        spans.append({"start_s": round(t / 1e9, 3), "end_s": None, "state": state, "term": term})
+    for spans in out.values():
+        if spans and spans[-1]["end_s"] is None:
+            spans[-1]["end_s"] = round(max(end_ns / 1e9, spans[-1]["start_s"]), 3)
+    return out
 
 
 async def _heal_quietly(schedule: Schedule) -> None:
@@ -316,7 +387,12 @@ async def _drive(
             await asyncio.wait_for(asyncio.shield(load), workload.op_timeout + 5)
         except TimeoutError:
             load.cancel()
-        faults.cancel()
+        # The schedule returns once stop is set, after the verification of a fault it
+        # has just started (a cancelled verification would leave the fault unproven).
+        try:
+            await asyncio.wait_for(asyncio.shield(faults), 30)
+        except TimeoutError:
+            faults.cancel()
         await asyncio.gather(load, faults, return_exceptions=True)
     facts.update(elapsed=opts.time_limit, counts=dict(rec.counts()), fault=None)
 
@@ -363,6 +439,11 @@ def _finish(
     }
     if crashed:
         valid = False
+    # A fault nobody saw take effect proves nothing: such a run is unknown, never
+    # valid (an invalid history stays invalid: the violation happened regardless).
+    checkers["faults"] = verification(schedule.timeline)
+    if valid is True and checkers["faults"]["valid"] is not True:
+        valid = None
     verdict = "error" if error else {True: "valid", False: "invalid", None: "unknown"}[valid]
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
     results = {
@@ -382,12 +463,18 @@ def _finish(
             "first_leader": facts.get("first_leader"),
             "leader_after_heal": facts.get("leader_after_heal"),
             "restarts": db.restarts,
+            "faults_ran": sorted({e.kind for e in schedule.timeline if e.event == "start"}),
+            "combined": schedule.combined,
+            "heal": facts.get("heal"),
             "stopped": facts.get("stopped"),
             "traceback": facts.get("traceback"),
         },
         "checkers": checkers,
         "stats": summarize(
             rec.records, schedule.timeline, workload_start_ns=start_ns, workload_end_ns=end_ns
+        ),
+        "node_states": node_intervals(
+            facts.get("node_states", []), db.nodes, facts.get("node_states_end") or end_ns
         ),
     }
     write_evidence(run_dir, results, rec.records, schedule.timeline)

@@ -7,11 +7,11 @@ inlined in report.html. Axes are linear in x (seconds) and linear or log10 in y.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
-__all__ = ["Band", "Series", "line_chart", "scatter"]
+__all__ = ["Band", "Series", "line_chart", "scatter", "state_rows"]
 
 _W, _H = 960, 300
 _L, _R, _T, _B = 60, 20, 16, 40  # margins
@@ -136,17 +136,45 @@ def scatter(
     x_label: str,
     y_label: str,
     log_y: bool = True,
+    y_cap: float | None = None,
+    pending: Sequence[float] = (),
 ) -> str:
+    """Points above ``y_cap`` are not clipped: each is a triangle on the top edge, at
+    its x, and a label counts them and gives the largest. ``pending``: x of operations
+    that never completed, drawn as hollow triangles on the top edge."""
     ys = [y for s in series for _, y in s.points] or [1.0]
-    frame = _Frame(x_max, min(ys), max(ys), log_y)
+    top = max(ys) if y_cap is None else min(max(ys), y_cap)
+    frame = _Frame(x_max, min(ys), top, log_y)
     body = frame.bands(bands) + frame.axes(x_label, y_label)
+    above: list[float] = []
     for s in series:
         body.append(f'<g fill="{s.color}" fill-opacity="0.6">')
-        body += [
-            f'<circle cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="1.8"/>' for x, y in s.points
-        ]
+        for x, y in s.points:
+            if y > top:
+                above.append(y)
+                body.append(_triangle(frame.x(x), s.color, filled=True))
+            else:
+                body.append(f'<circle cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="1.8"/>')
         body.append("</g>")
+    body += [_triangle(frame.x(x), "#444", filled=False) for x in pending]
+    notes = []
+    if above:
+        notes.append(f"\u25b2 {len(above)} above {_fmt(top)} (max {_fmt(round(max(above)))})")
+    if pending:
+        notes.append(f"\u25b3 {len(pending)} never completed")
+    if notes:
+        body.append(
+            f'<text x="{_W - _R}" y="{_T - 4}" text-anchor="end" font-size="10">'
+            f"{escape('; '.join(notes))}</text>"
+        )
     return _svg(body, series)
+
+
+def _triangle(x: float, color: str, *, filled: bool) -> str:
+    """A marker pointing up on the top edge of the plot: off the scale above."""
+    y = _T
+    fill = f'fill="{color}"' if filled else f'fill="none" stroke="{color}"'
+    return f'<path d="M{x - 3:.1f},{y + 5} L{x + 3:.1f},{y + 5} L{x:.1f},{y} Z" {fill}/>'
 
 
 def line_chart(
@@ -168,3 +196,47 @@ def line_chart(
             f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="1.5"/>'
         )
     return _svg(body, series)
+
+
+_ROW = 16
+
+
+def state_rows(
+    rows: Mapping[str, Sequence[tuple[float, float, str]]],
+    colors: Mapping[str, str],
+    bands: Sequence[Band],
+    *,
+    x_max: float,
+) -> str:
+    """One band per row (a node) of coloured intervals ``(start, end, state)``, on the
+    same x scale as the other charts, fault windows shaded behind."""
+    height = _T + _ROW * max(1, len(rows)) + 24
+    frame = _Frame(x_max, 0.0, 1.0, log_y=False)
+    body = []
+    for b in bands:
+        x0, x1 = frame.x(max(0.0, b.start)), frame.x(min(frame.x_max, b.end))
+        body.append(
+            f'<rect x="{x0:.1f}" y="{_T}" width="{max(1.0, x1 - x0):.1f}" '
+            f'height="{_ROW * len(rows)}" fill="{b.color}" fill-opacity="0.12"/>'
+        )
+    for i, (name, spans) in enumerate(rows.items()):
+        y = _T + i * _ROW
+        body.append(f'<text x="{_L - 6}" y="{y + 11}" text-anchor="end">{escape(name)}</text>')
+        for start, end, state in spans:
+            x0, x1 = frame.x(max(0.0, start)), frame.x(min(frame.x_max, end))
+            body.append(
+                f'<rect x="{x0:.1f}" y="{y + 2}" width="{max(0.5, x1 - x0):.1f}" '
+                f'height="{_ROW - 4}" fill="{colors.get(state, "#bbb")}">'
+                f"<title>{escape(name)} {escape(state)}: {start:.1f}s&#8211;{end:.1f}s</title>"
+                "</rect>"
+            )
+    legend = []
+    for i, (state, color) in enumerate(colors.items()):
+        x = _L + i * 100
+        y = height - 12
+        legend.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{color}"/>')
+        legend.append(f'<text x="{x + 14}" y="{y}">{escape(state)}</text>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {height}" '
+        f'width="100%" font-family="sans-serif" font-size="11">' + "".join(body + legend) + "</svg>"
+    )
