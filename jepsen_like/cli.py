@@ -166,7 +166,9 @@ _NEMESIS_HELP = (
     "Comma list of faults: partition (= partition-halves, -one, -leader, -ring, -bridge), "
     "kill (= kill-one, -leader, -all), pause (= pause-one, -leader), latency, drop, "
     "transfer (leadership moved to another node), membership (a voter removed, wiped, "
-    "re-added as learner, promoted), or none. clock: not available."
+    "re-added as learner, promoted), all (Jepsen's combined nemesis: faults of different "
+    "groups overlap, one of each group at a time), or none. clock: not available. Every "
+    "fault is verified by an independent observation; one that is not makes the run unknown."
 )
 
 

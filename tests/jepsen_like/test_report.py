@@ -156,3 +156,103 @@ def test_report_shows_anomalies_of_elle_watch_and_lock_checkers(tmp_path: Path) 
     assert "Counter-example" in html and "G-single-realtime (41)" in html
     assert "op 0 &lt;saw&gt; stale data" in html and "op 4 " in html
     assert "op 5 " not in html, "a few examples per kind; results.json has the rest"
+
+
+# ---- faults that ran, latencies off the scale, node roles, evidence ---------------------
+
+
+def _evidence(status: str, check: str, ok: bool) -> dict[str, object]:
+    return {"status": status, "checks": [{"check": check, "ok": ok, "observed": "seen"}]}
+
+
+def test_overlapping_windows_leave_healthy_time_as_their_union() -> None:
+    timeline = [
+        TimelineEvent(1 * S, "start", 0, "latency", {}),
+        TimelineEvent(2 * S, "start", 1, "pause-one", {}),
+        TimelineEvent(3 * S, "stop", 0, "latency", {}),
+        TimelineEvent(4 * S, "stop", 1, "pause-one", {}),
+        TimelineEvent(5 * S, "heal", None, "all", {}),
+    ]
+    stats = summarize(HISTORY, timeline, workload_start_ns=0, workload_end_ns=5 * S)
+    assert stats["healthy"]["seconds"] == 2.0  # 5 s minus the union [1, 4]
+
+
+def test_scatter_draws_points_above_the_cap_as_markers_not_clipped() -> None:
+    svg = scatter(
+        [Series("ok", "#0f0", [(1.0, 5.0), (2.0, 50.0), (3.0, 90_000.0)])],
+        [],
+        x_max=4.0,
+        x_label="t",
+        y_label="ms",
+        y_cap=8000.0,
+        pending=[3.5],
+    )
+    ET.fromstring(svg)
+    assert svg.count("<circle") == 2, "the two points under the cap"
+    assert svg.count("<path") == 2, "one marker above the cap, one never completed"
+    assert "1 above 8000 (max 90000)" in svg and "1 never completed" in svg
+    plain = scatter(
+        [Series("ok", "#0f0", [(1.0, 5.0), (3.0, 90_000.0)])], [], x_max=4.0, x_label="", y_label=""
+    )
+    assert plain.count("<circle") == 2 and "above" not in plain
+
+
+def test_report_names_the_faults_that_ran_shows_node_roles_and_evidence(tmp_path: Path) -> None:
+    timeline = [
+        TimelineEvent(
+            1 * S,
+            "start",
+            0,
+            "kill-one",
+            {"killed": ["n2"], "evidence": _evidence("verified", "n2 pid 7 gone", True)},
+        ),
+        TimelineEvent(
+            2 * S,
+            "stop",
+            0,
+            "kill-one",
+            {"restarted": {"n2": 8}, "evidence": _evidence("verified", "n2 pid 8 alive", True)},
+        ),
+        TimelineEvent(
+            3 * S,
+            "start",
+            1,
+            "membership",
+            {"evidence": _evidence("unverified", "Raft directory empty", False)},
+        ),
+        TimelineEvent(4 * S, "heal", None, "all", {}),
+    ]
+    stats = summarize(HISTORY, timeline, workload_start_ns=0, workload_end_ns=5 * S)
+    results = {
+        "verdict": "unknown",
+        "valid": None,
+        "run": {
+            "workload": "register",
+            "nemesis_kinds": ["kill-one", "kill-all", "pause-one", "membership"],
+            "faults_ran": ["kill-one", "membership"],
+            "nodes": 3,
+            "options": {"op_deadline": 4.0},
+            "heal": {"evidence": _evidence("verified", "no link in drop mode", True)},
+        },
+        "checkers": {"faults": {"valid": None, "summary": "NOT every fault verified"}},
+        "stats": stats,
+        "node_states": {
+            "n1": [{"start_s": 0.0, "end_s": 5.0, "state": "leader", "term": 2}],
+            "n2": [
+                {"start_s": 0.0, "end_s": 1.0, "state": "follower", "term": 2},
+                {"start_s": 1.0, "end_s": 2.0, "state": "down", "term": None},
+            ],
+        },
+    }
+    write_evidence(tmp_path, results, HISTORY, timeline)
+    html = (tmp_path / "report.html").read_text()
+    title = re.search(r"<h1>(.*?)</h1>", html)
+    assert title and "kill-one, membership" in title[1] and "pause-one" not in title[1]
+    assert "<h2>Nodes</h2>" in html and "n2 down: 1.0s" in html
+    assert "Fault verification" in html
+    assert "\u2717 Raft directory empty" in html and "\u2713 n2 pid 7 gone" in html
+    assert "final heal" in html
+    lines = (tmp_path / "nemesis.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["details"]["evidence"]["status"] == "verified"
+    for svg in re.findall(r"<svg.*?</svg>", html, flags=re.S):
+        ET.fromstring(svg)
