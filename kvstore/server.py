@@ -161,7 +161,8 @@ class ClientServer:
         self._limits = limits_from_settings(settings if settings is not None else Limits())
         self._lessor = Lessor(clock, election_timeout)
         self._min_ttl_ms = math.ceil(MIN_TTL_ELECTION_TIMEOUTS * election_timeout * 1000)
-        self._expiring: set[asyncio.Task[None]] = set()
+        # Expiry proposals in flight (a dict: cancelled in a deterministic order).
+        self._expiring: dict[asyncio.Task[None], None] = {}
         self._timeout = request_timeout or getattr(settings, "request_timeout", None) or 5.0
         # How long a transfer_leader waits to see the new leader (capped by the request
         # timeout); the node passes two election timeouts.
@@ -186,18 +187,25 @@ class ClientServer:
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._on_connect, host, port)
-        self._ticker = asyncio.get_running_loop().create_task(self._lease_ticker())
+        self.start_timers()
         log.info("client server %s listening on %s:%d", self._node_id, host, self.port)
+
+    def start_timers(self) -> None:
+        """Start the lease ticker (``start`` does; a simulation calls :meth:`handle`
+        directly and starts only this)."""
+        self._ticker = asyncio.get_running_loop().create_task(self._lease_ticker())
+
+    def stop_timers(self) -> list[asyncio.Task[None]]:
+        """Cancel the lease ticker and the expiries it proposed; returns the tasks."""
+        tasks = [t for t in (self._ticker, *self._expiring) if t is not None]
+        for task in tasks:
+            task.cancel()
+        self._ticker = None
+        return tasks
 
     async def close(self) -> None:
         """Stop listening, end every connection, and wait until all handlers are gone."""
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
-            self._ticker = None
-        for task in list(self._expiring):
-            task.cancel()
-        await asyncio.gather(*self._expiring, return_exceptions=True)
+        await asyncio.gather(*self.stop_timers(), return_exceptions=True)
         self._sm.set_lease_observer(None)
         if self._server is not None:
             self._server.close()
@@ -398,8 +406,8 @@ class ClientServer:
                 self._follow_leadership()
                 for lease in self._lessor.due():
                     task = asyncio.get_running_loop().create_task(self._expire(lease))
-                    self._expiring.add(task)
-                    task.add_done_callback(self._expiring.discard)
+                    self._expiring[task] = None
+                    task.add_done_callback(self._expiring.pop)
             except Exception:
                 log.exception("lease ticker failed")
 

@@ -166,6 +166,16 @@ class RaftEngine:
         self._fail_all(ProposalDropped("node shutting down"))
         self._storage.close()
 
+    def abort(self) -> None:
+        """Stop at once, as kill -9 would: no batch finished, no storage call waited
+        for or closed, no waiter answered. For simulations of a crashed process only:
+        the storage object must be abandoned with the engine."""
+        self._stopped = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
     async def wait_failed(self) -> BaseException:
         """Return when the run loop dies (e.g. a storage error); the node must stop."""
         assert self._task is not None
