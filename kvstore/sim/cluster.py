@@ -61,6 +61,11 @@ class SimParams:
     leasers: int = 2
     keys: int = 3
     lease_ttls_ms: tuple[int, ...] = (1500, 2000, 3000)
+    read_ratio: float = 0.5  # of a writer's operations
+    fault_every_s: tuple[float, float] = (0.5, 2.5)  # between two nemesis actions
+    down_s: tuple[float, float] = (0.3, 4.0)  # how long a crashed node stays down
+    redial_s: tuple[float, float] = (0.05, 1.0)  # a peer's reconnect after a restart
+    max_delay_ms: int = 20  # one-way network delay (1% of messages up to 300 ms)
     slack_s: float = 1.5
     mono_origin: float = 0.0
     faults: tuple[str, ...] = FAULTS
@@ -95,7 +100,7 @@ class KVSim:
         self.checker = Checker(self.loop.time, p_.election_timeout_s, p_.slack_s)
         self.net = Network(
             random.Random(self.rng.getrandbits(64)),
-            NetConfig(max_delay=20, long_delay_p=0.01, long_delay_max=300),
+            NetConfig(max_delay=p_.max_delay_ms, long_delay_p=0.01, long_delay_max=300),
         )
         self.ids = [f"n{i + 1}" for i in range(p_.nodes)]
         self.nodes = {
@@ -142,9 +147,12 @@ class KVSim:
             return
         node.start()
         self.note(f"start {nid} (life {node.life})")
+        # Each peer's transport redials after its backoff, then sends what it queued,
+        # in order: messages of the node's previous life arrive in its new one.
         queued, self.backlog[nid] = self.backlog[nid], []
+        redial = {src: self.rng.uniform(*self.params.redial_s) for src in self.ids}
         for i, (src, payload) in enumerate(queued):
-            self.loop.call_later(0.001 + i * 1e-5, self._arrive, src, nid, payload)
+            self.loop.call_later(redial[src] + i * 1e-5, self._arrive, src, nid, payload)
 
     # ---- clients ------------------------------------------------------------------------
 
@@ -231,7 +239,7 @@ class KVSim:
                 session = await self.open_session(rng)
                 continue
             key = rng.choice(keys)
-            if rng.random() < 0.5:
+            if rng.random() < self.params.read_ratio:
                 await self.read(rng, key)
             else:
                 value = b"%s/%s/%d" % (name.encode(), session[0].hex()[:8].encode(), session[1] + 1)
@@ -332,13 +340,13 @@ class KVSim:
         minority = (len(self.ids) - 1) // 2
         kinds = self.params.faults
         while kinds and self.loop.time() < self.load_end - 3:
-            await asyncio.sleep(rng.uniform(0.5, 2.5))
+            await asyncio.sleep(rng.uniform(*self.params.fault_every_s))
             kind = rng.choice(kinds)
             nid = rng.choice(self.ids)
             node = self.nodes[nid]
             if kind == "crash" and node.alive and len(self.alive_ids()) > len(self.ids) - minority:
                 self.crash(nid, power_loss=rng.random() < 0.5)
-                self.loop.call_later(rng.uniform(0.3, 4.0), self.start_node, nid)
+                self.loop.call_later(rng.uniform(*self.params.down_s), self.start_node, nid)
             elif kind == "partition":
                 group = rng.sample(self.ids, rng.randint(1, minority))
                 pid = self.net.split([group, [n for n in self.ids if n not in group]])
