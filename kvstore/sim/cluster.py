@@ -244,7 +244,9 @@ class KVSim:
             else:
                 value = b"%s/%s/%d" % (name.encode(), session[0].hex()[:8].encode(), session[1] + 1)
                 resp = await self.session_write(
-                    rng, session, lambda rid, s: p.Put(id=rid, key=key, value=value, session=s)
+                    rng,
+                    session,
+                    lambda rid, s, k=key, v=value: p.Put(id=rid, key=k, value=v, session=s),
                 )
                 if isinstance(resp, p.WriteResponse):
                     self.checker.write_acked(key, resp.revision)
@@ -269,7 +271,7 @@ class KVSim:
             ttl_ms = rng.choice(self.params.lease_ttls_ms)
             invoked, at = self.loop.time(), self.counters()
             resp = await self.session_write(
-                rng, session, lambda rid, s: p.LeaseGrant(id=rid, ttl_ms=ttl_ms, session=s)
+                rng, session, lambda rid, s, t=ttl_ms: p.LeaseGrant(id=rid, ttl_ms=t, session=s)
             )
             if not isinstance(resp, p.LeaseResponse):
                 continue
@@ -278,7 +280,7 @@ class KVSim:
             self.checker.leases[lease].changes_at, self.checker.leases[lease].unavailable_at = at
             put = p.PutOp(key=b"lease/%d" % lease, value=name.encode(), lease=lease)
             await self.session_write(
-                rng, session, lambda rid, s: p.Txn(id=rid, success=(put,), session=s)
+                rng, session, lambda rid, s, op=put: p.Txn(id=rid, success=(op,), session=s)
             )
             until = self.loop.time() + rng.uniform(0, 3 * ttl)
             while self.loop.time() < min(until, self.load_end):
