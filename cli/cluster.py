@@ -50,7 +50,7 @@ _config_option = click.option(
     "--unsafe",
     # kvstore.node.UnsafeMode's values, spelled out: importing kvstore.node here would
     # add ~0.2 s to every kv command's start.
-    type=click.Choice(["stale-reads", "lazy-fsync"]),
+    type=click.Choice(["stale-reads", "lazy-fsync", "wall-clock-leases"]),
     default=None,
     hidden=True,
     help="Break the node on purpose (fault-injection harness self-test only).",

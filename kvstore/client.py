@@ -157,6 +157,9 @@ class NodeStatus:
     leader_addr: str | None
     commit: int
     applied: int
+    wall_ms: int | None = None  # the node's wall clock when it answered
+    mono_ms: int | None = None  # its monotonic clock (arbitrary origin)
+    pid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -660,6 +663,9 @@ class AsyncClient:
             resp.leader_addr,
             resp.commit,
             resp.applied,
+            resp.wall_ms,
+            resp.mono_ms,
+            resp.pid,
         )
 
     async def transfer_leader(self, to: str) -> str:

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class UnsafeMode(enum.Enum):
 
     STALE_READS = "stale-reads"  # linearizable reads served locally, no ReadIndex
     LAZY_FSYNC = "lazy-fsync"  # writes acknowledged before they reach the disk
+    WALL_CLOCK_LEASES = "wall-clock-leases"  # leases run out by the leader's wall clock
 
 
 LAZY_FSYNC_DELAY_S = 2.0
@@ -116,6 +118,8 @@ async def start_node(
         node_id,
         {n.id: str(n.client_address) for n in cfg.nodes},
         cfg.client,
+        # BROKEN ON PURPOSE in that mode: a step of the wall clock moves every lease.
+        time.time if unsafe is UnsafeMode.WALL_CLOCK_LEASES else time.monotonic,
         # Below the client library's 5 s attempt timeout, so a client hears TIMEOUT (and
         # retries with the same seq) rather than silence.
         request_timeout=SERVER_REQUEST_TIMEOUT_S,

@@ -550,6 +550,11 @@ class StatusResponse:
     leader_addr: str | None
     commit: int
     applied: int
+    # The node's own clocks when it answered (ms; absent from older servers): what a
+    # clock fault did to it can be read back. ``mono_ms`` has an arbitrary origin.
+    wall_ms: int | None = None
+    mono_ms: int | None = None
+    pid: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1238,6 +1243,7 @@ def encode_response(resp: Response) -> bytes:
             m.update(code="OK", node=resp.node, role=resp.role, term=resp.term)
             m.update(leader=resp.leader, leader_addr=resp.leader_addr)
             m.update(commit=resp.commit, applied=resp.applied)
+            m.update(wall_ms=resp.wall_ms, mono_ms=resp.mono_ms, pid=resp.pid)
         case TransferLeaderResponse():
             m.update(code="OK", leader=resp.leader, leader_addr=resp.leader_addr)
             m["term"] = resp.term
@@ -1302,6 +1308,7 @@ _OK_FIELDS: dict[Op, frozenset[str]] = {
     Op.CAS: frozenset({"id", "code", "revision", "prev"}),
     Op.STATUS: frozenset(
         {"id", "code", "node", "role", "term", "leader", "leader_addr", "commit", "applied"}
+        | {"wall_ms", "mono_ms", "pid"}
     ),
     Op.TRANSFER_LEADER: frozenset({"id", "code", "leader", "leader_addr", "term"}),
     Op.MEMBER_ADD: _MEMBERS_FIELDS,
@@ -1382,6 +1389,9 @@ def decode_response(
                 leader_addr=f.opt_str("leader_addr"),
                 commit=f.int_("commit"),
                 applied=f.int_("applied"),
+                wall_ms=f.opt_int("wall_ms"),
+                mono_ms=f.opt_int("mono_ms"),
+                pid=f.opt_int("pid"),
             )
         case Op.TRANSFER_LEADER:
             return TransferLeaderResponse(

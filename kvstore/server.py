@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -625,6 +626,10 @@ class ClientServer:
             leader_addr=None if st.leader is None else self._addresses.get(st.leader),
             commit=st.commit,
             applied=st.applied,
+            # Read back by the fault harness's clock nemesis; never used for a decision.
+            wall_ms=time.time_ns() // 1_000_000,
+            mono_ms=time.monotonic_ns() // 1_000_000,
+            pid=os.getpid(),
         )
 
     async def _transfer_leader(self, req: p.TransferLeader) -> p.Response:

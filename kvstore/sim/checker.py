@@ -10,8 +10,8 @@
 - **The lease bound**: a lease is revoked no earlier than (invoke of its last
   acknowledged keep-alive, or of its grant, + TTL - 1% of TTL for clock drift), and,
   once abandoned, no later than that invoke + TTL + (TTL + one election timeout) per
-  leader change since + the time without a leader since + the time the leader's disk
-  was stalled since + one election timeout + ``slack``.
+  leader change since + the time without a leader since (none, or none that can
+  commit: kvstore/sim/cluster.py says when) + one election timeout + ``slack``.
 - **The Raft loop never dies** but by a crash (kvstore/sim/node.py).
 
 Times are the simulation's true time (one machine, one true clock), never a node's.
@@ -61,8 +61,10 @@ class Checker:
         self._rev_kv: dict[int, tuple[bytes, bytes]] = {}
         self._floor: dict[bytes, int] = {}  # per key: revision every later read must see
         self.leases: dict[int, LeaseRecord] = {}
+        # Revocations applied before the client heard of its grant: lease -> when.
+        self._revoked_early: dict[int, float] = {}
         self.leader_changes = 0
-        self.unavailable = 0.0  # seconds without a leader, or with its disk stalled
+        self.unavailable = 0.0  # seconds without a leader that can commit
         self.stats = {"applies": 0, "reads": 0, "writes": 0, "keepalives": 0, "expired": 0}
 
     def now(self) -> float:
@@ -131,11 +133,14 @@ class Checker:
 
     # ---- leases -------------------------------------------------------------------------
 
-    def lease_granted(self, lease: int, ttl_ms: int, invoked: float) -> None:
-        self.leases[lease] = LeaseRecord(
-            lease, ttl_ms / 1000, invoked, self.leader_changes, self.unavailable
-        )
-        self._check_early(self.leases[lease])
+    def lease_granted(
+        self, lease: int, ttl_ms: int, invoked: float, at: tuple[int, float] = (0, 0.0)
+    ) -> None:
+        """A grant invoked at ``invoked``, when the counters were ``at``, answered OK."""
+        rec = LeaseRecord(lease, ttl_ms / 1000, invoked, *at)
+        rec.revoked_at = self._revoked_early.pop(lease, None)
+        self.leases[lease] = rec
+        self._check_early(rec)
 
     def keepalive_acked(self, lease: int, invoked: float, at: tuple[int, float]) -> None:
         """An OK keep-alive invoked at ``invoked``, when the counters were ``at``."""
@@ -150,7 +155,10 @@ class Checker:
 
     def _lease_revoked(self, lease: int, index: Index) -> None:
         rec = self.leases.get(lease)
-        if rec is None or rec.revoked_at is not None:
+        if rec is None:
+            self._revoked_early.setdefault(lease, self.now())
+            return
+        if rec.revoked_at is not None:
             return
         rec.revoked_at = self.now()
         self.stats["expired"] += 1

@@ -276,8 +276,7 @@ class KVSim:
             if not isinstance(resp, p.LeaseResponse):
                 continue
             lease, ttl = resp.lease, resp.ttl_ms / 1000
-            self.checker.lease_granted(lease, resp.ttl_ms, invoked)
-            self.checker.leases[lease].changes_at, self.checker.leases[lease].unavailable_at = at
+            self.checker.lease_granted(lease, resp.ttl_ms, invoked, at)
             put = p.PutOp(key=b"lease/%d" % lease, value=name.encode(), lease=lease)
             await self.session_write(
                 rng, session, lambda rid, s, op=put: p.Txn(id=rid, success=(op,), session=s)
@@ -314,17 +313,30 @@ class KVSim:
 
     def sample(self) -> None:
         """Follow the true leader (the live leader of the highest term) for the lease
-        bound, then check it."""
+        bound, then check it. Time counts as without a leader when there is none, or
+        when it cannot commit: fewer than a quorum of nodes (itself included) are up,
+        reachable both ways and not waiting on a stalled disk."""
         now = self.loop.time()
         dt, self._last_sample = now - self._last_sample, now
         leaders = [(n.term, n.id) for n in self.nodes.values() if n.role == "leader"]
         leader = max(leaders) if leaders else None
-        if leader is None or self.nodes[leader[1]].stall_until > now:
+        if leader is None or not self._can_commit(leader[1], now):
             self.checker.unavailable += dt
         if leader is not None and leader != self._leader:
             self._leader = leader
             self.checker.leader_changes += 1
         self.checker.check_late()
+
+    def _can_commit(self, leader: NodeId, now: float) -> bool:
+        cut = self.net.cut_links
+        working = [
+            nid
+            for nid, n in self.nodes.items()
+            if n.alive
+            and n.stall_until <= now
+            and (nid == leader or ((leader, nid) not in cut and (nid, leader) not in cut))
+        ]
+        return leader in working and len(working) > len(self.ids) // 2
 
     def note(self, line: str) -> None:
         self.trace.append(f"{self.loop.time():9.3f} {line}")
