@@ -229,7 +229,7 @@ def test_node_unsafe_choices_match_the_node() -> None:
 def test_leases_and_watches_on_a_real_cluster(local_cluster: LocalCluster) -> None:
     """kv lease / put --lease / watch against real nodes: a follower streams the same
     history (from revision 1) as the leader applied it, a revoked lease takes its key
-    in one revision, and a lease nobody renews expires by itself (the leader's Tick)."""
+    in one revision, and a lease nobody renews expires by itself (the leader's lessor)."""
     lc = local_cluster
     e = ("--endpoints", ",".join(lc.addrs))
     lease = ok_json(kv("lease", "grant", "30", "--json", *e))["lease"]
@@ -256,9 +256,11 @@ def test_leases_and_watches_on_a_real_cluster(local_cluster: LocalCluster) -> No
     plain = kv("watch", "svc/b", "--rev", "1", "--count", "1", *e)
     assert plain.stdout == b"PUT svc/b = 2 (revision 2)\n"
 
-    short = ok_json(kv("lease", "grant", "0.5", "--json", *e))["lease"]
+    short = ok_json(kv("lease", "grant", "2", "--json", *e))["lease"]
     assert kv("put", "eph", "x", "--lease", str(short), *e).returncode == 0
+    left = ok_json(kv("lease", "ttl", str(short), "--json", *e))["remaining_ms"]
+    assert 0 < left <= 2000
     deadline = time.monotonic() + 10
-    while kv("get", "eph", *e).returncode == 0:  # nobody writes: only the Tick expires it
+    while kv("get", "eph", *e).returncode == 0:  # nobody writes: the lessor expires it
         assert time.monotonic() < deadline, "the lease never expired"
         time.sleep(0.2)
