@@ -41,6 +41,7 @@ from typing import Any
 
 from kvstore.client import AsyncClient, ClientError, NodeStatus
 from kvstore.config import ClusterConfig, NodeConfig, load_config
+from kvstore.security import ensure_peer_secret
 from raft.storage.fs import make_dirs
 
 __all__ = [
@@ -203,6 +204,7 @@ def spawn_node(
     that must exec the node in its own process (``ip netns exec NS``), so the pid is
     still the node's."""
     make_dirs(node.data_dir)
+    ensure_peer_secret(load_config(config_path))  # the configuration's: created once
     env = dict(os.environ)
     # The node runs ``-m cli.main``: make the project importable even without an install.
     env["PYTHONPATH"] = os.pathsep.join(

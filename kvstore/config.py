@@ -45,6 +45,7 @@ __all__ = [
     "Fsync",
     "NodeConfig",
     "RaftSettings",
+    "SecuritySettings",
     "SourceLines",
     "StoreSettings",
     "generate_config",
@@ -141,6 +142,18 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """[security]: how peers authenticate (docs/SECURITY.md). ``peer_secret_file`` is
+    absolute (relative paths resolve against the config file's directory)."""
+
+    peer_secret_file: Path = Path("cluster.secret")
+    insecure: bool = False
+
+
+DEFAULT_SECRET_FILE = "cluster.secret"
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """One [[nodes]] entry; ``data_dir`` is absolute."""
 
@@ -158,6 +171,7 @@ class ClusterConfig:
     client: ClientSettings
     nodes: tuple[NodeConfig, ...]
     store: StoreSettings = StoreSettings()
+    security: SecuritySettings = SecuritySettings()
 
     def node(self, node_id: NodeId) -> NodeConfig:
         for n in self.nodes:
@@ -523,7 +537,7 @@ def parse_config(
         reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
         raise ConfigError(source, line, f"TOML syntax error: {reason}", col) from None
     c = _Checker(doc, text, source, (base_dir or Path.cwd()).absolute())
-    c.table((), doc, ("cluster", "raft", "client", "store", "nodes"))
+    c.table((), doc, ("cluster", "raft", "client", "store", "security", "nodes"))
     cluster = c.table(("cluster",), doc.get("cluster", {}), ("id", "data_root"))
     cid = c.string(("cluster", "id"), cluster.get("id", "local"), _ID_RE)
     data_root = c.directory(("cluster", "data_root"), cluster.get("data_root", "./data"))
@@ -531,7 +545,16 @@ def parse_config(
     client = c.settings(ClientSettings, "client")
     store = c.settings(StoreSettings, "store")
     _check_raft(c, raft, client)
-    return ClusterConfig(cid, data_root, raft, client, _check_nodes(c, data_root), store)
+    sec = c.table(("security",), doc.get("security", {}), ("peer_secret_file", "insecure"))
+    secret_file = c.directory(
+        ("security", "peer_secret_file"), sec.get("peer_secret_file", DEFAULT_SECRET_FILE)
+    )
+    insecure = sec.get("insecure", False)
+    if type(insecure) is not bool:
+        raise c.fail(("security", "insecure"), "[security] insecure must be true or false")
+    security = SecuritySettings(secret_file, insecure)
+    nodes = _check_nodes(c, data_root)
+    return ClusterConfig(cid, data_root, raft, client, nodes, store, security)
 
 
 def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
@@ -642,6 +665,14 @@ def generate_config(
         *_render_settings("raft", rs),
         *_render_settings("client", cs),
         *_render_settings("store", ss),
+        "[security]",
+        "# The cluster secret every peer connection proves it holds (HMAC challenge-",
+        "# response; docs/SECURITY.md). `kv cluster up` creates it (mode 0600) if it is",
+        "# missing; copy the same file to every machine of the cluster.",
+        f"peer_secret_file = {_toml_value(DEFAULT_SECRET_FILE)}",
+        "# true: no peer authentication at all. Never on a network others can reach.",
+        "insecure = false",
+        "",
     ]
     for i in range(1, n + 1):
         out += [

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvstore.config import ClusterConfig, Fsync, NodeConfig, load_config
+from kvstore.security import node_peer_secret
 from kvstore.server import ClientServer
 from kvstore.state_machine import KVStateMachine
 from raft.runtime.node import RaftEngine
@@ -80,6 +81,9 @@ async def start_node(
     a fresh start does): a wiped node doing so would forget its votes and could
     campaign with a membership the cluster has long left."""
     me = cfg.node(node_id)
+    secret = node_peer_secret(cfg, me)  # SecurityError: refuse to start as configured
+    if not secret:
+        log.warning("%s: INSECURE: peers are not authenticated ([security] insecure)", node_id)
     make_dirs(me.data_dir)
     storage: Storage = DiskStorage(me.data_dir / "raft")
     if unsafe is UnsafeMode.LAZY_FSYNC:
@@ -107,6 +111,7 @@ async def start_node(
         rng=random.Random(),
         max_frame_bytes=cfg.raft.max_frame_bytes,
         queue_limit=cfg.raft.peer_queue_limit,
+        secret=secret,
     )
     engine.attach(transport)
     engine.start()

@@ -18,11 +18,16 @@ write fails it sleeps per :class:`Backoff` (exponential, jittered by the injecte
 nodes that lost the same peer do not redial in lockstep) and dials again. Frames queued
 while the peer is down stay queued (bounded) and go out after it returns.
 
-*Handshake.* The dialer sends ``[b"raftkv-peer", 1, cluster_id, node_id]`` in one frame;
-the acceptor answers ``[b"raftkv-peer", 1, "ok"]`` or ``[b"raftkv-peer", 1, reason]``
-and closes. Both sides log mismatches (cluster id, protocol version, unknown node) so a
-misconfigured node is obvious from either end. The handshake is not authentication:
-bind peer ports on a trusted network. TODO(transport): mutual TLS.
+*Handshake* (protocol 2). Every connection starts with a mutual HMAC challenge-response
+over the cluster secret (raft/runtime/peer_auth.py): each end proves it holds the
+secret (and is in the same cluster) before the other sends anything else, and the
+dialer then names its member id under its MAC. Frames are ``[b"raftkv-peer", 2, ...]``
+of at most ``HANDSHAKE_MAX_BYTES``, the whole exchange bounded by ``connect_timeout``.
+A refusal is the bare word ``"refused"``: it names nothing the other end did not prove
+it knows (no cluster id, no member list). Each side logs its own reason locally (a bad
+MAC: wrong secret or cluster id; an unknown member; another protocol version), so a
+misconfiguration is found from the refusing node's log. An ``insecure`` node uses an
+empty secret: the handshake then still checks the cluster id, and authenticates nothing.
 
 *Inbound.* A connection carries messages from the dialer only (two connections per pair
 of nodes, one per direction, as in etcd's streams). Bytes go through a
@@ -70,6 +75,7 @@ from raft.codec import decode_message, encode_message
 from raft.errors import CodecError, RaftError
 from raft.framing import HEADER_BYTES, FrameDecoder, encode_frame
 from raft.messages import Message
+from raft.runtime.peer_auth import NONCE_BYTES, PeerKey, derive_key
 from raft.types import NodeId
 
 __all__ = [
@@ -86,7 +92,8 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 HELLO_MAGIC = b"raftkv-peer"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+_REFUSED = "refused"
 HANDSHAKE_MAX_BYTES = 4096
 """Largest hello or reply frame; read before the real frame limit applies."""
 
@@ -200,11 +207,15 @@ class PeerTransport:
         connect_timeout: float = 2.0,
         write_timeout: float = 10.0,
         unreachable_interval: float = 0.1,
+        secret: bytes = b"",
     ) -> None:
+        """``secret``: the cluster secret every peer must prove it holds (b"": an
+        insecure node, which authenticates nothing)."""
         if queue_limit < 1 or queue_bytes_limit < 1:
             raise ValueError("queue limits must be >= 1")
         self.node_id = node_id
         self.cluster_id = cluster_id
+        self._key = PeerKey(derive_key(secret, cluster_id))
         self._listen = listen
         self._on_message = on_message
         self._on_unreachable = on_unreachable
@@ -383,19 +394,41 @@ class PeerTransport:
             reader, writer = await asyncio.open_connection(host, port)
             try:
                 _set_nodelay(writer)
-                writer.write(_pack_hello(self.cluster_id, self.node_id))
-                await writer.drain()
-                reply = _unpack_hello(await _read_handshake_frame(reader))
-                if reply is None or len(reply) != 3 or type(reply[2]) is not str:
-                    raise HandshakeError("not a raftkv peer (malformed handshake reply)")
-                if reply[2] != "ok":
-                    raise HandshakeError(f"{link.peer} refused the handshake: {reply[2]}")
-                if reply[1] != PROTOCOL_VERSION:
-                    raise HandshakeError(f"{link.peer} speaks protocol version {reply[1]!r}")
+                await self._authenticate_to(link, reader, writer)
             except BaseException:
                 writer.close()
                 raise
         return reader, writer
+
+    async def _authenticate_to(
+        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """The dialer's half of the handshake (module docstring, raft/runtime/peer_auth.py)."""
+        nonce_d = PeerKey.nonce()
+        writer.write(_pack_hello(nonce_d))
+        await writer.drain()
+        reply = _unpack_hello(await _read_handshake_frame(reader))
+        if reply is None:
+            raise HandshakeError("not a raftkv peer (malformed handshake reply)")
+        if reply[1] != PROTOCOL_VERSION or reply[2:] == (_REFUSED,):
+            raise HandshakeError(
+                f"{link.peer} refused the handshake (protocol version {reply[1]!r}; this "
+                f"node speaks {PROTOCOL_VERSION}): see its log"
+            )
+        if len(reply) != 4 or type(reply[2]) is not bytes or len(reply[2]) != NONCE_BYTES:
+            raise HandshakeError("not a raftkv peer (malformed handshake reply)")
+        nonce_a = reply[2]
+        if not self._key.check_acceptor(nonce_d, nonce_a, reply[3]):
+            raise HandshakeError(
+                f"the node at {link.address[0]}:{link.address[1]} does not prove it holds "
+                "this cluster's secret (another secret, or another cluster id)"
+            )
+        mac = self._key.dialer_mac(nonce_a, nonce_d, self.node_id)
+        writer.write(_pack_hello(self.node_id, mac))
+        await writer.drain()
+        verdict = _unpack_hello(await _read_handshake_frame(reader))
+        if verdict is None or verdict[1:] != (PROTOCOL_VERSION, "ok"):
+            raise HandshakeError(f"{link.peer} refused this node: see its log for why")
 
     async def _pump(
         self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -481,43 +514,49 @@ class PeerTransport:
         """The dialer's node id, or None after refusing (and logging) the connection."""
         try:
             async with asyncio.timeout(self._connect_timeout):
-                hello = _unpack_hello(await _read_handshake_frame(reader))
+                node, reason = await self._authenticate_from(reader, writer)
         except (OSError, EOFError, HandshakeError) as exc:
-            hello, reason = None, f"no valid handshake: {exc!r}"
-        else:
-            reason = "not a raftkv peer (bad hello)"
-        if hello is None or len(hello) != 4:
-            self._stats["rejected"] += 1
-            log.warning("%s: closing inbound connection from %s: %s", self.node_id, remote, reason)
-            return None
-        _, version, cluster, node = hello
-        if type(version) is not int or version != PROTOCOL_VERSION:
-            reason = (
-                f"unsupported protocol version {version!r} (this node speaks {PROTOCOL_VERSION})"
-            )
-        elif type(cluster) is not str or type(node) is not str:
-            reason = "malformed hello"
-        elif cluster != self.cluster_id:
-            reason = (
-                f"cluster id mismatch: this node is in {self.cluster_id!r}, peer says {cluster!r}"
-            )
-        elif node not in self._links:
-            reason = f"unknown node id {node!r} (known peers: {', '.join(sorted(self._links))})"
-        else:
-            writer.write(_pack_hello("ok"))
-            await writer.drain()
+            node, reason = None, f"no valid handshake: {exc!r}"
+        if node is not None:
             if (old := self._inbound.get(node)) is not None:
                 old.close()  # the peer redialed; its old connection is dead or dying
             self._inbound[node] = writer
             log.debug("%s: accepted %s from %s", self.node_id, node, remote)
             return node
         self._stats["rejected"] += 1
-        log.warning("%s: refusing %r from %s: %s", self.node_id, node, remote, reason)
-        with contextlib.suppress(OSError):
-            writer.write(_pack_hello(reason))
+        log.warning("%s: refusing a peer connection from %s: %s", self.node_id, remote, reason)
+        with contextlib.suppress(OSError, TimeoutError):
+            writer.write(_pack_hello(_REFUSED))  # names nothing: the reason stays here
             async with asyncio.timeout(self._connect_timeout):
                 await writer.drain()
         return None
+
+    async def _authenticate_from(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[NodeId | None, str]:
+        """The acceptor's half of the handshake: (the proven member id, "") or (None,
+        why it was refused, for this node's log only)."""
+        hello = _unpack_hello(await _read_handshake_frame(reader))
+        if hello is None:
+            return None, "not a raftkv peer (bad hello)"
+        if hello[1] != PROTOCOL_VERSION:
+            return None, f"protocol version {hello[1]!r} (this node speaks {PROTOCOL_VERSION})"
+        if len(hello) != 3 or type(hello[2]) is not bytes or len(hello[2]) != NONCE_BYTES:
+            return None, "malformed hello"
+        nonce_d, nonce_a = hello[2], PeerKey.nonce()
+        writer.write(_pack_hello(nonce_a, self._key.acceptor_mac(nonce_d, nonce_a)))
+        await writer.drain()
+        auth = _unpack_hello(await _read_handshake_frame(reader))
+        if auth is None or len(auth) != 4 or type(auth[2]) is not str:
+            return None, "malformed authentication"
+        node = auth[2]
+        if not self._key.check_dialer(nonce_a, nonce_d, node, auth[3]):
+            return None, "bad credentials: another cluster secret, or another cluster id"
+        if node not in self._links:
+            return None, f"it holds the secret but claims {node!r}, not a member"
+        writer.write(_pack_hello("ok"))
+        await writer.drain()
+        return node, ""
 
     async def _read_messages(self, peer: NodeId, reader: asyncio.StreamReader) -> None:
         """Decode frames until EOF or the first bad byte (which ends this connection)."""
