@@ -160,14 +160,16 @@ def _op_cells(op: Operation, description: str) -> tuple[str, ...]:
 _WORKLOAD_HELP = (
     "register (linearizable read/write/cas), set (no lost adds), append (Elle list-append "
     "txns: strict serializability), watch (gap-free, identical watch streams on every "
-    "node), lock (fencing tokens: critical sections never overlap)"
+    "node), lock (fencing tokens: critical sections never overlap), lease (leases end "
+    "neither before their TTL nor long after it)"
 )
 _NEMESIS_HELP = (
     "Comma list of faults: partition (= partition-halves, -one, -leader, -ring, -bridge), "
     "kill (= kill-one, -leader, -all), pause (= pause-one, -leader), latency, drop, "
     "transfer (leadership moved to another node), membership (a voter removed, wiped, "
     "re-added as learner, promoted), all (Jepsen's combined nemesis: faults of different "
-    "groups overlap, one of each group at a time), or none. clock: not available. Every "
+    "groups overlap, one of each group at a time), clock (= clock-offset, -step-forward, "
+    "-step-backward, -strobe, -drift: wall clocks moved through libfaketime), or none. Every "
     "fault is verified by an independent observation; one that is not makes the run unknown."
 )
 
@@ -216,10 +218,11 @@ _NEMESIS_HELP = (
 )
 @click.option(
     "--unsafe",
-    type=click.Choice(["stale-reads", "lazy-fsync", "no-fencing"]),
+    type=click.Choice(["stale-reads", "lazy-fsync", "wall-clock-leases", "no-fencing"]),
     default=None,
-    help="A deliberately BROKEN mode (harness self-test only): stale-reads and lazy-fsync "
-    "break every node; no-fencing makes the lock workload write without its token.",
+    help="A deliberately BROKEN mode (harness self-test only): stale-reads, lazy-fsync and "
+    "wall-clock-leases (leases expire by the leader's wall clock) break every node; "
+    "no-fencing makes the lock workload write without its token.",
 )
 @click.option("--tick-ms", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--election-ticks", type=click.IntRange(min=2), default=10, show_default=True)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jepsen_like.clock import NodeClocks
 from kvstore.client import AsyncClient, Members, NodeStatus
 from kvstore.cluster import (
     OUT_FILE,
@@ -51,8 +52,9 @@ __all__ = [
 ]
 
 Address = tuple[str, int]
-Spawner = Callable[[str, Path, NodeConfig, Sequence[str]], int]
-"""(node id, config path, its config, extra ``kv node`` args) -> pid of the node."""
+Spawner = Callable[[str, Path, NodeConfig, Sequence[str], Sequence[str]], int]
+"""(node id, config path, its config, extra ``kv node`` args, a wrapper command that
+execs the node) -> pid of the node."""
 STARTED: set[int] = set()
 """Pids started by this process and not yet seen dead (the atexit safety net)."""
 
@@ -143,6 +145,7 @@ class LocalDB:
         raft: Mapping[str, int | bool | str],
         unsafe: str | None = None,
         placement: Placement | None = None,
+        clock: NodeClocks | None = None,
     ) -> None:
         # Absolute once, here: the configs' paths are resolved against the config file's
         # folder, so a relative run directory would put the nodes' data somewhere the
@@ -152,6 +155,7 @@ class LocalDB:
         self.raft = dict(raft)
         self.unsafe = unsafe
         self.placement = placement
+        self.clock = clock  # start every node under libfaketime (the clock nemesis)
         if placement is None:
             ports = free_ports(2 * n)
             self.peer_addresses: dict[str, Address] = {
@@ -210,11 +214,13 @@ class LocalDB:
         extra: tuple[str, ...] = () if self.unsafe is None else ("--unsafe", self.unsafe)
         if node in self.wiped:
             extra += ("--join",)
+        wrapper = [] if self.clock is None else self.clock.wrapper(node)
         if self.placement is None:
-            pid = spawn_node(self.config_paths[node], self.configs[node].node(node), extra)
+            cfg = self.configs[node].node(node)
+            pid = spawn_node(self.config_paths[node], cfg, extra, wrapper=wrapper)
         else:
             cfg = self.configs[node].node(node)
-            pid = self.placement.spawn(node, self.config_paths[node], cfg, extra)
+            pid = self.placement.spawn(node, self.config_paths[node], cfg, extra, wrapper)
         STARTED.add(pid)
         self.pids[node] = pid
         self.paused.discard(node)

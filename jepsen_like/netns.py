@@ -386,12 +386,19 @@ class NetnsNet:
 
     # ---- processes ------------------------------------------------------------------
 
-    def spawn(self, node: str, config_path: Path, cfg: NodeConfig, extra: Sequence[str]) -> int:
+    def spawn(
+        self,
+        node: str,
+        config_path: Path,
+        cfg: NodeConfig,
+        extra: Sequence[str],
+        wrapper: Sequence[str] = (),
+    ) -> int:
         """Start ``node`` inside its namespace: :func:`kvstore.cluster.spawn_node` behind
-        ``ip netns exec``, which execs, so the pid returned is the node's."""
-        return spawn_node(
-            config_path, cfg, extra, wrapper=["ip", "netns", "exec", self.namespaces[node]]
-        )
+        ``ip netns exec`` (then ``wrapper``: libfaketime's), which execs, so the pid
+        returned is the node's."""
+        ns = ["ip", "netns", "exec", self.namespaces[node]]
+        return spawn_node(config_path, cfg, extra, wrapper=[*ns, *wrapper])
 
     # ---- faults (the nemesis's Net) -------------------------------------------------
 

@@ -56,9 +56,17 @@ from typing import Any
 
 from jepsen_like.catalog import make_workload, workload_class
 from jepsen_like.checker import CheckResult
+from jepsen_like.clock import LIBFAKETIME, NodeClocks, available
 from jepsen_like.db import DBError, LocalDB, node_ids
 from jepsen_like.history import pair_operations
-from jepsen_like.nemesis import Env, Schedule, combined, parse_nemesis, verification
+from jepsen_like.nemesis import (
+    Env,
+    Schedule,
+    combined,
+    needs_clock,
+    parse_nemesis,
+    verification,
+)
 from jepsen_like.netns import NetnsNet, refusal
 from jepsen_like.proxy import ProxyNet
 from jepsen_like.report import copy_logs, summarize, write_evidence
@@ -81,7 +89,7 @@ __all__ = [
 ]
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN = 0, 1, 2
-NODE_UNSAFE_MODES = ("stale-reads", "lazy-fsync")
+NODE_UNSAFE_MODES = ("stale-reads", "lazy-fsync", "wall-clock-leases")
 """Broken modes of the store's nodes (``kv node --unsafe``)."""
 CLIENT_UNSAFE_MODES = {"no-fencing": "lock"}
 """Broken modes of a workload's clients, and the workload each applies to."""
@@ -178,6 +186,8 @@ def validate_options(opts: RunOptions) -> list[str]:
         raise ValueError(f"--net must be one of {', '.join(NETS)}")
     if opts.net == "netns" and (problem := refusal(kinds)) is not None:
         raise ValueError(problem)  # not root, not Linux, no ip netns, or a fault it lacks
+    if needs_clock(kinds) and not available():
+        raise ValueError(f"clock faults need libfaketime ({LIBFAKETIME}): apt-get install faketime")
     return kinds
 
 
@@ -194,12 +204,20 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
         "fsync": "always",
     }
     node_unsafe = opts.unsafe if opts.unsafe in NODE_UNSAFE_MODES else None
+    clock = NodeClocks(run_dir / "clock", node_ids(opts.nodes)) if needs_clock(kinds) else None
     net: ProxyNet | NetnsNet
     if opts.net == "netns":
         net = NetnsNet(node_ids(opts.nodes))  # addresses chosen; made by net.start()
-        db = LocalDB(run_dir, opts.nodes, raft=raft, unsafe=node_unsafe, placement=net.placement())
+        db = LocalDB(
+            run_dir,
+            opts.nodes,
+            raft=raft,
+            unsafe=node_unsafe,
+            placement=net.placement(),
+            clock=clock,
+        )
     else:
-        db = LocalDB(run_dir, opts.nodes, raft=raft, unsafe=node_unsafe)
+        db = LocalDB(run_dir, opts.nodes, raft=raft, unsafe=node_unsafe, clock=clock)
         net = ProxyNet(db.peer_addresses, seed=seed)
     rec = Recorder(run_dir / "history.jsonl")
     wopts = WorkloadOptions(
@@ -212,11 +230,12 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
         attempt_timeout=opts.attempt_timeout,
         op_deadline=opts.op_deadline,
         fencing=opts.unsafe != "no-fencing",
+        election_timeout_s=opts.election_ticks * opts.tick_ms / 1000,
     )
     workload = make_workload(opts.workload, wopts, rec)
     schedule = Schedule(
         kinds,
-        Env(net, db, random.Random(f"{seed}:nemesis")),
+        Env(net, db, random.Random(f"{seed}:nemesis"), clock=clock),
         interval=opts.nemesis_interval,
         clock_ns=rec.now,
         combined=combined(opts.nemesis),
@@ -273,6 +292,7 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
     note("checking", facts)
     facts["node_states"] = poller.samples
     facts["node_states_end"] = poller.stopped_ns
+    workload.observe_nodes(poller.samples, poller.every)
     return _finish(
         opts, kinds, seed, run_dir, db, rec, schedule, workload, facts, error, start_ns, end_ns
     )
@@ -321,7 +341,8 @@ class StatusPoller:
                 state, term = str(st.role), st.term
             except Exception:
                 state = "no answer"
-        if self._last.get(node, (None, None))[0] != state:
+        # A change of term counts too: the lease checker counts leader changes by term.
+        if self._last.get(node, (None, None)) != (state, term):
             self.samples.append((self.clock_ns(), node, state, term))
         self._last[node] = (state, term)
 

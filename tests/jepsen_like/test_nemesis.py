@@ -9,11 +9,13 @@ import asyncio
 import itertools
 import random
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
+from jepsen_like.clock import NodeClocks
 from jepsen_like.nemesis import (
     FAULTS,
     GROUPS,
@@ -27,6 +29,7 @@ from jepsen_like.nemesis import (
     halves,
     isolate,
     majorities_ring,
+    needs_clock,
     parse_nemesis,
     reachable_from,
     verification,
@@ -126,10 +129,10 @@ def test_parse_nemesis_expands_groups_and_deduplicates() -> None:
     assert set(parse_nemesis(",".join(FAULTS))) == set(FAULTS)
 
 
-@pytest.mark.parametrize("name", ["clock"])
-def test_unavailable_nemeses_are_refused_with_the_reason(name: str) -> None:
-    with pytest.raises(NemesisError, match="not available"):
-        parse_nemesis(f"partition,{name}")
+def test_the_clock_group_is_every_clock_kind() -> None:
+    kinds = ["clock-offset", "clock-step-forward", "clock-step-backward", "clock-strobe"]
+    assert parse_nemesis("clock") == [*kinds, "clock-drift"]
+    assert needs_clock(parse_nemesis("all")) and not needs_clock(parse_nemesis("partition"))
 
 
 def test_unknown_nemesis_lists_the_choices() -> None:
@@ -241,9 +244,24 @@ class FakeDB:
     def dial_address(self, src: str, dst: str) -> tuple[str, int]:
         return ("127.0.0.1", 9000 + int(dst[1:]))
 
+    clocks: NodeClocks | None = None  # set by make_env: the clock files the node obeys
+
     async def status(self, node: str) -> NodeStatus:
         role = "leader" if node == self.the_leader else "follower"
-        return NodeStatus(node, role, 3, self.the_leader, "", 10, 10)
+        now = time.time()
+        wall = now if self.clocks is None else now + self.clocks.settings[node].expected_offset(now)
+        return NodeStatus(
+            node,
+            role,
+            3,
+            self.the_leader,
+            "",
+            10,
+            10,
+            int(wall * 1000),
+            _mono_ms(),
+            self.pids.get(node),
+        )
 
     def kill(self, nodes: list[str]) -> list[str]:
         victims = [n for n in nodes if n in self.pids]
@@ -334,9 +352,23 @@ def fake_root(tmp_path: Path) -> None:
     FakeDB.root = tmp_path
 
 
+def _mono_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
 def make_env(db: FakeDB | None = None, net: FakeNet | None = None) -> Env:
     db = db or FakeDB()
-    return Env(net or FakeNet(), db, random.Random(1), proc=db.proc, settle_s=0.1)
+    db.clocks = clocks = NodeClocks(db.root / "clock", db.nodes)
+    return Env(
+        net or FakeNet(),
+        db,
+        random.Random(1),
+        proc=db.proc,
+        settle_s=0.1,
+        clock=clocks,
+        drift_window_s=0.5,  # a fake's clock is exact: a short window shows the rate
+        clock_recheck_s=0.01,
+    )
 
 
 def make_schedule(kinds: list[str], interval: float = 0.02, **kw: bool) -> Schedule:
@@ -638,7 +670,9 @@ class DudDB(FakeDB):
         shutil.rmtree(self.root / "elsewhere" / node, ignore_errors=True)
 
     async def status(self, node: str) -> NodeStatus:
-        return NodeStatus(node, "follower", 3, "n2", "", 10, 10)  # never moved
+        # Never moved, and its clocks never either (a node started without libfaketime).
+        wall = time.time_ns() // 1_000_000
+        return NodeStatus(node, "follower", 3, "n2", "", 10, 10, wall, _mono_ms(), None)
 
 
 @pytest.mark.parametrize(
@@ -654,6 +688,10 @@ class DudDB(FakeDB):
         ("pause-one", FakeNet, DudDB),
         ("transfer", FakeNet, DudDB),
         ("membership", FakeNet, DudDB),
+        ("clock-offset", FakeNet, DudDB),
+        ("clock-step-forward", FakeNet, DudDB),
+        ("clock-strobe", FakeNet, DudDB),
+        ("clock-drift", FakeNet, DudDB),
     ],
 )
 def test_a_fault_that_does_nothing_is_not_verified(
