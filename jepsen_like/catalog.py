@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from jepsen_like.workload_append import AppendWorkload
+from jepsen_like.workload_lease import LeaseWorkload
 from jepsen_like.workload_lock import LockWorkload
 from jepsen_like.workload_watch import WatchWorkload
 from jepsen_like.workloads import (
@@ -23,6 +24,7 @@ WORKLOADS: Final[dict[str, type[Workload]]] = {
     "append": AppendWorkload,
     "watch": WatchWorkload,
     "lock": LockWorkload,
+    "lease": LeaseWorkload,
 }
 
 

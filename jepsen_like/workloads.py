@@ -97,6 +97,8 @@ class WorkloadOptions:
     lease_ttl_ms: int = 1000  # lock: each holder's lease
     stall_probability: float = 0.1  # lock: a holder stalls past its lease this often
     fencing: bool = True  # lock: False writes without the token check (harness self-test)
+    election_timeout_s: float = 0.5  # the nodes' base election timeout (ticks x tick)
+    lease_ttl_s: float | None = None  # lease: the TTL asked for (None: 4 election timeouts)
 
 
 # ---- the history ---------------------------------------------------------------------
@@ -331,6 +333,11 @@ class Workload(abc.ABC):
 
     async def close(self) -> None:
         await self.slots.close()
+
+    def observe_nodes(self, samples: list[tuple[int, str, str, int | None]], every: float) -> None:  # noqa: B027
+        """The runner's status polling of the nodes (``(ns, node, role, term)`` at each
+        change, polled every ``every`` s), handed over before :meth:`check`; the lease
+        checker counts leader changes and leaderless time from it."""
 
     @property
     def op_timeout(self) -> float:

@@ -214,13 +214,13 @@ def test_recorder_streams_a_valid_history(tmp_path: Any) -> None:
 
 
 def test_every_workload_the_issue_names_exists() -> None:
-    assert sorted(WORKLOADS) == ["append", "lock", "register", "set", "watch"]
+    assert sorted(WORKLOADS) == ["append", "lease", "lock", "register", "set", "watch"]
     for name, cls in WORKLOADS.items():
         assert workload_class(name) is cls and cls.name == name
 
 
 def test_unknown_workload_lists_the_choices() -> None:
-    with pytest.raises(WorkloadError, match="append, lock, register, set, watch"):
+    with pytest.raises(WorkloadError, match="append, lease, lock, register, set, watch"):
         workload_class("bank")
 
 
