@@ -276,6 +276,7 @@ class KVStateMachine:
         self._next_lease_id = 1
         self._listeners: list[Callable[[], None]] = []
         self._lease_observer: LeaseObserver | None = None
+        self._validated: tuple[bytes, Any] | None = None  # see validate()
         self._epoch = 0  # snapshot captures so far: see _Session.epoch
 
     def add_listener(self, callback: Callable[[], None]) -> None:
@@ -588,10 +589,39 @@ class KVStateMachine:
             ended=list(self._ended),
         )
 
+    def validate(self, data: bytes) -> None:
+        """SnapshotError unless :meth:`restore` would accept ``data``; the state is not
+        touched. The decoded state is kept for a ``restore`` of the same bytes object,
+        so checking a leader's snapshot before adopting it costs no second decode."""
+        self._validated = (data, self._decode(data))
+
     def restore(self, data: bytes) -> None:
         """Replace the whole state with :meth:`snapshot` output; SnapshotError (state
         unchanged) on anything else, including a snapshot holding more sessions or
         cached results than this replica's limits (a configuration mismatch)."""
+        validated, self._validated = self._validated, None
+        if validated is not None and validated[0] is data:
+            decoded = validated[1]
+        else:
+            decoded = self._decode(data)
+        applied, clock, store, sessions, ended, leases, next_lease = decoded
+        self._store = store
+        self._applied_index = applied
+        self._clock_ms = clock
+        self._sessions = sessions
+        self._ended = ended
+        self._leases = leases
+        self._lease_deadlines = SortedList(
+            (e.expiry_ms, lid) for lid, e in leases.items() if e.expiry_ms
+        )
+        self._next_lease_id = next_lease
+        if self._lease_observer is not None:
+            self._lease_observer.leases_restored(list(self.leases()))
+        self._notify()
+
+    def _decode(self, data: bytes) -> Any:
+        """Snapshot bytes → (applied, clock, store, sessions, ended, leases, next lease
+        id), all new objects; SnapshotError on anything that is not our format."""
         try:
             obj = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
             version = obj[0]
@@ -616,19 +646,7 @@ class KVStateMachine:
             raise
         except Exception as exc:  # any shape mismatch in our own format
             raise SnapshotError(f"bad snapshot: {exc}") from exc
-        self._store = store
-        self._applied_index = applied
-        self._clock_ms = clock
-        self._sessions = sessions
-        self._ended = ended
-        self._leases = leases
-        self._lease_deadlines = SortedList(
-            (e.expiry_ms, lid) for lid, e in leases.items() if e.expiry_ms
-        )
-        self._next_lease_id = next_lease
-        if self._lease_observer is not None:
-            self._lease_observer.leases_restored(list(self.leases()))
-        self._notify()
+        return applied, clock, store, sessions, ended, leases, next_lease
 
     def _decode_ended(
         self, rows: Any, sessions: OrderedDict[bytes, _Session]

@@ -12,9 +12,13 @@ simulated and real hop) should not pay for checks the type system already made.
 Decoding trusts nothing: bytes from a socket or a disk either become a well-typed value
 or raise :class:`~raft.errors.CodecError` -- never another exception type and never an
 allocation larger than the limits below. Field types are checked exactly (``True`` is
-not an int, ``"x"`` is not bytes), integers must lie in ``[0, 2**63)``, node ids must be
-non-empty and at most 255 UTF-8 bytes, and a membership may neither repeat a node nor
-hold one as both voter and learner.
+not an int, ``"x"`` is not bytes), integers must lie in ``[0, 2**63)`` -- and terms and
+log indexes in ``[0, 2**48)`` (:data:`MAX_TERM`), far below what the codec can carry, so
+no peer can push a node's term to where it no longer encodes (issue 11) --, node ids
+must be non-empty and at most 255 UTF-8 bytes, and a membership may neither repeat a
+node nor hold one as both voter and learner. The entries of an AppendEntries must be
+contiguous from ``prev_index + 1``, with terms that never decrease, from at least
+``prev_term`` to at most the message's term: anything else is no leader's log.
 
 Compatibility. Tags and entry kinds are never reused; a new message kind gets a new
 tag, so an old peer rejects it with CodecError instead of misreading it. Adding a field
@@ -83,6 +87,10 @@ MESSAGE_TAGS: dict[type, int] = {
 MAX_INT = 1 << 63
 """Exclusive upper bound of every decoded integer (terms, indexes, offsets)."""
 
+MAX_TERM = 1 << 48
+"""Exclusive upper bound of a decoded term or log index: 2^48 elections or entries is
+beyond any real cluster, and leaves the codec's 2^63 out of any peer's reach."""
+
 MAX_NODE_ID_BYTES = 255
 MAX_BYTES_LEN = 64 << 20
 """Largest ``bytes`` field; on the wire the frame limit (raft/framing.py) is tighter."""
@@ -144,6 +152,13 @@ def _int(v: Obj, what: str) -> int:
     return v
 
 
+def _term(v: Obj, what: str) -> int:
+    """A term or log index (see :data:`MAX_TERM`)."""
+    if type(v) is not int or not 0 <= v < MAX_TERM:
+        _fail(what, v)
+    return v
+
+
 def _bool(v: Obj, what: str) -> bool:
     if type(v) is not bool:
         _fail(what, v)
@@ -178,7 +193,7 @@ def _entry(v: Obj) -> Entry:
     k = _ENTRY_KINDS.get(kind) if type(kind) is int else None
     if k is None:
         _fail("entry kind", kind)
-    return Entry(_int(term, "entry term"), _int(index, "entry index"), k, _bytes(data, "data"))
+    return Entry(_term(term, "entry term"), _term(index, "entry index"), k, _bytes(data, "data"))
 
 
 def _entries(v: Obj) -> tuple[Entry, ...]:
@@ -195,9 +210,9 @@ def _entries(v: Obj) -> tuple[Entry, ...]:
             if (
                 k is not None
                 and type(term) is int
-                and 0 <= term < MAX_INT
+                and 0 <= term < MAX_TERM
                 and type(index) is int
-                and 0 <= index < MAX_INT
+                and 0 <= index < MAX_TERM
                 and type(data) is bytes
             ):
                 out.append(Entry(term, index, k, data))
@@ -225,13 +240,13 @@ def _conf(v: Obj) -> ConfState:
 
 def _meta(v: Obj) -> SnapshotMeta:
     index, term, conf = _array(v, 3, "snapshot meta")
-    return SnapshotMeta(_int(index, "snapshot index"), _int(term, "snapshot term"), _conf(conf))
+    return SnapshotMeta(_term(index, "snapshot index"), _term(term, "snapshot term"), _conf(conf))
 
 
 def _hard_state(v: Obj) -> HardState:
     term, vote, commit = _array(v, 3, "hard state")
     return HardState(
-        _int(term, "term"), None if vote is None else _node(vote, "vote"), _int(commit, "commit")
+        _term(term, "term"), None if vote is None else _node(vote, "vote"), _term(commit, "commit")
     )
 
 
@@ -277,7 +292,7 @@ def _enc_heartbeat_resp(m: HeartbeatResp) -> tuple[Obj, ...]:
 
 
 def _enc_snapshot(m: InstallSnapshot) -> tuple[Obj, ...]:
-    return (7, m.src, m.dst, m.term, _meta_obj(m.meta), m.offset, m.data, m.done)
+    return (7, m.src, m.dst, m.term, _meta_obj(m.meta), m.offset, m.data, m.done, m.checksum)
 
 
 def _enc_snapshot_resp(m: SnapshotResp) -> tuple[Obj, ...]:
@@ -300,26 +315,34 @@ def _enc_read_index_resp(m: ReadIndexResp) -> tuple[Obj, ...]:
 
 
 def _dec_append(f: tuple[Obj, ...]) -> AppendEntries:
-    return AppendEntries(
+    m = AppendEntries(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
-        term=_int(f[3], "term"),
-        prev_index=_int(f[4], "prev_index"),
-        prev_term=_int(f[5], "prev_term"),
+        term=_term(f[3], "term"),
+        prev_index=_term(f[4], "prev_index"),
+        prev_term=_term(f[5], "prev_term"),
         entries=_entries(f[6]),
-        commit=_int(f[7], "commit"),
+        commit=_term(f[7], "commit"),
     )
+    index, term = m.prev_index, m.prev_term
+    for e in m.entries:
+        if e.index != index + 1:
+            raise CodecError(f"entry {e.index} does not follow {index}: entries must be contiguous")
+        if not term <= e.term <= m.term:
+            raise CodecError(f"entry {e.index} of term {e.term} after term {term} in term {m.term}")
+        index, term = e.index, e.term
+    return m
 
 
 def _dec_append_resp(f: tuple[Obj, ...]) -> AppendResp:
     return AppendResp(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
-        term=_int(f[3], "term"),
-        index=_int(f[4], "index"),
+        term=_term(f[3], "term"),
+        index=_term(f[4], "index"),
         reject=_bool(f[5], "reject"),
-        hint_index=_int(f[6], "hint_index"),
-        hint_term=_int(f[7], "hint_term"),
+        hint_index=_term(f[6], "hint_index"),
+        hint_term=_term(f[7], "hint_term"),
     )
 
 
@@ -327,9 +350,9 @@ def _dec_vote(f: tuple[Obj, ...]) -> RequestVote:
     return RequestVote(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
-        term=_int(f[3], "term"),
-        last_index=_int(f[4], "last_index"),
-        last_term=_int(f[5], "last_term"),
+        term=_term(f[3], "term"),
+        last_index=_term(f[4], "last_index"),
+        last_term=_term(f[5], "last_term"),
         pre_vote=_bool(f[6], "pre_vote"),
         transfer=_bool(f[7], "transfer"),
     )
@@ -339,7 +362,7 @@ def _dec_vote_resp(f: tuple[Obj, ...]) -> VoteResp:
     return VoteResp(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
-        term=_int(f[3], "term"),
+        term=_term(f[3], "term"),
         granted=_bool(f[4], "granted"),
         pre_vote=_bool(f[5], "pre_vote"),
     )
@@ -349,8 +372,8 @@ def _dec_heartbeat(f: tuple[Obj, ...]) -> Heartbeat:
     return Heartbeat(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
-        term=_int(f[3], "term"),
-        commit=_int(f[4], "commit"),
+        term=_term(f[3], "term"),
+        commit=_term(f[4], "commit"),
         ctx=_bytes(f[5], "ctx"),
     )
 
@@ -359,7 +382,7 @@ def _dec_heartbeat_resp(f: tuple[Obj, ...]) -> HeartbeatResp:
     return HeartbeatResp(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
-        term=_int(f[3], "term"),
+        term=_term(f[3], "term"),
         ctx=_bytes(f[4], "ctx"),
     )
 
@@ -368,11 +391,12 @@ def _dec_snapshot(f: tuple[Obj, ...]) -> InstallSnapshot:
     return InstallSnapshot(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
-        term=_int(f[3], "term"),
+        term=_term(f[3], "term"),
         meta=_meta(f[4]),
         offset=_int(f[5], "offset"),
         data=_bytes(f[6], "data"),
         done=_bool(f[7], "done"),
+        checksum=_int(f[8], "checksum"),
     )
 
 
@@ -380,22 +404,22 @@ def _dec_snapshot_resp(f: tuple[Obj, ...]) -> SnapshotResp:
     return SnapshotResp(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
-        term=_int(f[3], "term"),
-        index=_int(f[4], "index"),
+        term=_term(f[3], "term"),
+        index=_term(f[4], "index"),
         offset=_int(f[5], "offset"),
         reject=_bool(f[6], "reject"),
     )
 
 
 def _dec_timeout_now(f: tuple[Obj, ...]) -> TimeoutNow:
-    return TimeoutNow(src=_node(f[1], "src"), dst=_node(f[2], "dst"), term=_int(f[3], "term"))
+    return TimeoutNow(src=_node(f[1], "src"), dst=_node(f[2], "dst"), term=_term(f[3], "term"))
 
 
 def _dec_read_index(f: tuple[Obj, ...]) -> ReadIndex:
     return ReadIndex(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
-        term=_int(f[3], "term"),
+        term=_term(f[3], "term"),
         ctx=_bytes(f[4], "ctx"),
     )
 
@@ -404,9 +428,9 @@ def _dec_read_index_resp(f: tuple[Obj, ...]) -> ReadIndexResp:
     return ReadIndexResp(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
-        term=_int(f[3], "term"),
+        term=_term(f[3], "term"),
         ctx=_bytes(f[4], "ctx"),
-        index=_int(f[5], "index"),
+        index=_term(f[5], "index"),
         reject=_bool(f[6], "reject"),
     )
 

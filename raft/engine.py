@@ -39,6 +39,11 @@ class StateMachine(Protocol):
         """Replace the full state with a snapshot produced by :meth:`snapshot`."""
         ...
 
+    def validate(self, data: bytes) -> None:
+        """Raise ValueError unless :meth:`restore` would accept ``data``; change nothing.
+        The engine asks before it adopts (or writes) a snapshot a leader sent."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class EngineStatus:

@@ -96,6 +96,7 @@ class InstallSnapshot:
     offset: int
     data: bytes
     done: bool
+    checksum: int = 0  # CRC-32 of the whole snapshot's data, checked when assembled
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,7 @@ an entry of its term (the fix for the single-server-change bug reported in 2015)
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Callable
 
 from raft.config import Config
@@ -79,11 +80,16 @@ class Raft:
         restored: Restored,
         rng: random.Random,
         trace: Callable[[str], None] | None,
+        snapshot_check: Callable[[bytes], str | None] | None = None,
     ) -> None:
         self.id = config.id
         self.cfg = config
         self._rng = rng
         self._trace = trace
+        # The application's verdict on a leader's snapshot before it is adopted (None:
+        # fine; else why not), and the checksum of the snapshot this node sends.
+        self._snapshot_check = snapshot_check
+        self._sent_crc: tuple[Index, int] = (0, 0)
         hs = restored.hard_state
         self.log = RaftLog(restored.snapshot, restored.entries, hs.commit)
         self.term: Term = hs.term
@@ -425,7 +431,10 @@ class Raft:
         pr = self.prs.get(m.src)
         match m:
             case AppendEntries() | Heartbeat() | InstallSnapshot():
-                raise InvariantViolation(f"two leaders in term {self.term}: {self.id}, {m.src}")
+                raise InvariantViolation(
+                    f"two leaders in term {self.term}: this node ({self.id}) and {m.src}, "
+                    f"which sent {type(m).__name__}"
+                )
             case ReadIndex():
                 self._leader_read(m.ctx, m.src)
             case AppendResp() if pr is not None:
@@ -603,6 +612,8 @@ class Raft:
             pr.become_snapshot(snap.meta.index)
         lo = pr.snapshot_offset
         data = snap.data[lo : lo + self.cfg.snapshot_chunk_bytes]
+        if self._sent_crc[0] != snap.meta.index:
+            self._sent_crc = (snap.meta.index, zlib.crc32(snap.data))
         self._send(
             InstallSnapshot(
                 src=self.id,
@@ -612,6 +623,7 @@ class Raft:
                 offset=lo,
                 data=data,
                 done=lo + len(data) >= len(snap.data),
+                checksum=self._sent_crc[1],
             )
         )
         pr.probe_sent = True
@@ -658,7 +670,19 @@ class Raft:
             )
             return
         self._incoming = None
-        self._restore(Snapshot(meta=m.meta, data=bytes(inc[1])))
+        data = bytes(inc[1])
+        problem = "checksum mismatch" if zlib.crc32(data) != m.checksum else None
+        if problem is None and self._snapshot_check is not None:
+            problem = self._snapshot_check(data)
+        if problem is not None:
+            # Nothing was adopted or written; the leader starts the snapshot again.
+            self._debug(f"refused snapshot at {m.meta.index} from {m.src}: {problem}")
+            reject = SnapshotResp(
+                src=self.id, dst=m.src, term=self.term, index=m.meta.index, offset=0, reject=True
+            )
+            self._send(reject)
+            return
+        self._restore(Snapshot(meta=m.meta, data=data))
         # Acknowledge only what is known to match the leader: the commit index (the
         # snapshot index after a restore). Entries past it were never checked against
         # the leader's log, so claiming them could commit a divergent tail.

@@ -132,7 +132,9 @@ class RaftEngine:
             self._sm.restore(snap.data)
         self._applied = self._snapshot_index = snap.meta.index
         cfg = dataclasses.replace(self._config, applied=snap.meta.index)
-        self._node = RawNode(cfg, restored, self._rng, trace=self._trace)
+        self._node = RawNode(
+            cfg, restored, self._rng, trace=self._trace, snapshot_check=self._check_snapshot
+        )
         log.info(
             "%s: started at term %d, snapshot %d, %d log entries",
             self.id,
@@ -399,6 +401,16 @@ class RaftEngine:
         for read in self._read_waiters.values():
             if not read.done():
                 read.set_exception(exc)
+
+    def _check_snapshot(self, data: bytes) -> str | None:
+        """The state machine's verdict on a leader's snapshot, before the core adopts it
+        and before anything is written: a bad one is refused, the node serves on."""
+        try:
+            self._sm.validate(data)
+        except ValueError as exc:
+            log.warning("%s: refusing a snapshot from the leader: %s", self.id, exc)
+            return str(exc) or type(exc).__name__
+        return None
 
     def _trace(self, line: str) -> None:
         log.debug("%s", line)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import zlib
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -14,10 +15,10 @@ import pytest
 
 from raft.codec import encode_message
 from raft.framing import encode_frame
-from raft.messages import AppendEntries, RequestVote
+from raft.messages import AppendEntries, Heartbeat, InstallSnapshot, RequestVote
 from raft.runtime.peer_auth import PeerKey, derive_key
 from raft.runtime.transport import HELLO_MAGIC, PROTOCOL_VERSION
-from raft.types import Entry, EntryKind
+from raft.types import ConfState, Entry, EntryKind, SnapshotMeta
 from tests.integration.conftest import LocalCluster
 from tests.integration.test_kv_cli import kv
 
@@ -119,3 +120,94 @@ def test_a_node_without_the_secret_refuses_to_start(local_cluster: LocalCluster)
     finally:
         secret.write_bytes(kept)
         secret.chmod(0o600)
+
+
+async def as_member(
+    address: tuple[str, int], secret: bytes, cluster: str, node: str, *frames: bytes
+) -> bool:
+    """Authenticate as ``node`` (a buggy member: Raft trusts its members, so this tests
+    the gateway, not Byzantine tolerance), send ``frames``; True if the node then
+    closed the connection."""
+    key = PeerKey(derive_key(secret, cluster))
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        nonce_d = PeerKey.nonce()
+        writer.write(frame([HELLO_MAGIC, PROTOCOL_VERSION, nonce_d]))
+        (n,) = struct.unpack(">I", await reader.readexactly(4))
+        _, _, nonce_a, _ = msgpack.unpackb(await reader.readexactly(n), raw=False)
+        writer.write(frame([HELLO_MAGIC, PROTOCOL_VERSION, node,
+                            key.dialer_mac(nonce_a, nonce_d, node)]))  # fmt: skip
+        (n,) = struct.unpack(">I", await reader.readexactly(4))
+        assert msgpack.unpackb(await reader.readexactly(n), raw=False)[2] == "ok"
+        writer.write(b"".join(frames))
+        await writer.drain()
+        try:
+            async with asyncio.timeout(2):
+                return await reader.read(1) == b""
+        except TimeoutError:
+            return False
+    finally:
+        writer.close()
+
+
+def test_a_buggy_member_is_refused_by_the_gateway(local_cluster: LocalCluster) -> None:
+    """From a process holding the secret: a term past the bound and an index gap close
+    the connection (the codec refuses them); a snapshot with a bad checksum, or one the
+    state machine's validate rejects, is refused before anything is written; the node
+    serves on throughout. A second leader in one term stops the node, naming the peer."""
+    lc = local_cluster
+    c = lc.client()
+    c.put("k", "v")
+    secret = lc.cfg.security.peer_secret_file.read_text().strip().encode()
+    leader = lc.leader()
+    target = lc.followers()[0]
+    other = next(n for n in lc.ids if n not in (leader, target))
+    addr = (lc.cfg.node(target).peer_address.host, lc.cfg.node(target).peer_address.port)
+    st = lc.status(target)
+    assert st is not None
+    term = st.term
+
+    def send(*msgs: Any) -> bool:
+        frames = [encode_frame(encode_message(m)) for m in msgs]
+        return asyncio.run(as_member(addr, secret, lc.cfg.id, other, *frames))
+
+    def raw(obj: Any) -> bytes:
+        return frame(obj)
+
+    vote = raw([3, other, target, 1 << 48, 1, 1, False, True])  # term past the bound
+    assert asyncio.run(as_member(addr, secret, lc.cfg.id, other, vote))
+    gap = raw([1, other, target, term, 0, 0, [[term, 2, 0, b"x"]], 0])  # index 1 missing
+    assert asyncio.run(as_member(addr, secret, lc.cfg.id, other, gap))
+    snap_dir = lc.cfg.node(target).data_dir / "raft"
+    before = {p.name: p.read_bytes() for p in snap_dir.iterdir() if p.name == "snapshot"}
+    meta = SnapshotMeta(index=10_000, term=term, conf=ConfState(frozenset(lc.ids)))
+    garbage = b"\x95\x04not a snapshot"
+    for checksum in (zlib.crc32(garbage) ^ 1, zlib.crc32(garbage)):  # bad crc; bad state
+        m = InstallSnapshot(src=other, dst=target, term=term, meta=meta, offset=0,
+                            data=garbage, done=True, checksum=checksum)  # fmt: skip
+        assert not send(m)  # well-formed: the connection stays, the snapshot does not
+    assert {p.name: p.read_bytes() for p in snap_dir.iterdir() if p.name == "snapshot"} == before
+    log = (lc.cfg.node(target).data_dir / "node.log").read_text()
+    assert "refusing a snapshot from the leader" in log
+    assert lc.pid(target) is not None and lc.status(target) is not None
+    assert c.get("k").value == b"v" and c.put("k2", "v2").revision == 2
+    lc.wait_applied(target, lc.status(leader).applied)  # type: ignore[union-attr]
+
+    # Two leaders in one term is an invariant violation: the leader stops, naming who.
+    lterm = lc.status(leader).term  # type: ignore[union-attr]
+    laddr = (lc.cfg.node(leader).peer_address.host, lc.cfg.node(leader).peer_address.port)
+    hb = encode_frame(encode_message(Heartbeat(src=target, dst=leader, term=lterm, commit=0)))
+    asyncio.run(as_member(laddr, secret, lc.cfg.id, target, hb))
+    pid = lc.pid(leader)
+    deadline = asyncio.run(_wait_gone(lc, leader))
+    assert deadline, f"{leader} (pid {pid}) still runs"
+    llog = (lc.cfg.node(leader).data_dir / "node.log").read_text()
+    assert f"two leaders in term {lterm}: this node ({leader}) and {target}" in llog
+    assert "Heartbeat" in llog
+
+
+async def _wait_gone(lc: LocalCluster, node: str) -> bool:
+    async with asyncio.timeout(10):
+        while lc.pid(node) is not None:
+            await asyncio.sleep(0.05)
+    return True

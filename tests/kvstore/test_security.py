@@ -35,7 +35,7 @@ def test_the_secret_is_created_once_private_and_random(tmp_path: Path) -> None:
 
 def test_a_missing_secret_refuses_the_start(tmp_path: Path) -> None:
     cfg = config(tmp_path)
-    with pytest.raises(SecurityError, match="no cluster secret at .*kv cluster up"):
+    with pytest.raises(SecurityError, match=r"no cluster secret at .*kv cluster up"):
         node_peer_secret(cfg, cfg.nodes[0])
 
 
@@ -43,7 +43,7 @@ def test_a_secret_open_to_others_refuses_the_start(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     ensure_peer_secret(cfg)
     cfg.security.peer_secret_file.chmod(0o644)
-    with pytest.raises(SecurityError, match="open to other users .*chmod 600"):
+    with pytest.raises(SecurityError, match=r"open to other users .*chmod 600"):
         node_peer_secret(cfg, cfg.nodes[0])
 
 

@@ -645,3 +645,22 @@ def test_a_format_1_reopen_of_an_ended_id_keeps_snapshots_restorable() -> None:
     twin = KVStateMachine(max_sessions=2)
     twin.restore(r.sm.snapshot())
     assert twin.snapshot() == r.sm.snapshot()
+
+
+def test_validate_checks_a_snapshot_without_touching_the_state() -> None:
+    """The engine asks before it adopts a leader's snapshot (issue 11): a bad one is
+    refused with the state as it was; a good one restores from the decode validate did."""
+    r, c = Replica(), Client(cid(1))
+    r.apply(c.cmd(Put(b"k", b"v")))
+    before = r.sm.snapshot()
+    for bad in (b"", b"garbage", msgpack.packb([4, 0, 0, [0, [], 0, []], [], [], 1, []])[:-3]):
+        with pytest.raises(SnapshotError):
+            r.sm.validate(bad)
+    assert r.sm.snapshot() == before
+    other = Replica()
+    other.apply(Client(cid(2)).cmd(Put(b"x", b"y")))
+    data = other.sm.snapshot()
+    r.sm.validate(data)
+    assert r.sm.snapshot() == before  # validated, not restored
+    r.sm.restore(data)
+    assert r.sm.snapshot() == data and r.sm.get(b"k") is None

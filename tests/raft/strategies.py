@@ -1,15 +1,17 @@
 """Hypothesis strategies for every Raft value that crosses the codec.
 
 Shared by the codec, describe and simulator tests. Every strategy draws values the
-codec accepts (non-empty node ids of at most 255 UTF-8 bytes, integers in [0, 2**63),
-disjoint voters and learners), so ``decode(encode(x)) == x`` holds for all of them.
+codec accepts (non-empty node ids of at most 255 UTF-8 bytes, terms and indexes in
+[0, 2**48), other integers in [0, 2**63), disjoint voters and learners, an append's
+entries contiguous with non-decreasing terms), so ``decode(encode(x)) == x`` holds for
+all of them.
 """
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from raft.codec import MAX_INT, MAX_NODE_ID_BYTES
+from raft.codec import MAX_INT, MAX_NODE_ID_BYTES, MAX_TERM
 from raft.messages import (
     AppendEntries,
     AppendResp,
@@ -50,7 +52,8 @@ __all__ = [
 ]
 
 # Mostly small values, as a real cluster has, with the full range mixed in.
-terms = indexes = offsets = st.one_of(st.integers(0, 20), st.integers(0, MAX_INT - 1))
+terms = indexes = st.one_of(st.integers(0, 20), st.integers(0, MAX_TERM - 1))
+offsets = st.one_of(st.integers(0, 20), st.integers(0, MAX_INT - 1))
 payloads = st.binary(max_size=64)
 
 node_ids: st.SearchStrategy[NodeId] = st.one_of(
@@ -90,15 +93,34 @@ hard_states: st.SearchStrategy[HardState] = st.builds(
 
 _common = {"src": node_ids, "dst": node_ids, "term": terms}
 
+
+@st.composite
+def appends(draw: st.DrawFn) -> AppendEntries:
+    """Entries a leader could send: contiguous from prev_index + 1, terms never
+    decreasing, from prev_term up to the message's term."""
+    term = draw(terms)
+    prev_term = draw(st.integers(0, term))
+    n = draw(st.integers(0, 5))
+    prev_index = draw(st.integers(0, MAX_TERM - 1 - n) | st.integers(0, 20))
+    ents: list[Entry] = []
+    t = prev_term
+    for i in range(n):
+        t = draw(st.integers(t, term))
+        e = draw(entries())
+        ents.append(Entry(t, prev_index + 1 + i, e.kind, e.data))
+    return AppendEntries(
+        src=draw(node_ids),
+        dst=draw(node_ids),
+        term=term,
+        prev_index=prev_index,
+        prev_term=prev_term,
+        entries=tuple(ents),
+        commit=draw(indexes),
+    )
+
+
 message_strategies: dict[type, st.SearchStrategy[Message]] = {
-    AppendEntries: st.builds(
-        AppendEntries,
-        **_common,
-        prev_index=indexes,
-        prev_term=terms,
-        entries=st.lists(entries(), max_size=5).map(tuple),
-        commit=indexes,
-    ),
+    AppendEntries: appends(),
     AppendResp: st.builds(
         AppendResp,
         **_common,
@@ -125,6 +147,7 @@ message_strategies: dict[type, st.SearchStrategy[Message]] = {
         offset=offsets,
         data=payloads,
         done=st.booleans(),
+        checksum=st.integers(0, (1 << 32) - 1),
     ),
     SnapshotResp: st.builds(
         SnapshotResp, **_common, index=indexes, offset=offsets, reject=st.booleans()

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from raft import codec
 from raft.codec import (
     MAX_INT,
+    MAX_TERM,
     MESSAGE_TAGS,
     decode_conf_state,
     decode_entry,
@@ -34,7 +35,9 @@ from raft.messages import (
     AppendEntries,
     AppendResp,
     Heartbeat,
+    InstallSnapshot,
     Message,
+    ReadIndexResp,
     RequestVote,
     TimeoutNow,
 )
@@ -130,9 +133,49 @@ def test_conf_state_encoding_is_canonical(cs: ConfState) -> None:
 
 
 def test_round_trip_limits() -> None:
-    big = MAX_INT - 1
+    big = MAX_TERM - 1
     m = AppendResp(src="x" * 255, dst="é" * 127, term=big, index=big, hint_index=big, hint_term=big)
     assert decode_message(encode_message(m)) == m
+    snap = InstallSnapshot(src="a", dst="b", term=1, meta=SnapshotMeta(), offset=MAX_INT - 1,
+                           data=b"", done=True, checksum=(1 << 32) - 1)  # fmt: skip
+    assert decode_message(encode_message(snap)) == snap
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        # Issue 11: one forged RequestVote at 2^63-1 put every node at a term whose
+        # successor no longer encodes; terms and indexes stop at 2^48.
+        RequestVote(src="a", dst="b", term=MAX_INT - 1, last_index=1, last_term=1),
+        RequestVote(src="a", dst="b", term=MAX_TERM, last_index=1, last_term=1),
+        Heartbeat(src="a", dst="b", term=1, commit=MAX_TERM),
+        AppendResp(src="a", dst="b", term=1, index=MAX_TERM),
+        ReadIndexResp(src="a", dst="b", term=1, ctx=b"", index=MAX_TERM),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_terms_and_indexes_past_the_bound_are_refused(msg: Message) -> None:
+    with pytest.raises(CodecError, match="bad"):
+        decode_message(encode_message(msg))
+
+
+@pytest.mark.parametrize(
+    ("prev", "ents", "match"),
+    [
+        ((5, 2), [(2, 7)], "does not follow 5"),  # a gap (issue 11: IndexError, node exited)
+        ((5, 2), [(2, 6), (2, 6)], "does not follow 6"),  # a repeat
+        ((5, 2), [(3, 6), (2, 7)], "after term 3"),  # terms go down
+        ((5, 2), [(1, 6)], "after term 2"),  # below prev_term
+        ((5, 2), [(9, 6)], "in term 4"),  # beyond the message's term
+    ],
+)
+def test_an_append_that_is_no_leaders_log_is_refused(
+    prev: tuple[int, int], ents: list[tuple[int, int]], match: str
+) -> None:
+    m = AppendEntries(src="a", dst="b", term=4, prev_index=prev[0], prev_term=prev[1],
+                      entries=tuple(Entry(t, i) for t, i in ents), commit=0)  # fmt: skip
+    with pytest.raises(CodecError, match=match):
+        decode_message(encode_message(m))
 
 
 def test_encode_message_rejects_non_messages() -> None:

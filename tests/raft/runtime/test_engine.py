@@ -36,6 +36,9 @@ class _Register:
     def restore(self, data: bytes) -> None:
         pass
 
+    def validate(self, data: bytes) -> None:
+        pass
+
 
 class SlowDisk(MemoryStorage):
     """Saves block while ``gate`` is clear: an fsync that takes as long as the test
