@@ -17,7 +17,10 @@ the pid is still the node's), with
   intercepts its clock_nanosleep). The node never calls it: asyncio's timers sleep in
   epoll_wait. libfaketime's own preload would also break ``kv node`` if it did;
 - ``FAKETIME_DISABLE_SHM=1``: no shared-memory segment per process (a SIGKILLed node
-  would leave one in /dev/shm, and a later process given the same pid would fail).
+  would leave one in /dev/shm, and a later process given the same pid would fail);
+- ``NO_FAKE_STAT=1``: file timestamps are left alone (faking them re-read the clock
+  file on every stat; a node under libfaketime served 26 lease ops/s with it, 46
+  without, against 78 with no libfaketime at all, on the loaded development machine).
 
 The file always holds ``<offset seconds> x<rate>``, explicit rate included: libfaketime
 keeps the previous rate when a line has none. Measured (0.9.10), for one process that
@@ -39,8 +42,11 @@ monotonic clock 1% fast is exercised by the KV simulation instead (docs/TESTING.
 **Cost.** With ``FAKETIME_NO_CACHE=1`` every faked call opens and reads the file:
 ``time.time()`` went from ~75 ns to ~1.6 µs per call on the development machine
 (``time.monotonic()``, not faked, stays ~70-100 ns; with both faked both cost ~1.6 µs).
-A node reads the wall clock only to answer ``status``, so the cost does not matter;
-the cache (10 s by default) would delay every fault by up to 10 s, so it stays off.
+The per-call cost of ``time.time()`` does not matter (a node reads the wall clock to
+answer ``status`` and to log), but libfaketime also wraps other calls, and a node under
+it is measurably slower (above). The cache (10 s by default) would delay every fault
+by up to 10 s; ``FAKETIME_CACHE_DURATION=1`` was tried and made the cluster nearly stop
+(2 ops/s), so the cache stays off.
 
 **Read-back.** :func:`read_clocks` asks the node for its ``status``, whose answer holds
 the node's own ``time.time()`` and ``time.monotonic()`` in ms, and compares each with
@@ -122,6 +128,7 @@ class NodeClocks:
             "FAKETIME_NO_CACHE=1",
             "DONT_FAKE_MONOTONIC=1",
             "FAKETIME_DISABLE_SHM=1",
+            "NO_FAKE_STAT=1",
         ]
 
     def set(self, node: str, pid: int | None, offset: float, rate: float = 1.0) -> Setting:

@@ -6,8 +6,9 @@ Each process holds one lease at a time. It grants it (``grant``; TTL at least 1.
 election timeouts, as etcd requires: 4 by default), attaches a key of its own to it
 (``attach``: a txn put of ``lease/<name>`` with the lease), and then either
 
-- keeps it alive (plan ``keep``, most leases) for 2-4 TTLs: a ``keepalive`` whenever a
-  quarter TTL has passed since the last one was invoked, and between them it looks at
+- keeps it alive (plan ``keep``, most leases) for 3-6 TTLs after the grant returns: a
+  ``keepalive`` whenever a quarter TTL has passed since the last one was invoked, and
+  between them it looks at
   the lease (``ttl``: ``lease_ttl``; ``read``: a linearizable get of the key), then
   abandons it too; or
 - abandons it at once (plan ``abandon``), and looks until it sees it gone;
@@ -149,8 +150,10 @@ class LeaseWorkload(Workload):
         )
         if rtype is RecordType.OK:
             held.lease, held.ttl_s = out[0], out[1] / 1000
-            held.last_keepalive = start
-            held.keep_until = start + rng.uniform(2, 4) * held.ttl_s
+            held.last_keepalive = start  # the grant's invoke starts the TTL
+            # Kept for a while from now (a slow grant must not eat the keeping).
+            now = asyncio.get_running_loop().time()
+            held.keep_until = now + rng.uniform(3, 6) * held.ttl_s
         elif rtype is RecordType.INFO:
             held.gone = True  # a lease we may hold but cannot name: start afresh
         return rtype, out

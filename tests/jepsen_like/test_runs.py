@@ -343,3 +343,41 @@ def test_stale_reads_mode_is_caught_by_elle(tmp_path: Path) -> None:
     assert results["verdict"] == "invalid", (output, results["checkers"])
     assert code == 1
     assert results["checkers"]["elle-list-append"]["anomalies"], results["checkers"]
+
+
+# The leader's wall clock stepped forward by 1-128 s every 4 s (3 steps); leases of 1 s
+# (four election timeouts of 0.25 s), kept alive every quarter TTL.
+CLOCK_STEPS = [
+    "--workload", "lease",
+    "--nemesis", "clock-step-forward",
+    "--nemesis-interval", "2",
+    "--tick-ms", "25",
+    "--concurrency", "8",
+    "--rate", "80",
+    "--time-limit", "14",
+]  # fmt: skip
+
+
+@needs_unsafe
+def test_wall_clock_leases_are_caught_as_early_expiry_under_clock_steps(
+    tmp_path: Path, libfaketime: Path
+) -> None:
+    code, results, run_dir, output = run(tmp_path, "--unsafe", "wall-clock-leases", *CLOCK_STEPS)
+    assert_evidence(run_dir, results)
+    assert results["verdict"] == "invalid", (output, results["checkers"])
+    assert code == 1
+    assert "early-expiry" in results["checkers"]["lease"]["anomalies"], results["checkers"]
+    assert results["checkers"]["faults"]["valid"] is True, "the steps took effect"
+    assert results["run"]["faults_ran"] == ["clock-step-forward"]
+
+
+def test_leases_are_valid_under_the_same_clock_steps(tmp_path: Path, libfaketime: Path) -> None:
+    code, results, run_dir, output = run(tmp_path, *CLOCK_STEPS)
+    assert_evidence(run_dir, results)
+    assert results["verdict"] == "valid", (output, results["checkers"])
+    assert code == 0
+    lease = results["checkers"]["lease"]
+    assert lease["renewals"] > 0 and lease["revoked_seen"] > 0, lease
+    assert results["run"]["faults_ran"] == ["clock-step-forward"]
+    steps = [f for f in results["stats"]["faults"] if f["kind"] == "clock-step-forward"]
+    assert steps and all(f["details"]["evidence"]["status"] == "verified" for f in steps)
