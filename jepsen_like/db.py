@@ -76,6 +76,9 @@ class Placement:
     client: Mapping[str, Address]
     spawn: Spawner
     header: Sequence[str]  # the comment that opens each node's config
+    # Nodes off loopback need TLS, which the store does not have yet: such a placement
+    # says ``insecure`` explicitly (docs/SECURITY.md).
+    insecure: bool = False
 
 
 def _toml_str(value: str) -> str:
@@ -93,6 +96,7 @@ def render_config(
     data_dirs: Mapping[str, Path],
     store: Mapping[str, int] | None = None,
     header: Sequence[str] | None = None,
+    insecure: bool = False,
 ) -> str:
     """cluster.toml text as ``me`` must see the cluster: ``peer`` holds, for every node,
     the address ``me`` dials for it (a proxy, or with ``--net netns`` its real address)
@@ -116,6 +120,13 @@ def render_config(
         lines.append(f"{key} = {_toml_str(shown) if isinstance(shown, str) else shown}")
     if store:
         lines += ["", "[store]", *(f"{key} = {value}" for key, value in store.items())]
+    if insecure:
+        lines += [
+            "",
+            "[security]",
+            "# Off loopback without TLS: peers are NOT authenticated (a test network only).",
+            "insecure = true",
+        ]
     for node in sorted(peer):
         lines += [
             "",
@@ -201,6 +212,7 @@ class LocalDB:
                     data_dirs=self.data_dirs,
                     store={"history_events": HISTORY_EVENTS},
                     header=None if self.placement is None else self.placement.header,
+                    insecure=self.placement is not None and self.placement.insecure,
                 )
             )
             self.configs[me] = load_config(path)  # the node's own validation, up front

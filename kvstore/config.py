@@ -131,6 +131,15 @@ class ClientSettings:
     max_key_bytes: int = 4096
     max_value_bytes: int = 1 * MiB
     max_scan_limit: int = 1000
+    # What one client may hold of a node (issue 11; docs/SECURITY.md has the rationale).
+    idle_timeout_ms: int = 300_000
+    frame_timeout_ms: int = 10_000
+    max_connections: int = 4096
+    max_in_flight: int = 32
+    max_queued_bytes: int = 8 * MiB
+    max_watches_per_connection: int = 1000
+    max_watches: int = 10_000
+    transfer_interval_ms: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,6 +609,20 @@ _DOCS: dict[str, str] = {
     "max_key_bytes": "Longest key.",
     "max_value_bytes": "Largest value.",
     "max_scan_limit": "Most keys one scan may return.",
+    "idle_timeout_ms": "A connection with no request in flight and no watch open for this\n"
+    "long is closed.",
+    "frame_timeout_ms": "A request frame begun must be complete within this long, or the\n"
+    "connection is closed (a half-sent frame holds nothing for ever).",
+    "max_connections": "Client connections one node serves at once; more are refused\n"
+    "politely (and never starve the node of file descriptors).",
+    "max_in_flight": "Requests of one connection served at once; beyond, the node reads\n"
+    "no more of its requests until one finishes.",
+    "max_queued_bytes": "Response bytes one connection may have waiting for the client to\n"
+    "read: beyond, the node stops reading its requests, and a watch that would\n"
+    "queue more is cancelled (a slow watcher).",
+    "max_watches_per_connection": "Watches open on one connection.",
+    "max_watches": "Watches open on one node, over all connections.",
+    "transfer_interval_ms": "Shortest time between two leadership transfers a node starts.",
     "history_events": "Change events kept for watches (whole revisions are dropped from\n"
     "the oldest end beyond this); a watch from an older revision gets COMPACTED.",
 }

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
 import random
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from kvstore.config import ClusterConfig, Fsync, NodeConfig, load_config
 from kvstore.security import node_peer_secret
-from kvstore.server import ClientServer
+from kvstore.server import ClientServer, ConnectionLimits
 from kvstore.state_machine import KVStateMachine
 from raft.runtime.node import RaftEngine
 from raft.runtime.transport import PeerTransport
@@ -117,6 +119,7 @@ async def start_node(
     engine.start()
     await transport.start()
     election_timeout = cfg.raft.election_ticks * cfg.raft.tick_ms / 1000
+    limits = _fit_descriptors(ConnectionLimits.from_settings(cfg.client), node_id)
     server = ClientServer(
         engine,
         sm,
@@ -131,9 +134,35 @@ async def start_node(
         # A transfer finishes within one election timeout or is abandoned by the core.
         transfer_timeout=2 * election_timeout,
         election_timeout=election_timeout,
+        connection_limits=limits,
     )
     await server.start(me.client_address.host, me.client_address.port)
     return RunningNode(engine, transport, server)
+
+
+FD_RESERVE = 256
+"""File descriptors kept back from clients: WAL segments, snapshots, peers, logs. A node
+out of descriptors cannot write its log: clients must never take the last ones."""
+
+
+def _fit_descriptors(limits: ConnectionLimits, node_id: str) -> ConnectionLimits:
+    """Raise the open-files limit to its hard limit, and keep ``max_connections`` below
+    it by ``FD_RESERVE`` (issue 11: 20,000 idle clients exhausted the descriptors and the
+    node died at its next log write)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    room = max(16, soft - FD_RESERVE)
+    if limits.max_connections > room:
+        log.warning(
+            "%s: [client] max_connections = %d exceeds what %d open files allow: using %d",
+            *(node_id, limits.max_connections, soft, room),
+        )
+        limits = dataclasses.replace(limits, max_connections=room)
+    return limits
 
 
 async def serve(

@@ -21,6 +21,13 @@ transactions) wait for ``Engine.read_barrier`` and then read the local state mac
 Engine errors map onto codes by what they promise: NotLeader and ProposalDropped
 certainly did not apply (NOT_LEADER / UNAVAILABLE), TimeoutError may have (TIMEOUT).
 
+What one client may hold is bounded (:class:`ConnectionLimits`, from ``[client]``;
+docs/SECURITY.md): connections per node (more are refused politely), requests in flight
+per connection, a frame begun must complete in time, a connection with nothing in
+flight and no watch closes when idle, response bytes waiting for a client that does not
+read (the node stops reading its requests; a watch that would add more is cancelled),
+watches per connection and per node, and the rate of leadership transfers.
+
 Watches are streams: one task per watch reads the state machine's event history from
 the watcher's next revision, sends what it finds, and once caught up sleeps until the
 state machine applies another write (``add_listener``). Reading from the history rather
@@ -44,6 +51,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from raft.engine import Engine
@@ -76,7 +84,7 @@ from .mvcc import KeyValue as StoredKV
 from .protocol import Code, Consistency, Limits, ProtocolError
 from .state_machine import LeaseObserver, Result, ResultCode
 
-__all__ = ["ClientServer", "ReadableState"]
+__all__ = ["ClientServer", "ConnectionLimits", "ReadableState"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +93,7 @@ _READ_CHUNK = 256 << 10
 _RESPONSE_SLACK = 1024  # bytes kept free in a frame for the response envelope
 _KV_OVERHEAD = 96  # msgpack bytes per kv beyond key and value (5 field names, 3 ints)
 _TRANSFER_POLL_S = 0.01
+_WATCH_FRAME_BYTES = 256 << 10  # a watcher that stops reading holds at most about this
 _LEASE_TICK_S = 0.1  # how often the lessor follows leadership and looks for expiries
 _LESSOR_CLIENT = bytes(CLIENT_ID_LEN)  # ExpireLease is sessionless; never looked up
 MIN_TTL_ELECTION_TIMEOUTS = 1.5
@@ -115,6 +124,43 @@ class ReadableState(Protocol):
     def set_lease_observer(self, observer: LeaseObserver | None) -> None: ...
 
     def add_listener(self, callback: Callable[[], None]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one client may hold of a node (the ``[client]`` settings of the same names;
+    times in seconds here)."""
+
+    idle_timeout: float = 300.0
+    frame_timeout: float = 10.0
+    max_connections: int = 4096
+    max_in_flight: int = 32
+    max_queued_bytes: int = 8 << 20
+    max_watches_per_connection: int = 1000
+    max_watches: int = 10_000
+    transfer_interval: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ConnectionLimits:
+        """From a cluster.toml ClientSettings (duck-typed; missing fields: defaults)."""
+        d = cls()
+
+        def ms(name: str, default: float) -> float:
+            v = getattr(settings, name + "_ms", None)
+            return default if v is None else v / 1000
+
+        return cls(
+            idle_timeout=ms("idle_timeout", d.idle_timeout),
+            frame_timeout=ms("frame_timeout", d.frame_timeout),
+            max_connections=getattr(settings, "max_connections", d.max_connections),
+            max_in_flight=getattr(settings, "max_in_flight", d.max_in_flight),
+            max_queued_bytes=getattr(settings, "max_queued_bytes", d.max_queued_bytes),
+            max_watches_per_connection=getattr(
+                settings, "max_watches_per_connection", d.max_watches_per_connection
+            ),
+            max_watches=getattr(settings, "max_watches", d.max_watches),
+            transfer_interval=ms("transfer_interval", d.transfer_interval),
+        )
 
 
 def limits_from_settings(settings: Any) -> Limits:
@@ -153,7 +199,7 @@ class ClientServer:
         election_timeout: float = 1.0,
         request_timeout: float | None = None,
         transfer_timeout: float | None = None,
-        max_in_flight: int = 1024,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         self._engine = engine
         self._sm = state_machine
@@ -168,7 +214,11 @@ class ClientServer:
         # How long a transfer_leader waits to see the new leader (capped by the request
         # timeout); the node passes two election timeouts.
         self._transfer_timeout = transfer_timeout or self._timeout
-        self._max_in_flight = max_in_flight
+        self._conn_limits = connection_limits or ConnectionLimits.from_settings(settings)
+        self._watch_count = 0
+        self._last_transfer = float("-inf")
+        self._refused = 0  # connections refused since the last log line about it
+        self._refused_logged = float("-inf")
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._watch_wakeups: set[asyncio.Event] = set()
@@ -219,9 +269,25 @@ class ClientServer:
             self._server = None
 
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._handlers) >= self._conn_limits.max_connections:
+            self._refuse(writer)
+            return
         task = asyncio.get_running_loop().create_task(self._serve_connection(reader, writer))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Over max_connections: one polite error, then close; logged once a minute."""
+        msg = f"too many connections (this node serves {self._conn_limits.max_connections})"
+        with contextlib.suppress(Exception):
+            writer.write(encode_frame(p.encode_hello_reply(_error(None, Code.UNAVAILABLE, msg))))
+        writer.close()
+        self._refused += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_logged >= 60:
+            n = self._refused
+            log.warning("%s: refused %d client connection(s): %s", self._node_id, n, msg)
+            self._refused, self._refused_logged = 0, now
 
     # ---- one connection ----------------------------------------------------------------
 
@@ -229,7 +295,7 @@ class ClientServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         peer = writer.get_extra_info("peername")
-        conn = _Connection(writer, self._max_in_flight)
+        conn = _Connection(writer, self._conn_limits)
         # One decoder for the whole stream: bytes pipelined right behind the hello are
         # already the first requests.
         decoder = FrameDecoder(self._limits.max_frame_bytes)
@@ -288,6 +354,7 @@ class ClientServer:
     ) -> p.ErrorResponse | None:
         """Read and dispatch until EOF (None) or an unreadable stream (the error)."""
         chunk = b""
+        limits = self._conn_limits
         while True:
             try:
                 decoder.feed(chunk)
@@ -301,10 +368,24 @@ class ClientServer:
                             p.encode_response(_error(exc.request_id, exc.code, exc.message))
                         )
                         continue
+                    await conn.writable()  # no new work while answers wait unread
                     await conn.spawn(self._answer(req, conn))
             except FrameTooLarge as exc:
                 return _error(None, Code.TOO_LARGE, str(exc))
-            chunk = await reader.read(_READ_CHUNK)
+            # A client that does not read its responses gets no more of its requests
+            # read: TCP pushes back on it, and its queue stops growing.
+            await conn.writable()
+            if decoder.buffered_bytes:
+                timeout, why = limits.frame_timeout, "a request frame was not completed"
+            elif conn.idle():
+                timeout, why = limits.idle_timeout, "idle (no request and no watch)"
+            else:
+                timeout, why = None, ""
+            try:
+                async with asyncio.timeout(timeout):
+                    chunk = await reader.read(_READ_CHUNK)
+            except TimeoutError:
+                return _error(None, Code.TIMEOUT, f"{why} for {timeout:g} s: closing")
             if not chunk:
                 return None
 
@@ -329,9 +410,22 @@ class ClientServer:
 
     async def _watch(self, req: p.Watch, conn: _Connection) -> None:
         """Stream events to ``conn`` until cancelled, compacted away, or the connection
-        ends. Frames hold at most ``max_scan_limit`` events and fit the frame limit."""
+        ends. Frames hold at most ``max_scan_limit`` events and fit the frame limit. A
+        watch whose next frame would pass the connection's ``max_queued_bytes`` (its
+        client is not reading) is cancelled: etcd's slow-watcher treatment."""
+        limits = self._conn_limits
+        if len(conn.watches) >= limits.max_watches_per_connection:
+            most = limits.max_watches_per_connection
+            msg = f"too many watches on this connection (at most {most})"
+            await conn.send(p.encode_response(_error(req.id, Code.UNAVAILABLE, msg)))
+            return
+        if self._watch_count >= limits.max_watches:
+            msg = f"too many watches on this node (at most {limits.max_watches})"
+            await conn.send(p.encode_response(_error(req.id, Code.UNAVAILABLE, msg)))
+            return
         wake = asyncio.Event()
         self._watch_wakeups.add(wake)
+        self._watch_count += 1
         conn.watches[req.id] = wake
         next_rev = req.start_revision or self._sm.revision + 1
         first = True
@@ -353,7 +447,14 @@ class ClientServer:
                     return
                 if events or first:
                     for frame in self._event_frames(req.id, events, through):
-                        await conn.send(p.encode_response(frame))
+                        payload = p.encode_response(frame)
+                        if conn.would_overflow(len(payload)):
+                            msg = "watch cancelled: the client is not reading its events "
+                            msg += f"({conn.queued} bytes waiting)"
+                            log.info("%s: slow watcher: %s", self._node_id, msg)
+                            await conn.send(p.encode_response(_error(req.id, Code.CANCELED, msg)))
+                            return
+                        await conn.send(payload)
                 first = False
                 next_rev = through + 1
                 if next_rev <= self._sm.revision:
@@ -365,18 +466,20 @@ class ClientServer:
         finally:
             conn.watches.pop(req.id, None)
             self._watch_wakeups.discard(wake)
+            self._watch_count -= 1
 
     def _event_frames(self, rid: int, events: list[Event], through: int) -> list[p.WatchEvents]:
         """Chunk ``events`` into frames; every frame but the last says it is complete
         only through the revision before its last event's (a revision may span frames)."""
         frames: list[p.WatchEvents] = []
         chunk: list[p.WatchEvent] = []
-        budget = self._limits.max_frame_bytes - _RESPONSE_SLACK
+        cap = min(self._limits.max_frame_bytes - _RESPONSE_SLACK, _WATCH_FRAME_BYTES)
+        budget = cap
         for ev in events:
             size = len(ev.kv.key) + len(ev.kv.value) + _KV_OVERHEAD + 16
             if chunk and (len(chunk) >= self._limits.max_scan_limit or size > budget):
                 frames.append(p.WatchEvents(id=rid, events=tuple(chunk), revision=ev.revision - 1))
-                chunk, budget = [], self._limits.max_frame_bytes - _RESPONSE_SLACK
+                chunk, budget = [], cap
             chunk.append(_event(ev))
             budget -= size
         frames.append(p.WatchEvents(id=rid, events=tuple(chunk), revision=through))
@@ -644,8 +747,13 @@ class ClientServer:
             return self._transfer_ok(req.id, st.id, st.term)
         if req.to not in st.voters:
             return _error(req.id, Code.BAD_REQUEST, f"{req.to!r} is not a voter of the cluster")
-        self._engine.transfer_leader(req.to)
         loop = asyncio.get_running_loop()
+        interval = self._conn_limits.transfer_interval
+        if loop.time() - self._last_transfer < interval:
+            msg = f"leadership transfers are limited to one per {interval:g} s; retry later"
+            return _error(req.id, Code.UNAVAILABLE, msg)
+        self._last_transfer = loop.time()
+        self._engine.transfer_leader(req.to)
         deadline = loop.time() + min(self._transfer_timeout, self._timeout)
         while loop.time() < deadline:
             await asyncio.sleep(_TRANSFER_POLL_S)
@@ -776,14 +884,31 @@ def _write_response(rid: int, r: Result) -> p.Response:
 
 
 class _Connection:
-    """Per-connection write lock and in-flight request tasks."""
+    """Per-connection write lock, in-flight request tasks, and the bytes waiting for the
+    client to read them."""
 
-    def __init__(self, writer: asyncio.StreamWriter, max_in_flight: int) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, limits: ConnectionLimits) -> None:
         self._writer = writer
+        self._limits = limits
         self._lock = asyncio.Lock()
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots = asyncio.Semaphore(limits.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self.watches: dict[int, asyncio.Event] = {}  # watch request id -> its wake-up
+        self.queued = 0  # bytes handed to send() and not yet drained
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def idle(self) -> bool:
+        return not self._tasks and not self.watches
+
+    def would_overflow(self, n: int) -> bool:
+        return self.queued + n > self._limits.max_queued_bytes
+
+    async def writable(self) -> None:
+        """Wait while more than ``max_queued_bytes`` wait for the client to read them."""
+        while self.queued > self._limits.max_queued_bytes:
+            self._drained.clear()
+            await self._drained.wait()
 
     def cancel_watch(self, rid: int) -> bool:
         """Ask watch ``rid`` to end (it answers CANCELED); False if there is none."""
@@ -794,12 +919,25 @@ class _Connection:
         return True
 
     async def send(self, payload: bytes) -> None:
-        """One frame, whole; drain under the lock so a slow reader back-pressures us."""
-        async with self._lock:
-            if self._writer.is_closing():
-                raise ConnectionResetError("client connection closed")
-            self._writer.write(encode_frame(payload))
-            await self._writer.drain()
+        """One frame, whole; drain under the lock so a slow reader back-pressures us. A
+        client that reads nothing for the idle timeout is gone: the connection closes."""
+        data = encode_frame(payload)
+        self.queued += len(data)
+        try:
+            async with self._lock:
+                if self._writer.is_closing():
+                    raise ConnectionResetError("client connection closed")
+                self._writer.write(data)
+                try:
+                    async with asyncio.timeout(self._limits.idle_timeout):
+                        await self._writer.drain()
+                except TimeoutError:
+                    self._writer.close()
+                    raise ConnectionResetError("the client read nothing: closed") from None
+        finally:
+            self.queued -= len(data)
+            if self.queued <= self._limits.max_queued_bytes:
+                self._drained.set()
 
     async def spawn(self, coro: Any) -> None:
         """Run one request; waits (so the caller stops reading) while the limit is hit."""

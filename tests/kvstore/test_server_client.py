@@ -27,7 +27,7 @@ from kvstore.client import (
     Unavailable,
 )
 from kvstore.protocol import Limits
-from kvstore.server import ClientServer
+from kvstore.server import ClientServer, ConnectionLimits
 from kvstore.state_machine import KVStateMachine
 from raft.framing import encode_frame
 from tests.kvstore.local_engine import LocalEngine
@@ -47,7 +47,13 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
 
 
 class Node:
-    def __init__(self, node_id: str, addresses: dict[str, str], **sm_args: Any) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        addresses: dict[str, str],
+        conn_limits: ConnectionLimits | None = None,
+        **sm_args: Any,
+    ) -> None:
         self.clock = [1000.0]  # the node's monotonic clock, seconds: the lessor's
         self.sm = KVStateMachine(**sm_args)
         self.engine = LocalEngine(self.sm, node_id)
@@ -59,15 +65,18 @@ class Node:
             LIMITS,
             clock=lambda: self.clock[0],
             election_timeout=ELECTION_TIMEOUT,
+            connection_limits=conn_limits,
         )
         self.addr = ""
 
 
 @asynccontextmanager
-async def cluster(*ids: str, **sm_args: Any) -> AsyncIterator[list[Node]]:
+async def cluster(
+    *ids: str, conn_limits: ConnectionLimits | None = None, **sm_args: Any
+) -> AsyncIterator[list[Node]]:
     """Servers on ephemeral ports, each its own LocalEngine; all closed on exit."""
     addresses: dict[str, str] = {}
-    nodes = [Node(i, addresses, **sm_args) for i in ids]
+    nodes = [Node(i, addresses, conn_limits, **sm_args) for i in ids]
     try:
         for n in nodes:
             await n.server.start("127.0.0.1", 0)
