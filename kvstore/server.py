@@ -56,7 +56,7 @@ from typing import Any, Protocol
 
 from raft.engine import Engine
 from raft.errors import NotLeader, ProposalDropped
-from raft.framing import FrameDecoder, FrameTooLarge, encode_frame
+from raft.framing import FrameDecoder, FrameTooLarge, encode_frame, frame_header
 from raft.types import ConfChange, ConfChangeKind, NodeId
 
 from . import protocol as p
@@ -93,7 +93,7 @@ _READ_CHUNK = 256 << 10
 _RESPONSE_SLACK = 1024  # bytes kept free in a frame for the response envelope
 _KV_OVERHEAD = 96  # msgpack bytes per kv beyond key and value (5 field names, 3 ints)
 _TRANSFER_POLL_S = 0.01
-_WATCH_FRAME_BYTES = 256 << 10  # a watcher that stops reading holds at most about this
+_WATCH_FRAME_BYTES = 64 << 10  # a watcher that stops reading holds about this, twice
 _LEASE_TICK_S = 0.1  # how often the lessor follows leadership and looks for expiries
 _LESSOR_CLIENT = bytes(CLIENT_ID_LEN)  # ExpireLease is sessionless; never looked up
 MIN_TTL_ELECTION_TIMEOUTS = 1.5
@@ -921,13 +921,14 @@ class _Connection:
     async def send(self, payload: bytes) -> None:
         """One frame, whole; drain under the lock so a slow reader back-pressures us. A
         client that reads nothing for the idle timeout is gone: the connection closes."""
-        data = encode_frame(payload)
-        self.queued += len(data)
+        size = len(payload) + 4
+        self.queued += size
         try:
             async with self._lock:
                 if self._writer.is_closing():
                     raise ConnectionResetError("client connection closed")
-                self._writer.write(data)
+                self._writer.write(frame_header(payload))
+                self._writer.write(payload)
                 try:
                     async with asyncio.timeout(self._limits.idle_timeout):
                         await self._writer.drain()
@@ -935,7 +936,7 @@ class _Connection:
                     self._writer.close()
                     raise ConnectionResetError("the client read nothing: closed") from None
         finally:
-            self.queued -= len(data)
+            self.queued -= size
             if self.queued <= self._limits.max_queued_bytes:
                 self._drained.set()
 

@@ -32,6 +32,14 @@ class FrameTooLarge(CodecError):
     """A frame header declared more bytes than the decoder accepts."""
 
 
+def frame_header(payload: bytes) -> bytes:
+    """The 4-byte length that goes before ``payload`` (written separately, it saves
+    copying a large payload once more)."""
+    if len(payload) > MAX_FRAME_LIMIT:
+        raise FrameTooLarge(f"payload of {len(payload)} bytes does not fit a 4-byte length")
+    return _HEADER.pack(len(payload))
+
+
 def encode_frame(payload: bytes) -> bytes:
     """``payload`` behind its 4-byte big-endian length."""
     if len(payload) > MAX_FRAME_LIMIT:
