@@ -12,9 +12,11 @@ simulated and real hop) should not pay for checks the type system already made.
 Decoding trusts nothing: bytes from a socket or a disk either become a well-typed value
 or raise :class:`~raft.errors.CodecError` -- never another exception type and never an
 allocation larger than the limits below. Field types are checked exactly (``True`` is
-not an int, ``"x"`` is not bytes), integers must lie in ``[0, 2**63)`` -- and terms and
-log indexes in ``[0, 2**48)`` (:data:`MAX_TERM`), far below what the codec can carry, so
-no peer can push a node's term to where it no longer encodes (issue 11) --, node ids
+not an int, ``"x"`` is not bytes), integers must lie in ``[0, 2**63)`` -- and, in a
+*message*, terms and log indexes in ``[0, 2**48)`` (:data:`MAX_TERM`), far below what
+the codec can carry, so no peer can push a node's term to where it no longer encodes
+(issue 11); what a node reads back from its own disk keeps the full range, so a term a
+node reached by counting up from that bound still restarts --, node ids
 must be non-empty and at most 255 UTF-8 bytes, and a membership may neither repeat a
 node nor hold one as both voter and learner. The entries of an AppendEntries must be
 contiguous from ``prev_index + 1``, with terms that never decrease, from at least
@@ -193,7 +195,7 @@ def _entry(v: Obj) -> Entry:
     k = _ENTRY_KINDS.get(kind) if type(kind) is int else None
     if k is None:
         _fail("entry kind", kind)
-    return Entry(_term(term, "entry term"), _term(index, "entry index"), k, _bytes(data, "data"))
+    return Entry(_int(term, "entry term"), _int(index, "entry index"), k, _bytes(data, "data"))
 
 
 def _entries(v: Obj) -> tuple[Entry, ...]:
@@ -210,9 +212,9 @@ def _entries(v: Obj) -> tuple[Entry, ...]:
             if (
                 k is not None
                 and type(term) is int
-                and 0 <= term < MAX_TERM
+                and 0 <= term < MAX_INT
                 and type(index) is int
-                and 0 <= index < MAX_TERM
+                and 0 <= index < MAX_INT
                 and type(data) is bytes
             ):
                 out.append(Entry(term, index, k, data))
@@ -240,13 +242,13 @@ def _conf(v: Obj) -> ConfState:
 
 def _meta(v: Obj) -> SnapshotMeta:
     index, term, conf = _array(v, 3, "snapshot meta")
-    return SnapshotMeta(_term(index, "snapshot index"), _term(term, "snapshot term"), _conf(conf))
+    return SnapshotMeta(_int(index, "snapshot index"), _int(term, "snapshot term"), _conf(conf))
 
 
 def _hard_state(v: Obj) -> HardState:
     term, vote, commit = _array(v, 3, "hard state")
     return HardState(
-        _term(term, "term"), None if vote is None else _node(vote, "vote"), _term(commit, "commit")
+        _int(term, "term"), None if vote is None else _node(vote, "vote"), _int(commit, "commit")
     )
 
 
@@ -325,6 +327,8 @@ def _dec_append(f: tuple[Obj, ...]) -> AppendEntries:
         commit=_term(f[7], "commit"),
     )
     index, term = m.prev_index, m.prev_term
+    if m.entries and m.prev_index + len(m.entries) >= MAX_TERM:
+        _fail("entry index", m.prev_index + len(m.entries))
     for e in m.entries:
         if e.index != index + 1:
             raise CodecError(f"entry {e.index} does not follow {index}: entries must be contiguous")
@@ -388,7 +392,7 @@ def _dec_heartbeat_resp(f: tuple[Obj, ...]) -> HeartbeatResp:
 
 
 def _dec_snapshot(f: tuple[Obj, ...]) -> InstallSnapshot:
-    return InstallSnapshot(
+    m = InstallSnapshot(
         src=_node(f[1], "src"),
         dst=_node(f[2], "dst"),
         term=_term(f[3], "term"),
@@ -398,6 +402,9 @@ def _dec_snapshot(f: tuple[Obj, ...]) -> InstallSnapshot:
         done=_bool(f[7], "done"),
         checksum=_int(f[8], "checksum"),
     )
+    _term(m.meta.index, "snapshot index")
+    _term(m.meta.term, "snapshot term")
+    return m
 
 
 def _dec_snapshot_resp(f: tuple[Obj, ...]) -> SnapshotResp:

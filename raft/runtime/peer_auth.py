@@ -4,11 +4,17 @@ Every peer connection starts with a handshake that proves, in both directions, t
 the other end holds the cluster's secret, without sending it and without naming
 anything (cluster id, member ids) to an end that has not proved it:
 
-1. dialer -> acceptor: ``nonce_d``                 (16 fresh random bytes)
-2. acceptor -> dialer: ``nonce_a, mac_a``          mac_a = MAC(k, "acceptor" nonce_d nonce_a)
-3. dialer checks ``mac_a``; dialer -> acceptor: ``node_id, mac_d``
-                                                   mac_d = MAC(k, "dialer" nonce_a nonce_d node_id)
-4. acceptor checks ``mac_d`` and that ``node_id`` is a member: ``ok``, else ``refused``.
+1. dialer -> acceptor: ``nonce_d``       (16 fresh random bytes)
+2. acceptor -> dialer: ``nonce_a, mac_a``
+   mac_a = MAC(k, "acceptor", nonce_d, nonce_a, acceptor_id)
+3. dialer checks ``mac_a`` for the member it meant to reach; dialer -> acceptor:
+   ``node_id, mac_d``, mac_d = MAC(k, "dialer", nonce_a, nonce_d, node_id, acceptor_id)
+4. acceptor checks ``mac_d`` (naming itself) and that ``node_id`` is a member: ``ok``,
+   else ``refused``.
+
+Both MACs name the acceptor: a process without the secret that sits on one member's
+address (while that member is down) cannot relay another member's answers to pass as
+it, nor pass the dialer's proof on to a third member.
 
 ``k`` is derived from the secret and the cluster id (:func:`derive_key`), so the
 cluster id is checked without being sent. Fresh nonces on both sides make every MAC
@@ -56,15 +62,18 @@ class PeerKey:
             h.update(part)
         return h.digest()
 
-    def acceptor_mac(self, nonce_d: bytes, nonce_a: bytes) -> bytes:
-        return self._mac(b"acceptor", nonce_d, nonce_a)
+    def acceptor_mac(self, nonce_d: bytes, nonce_a: bytes, acceptor: str) -> bytes:
+        return self._mac(b"acceptor", nonce_d, nonce_a, acceptor.encode())
 
-    def dialer_mac(self, nonce_a: bytes, nonce_d: bytes, node_id: str) -> bytes:
-        return self._mac(b"dialer", nonce_a, nonce_d, node_id.encode())
+    def dialer_mac(self, nonce_a: bytes, nonce_d: bytes, node_id: str, acceptor: str) -> bytes:
+        return self._mac(b"dialer", nonce_a, nonce_d, node_id.encode(), acceptor.encode())
 
-    def check_acceptor(self, nonce_d: bytes, nonce_a: bytes, mac: object) -> bool:
-        return type(mac) is bytes and hmac.compare_digest(mac, self.acceptor_mac(nonce_d, nonce_a))
+    def check_acceptor(self, nonce_d: bytes, nonce_a: bytes, acceptor: str, mac: object) -> bool:
+        good = self.acceptor_mac(nonce_d, nonce_a, acceptor)
+        return type(mac) is bytes and hmac.compare_digest(mac, good)
 
-    def check_dialer(self, nonce_a: bytes, nonce_d: bytes, node_id: str, mac: object) -> bool:
-        good = self.dialer_mac(nonce_a, nonce_d, node_id)
+    def check_dialer(
+        self, nonce_a: bytes, nonce_d: bytes, node_id: str, acceptor: str, mac: object
+    ) -> bool:
+        good = self.dialer_mac(nonce_a, nonce_d, node_id, acceptor)
         return type(mac) is bytes and hmac.compare_digest(mac, good)

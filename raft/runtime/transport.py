@@ -418,12 +418,12 @@ class PeerTransport:
         if len(reply) != 4 or type(reply[2]) is not bytes or len(reply[2]) != NONCE_BYTES:
             raise HandshakeError("not a raftkv peer (malformed handshake reply)")
         nonce_a = reply[2]
-        if not self._key.check_acceptor(nonce_d, nonce_a, reply[3]):
+        if not self._key.check_acceptor(nonce_d, nonce_a, link.peer, reply[3]):
             raise HandshakeError(
                 f"the node at {link.address[0]}:{link.address[1]} does not prove it holds "
                 "this cluster's secret (another secret, or another cluster id)"
             )
-        mac = self._key.dialer_mac(nonce_a, nonce_d, self.node_id)
+        mac = self._key.dialer_mac(nonce_a, nonce_d, self.node_id, link.peer)
         writer.write(_pack_hello(self.node_id, mac))
         await writer.drain()
         verdict = _unpack_hello(await _read_handshake_frame(reader))
@@ -544,13 +544,13 @@ class PeerTransport:
         if len(hello) != 3 or type(hello[2]) is not bytes or len(hello[2]) != NONCE_BYTES:
             return None, "malformed hello"
         nonce_d, nonce_a = hello[2], PeerKey.nonce()
-        writer.write(_pack_hello(nonce_a, self._key.acceptor_mac(nonce_d, nonce_a)))
+        writer.write(_pack_hello(nonce_a, self._key.acceptor_mac(nonce_d, nonce_a, self.node_id)))
         await writer.drain()
         auth = _unpack_hello(await _read_handshake_frame(reader))
         if auth is None or len(auth) != 4 or type(auth[2]) is not str:
             return None, "malformed authentication"
         node = auth[2]
-        if not self._key.check_dialer(nonce_a, nonce_d, node, auth[3]):
+        if not self._key.check_dialer(nonce_a, nonce_d, node, self.node_id, auth[3]):
             return None, "bad credentials: another cluster secret, or another cluster id"
         if node not in self._links:
             return None, f"it holds the secret but claims {node!r}, not a member"

@@ -52,7 +52,9 @@ async def exchange(address: tuple[str, int], *frames: bytes) -> list[Any]:
 REFUSED = [HELLO_MAGIC, PROTOCOL_VERSION, "refused"]
 
 
-async def dial_with(address: tuple[str, int], secret: bytes, cluster: str, node: str) -> Any:
+async def dial_with(
+    address: tuple[str, int], secret: bytes, cluster: str, node: str, target: str
+) -> Any:
     """The dialer's handshake under ``secret``; the acceptor's verdict."""
     key = PeerKey(derive_key(secret, cluster))
     reader, writer = await asyncio.open_connection(*address)
@@ -62,7 +64,7 @@ async def dial_with(address: tuple[str, int], secret: bytes, cluster: str, node:
         (n,) = struct.unpack(">I", await reader.readexactly(4))
         _, _, nonce_a, _ = msgpack.unpackb(await reader.readexactly(n), raw=False)
         writer.write(frame([HELLO_MAGIC, PROTOCOL_VERSION, node,
-                            key.dialer_mac(nonce_a, nonce_d, node)]))  # fmt: skip
+                            key.dialer_mac(nonce_a, nonce_d, node, target)]))  # fmt: skip
         (n,) = struct.unpack(">I", await reader.readexactly(4))
         return msgpack.unpackb(await reader.readexactly(n), raw=False)
     finally:
@@ -100,7 +102,8 @@ def test_peer_attacks_without_the_secret_change_nothing(local_cluster: LocalClus
             text = repr(replies)
             assert lc.cfg.id not in text and "n1" not in text and "n3" not in text
         # The whole handshake with a guessed secret (and the right cluster id): refused.
-        assert asyncio.run(dial_with(addr, b"w" * 64, lc.cfg.id, "n2")) == REFUSED
+        reply = asyncio.run(dial_with(addr, b"w" * 64, lc.cfg.id, "n2", node.id))
+        assert reply == REFUSED
     assert lc.leader() == leader and lc.status(leader).term == term  # type: ignore[union-attr]
     assert c.get("before").value == b"1" and c.put("after", "2").revision == 2
     for nid in lc.ids:
@@ -123,7 +126,7 @@ def test_a_node_without_the_secret_refuses_to_start(local_cluster: LocalCluster)
 
 
 async def as_member(
-    address: tuple[str, int], secret: bytes, cluster: str, node: str, *frames: bytes
+    address: tuple[str, int], secret: bytes, cluster: str, node: str, target: str, *frames: bytes
 ) -> bool:
     """Authenticate as ``node`` (a buggy member: Raft trusts its members, so this tests
     the gateway, not Byzantine tolerance), send ``frames``; True if the node then
@@ -136,7 +139,7 @@ async def as_member(
         (n,) = struct.unpack(">I", await reader.readexactly(4))
         _, _, nonce_a, _ = msgpack.unpackb(await reader.readexactly(n), raw=False)
         writer.write(frame([HELLO_MAGIC, PROTOCOL_VERSION, node,
-                            key.dialer_mac(nonce_a, nonce_d, node)]))  # fmt: skip
+                            key.dialer_mac(nonce_a, nonce_d, node, target)]))  # fmt: skip
         (n,) = struct.unpack(">I", await reader.readexactly(4))
         assert msgpack.unpackb(await reader.readexactly(n), raw=False)[2] == "ok"
         writer.write(b"".join(frames))
@@ -169,15 +172,15 @@ def test_a_buggy_member_is_refused_by_the_gateway(local_cluster: LocalCluster) -
 
     def send(*msgs: Any) -> bool:
         frames = [encode_frame(encode_message(m)) for m in msgs]
-        return asyncio.run(as_member(addr, secret, lc.cfg.id, other, *frames))
+        return asyncio.run(as_member(addr, secret, lc.cfg.id, other, target, *frames))
 
     def raw(obj: Any) -> bytes:
         return frame(obj)
 
     vote = raw([3, other, target, 1 << 48, 1, 1, False, True])  # term past the bound
-    assert asyncio.run(as_member(addr, secret, lc.cfg.id, other, vote))
+    assert asyncio.run(as_member(addr, secret, lc.cfg.id, other, target, vote))
     gap = raw([1, other, target, term, 0, 0, [[term, 2, 0, b"x"]], 0])  # index 1 missing
-    assert asyncio.run(as_member(addr, secret, lc.cfg.id, other, gap))
+    assert asyncio.run(as_member(addr, secret, lc.cfg.id, other, target, gap))
     snap_dir = lc.cfg.node(target).data_dir / "raft"
     before = {p.name: p.read_bytes() for p in snap_dir.iterdir() if p.name == "snapshot"}
     meta = SnapshotMeta(index=10_000, term=term, conf=ConfState(frozenset(lc.ids)))
@@ -197,7 +200,7 @@ def test_a_buggy_member_is_refused_by_the_gateway(local_cluster: LocalCluster) -
     lterm = lc.status(leader).term  # type: ignore[union-attr]
     laddr = (lc.cfg.node(leader).peer_address.host, lc.cfg.node(leader).peer_address.port)
     hb = encode_frame(encode_message(Heartbeat(src=target, dst=leader, term=lterm, commit=0)))
-    asyncio.run(as_member(laddr, secret, lc.cfg.id, target, hb))
+    asyncio.run(as_member(laddr, secret, lc.cfg.id, target, leader, hb))
     pid = lc.pid(leader)
     deadline = asyncio.run(_wait_gone(lc, leader))
     assert deadline, f"{leader} (pid {pid}) still runs"

@@ -383,3 +383,21 @@ def test_codec_error_chains_the_msgpack_cause() -> None:
 )
 def test_known_messages_round_trip(m: Message) -> None:
     assert decode_message(encode_message(m)) == m
+
+
+def test_the_disk_keeps_the_full_range() -> None:
+    """A node may count its own term up past the message bound (2^48 is refused only
+    from peers): what it wrote must read back, or it could never restart (review)."""
+    hs = HardState(MAX_TERM + 5, "n1", MAX_TERM + 3)
+    assert decode_hard_state(encode_hard_state(hs)) == hs
+    e = Entry(MAX_TERM + 1, MAX_TERM + 2)
+    assert decode_entry(encode_entry(e)) == e
+    meta = SnapshotMeta(MAX_TERM, MAX_TERM)
+    assert decode_snapshot_meta(encode_snapshot_meta(meta)) == meta
+    far = InstallSnapshot(src="a", dst="b", term=1, meta=meta, offset=0, data=b"", done=True)
+    with pytest.raises(CodecError, match="snapshot index"):
+        decode_message(encode_message(far))
+    edge = AppendEntries(src="a", dst="b", term=2, prev_index=MAX_TERM - 1, prev_term=1,
+                         entries=(Entry(2, MAX_TERM),), commit=0)  # fmt: skip
+    with pytest.raises(CodecError, match="entry index"):
+        decode_message(encode_message(edge))

@@ -129,6 +129,7 @@ async def authenticate(
     *,
     secret: bytes = SECRET,
     cluster: str = CLUSTER,
+    target: NodeId = "n2",
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
     """A hand-made dialer that runs the whole handshake as ``node`` (holding ``secret``
     of ``cluster``, right or wrong); returns the acceptor's verdict frame."""
@@ -138,7 +139,7 @@ async def authenticate(
     writer.write(encode_frame(msgpack.packb([HELLO_MAGIC, V, nonce_d], use_bin_type=True)))
     await writer.drain()
     _, _, nonce_a, _mac = await read_hello(reader)
-    auth = [HELLO_MAGIC, V, node, key.dialer_mac(nonce_a, nonce_d, node)]
+    auth = [HELLO_MAGIC, V, node, key.dialer_mac(nonce_a, nonce_d, node, target)]
     writer.write(encode_frame(msgpack.packb(auth, use_bin_type=True)))
     await writer.drain()
     return reader, writer, await read_hello(reader)
@@ -526,7 +527,7 @@ def test_update_peers_adds_and_removes() -> None:
                 n1.t.update_peers({"n2": n2.t.address})  # n3 removed
                 n1.t.send([hb("n1", "n3")])
                 assert n1.t.stats()["dropped"] == 1
-                _, w, reply = await authenticate(n1.t.address, "n3")
+                _, w, reply = await authenticate(n1.t.address, "n3", target="n1")
                 w.close()
                 assert reply == REFUSED
                 await assert_link_works(n1, n2, 3)
@@ -576,3 +577,15 @@ def test_send_before_start_is_an_error() -> None:
     t = Node("n1").t
     with pytest.raises(RuntimeError):
         t.send([hb("n1", "n2")])
+
+
+def test_a_proof_names_the_acceptor_so_it_cannot_be_relayed() -> None:
+    """A process without the secret on n2's address (n2 down) cannot pass n3's answer
+    off as n2's, nor hand n1's proof on to n3 (review of issue 11)."""
+    key = PeerKey(derive_key(SECRET, CLUSTER))
+    nd, na = PeerKey.nonce(), PeerKey.nonce()
+    from_n3 = key.acceptor_mac(nd, na, "n3")
+    assert key.check_acceptor(nd, na, "n3", from_n3)
+    assert not key.check_acceptor(nd, na, "n2", from_n3)
+    meant_for_n2 = key.dialer_mac(na, nd, "n1", "n2")
+    assert not key.check_dialer(na, nd, "n1", "n3", meant_for_n2)
