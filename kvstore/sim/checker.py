@@ -102,7 +102,7 @@ class Checker:
                 )
             self._rev_kv[rev] = (cmd.key, cmd.value)
         elif isinstance(cmd, ExpireLease | LeaseRevoke) and r.code is ResultCode.OK:
-            self._lease_revoked(cmd.lease, index)
+            self.lease_revoked(cmd.lease)
 
     # ---- reads and writes ---------------------------------------------------------------
 
@@ -153,7 +153,8 @@ class Checker:
     def abandoned(self, lease: int) -> None:
         self.leases[lease].abandoned = True
 
-    def _lease_revoked(self, lease: int, index: Index) -> None:
+    def lease_revoked(self, lease: int) -> None:
+        """The first replica applied the revocation of ``lease`` (now)."""
         rec = self.leases.get(lease)
         if rec is None:
             self._revoked_early.setdefault(lease, self.now())

@@ -87,7 +87,7 @@ def test_an_early_and_a_late_expiry_are_caught() -> None:
     c.keepalive_acked(1, invoked=1.0, at=(0, 0.0))
     now[0] = 2.9  # before 1.0 + 2.0 * 0.99
     with pytest.raises(Violation, match="early-expiry"):
-        c._lease_revoked(1, 10)
+        c.lease_revoked(1)
     c2, now2 = checker()
     c2.lease_granted(2, 2000, invoked=0.0)
     c2.abandoned(2)
