@@ -274,6 +274,9 @@ class _Connection:
         self._streams: dict[int, asyncio.Queue[p.Response | _ConnectionLost]] = {}
         self._next_id = 1
         self.closed = False
+        # The server reads no more than this many requests of one connection at once;
+        # more would wait unread and time out as if lost (indefinite).
+        self._slots = asyncio.Semaphore(hello.limits.max_in_flight or 1 << 30)
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
@@ -303,6 +306,23 @@ class _Connection:
         is set once the bytes may have left."""
         if self.closed:
             raise _Retry(f"connection to {self.addr} closed", indefinite=False, node_gone=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:  # never sent: nothing can have happened
+            raise _Retry(f"{self.addr}: no request slot in {timeout}s", indefinite=False) from None
+        try:
+            return await self._exchange(build, deadline, timeout)
+        finally:
+            self._slots.release()
+
+    async def _exchange(
+        self, build: Callable[[int], p.Request], deadline: float, timeout: float
+    ) -> p.Response:
+        if self.closed:
+            raise _Retry(f"connection to {self.addr} closed", indefinite=False, node_gone=True)
         rid = self._next_id
         self._next_id += 1
         req = build(rid)
@@ -310,7 +330,7 @@ class _Connection:
         self._pending[rid] = (p.op_of(req), fut)
         try:
             self._writer.write(encode_frame(p.encode_request(req)))
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 await self._writer.drain()
                 return await fut
         except TimeoutError:

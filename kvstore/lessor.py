@@ -106,7 +106,9 @@ class Lessor:
         now = self._clock()
         if self._deadline[lease] <= now:
             return None  # run out: its expiry is due, not a renewal
-        self._set(lease, now + ttl_ms / 1000)
+        # Only the deadline moves: the heap row left behind is earlier, and due()
+        # re-files it when it comes up (no row per keep-alive: no growth under spam).
+        self._deadline[lease] = now + ttl_ms / 1000
         return ttl_ms
 
     def remaining_ms(self, lease: int) -> int | None:
@@ -129,8 +131,12 @@ class Lessor:
         heap = self._heap
         while heap and heap[0][0] <= now and len(out) < limit:
             deadline, lease = heapq.heappop(heap)
-            if self._deadline.get(lease) != deadline:
-                continue  # renewed or revoked since this row was pushed
+            current = self._deadline.get(lease)
+            if current is None:
+                continue  # revoked since
+            if current > deadline:  # renewed since: file it at its deadline now
+                heapq.heappush(heap, (current, lease))
+                continue
             out.append(lease)
             self._revoking[lease] = now
             heapq.heappush(heap, (now + self._retry_s, lease))

@@ -240,6 +240,9 @@ class Limits:
     max_key_bytes: int = 4096
     max_value_bytes: int = 1 << 20
     max_scan_limit: int = 1000
+    # Requests of one connection the server serves at once (None: not announced, an
+    # older server). A client keeps no more in flight, so none waits unread.
+    max_in_flight: int | None = None
 
     def __post_init__(self) -> None:
         if min(self.max_frame_bytes, self.max_key_bytes, self.max_scan_limit) < 1:
@@ -795,7 +798,9 @@ _HELLO_FIELDS = frozenset({"hello", "version"})
 _HELLO_REPLY_FIELDS = frozenset(
     {"hello", "version", "node", "leader", "leader_addr", "limits", "code", "message", "versions"}
 )
-_LIMIT_FIELDS = frozenset({"max_frame_bytes", "max_key_bytes", "max_value_bytes", "max_scan_limit"})
+_LIMIT_FIELDS = frozenset(
+    {"max_frame_bytes", "max_key_bytes", "max_value_bytes", "max_scan_limit", "max_in_flight"}
+)
 
 
 def encode_hello(hello: Hello) -> bytes:
@@ -830,6 +835,7 @@ def encode_hello_reply(reply: HelloOk | ErrorResponse) -> bytes:
                 "max_key_bytes": lim.max_key_bytes,
                 "max_value_bytes": lim.max_value_bytes,
                 "max_scan_limit": lim.max_scan_limit,
+                "max_in_flight": lim.max_in_flight,
             },
         }
     )
@@ -848,6 +854,7 @@ def decode_hello_reply(data: bytes) -> HelloOk | ErrorResponse:
             max_key_bytes=lm.int_("max_key_bytes"),
             max_value_bytes=lm.int_("max_value_bytes"),
             max_scan_limit=lm.int_("max_scan_limit"),
+            max_in_flight=lm.opt_int("max_in_flight"),
         )
     except ValueError as exc:
         raise ProtocolError(Code.BAD_REQUEST, f"bad limits: {exc}") from exc

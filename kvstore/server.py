@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -145,20 +146,24 @@ class ConnectionLimits:
         """From a cluster.toml ClientSettings (duck-typed; missing fields: defaults)."""
         d = cls()
 
+        def get(name: str, default: Any) -> Any:
+            v = getattr(settings, name, None)
+            return default if v is None else v
+
         def ms(name: str, default: float) -> float:
-            v = getattr(settings, name + "_ms", None)
+            v = get(name + "_ms", None)
             return default if v is None else v / 1000
 
         return cls(
             idle_timeout=ms("idle_timeout", d.idle_timeout),
             frame_timeout=ms("frame_timeout", d.frame_timeout),
-            max_connections=getattr(settings, "max_connections", d.max_connections),
-            max_in_flight=getattr(settings, "max_in_flight", d.max_in_flight),
-            max_queued_bytes=getattr(settings, "max_queued_bytes", d.max_queued_bytes),
-            max_watches_per_connection=getattr(
-                settings, "max_watches_per_connection", d.max_watches_per_connection
+            max_connections=get("max_connections", d.max_connections),
+            max_in_flight=get("max_in_flight", d.max_in_flight),
+            max_queued_bytes=get("max_queued_bytes", d.max_queued_bytes),
+            max_watches_per_connection=get(
+                "max_watches_per_connection", d.max_watches_per_connection
             ),
-            max_watches=getattr(settings, "max_watches", d.max_watches),
+            max_watches=get("max_watches", d.max_watches),
             transfer_interval=ms("transfer_interval", d.transfer_interval),
         )
 
@@ -206,15 +211,21 @@ class ClientServer:
         self._node_id = node_id
         self._addresses = client_addresses
         self._limits = limits_from_settings(settings if settings is not None else Limits())
-        self._lessor = Lessor(clock, election_timeout)
+        self._timeout = request_timeout or getattr(settings, "request_timeout", None) or 5.0
+        # An expiry proposal may take up to the request timeout to apply: re-proposing
+        # sooner only adds duplicates when commits are slow (review of issue 9).
+        self._lessor = Lessor(clock, election_timeout, retry_s=max(1.0, self._timeout))
         self._min_ttl_ms = math.ceil(MIN_TTL_ELECTION_TIMEOUTS * election_timeout * 1000)
         # Expiry proposals in flight (a dict: cancelled in a deterministic order).
         self._expiring: dict[asyncio.Task[None], None] = {}
-        self._timeout = request_timeout or getattr(settings, "request_timeout", None) or 5.0
         # How long a transfer_leader waits to see the new leader (capped by the request
         # timeout); the node passes two election timeouts.
         self._transfer_timeout = transfer_timeout or self._timeout
         self._conn_limits = connection_limits or ConnectionLimits.from_settings(settings)
+        # Announced in the hello: a client keeps no more requests in flight than this.
+        self._limits = dataclasses.replace(
+            self._limits, max_in_flight=self._conn_limits.max_in_flight
+        )
         self._watch_count = 0
         self._last_transfer = float("-inf")
         self._refused = 0  # connections refused since the last log line about it
@@ -355,10 +366,13 @@ class ClientServer:
         """Read and dispatch until EOF (None) or an unreadable stream (the error)."""
         chunk = b""
         limits = self._conn_limits
+        loop = asyncio.get_running_loop()
+        frame_started: float | None = None  # when the frame now buffered began
         while True:
             try:
                 decoder.feed(chunk)
                 for frame in decoder.frames():
+                    frame_started = None
                     try:
                         req = p.decode_request(frame, self._limits)
                     except ProtocolError as exc:
@@ -368,31 +382,56 @@ class ClientServer:
                             p.encode_response(_error(exc.request_id, exc.code, exc.message))
                         )
                         continue
+                    if isinstance(req, p.WatchCancel):  # at once: it frees a watch
+                        await self._answer(req, conn)
+                        continue
                     await conn.writable()  # no new work while answers wait unread
+                    if isinstance(req, p.Watch):
+                        # Registered now, in request order (a cancel right behind it
+                        # finds it); a stream takes no request slot, its own limits
+                        # bound it, so open watches never block a cancel.
+                        opened = self._open_watch(req, conn)
+                        if isinstance(opened, p.ErrorResponse):
+                            await conn.send(p.encode_response(opened))
+                            continue
+                        task = await conn.spawn(self._watch(req, conn, opened), slot=False)
+                        # Closed when the task ends, even one cancelled before it ran.
+                        task.add_done_callback(
+                            lambda _, rid=req.id, wake=opened: self._close_watch(conn, rid, wake)
+                        )
+                        continue
                     await conn.spawn(self._answer(req, conn))
             except FrameTooLarge as exc:
                 return _error(None, Code.TOO_LARGE, str(exc))
             # A client that does not read its responses gets no more of its requests
             # read: TCP pushes back on it, and its queue stops growing.
             await conn.writable()
+            # Every read has a deadline: the frame begun must complete in time (however
+            # slowly its bytes trickle in), and a connection that stays idle -- nothing
+            # in flight, no watch -- closes; one that is busy is simply read again.
+            now = loop.time()
             if decoder.buffered_bytes:
-                timeout, why = limits.frame_timeout, "a request frame was not completed"
-            elif conn.idle():
-                timeout, why = limits.idle_timeout, "idle (no request and no watch)"
+                frame_started = now if frame_started is None else frame_started
+                deadline = frame_started + limits.frame_timeout
             else:
-                timeout, why = None, ""
+                frame_started = None
+                deadline = now + limits.idle_timeout
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout_at(deadline):
                     chunk = await reader.read(_READ_CHUNK)
             except TimeoutError:
-                return _error(None, Code.TIMEOUT, f"{why} for {timeout:g} s: closing")
+                if decoder.buffered_bytes:
+                    msg = f"a request frame was not completed in {limits.frame_timeout:g} s"
+                    return _error(None, Code.TIMEOUT, msg + ": closing")
+                if conn.idle():
+                    msg = f"idle (no request and no watch) for {limits.idle_timeout:g} s"
+                    return _error(None, Code.TIMEOUT, msg + ": closing")
+                chunk = b""
+                continue
             if not chunk:
                 return None
 
     async def _answer(self, req: p.Request, conn: _Connection) -> None:
-        if isinstance(req, p.Watch):
-            await self._watch(req, conn)
-            return
         if isinstance(req, p.WatchCancel):
             resp: p.Response = p.OkResponse(id=req.id)
             if not conn.cancel_watch(req.watch):
@@ -408,65 +447,72 @@ class ClientServer:
         for wake in self._watch_wakeups:
             wake.set()
 
-    async def _watch(self, req: p.Watch, conn: _Connection) -> None:
-        """Stream events to ``conn`` until cancelled, compacted away, or the connection
-        ends. Frames hold at most ``max_scan_limit`` events and fit the frame limit. A
-        watch whose next frame would pass the connection's ``max_queued_bytes`` (its
-        client is not reading) is cancelled: etcd's slow-watcher treatment."""
+    def _open_watch(self, req: p.Watch, conn: _Connection) -> asyncio.Event | p.ErrorResponse:
+        """Register watch ``req`` on ``conn`` (its wake-up event), or the refusal: an id
+        already open, or a watch limit reached."""
         limits = self._conn_limits
+        if req.id in conn.watches:
+            msg = f"watch id {req.id} is already open on this connection"
+            return _error(req.id, Code.BAD_REQUEST, msg)
         if len(conn.watches) >= limits.max_watches_per_connection:
             most = limits.max_watches_per_connection
             msg = f"too many watches on this connection (at most {most})"
-            await conn.send(p.encode_response(_error(req.id, Code.UNAVAILABLE, msg)))
-            return
+            return _error(req.id, Code.UNAVAILABLE, msg)
         if self._watch_count >= limits.max_watches:
             msg = f"too many watches on this node (at most {limits.max_watches})"
-            await conn.send(p.encode_response(_error(req.id, Code.UNAVAILABLE, msg)))
-            return
+            return _error(req.id, Code.UNAVAILABLE, msg)
         wake = asyncio.Event()
         self._watch_wakeups.add(wake)
         self._watch_count += 1
         conn.watches[req.id] = wake
+        return wake
+
+    def _close_watch(self, conn: _Connection, rid: int, wake: asyncio.Event) -> None:
+        if conn.watches.get(rid) is wake:
+            del conn.watches[rid]
+        self._watch_wakeups.discard(wake)
+        self._watch_count -= 1
+
+    async def _watch(self, req: p.Watch, conn: _Connection, wake: asyncio.Event) -> None:
+        """Stream events to ``conn`` until cancelled, compacted away, or the connection
+        ends. Frames hold at most ``max_scan_limit`` events and fit the frame limit. A
+        watch whose next frame would pass the connection's ``max_queued_bytes`` (its
+        client is not reading) is cancelled: etcd's slow-watcher treatment."""
         next_rev = req.start_revision or self._sm.revision + 1
         first = True
-        try:
-            while req.id in conn.watches:
-                wake.clear()
-                try:
-                    events, through = self._sm.events_since(next_rev, req.key, req.end)
-                except Compacted as exc:
-                    msg = f"revision {next_rev} is compacted (history starts after "
-                    msg += f"{exc.compacted_revision})"
-                    err = p.ErrorResponse(
-                        id=req.id,
-                        code=Code.COMPACTED,
-                        message=msg,
-                        compact_revision=exc.compacted_revision,
-                    )
-                    await conn.send(p.encode_response(err))
-                    return
-                if events or first:
-                    for frame in self._event_frames(req.id, events, through):
-                        payload = p.encode_response(frame)
-                        if conn.would_overflow(len(payload)):
-                            msg = "watch cancelled: the client is not reading its events "
-                            msg += f"({conn.queued} bytes waiting)"
-                            log.info("%s: slow watcher: %s", self._node_id, msg)
-                            await conn.send(p.encode_response(_error(req.id, Code.CANCELED, msg)))
-                            return
-                        await conn.send(payload)
-                first = False
-                next_rev = through + 1
-                if next_rev <= self._sm.revision:
-                    await asyncio.sleep(0)  # more history behind: keep sending, fairly
-                    continue
-                await wake.wait()
-            cancel = _error(req.id, Code.CANCELED, "watch cancelled")
-            await conn.send(p.encode_response(cancel))
-        finally:
-            conn.watches.pop(req.id, None)
-            self._watch_wakeups.discard(wake)
-            self._watch_count -= 1
+        while conn.watches.get(req.id) is wake:
+            wake.clear()
+            try:
+                events, through = self._sm.events_since(next_rev, req.key, req.end)
+            except Compacted as exc:
+                msg = f"revision {next_rev} is compacted (history starts after "
+                msg += f"{exc.compacted_revision})"
+                err = p.ErrorResponse(
+                    id=req.id,
+                    code=Code.COMPACTED,
+                    message=msg,
+                    compact_revision=exc.compacted_revision,
+                )
+                await conn.send(p.encode_response(err))
+                return
+            if events or first:
+                for frame in self._event_frames(req.id, events, through):
+                    payload = p.encode_response(frame)
+                    if conn.would_overflow(len(payload)):
+                        msg = "watch cancelled: the client is not reading its events "
+                        msg += f"({conn.queued} bytes waiting)"
+                        log.info("%s: slow watcher: %s", self._node_id, msg)
+                        await conn.send(p.encode_response(_error(req.id, Code.CANCELED, msg)))
+                        return
+                    await conn.send(payload)
+            first = False
+            next_rev = through + 1
+            if next_rev <= self._sm.revision:
+                await asyncio.sleep(0)  # more history behind: keep sending, fairly
+                continue
+            await wake.wait()
+        cancel = _error(req.id, Code.CANCELED, "watch cancelled")
+        await conn.send(p.encode_response(cancel))
 
     def _event_frames(self, rid: int, events: list[Event], through: int) -> list[p.WatchEvents]:
         """Chunk ``events`` into frames; every frame but the last says it is complete
@@ -892,7 +938,7 @@ class _Connection:
         self._limits = limits
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(limits.max_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], bool] = {}  # task -> holds a slot
         self.watches: dict[int, asyncio.Event] = {}  # watch request id -> its wake-up
         self.queued = 0  # bytes handed to send() and not yet drained
         self._drained = asyncio.Event()
@@ -940,12 +986,15 @@ class _Connection:
             if self.queued <= self._limits.max_queued_bytes:
                 self._drained.set()
 
-    async def spawn(self, coro: Any) -> None:
-        """Run one request; waits (so the caller stops reading) while the limit is hit."""
-        await self._slots.acquire()
+    async def spawn(self, coro: Any, slot: bool = True) -> asyncio.Task[None]:
+        """Run one request; waits (so the caller stops reading) while every slot is
+        taken. A stream (``slot=False``) takes none."""
+        if slot:
+            await self._slots.acquire()
         task = asyncio.get_running_loop().create_task(self._guard(coro))
-        self._tasks.add(task)
+        self._tasks[task] = slot
         task.add_done_callback(self._done)
+        return task
 
     async def _guard(self, coro: Any) -> None:
         try:
@@ -956,8 +1005,8 @@ class _Connection:
             log.exception("request task failed")
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
+        if self._tasks.pop(task):
+            self._slots.release()
 
     async def drain_tasks(self) -> None:
         """Let running requests finish (each is bounded by the request timeout); watches

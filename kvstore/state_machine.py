@@ -589,11 +589,15 @@ class KVStateMachine:
             ended=list(self._ended),
         )
 
-    def validate(self, data: bytes) -> None:
-        """SnapshotError unless :meth:`restore` would accept ``data``; the state is not
-        touched. The decoded state is kept for a ``restore`` of the same bytes object,
-        so checking a leader's snapshot before adopting it costs no second decode."""
-        self._validated = (data, self._decode(data))
+    def validate(self, data: bytes, index: Index | None = None) -> None:
+        """SnapshotError unless :meth:`restore` would accept ``data`` (as the state at
+        log ``index``, if given); the state is not touched. The decoded state is kept for
+        a ``restore`` of the same bytes object, so checking a leader's snapshot before
+        adopting it costs no second decode."""
+        decoded = self._decode(data)
+        if index is not None and decoded[0] != index:
+            raise SnapshotError(f"snapshot of applied index {decoded[0]} sent as index {index}")
+        self._validated = (data, decoded)
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with :meth:`snapshot` output; SnapshotError (state

@@ -39,9 +39,10 @@ class StateMachine(Protocol):
         """Replace the full state with a snapshot produced by :meth:`snapshot`."""
         ...
 
-    def validate(self, data: bytes) -> None:
-        """Raise ValueError unless :meth:`restore` would accept ``data``; change nothing.
-        The engine asks before it adopts (or writes) a snapshot a leader sent."""
+    def validate(self, data: bytes, index: Index) -> None:
+        """Raise ValueError unless :meth:`restore` would accept ``data`` as the state at
+        log ``index``; change nothing. The engine asks before it adopts (or writes) a
+        snapshot a leader sent."""
         ...
 
 

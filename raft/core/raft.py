@@ -80,7 +80,7 @@ class Raft:
         restored: Restored,
         rng: random.Random,
         trace: Callable[[str], None] | None,
-        snapshot_check: Callable[[bytes], str | None] | None = None,
+        snapshot_check: Callable[[Index, bytes], str | None] | None = None,
     ) -> None:
         self.id = config.id
         self.cfg = config
@@ -672,8 +672,11 @@ class Raft:
         self._incoming = None
         data = bytes(inc[1])
         problem = "checksum mismatch" if zlib.crc32(data) != m.checksum else None
-        if problem is None and self._snapshot_check is not None:
-            problem = self._snapshot_check(data)
+        adopt = m.meta.index > self.log.committed and not self.log.matches(
+            m.meta.index, m.meta.term
+        )  # else _restore ignores the data: no need to decode it
+        if problem is None and adopt and self._snapshot_check is not None:
+            problem = self._snapshot_check(m.meta.index, data)
         if problem is not None:
             # Nothing was adopted or written; the leader starts the snapshot again.
             self._debug(f"refused snapshot at {m.meta.index} from {m.src}: {problem}")

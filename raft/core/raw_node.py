@@ -36,10 +36,11 @@ class RawNode:
         restored: Restored,
         rng: random.Random,
         trace: TraceSink | None = None,
-        snapshot_check: Callable[[bytes], str | None] | None = None,
+        snapshot_check: Callable[[Index, bytes], str | None] | None = None,
     ) -> None:
-        """``snapshot_check(data)``: the application's verdict on a snapshot a leader
-        sent, before anything adopts or writes it (None: accept; else the reason)."""
+        """``snapshot_check(index, data)``: the application's verdict on a snapshot at
+        ``index`` a leader sent, before anything adopts or writes it (None: accept;
+        else the reason)."""
         config.validate()
         self._raft = Raft(config, restored, rng, trace, snapshot_check)
         self._outstanding: Ready | None = None

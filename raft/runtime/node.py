@@ -402,11 +402,11 @@ class RaftEngine:
             if not read.done():
                 read.set_exception(exc)
 
-    def _check_snapshot(self, data: bytes) -> str | None:
+    def _check_snapshot(self, index: Index, data: bytes) -> str | None:
         """The state machine's verdict on a leader's snapshot, before the core adopts it
         and before anything is written: a bad one is refused, the node serves on."""
         try:
-            self._sm.validate(data)
+            self._sm.validate(data, index)
         except ValueError as exc:
             log.warning("%s: refusing a snapshot from the leader: %s", self.id, exc)
             return str(exc) or type(exc).__name__

@@ -95,6 +95,9 @@ HELLO_MAGIC = b"raftkv-peer"
 PROTOCOL_VERSION = 2
 _REFUSED = "refused"
 HANDSHAKE_MAX_BYTES = 4096
+MAX_HANDSHAKES = 64
+"""Inbound peer connections authenticating at once; more are closed unanswered."""
+REFUSAL_LOG_INTERVAL = 10.0
 """Largest hello or reply frame; read before the real frame limit applies."""
 
 _READ_CHUNK = 256 << 10
@@ -234,6 +237,9 @@ class PeerTransport:
         self._inbound: dict[NodeId, asyncio.StreamWriter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats = dict.fromkeys(STAT_KEYS, 0)
+        self._handshaking = 0  # inbound connections not yet authenticated
+        self._refusal_logged = float("-inf")
+        self._refusals_unlogged = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._closed = False
@@ -491,8 +497,19 @@ class PeerTransport:
         _set_nodelay(writer)
         remote = writer.get_extra_info("peername")
         peer = None
+        if self._handshaking >= MAX_HANDSHAKES:
+            # Unauthenticated callers get no more than this much of the node: beyond,
+            # closed at once, no reply, no log line of their own.
+            self._stats["rejected"] += 1
+            self._refusals_unlogged += 1
+            writer.close()
+            return
         try:
-            peer = await self._handshake(reader, writer, remote)
+            self._handshaking += 1
+            try:
+                peer = await self._handshake(reader, writer, remote)
+            finally:
+                self._handshaking -= 1
             if peer is not None:
                 await self._read_messages(peer, reader)
         except OSError as exc:
@@ -524,12 +541,27 @@ class PeerTransport:
             log.debug("%s: accepted %s from %s", self.node_id, node, remote)
             return node
         self._stats["rejected"] += 1
-        log.warning("%s: refusing a peer connection from %s: %s", self.node_id, remote, reason)
+        self._log_refusal(remote, reason)
         with contextlib.suppress(OSError, TimeoutError):
             writer.write(_pack_hello(_REFUSED))  # names nothing: the reason stays here
             async with asyncio.timeout(self._connect_timeout):
                 await writer.drain()
         return None
+
+    def _log_refusal(self, remote: object, reason: str) -> None:
+        """At most one line per ``REFUSAL_LOG_INTERVAL`` (a flood of bad connections must
+        not fill the disk), counting the ones it leaves out."""
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - self._refusal_logged < REFUSAL_LOG_INTERVAL:
+            self._refusals_unlogged += 1
+            return
+        more = self._refusals_unlogged
+        also = f" (and {more} more since the last such line)" if more else ""
+        log.warning(
+            "%s: refusing a peer connection from %s: %s%s", self.node_id, remote, reason, also
+        )
+        self._refusal_logged, self._refusals_unlogged = now, 0
 
     async def _authenticate_from(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

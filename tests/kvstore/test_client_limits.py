@@ -203,3 +203,70 @@ def test_leadership_transfers_are_rate_limited() -> None:
             assert "one per 60 s" in second.message
 
     run(body)
+
+
+def test_a_connection_that_went_silent_after_a_request_is_closed() -> None:
+    """Review: the idle timeout was armed only before the first request."""
+
+    async def body() -> None:
+        async with cluster("n1", conn_limits=FAST) as [n1]:
+            reader, writer = await raw_connect(n1)
+            writer.write(frame(id=1, op="get", key=b"k", consistency="serializable"))
+            await writer.drain()
+            frames = await closed(reader)
+            assert frames[0]["id"] == 1 and "idle" in frames[-1]["message"]
+            writer.close()
+
+    run(body)
+
+
+def test_a_frame_that_trickles_in_is_closed_at_its_deadline() -> None:
+    """Review: the frame timeout restarted with every chunk."""
+
+    async def body() -> None:
+        async with cluster("n1", conn_limits=FAST) as [n1]:
+            reader, writer = await raw_connect(n1)
+            writer.write(struct.pack(">I", 1000))
+            sent = 0
+            try:  # a byte every 0.1 s: the 1000-byte frame would take 100 s
+                while sent < 100 and not reader.at_eof():
+                    writer.write(b"x")
+                    await writer.drain()
+                    sent += 1
+                    await asyncio.sleep(0.1)
+            except ConnectionError:
+                pass  # closed by the server meanwhile
+            assert sent < 100  # closed long before the frame could complete
+            writer.close()
+
+    run(body)
+
+
+def test_open_watches_take_no_request_slot() -> None:
+    """Review: with watches holding every slot, the cancel that would free one was never
+    read. Watches take none: a cancel and a get are answered."""
+
+    async def body() -> None:
+        limits = dataclasses.replace(FAST, max_in_flight=2, idle_timeout=30)
+        async with cluster("n1", conn_limits=limits) as [n1]:
+            r, w = await raw_connect(n1)
+            for i in (1, 2, 3):
+                w.write(frame(id=i, op="watch", key=b"k%d" % i))
+            w.write(frame(id=9, op="watch_cancel", watch=1))
+            w.write(frame(id=10, op="get", key=b"k", consistency="serializable"))
+            w.write(frame(id=2, op="watch", key=b"again"))  # an id already open
+            await w.drain()
+            seen: dict[int, list[dict[str, Any]]] = {}
+            async with asyncio.timeout(5):
+                canceled = any(f.get("code") == "CANCELED" for f in seen.get(1, []))
+                while not ({9, 10} <= set(seen) and canceled and len(seen.get(2, [])) >= 2):
+                    f = await read_frame(r)
+                    assert f is not None
+                    seen.setdefault(f["id"], []).append(f)
+                    canceled = any(f.get("code") == "CANCELED" for f in seen.get(1, []))
+            assert seen[10][0]["code"] == "NOT_FOUND"  # answered: the get ran
+            assert any(f.get("code") == "CANCELED" for f in seen[1])
+            assert any("already open" in f.get("message", "") for f in seen[2])
+            w.close()
+
+    run(body)

@@ -252,3 +252,17 @@ def test_keepalive_and_ttl_of_a_lease_that_is_gone_are_not_found() -> None:
                 await c.close()
 
     run(body)
+
+
+def test_keepalives_do_not_grow_the_heap() -> None:
+    """Review: every renewal pushed a heap row that stayed until its deadline passed, so
+    keep-alive spam on a long lease grew the leader's memory without bound."""
+    les, clock = lessor()
+    les.lease_granted(1, 3_600_000)
+    les.promote(term=1)
+    for _ in range(10_000):
+        clock.now += 0.001
+        assert les.renew(1) == 3_600_000
+    assert len(les._heap) <= 2
+    clock.now += 3600.5
+    assert les.due() == [1]

@@ -264,7 +264,8 @@ def test_hello_wire_format_is_the_documented_one() -> None:
     m = msgpack.unpackb(p.encode_hello_reply(ok))
     assert m["hello"] == "raftkv" and m["node"] == "n1" and m["leader"] is None
     assert set(m["limits"]) == {"max_frame_bytes", "max_key_bytes", "max_value_bytes"} | {
-        "max_scan_limit"
+        "max_scan_limit",
+        "max_in_flight",
     }
 
 

@@ -660,7 +660,9 @@ def test_validate_checks_a_snapshot_without_touching_the_state() -> None:
     other = Replica()
     other.apply(Client(cid(2)).cmd(Put(b"x", b"y")))
     data = other.sm.snapshot()
-    r.sm.validate(data)
+    with pytest.raises(SnapshotError, match="sent as index 99"):
+        r.sm.validate(data, 99)  # its applied index is another
+    r.sm.validate(data, other.sm.applied_index)
     assert r.sm.snapshot() == before  # validated, not restored
     r.sm.restore(data)
     assert r.sm.snapshot() == data and r.sm.get(b"k") is None

@@ -43,7 +43,8 @@ def test_a_snapshot_with_a_bad_checksum_is_refused() -> None:
 def test_a_snapshot_the_application_rejects_is_refused() -> None:
     seen: list[bytes] = []
 
-    def check(data: bytes) -> str | None:
+    def check(index: int, data: bytes) -> str | None:
+        assert index == META.index
         seen.append(data)
         return "not a snapshot of this store"
 
@@ -54,7 +55,7 @@ def test_a_snapshot_the_application_rejects_is_refused() -> None:
 
 
 def test_a_good_snapshot_is_adopted() -> None:
-    node = follower(lambda data: None)
+    node = follower(lambda index, data: None)
     snap, msgs = install(node, b"state", zlib.crc32(b"state"))
     assert snap is not None and snap.meta == META and snap.data == b"state"  # type: ignore[attr-defined]
     assert not refused(msgs)

@@ -36,7 +36,7 @@ class _Register:
     def restore(self, data: bytes) -> None:
         pass
 
-    def validate(self, data: bytes) -> None:
+    def validate(self, data: bytes, index: Index) -> None:
         pass
 
 
