@@ -38,7 +38,8 @@ __all__ = ["CHUNK_ROWS", "SNAPSHOT_FORMAT_VERSION", "SnapshotCapture"]
 
 SNAPSHOT_FORMAT_VERSION = 4
 """2: leases, lease on keys, event history; 3: digests, ended ids; 4: sessions in LRU
-order without a clock (issue 9)."""
+order by the log (issue 9), each still with its last activity by the old formats'
+clock."""
 
 CHUNK_ROWS = 1024
 """Rows packed per msgpack call: small enough that the encoder lets go of the GIL often."""
@@ -57,7 +58,8 @@ class SnapshotCapture:
         clock_ms: int,
         store: StoreCapture,
         # (client_id, session) and (lease id, lease) pairs, read through attributes
-        # (floor, results, digests; ttl_ms, expiry_ms): nothing changes them. Sessions
+        # (last_active_ms, floor, results, digests; ttl_ms, expiry_ms): nothing changes
+        # them. Sessions
         # least recently active first.
         sessions: list[tuple[bytes, Any]],
         leases: list[tuple[int, Any]],
@@ -111,7 +113,7 @@ def _session_obj(item: tuple[bytes, Any]) -> list[Any]:
         [q, results[q].to_obj(), digests[q]] if q in digests else [q, results[q].to_obj()]
         for q in sorted(results)
     ]
-    return [client_id, s.floor, rows]
+    return [client_id, s.last_active_ms, s.floor, rows]
 
 
 def _chunks(rows: Iterable[Any]) -> Iterator[list[Any]]:

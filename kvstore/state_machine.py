@@ -59,12 +59,13 @@ every key attached to the lease in one revision, at the same index on every repl
 The lessor learns of grants and revokes through :meth:`set_lease_observer`.
 
 Old logs. Commands of formats 1 and 2 carry the proposing leader's wall clock; for
-them alone the state machine still keeps the clock they built (the maximum ``now_ms``
-applied) and expires, when such a command moves it, the leases those formats granted
-or kept alive by it, so an old log replays the lease expiry it had. Leases granted by
-format 3 have no clock deadline. (Formats 1 and 2 also evicted sessions idle for ten
-minutes of that clock; replay keeps them instead, which only makes a retry across the
-upgrade find its session.)
+them alone the state machine still applies the rules they were written under, so an old
+log replays to exactly the state it had (replicas upgraded from snapshots at different
+indexes must agree): the clock they built (the maximum ``now_ms`` applied) expires the
+leases those formats granted or kept alive, evicts sessions idle for ten minutes of it,
+and chooses the session evicted by count as the least recently active *by that clock*
+(ties by client_id). Every session carries its last activity by that clock for this;
+format-3 commands never move it. Leases granted by format 3 have no clock deadline.
 """
 
 from __future__ import annotations
@@ -201,10 +202,16 @@ class LeaseObserver(Protocol):
         ...
 
 
+OLD_SESSION_TTL_MS = 10 * 60 * 1000
+"""Formats 1 and 2 evicted a session idle for this long by their clock (replayed)."""
+
+
 @dataclass(slots=True)
 class _Session:
     # Invariant: every key of ``results`` is > ``floor``.
     floor: int = 0
+    # The old clock at its last command of format 1 or 2 (see Old logs, above).
+    last_active_ms: int = 0
     results: dict[int, Result] = field(default_factory=dict)
     # The capture epoch this object was made in. A session from an earlier epoch may
     # be held by a snapshot capture, so it is copied before it changes
@@ -268,6 +275,8 @@ class KVStateMachine:
         # Open sessions, least recently active first (the LRU order is replicated state:
         # a snapshot keeps it).
         self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
+        # (last_active_ms, client_id) of every open session: the old formats' order.
+        self._activity: Any = SortedList()
         # Ids of ended sessions, oldest first, at most max_sessions: never reopened.
         self._ended: OrderedDict[bytes, None] = OrderedDict()
         self._leases: dict[int, _Lease] = {}
@@ -394,10 +403,14 @@ class KVStateMachine:
                 return self._result(
                     ResultCode.SESSION_EXPIRED, message="session ended: open a new one"
                 )
-            session = self._open_session(client_id)
+            session = self._open_session(client_id, clocked)
         else:
             session = self._own_session(client_id, session)
             self._sessions.move_to_end(client_id)
+            if clocked and session.last_active_ms != self._clock_ms:
+                self._activity.remove((session.last_active_ms, client_id))
+                session.last_active_ms = self._clock_ms
+                self._activity.add((session.last_active_ms, client_id))
         if isinstance(cmd, CloseSession):
             self._end_session(client_id)
             return self._result(ResultCode.OK)
@@ -527,14 +540,21 @@ class KVStateMachine:
         the leases whose deadline it passed (earliest first, ties by id)."""
         if now_ms > self._clock_ms:
             self._clock_ms = now_ms
+        idle_before = self._clock_ms - OLD_SESSION_TTL_MS
+        while self._activity and self._activity[0][0] < idle_before:
+            self._end_session(self._activity[0][1])
         deadlines = self._lease_deadlines
         while deadlines and deadlines[0][0] <= self._clock_ms:
             self._revoke(deadlines[0][1])
 
-    def _open_session(self, client_id: bytes) -> _Session:
+    def _open_session(self, client_id: bytes, clocked: bool) -> _Session:
         if len(self._sessions) >= self.max_sessions:
-            self._end_session(next(iter(self._sessions)))  # the least recently active
-        session = _Session(epoch=self._epoch)
+            # The least recently active: by log order, or by the old clock for a
+            # command of the old formats (their rule, replayed).
+            victim = self._activity[0][1] if clocked else next(iter(self._sessions))
+            self._end_session(victim)
+        session = _Session(epoch=self._epoch, last_active_ms=self._clock_ms)
+        self._activity.add((session.last_active_ms, client_id))
         # Only a format-1 command (an old log) may reopen an ended id: it is open again.
         # Invariant: no id is both open and ended.
         self._ended.pop(client_id, None)
@@ -548,6 +568,7 @@ class KVStateMachine:
             return session
         own = _Session(
             session.floor,
+            session.last_active_ms,
             dict(session.results),
             self._epoch,
             dict(session.digests),
@@ -559,7 +580,8 @@ class KVStateMachine:
         """Drop a session and remember its id (bounded, oldest forgotten first): a
         delayed duplicate of its OpenSession must not bring it back empty, where a
         retry of an applied write would apply again."""
-        del self._sessions[client_id]
+        session = self._sessions.pop(client_id)
+        self._activity.remove((session.last_active_ms, client_id))
         self._ended[client_id] = None
         if len(self._ended) > self.max_sessions:
             self._ended.popitem(last=False)
@@ -613,6 +635,7 @@ class KVStateMachine:
         self._applied_index = applied
         self._clock_ms = clock
         self._sessions = sessions
+        self._activity = SortedList((s.last_active_ms, cid) for cid, s in sessions.items())
         self._ended = ended
         self._leases = leases
         self._lease_deadlines = SortedList(
@@ -643,7 +666,7 @@ class KVStateMachine:
                 raise ValueError("bad applied index or clock")
             store = MVCCStore(self.history_limit)
             store.restore_state(store_state)
-            sessions = self._decode_sessions(rows, version)
+            sessions = self._decode_sessions(rows, version, clock)
             leases = _decode_leases(lease_rows, next_lease)
             ended = self._decode_ended(ended_rows, sessions)
         except SnapshotError:
@@ -666,25 +689,27 @@ class KVStateMachine:
             raise ValueError("duplicate ended session id")
         return ended
 
-    def _decode_sessions(self, rows: Any, version: int) -> OrderedDict[bytes, _Session]:
-        """Format 4 lists sessions least recently active first. Formats 1-3 gave each
-        its last activity by the old clock instead: ordered by it, ties by client_id,
-        which was their eviction order."""
+    def _decode_sessions(self, rows: Any, version: int, clock: int) -> OrderedDict[bytes, _Session]:
+        """Rows ``[client_id, last_active_ms, floor, results]``. Format 4 lists them
+        least recently active first (by log order); formats 1-3 did not keep that
+        order: their sessions were ordered by last activity, ties by client_id."""
         if len(rows) > self.max_sessions:
             raise SnapshotError(f"{len(rows)} sessions exceed max_sessions {self.max_sessions}")
+        if not all(type(r) is tuple and len(r) == 4 and type(r[1]) is int for r in rows):
+            raise ValueError("bad session row")
         if version < 4:
-            if not all(type(r) is tuple and len(r) == 4 and type(r[1]) is int for r in rows):
-                raise ValueError("bad session row")
-            rows = [(cid, floor, results) for cid, _, floor, results in sorted(rows, key=_lru)]
+            rows = sorted(rows, key=_lru)
         sessions: OrderedDict[bytes, _Session] = OrderedDict()
-        for client_id, floor, results in rows:
+        for client_id, last_active_ms, floor, results in rows:
             if type(client_id) is not bytes or len(client_id) != CLIENT_ID_LEN:
                 raise ValueError("bad client_id")
             if client_id in sessions or type(floor) is not int or floor < 0:
                 raise ValueError("duplicate session, or bad floor")
+            if not 0 <= last_active_ms <= clock:
+                raise ValueError("bad last_active_ms")
             if len(results) > self.max_results_per_session:
                 raise SnapshotError("cached results exceed max_results_per_session")
-            s = _Session(floor)
+            s = _Session(floor, last_active_ms)
             for seq, result, *digest in results:  # format 3 adds the digest
                 if type(seq) is not int or seq <= floor or seq in s.results:
                     raise ValueError(f"bad cached seq {seq!r}")

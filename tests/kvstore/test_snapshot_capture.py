@@ -33,7 +33,12 @@ def one_shot(sm: KVStateMachine) -> bytes:
     built, then one packb."""
     st_ = sm._store
     sessions = [
-        [cid, s.floor, [[q, s.results[q].to_obj(), s.digests[q]] for q in sorted(s.results)]]
+        [
+            cid,
+            s.last_active_ms,
+            s.floor,
+            [[q, s.results[q].to_obj(), s.digests[q]] for q in sorted(s.results)],
+        ]
         for cid, s in sm._sessions.items()  # least recently active first
     ]
     state = [

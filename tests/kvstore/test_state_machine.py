@@ -274,19 +274,18 @@ def test_close_session_forgets_it() -> None:
     assert r.apply(c.cmd(Put(b"k", b"w"))).code is ResultCode.SESSION_EXPIRED
 
 
-@pytest.mark.parametrize("fmt", [2, 3])
-def test_no_clock_evicts_a_session(fmt: int) -> None:
+def test_no_clock_evicts_a_session() -> None:
     """Issue 9, item 4: a leader whose wall clock was an hour ahead evicted every
     session (formats 1 and 2 expired sessions idle for ten minutes of the replicated
-    clock). Sessions are bounded by count alone: no clock, old or new, evicts one."""
-    r = Replica()
-    a, b = Client(cid(1), fmt=fmt), Client(cid(2), fmt=fmt)
-    assert r.apply(a.cmd(Put(b"k", b"v"))).code is OK
-    if fmt == 2:
-        b.now_ms = 3_600_000 + 1  # an hour after a's last command
-    r.apply(b.cmd(Noop()))
-    assert r.sm.session_count == 2
-    assert r.apply(a.cmd(Put(b"k", b"w"))).code is OK
+    clock). Format 3 has no clock: sessions are bounded by count alone. (An old log
+    still replays its own rule: test_replicas_upgraded_from_different_snapshots_agree.)"""
+    fresh = Replica()
+    x, y = Client(cid(1)), Client(cid(2))
+    fresh.apply(x.cmd(Put(b"k", b"v")))
+    for _ in range(50):
+        fresh.apply(y.cmd(Noop()))
+    assert fresh.apply(x.cmd(Put(b"k", b"w"))).code is OK and fresh.sm.session_count == 2
+    assert fresh.sm.clock_ms == 0  # no format-3 command carries or moves a clock
 
 
 def test_the_old_clock_never_runs_backwards_and_format_3_leaves_it() -> None:
@@ -566,8 +565,7 @@ def test_format_2_snapshot_restores_and_its_cached_results_answer_retries() -> N
     assert obj[0] == 4
     obj[0] = 2
     del obj[7]  # format 3 added the ended session ids
-    # Format 4 dropped each session's last activity by the old clock (second field).
-    obj[4] = [[cid_, 0, floor, [row[:2] for row in rows]] for cid_, floor, rows in obj[4]]
+    obj[4] = [[cid_, ms, floor, [row[:2] for row in rows]] for cid_, ms, floor, rows in obj[4]]
     old = KVStateMachine()
     old.restore(msgpack.packb(obj, use_bin_type=True))
     twin = Replica(old, index=r.index, opened=set(r.opened))
@@ -585,7 +583,8 @@ def test_a_format_3_snapshot_keeps_its_eviction_order() -> None:
     obj = msgpack.unpackb(r.sm.snapshot(), use_list=True)
     obj[0] = 3
     active = {cid(1): 700, cid(2): 500, cid(3): 500}  # cid(2) the oldest, by id
-    obj[4] = [[c, active[c], floor, rows] for c, floor, rows in obj[4]]
+    obj[4] = [[c, active[c], floor, rows] for c, _, floor, rows in obj[4]]
+    obj[2] = 700  # the old clock, at least every last activity
     old = KVStateMachine(max_sessions=3)
     old.restore(msgpack.packb(obj, use_bin_type=True))
     twin = Replica(old, index=r.index, opened=set(r.opened))
@@ -666,3 +665,29 @@ def test_validate_checks_a_snapshot_without_touching_the_state() -> None:
     assert r.sm.snapshot() == before  # validated, not restored
     r.sm.restore(data)
     assert r.sm.snapshot() == data and r.sm.get(b"k") is None
+
+
+def test_replicas_upgraded_from_different_snapshots_agree() -> None:
+    """Review of issue 9: an old log (format 2) must replay under its own rules -- a
+    session idle for ten minutes of the old clock is evicted, and eviction by count
+    picks by that clock -- or two replicas that restart from snapshots at different
+    indexes of the same old log diverge."""
+    a, b, c = Client(cid(1), fmt=2), Client(cid(2), fmt=2), Client(cid(3), fmt=2)
+    log: list[bytes] = [a.cmd(Put(b"k", b"1")), b.cmd(Noop())]
+    b.now_ms = c.now_ms = 11 * 60 * 1000  # a idles past ten minutes of the old clock
+    log += [b.cmd(Noop()), c.cmd(Noop())]
+    a.now_ms = 11 * 60 * 1000
+    log += [a.cmd(Put(b"k", b"2"))]  # the old rules: SESSION_EXPIRED, not applied
+    whole = Replica(KVStateMachine(max_sessions=2))
+    results = [whole.apply(e) for e in log]
+    assert results[-1].code is ResultCode.SESSION_EXPIRED and whole.sm.get(b"k").value == b"1"  # type: ignore[union-attr]
+    for cut in range(1, len(log) + 1):
+        first = Replica(KVStateMachine(max_sessions=2))
+        for e in log[:cut]:
+            first.apply(e)
+        restarted = KVStateMachine(max_sessions=2)
+        restarted.restore(first.sm.snapshot())
+        twin = Replica(restarted, index=first.index, opened=set(first.opened))
+        for e in log[cut:]:
+            twin.apply(e)
+        assert twin.sm.snapshot() == whole.sm.snapshot(), f"diverged after a snapshot at {cut}"
