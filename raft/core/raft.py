@@ -278,7 +278,14 @@ class Raft:
         return False
 
     def _handle_vote_request(self, m: RequestVote) -> None:
-        can_vote = (
+        # A node that knows no configuration at all started empty to join a cluster,
+        # perhaps with its data wiped after its removal: it remembers none of the votes
+        # it gave, so it gives none until a leader has replicated the configuration to
+        # it. (Found by the fault harness: a member restarted with a configuration from
+        # before the removal won an election with the wiped node's vote, beside the
+        # real leader, and acknowledged writes that were later lost.)
+        knows_cluster = bool(self.conf.voters or self.conf.learners)
+        can_vote = knows_cluster and (
             self.vote == m.src
             or (self.vote is None and self.lead is None)
             or (m.pre_vote and m.term > self.term)

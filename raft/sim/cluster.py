@@ -297,13 +297,17 @@ class Cluster:
         n.damaged = None
         n.last_snap = 0
         self.ghost.forget_node(nid)
+        if self.scenario.rejoin_at_once:
+            self._push(self.now + self._rng.randint(*self.scenario.down_ms), FRESH, nid, None)
 
     def _on_fresh(self, nid: NodeId, _: None) -> None:
         """A wiped node was added back: it starts empty and learns everything from
         the leader (log or snapshot)."""
         n = self.nodes[nid]
-        if n.raw is None and nid not in self.removed:
-            self.note("nemesis", f"{nid} re-added: starting with empty storage")
+        waiting = self.scenario.rejoin_at_once and nid in self.removed
+        if n.raw is None and (nid not in self.removed or waiting):
+            what = "restarting empty, to be re-added" if waiting else "re-added"
+            self.note("nemesis", f"{nid} {what}: starting with empty storage")
             self.stats["readds"] += 1
             try:
                 n.open_storage()

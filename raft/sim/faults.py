@@ -122,6 +122,11 @@ class Scenario:
     partition_ms: tuple[int, int] = (50, 2500)
     quiet_ms: int = 10_000
     membership: bool = True
+    # A removed node restarts at once, empty, waiting to be added back (as `kv node
+    # --join` after a wipe does in the fault harness), instead of staying down until
+    # it is re-added: its empty self then meets members whose configuration still
+    # counts its old vote.
+    rejoin_at_once: bool = False
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from kvstore.commands import ExpireLease, OpenSession, Tick
+from kvstore.commands import CLOCKED_FORMATS, ExpireLease, OpenSession, Tick
 from kvstore.sim.cluster import KVSim, SimParams, run_seed
 from kvstore.sim.node import SimKVNode
 from kvstore.state_machine import KVStateMachine
@@ -73,7 +73,7 @@ def data_commands_open_sessions(mp: pytest.MonkeyPatch) -> None:
     def apply(self: Any, header: Any, cmd: Any) -> Any:
         unknown = header.client_id not in self._sessions
         if unknown and not isinstance(cmd, OpenSession | Tick | ExpireLease):
-            self._open_session(header.client_id)
+            self._open_session(header.client_id, header.format in CLOCKED_FORMATS)
         return real(self, header, cmd)
 
     mp.setattr(KVStateMachine, "_apply", apply)
