@@ -961,7 +961,8 @@ class Watch:
     ``protocol.WatchEvent`` in revision order (the first batch may be empty: it
     confirms the watch). ``revision`` is the revision through which everything has been
     delivered. Iteration ends after ``close()``; it raises Compacted if the start is
-    gone from the history, and WatchEnded if the node or connection goes away."""
+    gone from the history, and WatchEnded if the node or connection goes away or the
+    server cancels the watch (e.g. it was not read fast enough)."""
 
     def __init__(
         self, conn: _Connection, queue: asyncio.Queue[p.Response | _ConnectionLost], rev: int
@@ -988,8 +989,8 @@ class Watch:
         assert isinstance(frame, p.ErrorResponse)
         if frame.code is Code.COMPACTED:
             raise Compacted(frame.message, frame.compact_revision or 0)
-        if frame.code is Code.CANCELED:
-            raise StopAsyncIteration
+        # This client ends a watch by closing its connection, never by watch_cancel: a
+        # CANCELED is the server's (a slow watcher, a node shutting down), not an end.
         raise WatchEnded(f"{frame.code}: {frame.message}")
 
     async def close(self) -> None:
