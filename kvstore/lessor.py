@@ -106,9 +106,14 @@ class Lessor:
         now = self._clock()
         if self._deadline[lease] <= now:
             return None  # run out: its expiry is due, not a renewal
-        # Only the deadline moves: the heap row left behind is earlier, and due()
-        # re-files it when it comes up (no row per keep-alive: no growth under spam).
-        self._deadline[lease] = now + ttl_ms / 1000
+        # A later deadline needs no new heap row: the earlier row left behind is
+        # re-filed by due() when it comes up (no row per keep-alive, no growth under
+        # spam). An earlier one (a renewal soon after a promotion's extension) does.
+        deadline = now + ttl_ms / 1000
+        if deadline < self._deadline[lease]:
+            self._set(lease, deadline)
+        else:
+            self._deadline[lease] = deadline
         return ttl_ms
 
     def remaining_ms(self, lease: int) -> int | None:

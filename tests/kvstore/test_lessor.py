@@ -266,3 +266,16 @@ def test_keepalives_do_not_grow_the_heap() -> None:
     assert len(les._heap) <= 2
     clock.now += 3600.5
     assert les.due() == [1]
+
+
+def test_a_renewal_that_shortens_a_promotion_deadline_is_still_due_on_time() -> None:
+    """Found by the KV simulation (seed 191): a renewal soon after a promotion sets a
+    deadline earlier than the promotion's, and with only the promotion's heap row the
+    lease came due a whole election timeout late."""
+    les, clock = lessor()  # extension 1 s
+    les.lease_granted(1, 1000)
+    les.promote(term=1)  # deadline: now + 1 + 1
+    clock.now += 0.1
+    assert les.renew(1) == 1000  # deadline: now + 1, earlier
+    clock.now += 1.0
+    assert les.due() == [1]
