@@ -94,6 +94,7 @@ _READ_CHUNK = 256 << 10
 _RESPONSE_SLACK = 1024  # bytes kept free in a frame for the response envelope
 _KV_OVERHEAD = 96  # msgpack bytes per kv beyond key and value (5 field names, 3 ints)
 _TRANSFER_POLL_S = 0.01
+_REFUSAL_LINGER_S = 0.2  # a refused connection's reply gets this long to arrive
 _WATCH_FRAME_BYTES = 64 << 10  # a watcher that stops reading holds about this, twice
 _LEASE_TICK_S = 0.1  # how often the lessor follows leadership and looks for expiries
 _LESSOR_CLIENT = bytes(CLIENT_ID_LEN)  # ExpireLease is sessionless; never looked up
@@ -292,7 +293,10 @@ class ClientServer:
         msg = f"too many connections (this node serves {self._conn_limits.max_connections})"
         with contextlib.suppress(Exception):
             writer.write(encode_frame(p.encode_hello_reply(_error(None, Code.UNAVAILABLE, msg))))
-        writer.close()
+            # The reply and then EOF, before closing: closing at once, with the client's
+            # hello unread, could reset the connection and lose the reply.
+            writer.write_eof()
+        asyncio.get_running_loop().call_later(_REFUSAL_LINGER_S, writer.close)
         self._refused += 1
         now = asyncio.get_running_loop().time()
         if now - self._refused_logged >= 60:
