@@ -13,6 +13,7 @@ secret made on one machine alone would shut it out of its own cluster.
 Without TLS (not yet available), a node whose peer or client address is not loopback
 refuses to start unless the configuration says ``insecure = true``: the secret
 authenticates peers, but nothing encrypts the traffic or authenticates clients.
+``insecure`` lifts requirements only: a secret that is there is still used.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
+from pathlib import Path
 
 from kvstore.config import Address, ClusterConfig, NodeConfig
 
@@ -34,10 +36,8 @@ class SecurityError(Exception):
 
 
 def ensure_peer_secret(cfg: ClusterConfig) -> bool:
-    """Create the configuration's peer secret (random, mode 0600) if it is missing and
-    the cluster is not insecure; True if it created one."""
-    if cfg.security.insecure:
-        return False
+    """Create the configuration's peer secret (random, mode 0600) if it is missing (an
+    ``insecure`` cluster uses one too); True if it created one."""
     path = cfg.security.peer_secret_file
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -52,10 +52,14 @@ def ensure_peer_secret(cfg: ClusterConfig) -> bool:
 
 
 def node_peer_secret(cfg: ClusterConfig, node: NodeConfig) -> bytes:
-    """The secret ``node`` authenticates its peers with (b"" when insecure), or
-    SecurityError saying why it must not start."""
+    """The secret ``node`` authenticates its peers with, or SecurityError saying why it
+    must not start. ``insecure`` lifts the requirements (a secret, loopback without
+    TLS), not the authentication: a secret that is there is still used; b"" only when
+    there is none."""
     if cfg.security.insecure:
-        return b""
+        if not cfg.security.peer_secret_file.exists():
+            return b""
+        return _read_secret(cfg.security.peer_secret_file)
     addresses = (node.peer_address, node.client_address)
     exposed = [f"{a.host}:{a.port}" for a in addresses if not _loopback(a)]
     if exposed:
@@ -64,7 +68,10 @@ def node_peer_secret(cfg: ClusterConfig, node: NodeConfig) -> bytes:
             "machines the traffic needs TLS, which this release does not have yet. Set "
             "[security] insecure = true to run without it (docs/SECURITY.md)"
         )
-    path = cfg.security.peer_secret_file
+    return _read_secret(cfg.security.peer_secret_file)
+
+
+def _read_secret(path: Path) -> bytes:
     try:
         st = path.stat()
         text = path.read_text().strip()

@@ -64,8 +64,12 @@ def test_a_non_loopback_address_needs_insecure(tmp_path: Path) -> None:
         node_peer_secret(cfg, cfg.nodes[0])
     node_peer_secret(cfg, cfg.nodes[1])  # n2 is on loopback
     insecure = config(tmp_path, text=text.replace("insecure = false", "insecure = true"))
-    assert node_peer_secret(insecure, insecure.nodes[0]) == b""
+    # insecure lifts the requirements, not the authentication: the secret is used.
+    secret = insecure.security.peer_secret_file.read_text().strip().encode()
+    assert node_peer_secret(insecure, insecure.nodes[0]) == secret
     assert ensure_peer_secret(insecure) is False
+    insecure.security.peer_secret_file.unlink()
+    assert node_peer_secret(insecure, insecure.nodes[0]) == b""  # none: authenticates nothing
 
 
 def test_security_settings_are_validated(tmp_path: Path) -> None:
