@@ -52,21 +52,34 @@ async def exchange(address: tuple[str, int], *frames: bytes) -> list[Any]:
 REFUSED = [HELLO_MAGIC, PROTOCOL_VERSION, "refused"]
 
 
+async def handshake(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    secret: bytes,
+    cluster: str,
+    node: str,
+    target: str,
+) -> Any:
+    """The dialer's half of the handshake as ``node`` under ``secret``, to ``target``;
+    the acceptor's verdict frame."""
+    key = PeerKey(derive_key(secret, cluster))
+    nonce_d = PeerKey.nonce()
+    writer.write(frame([HELLO_MAGIC, PROTOCOL_VERSION, nonce_d]))
+    (n,) = struct.unpack(">I", await reader.readexactly(4))
+    _, _, nonce_a, _ = msgpack.unpackb(await reader.readexactly(n), raw=False)
+    mac = key.dialer_mac(nonce_a, nonce_d, node, target)
+    writer.write(frame([HELLO_MAGIC, PROTOCOL_VERSION, node, mac]))
+    (n,) = struct.unpack(">I", await reader.readexactly(4))
+    return msgpack.unpackb(await reader.readexactly(n), raw=False)
+
+
 async def dial_with(
     address: tuple[str, int], secret: bytes, cluster: str, node: str, target: str
 ) -> Any:
-    """The dialer's handshake under ``secret``; the acceptor's verdict."""
-    key = PeerKey(derive_key(secret, cluster))
+    """A whole handshake under ``secret``; the acceptor's verdict."""
     reader, writer = await asyncio.open_connection(*address)
     try:
-        nonce_d = PeerKey.nonce()
-        writer.write(frame([HELLO_MAGIC, PROTOCOL_VERSION, nonce_d]))
-        (n,) = struct.unpack(">I", await reader.readexactly(4))
-        _, _, nonce_a, _ = msgpack.unpackb(await reader.readexactly(n), raw=False)
-        writer.write(frame([HELLO_MAGIC, PROTOCOL_VERSION, node,
-                            key.dialer_mac(nonce_a, nonce_d, node, target)]))  # fmt: skip
-        (n,) = struct.unpack(">I", await reader.readexactly(4))
-        return msgpack.unpackb(await reader.readexactly(n), raw=False)
+        return await handshake(reader, writer, secret, cluster, node, target)
     finally:
         writer.close()
 
@@ -131,17 +144,10 @@ async def as_member(
     """Authenticate as ``node`` (a buggy member: Raft trusts its members, so this tests
     the gateway, not Byzantine tolerance), send ``frames``; True if the node then
     closed the connection."""
-    key = PeerKey(derive_key(secret, cluster))
     reader, writer = await asyncio.open_connection(*address)
     try:
-        nonce_d = PeerKey.nonce()
-        writer.write(frame([HELLO_MAGIC, PROTOCOL_VERSION, nonce_d]))
-        (n,) = struct.unpack(">I", await reader.readexactly(4))
-        _, _, nonce_a, _ = msgpack.unpackb(await reader.readexactly(n), raw=False)
-        writer.write(frame([HELLO_MAGIC, PROTOCOL_VERSION, node,
-                            key.dialer_mac(nonce_a, nonce_d, node, target)]))  # fmt: skip
-        (n,) = struct.unpack(">I", await reader.readexactly(4))
-        assert msgpack.unpackb(await reader.readexactly(n), raw=False)[2] == "ok"
+        verdict = await handshake(reader, writer, secret, cluster, node, target)
+        assert verdict[2] == "ok", verdict
         writer.write(b"".join(frames))
         await writer.drain()
         try:
