@@ -42,9 +42,7 @@ def frame_header(payload: bytes) -> bytes:
 
 def encode_frame(payload: bytes) -> bytes:
     """``payload`` behind its 4-byte big-endian length."""
-    if len(payload) > MAX_FRAME_LIMIT:
-        raise FrameTooLarge(f"payload of {len(payload)} bytes does not fit a 4-byte length")
-    return _HEADER.pack(len(payload)) + payload
+    return frame_header(payload) + payload
 
 
 class FrameDecoder:
