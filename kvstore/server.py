@@ -94,6 +94,7 @@ _READ_CHUNK = 256 << 10
 _RESPONSE_SLACK = 1024  # bytes kept free in a frame for the response envelope
 _KV_OVERHEAD = 96  # msgpack bytes per kv beyond key and value (5 field names, 3 ints)
 _TRANSFER_POLL_S = 0.01
+_SPLIT_WRITE_BYTES = 64 << 10
 _REFUSAL_LINGER_S = 0.2  # a refused connection's reply gets this long to arrive
 _WATCH_FRAME_BYTES = 64 << 10  # a watcher that stops reading holds about this, twice
 _LEASE_TICK_S = 0.1  # how often the lessor follows leadership and looks for expiries
@@ -977,8 +978,11 @@ class _Connection:
             async with self._lock:
                 if self._writer.is_closing():
                     raise ConnectionResetError("client connection closed")
-                self._writer.write(frame_header(payload))
-                self._writer.write(payload)
+                if len(payload) < _SPLIT_WRITE_BYTES:  # one write: one send() call
+                    self._writer.write(frame_header(payload) + payload)
+                else:  # a large payload is not copied again just to prefix 4 bytes
+                    self._writer.write(frame_header(payload))
+                    self._writer.write(payload)
                 try:
                     async with asyncio.timeout(self._limits.idle_timeout):
                         await self._writer.drain()
