@@ -18,9 +18,10 @@ the pid is still the node's), with
   epoll_wait. libfaketime's own preload would also break ``kv node`` if it did;
 - ``FAKETIME_DISABLE_SHM=1``: no shared-memory segment per process (a SIGKILLed node
   would leave one in /dev/shm, and a later process given the same pid would fail);
-- ``NO_FAKE_STAT=1``: file timestamps are left alone (faking them re-read the clock
-  file on every stat; a node under libfaketime served 26 lease ops/s with it, 46
-  without, against 78 with no libfaketime at all, on the loaded development machine).
+- ``NO_FAKE_STAT=1``: file timestamps are left alone (faking them re-reads the clock
+  file on every stat);
+- ``FAKETIME_FORCE_MONOTONIC_FIX=0``: timed waits on monotonic condition variables,
+  the GIL's among them, wait as asked (see **Cost**).
 
 The file always holds ``<offset seconds> x<rate>``, explicit rate included: libfaketime
 keeps the previous rate when a line has none. Measured (0.9.10), for one process that
@@ -39,14 +40,18 @@ clock for drift would make every step and offset move it too (the variables are 
 once, at the process's start), so a node cannot have both; the lessor's tolerance of a
 monotonic clock 1% fast is exercised by the KV simulation instead (docs/TESTING.md).
 
-**Cost.** With ``FAKETIME_NO_CACHE=1`` every faked call opens and reads the file:
-``time.time()`` went from ~75 ns to ~1.6 µs per call on the development machine
-(``time.monotonic()``, not faked, stays ~70-100 ns; with both faked both cost ~1.6 µs).
-The per-call cost of ``time.time()`` does not matter (a node reads the wall clock to
-answer ``status`` and to log), but libfaketime also wraps other calls, and a node under
-it is measurably slower (above). The cache (10 s by default) would delay every fault
-by up to 10 s; ``FAKETIME_CACHE_DURATION=1`` was tried and made the cluster nearly stop
-(2 ops/s), so the cache stays off.
+**Cost.** libfaketime also wraps ``pthread_cond_timedwait``, and by default (0.9.10 on
+this glibc) it "fixes" monotonic condition variables in a way that makes every timed
+wait on one return at once. CPython's GIL is such a wait (5 ms, CLOCK_MONOTONIC): a
+thread waiting for the GIL spun, forcing the event loop to drop it every few
+instructions, and a node served ~12 puts/s instead of ~450 (one client; strace showed
+the waiting thread in a loop of clock-file reads and futex wakes, never a futex wait).
+``FAKETIME_FORCE_MONOTONIC_FIX=0`` turns that off; timed waits then wait as long as
+asked. With it a node serves about half its plain rate (one client: 222 puts/s against
+457; 16 clients: 1,824 against 2,686; ``kv bench --duration 5``), the rest being the
+clock-file read on every faked call: with ``FAKETIME_NO_CACHE=1`` ``time.time()`` costs
+~1.5-4 µs instead of ~50 ns (``time.monotonic()``, not faked, is unchanged). The cache
+(10 s by default) would delay every fault by up to its duration, so it stays off.
 
 **Read-back.** :func:`read_clocks` asks the node for its ``status``, whose answer holds
 the node's own ``time.time()`` and ``time.monotonic()`` in ms, and compares each with
@@ -129,6 +134,7 @@ class NodeClocks:
             "DONT_FAKE_MONOTONIC=1",
             "FAKETIME_DISABLE_SHM=1",
             "NO_FAKE_STAT=1",
+            "FAKETIME_FORCE_MONOTONIC_FIX=0",
         ]
 
     def set(self, node: str, pid: int | None, offset: float, rate: float = 1.0) -> Setting:

@@ -24,7 +24,6 @@ behind and fails the test if there was one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -346,15 +345,6 @@ def test_stale_reads_mode_is_caught_by_elle(tmp_path: Path) -> None:
     assert results["checkers"]["elle-list-append"]["anomalies"], results["checkers"]
 
 
-# Real runs of nodes under libfaketime are not reliable yet: the nodes serve 5-45 ops/s
-# there against ~80 without it (cause not found; docs/TESTING.md, "The clock nemesis"),
-# so a 14 s run may see no lease kept alive through a step. In a clean-clone CI run
-# both tests below failed that way. They run with KV_CLOCK_RUNS=1; issue 10 stays open.
-clock_runs = pytest.mark.skipif(
-    os.environ.get("KV_CLOCK_RUNS") != "1",
-    reason="real runs under libfaketime are too slow to be reliable yet (KV_CLOCK_RUNS=1)",
-)
-
 # The leader's wall clock stepped forward by 1-128 s every 4 s (3 steps); leases of 1 s
 # (four election timeouts of 0.25 s), kept alive every quarter TTL.
 CLOCK_STEPS = [
@@ -368,7 +358,6 @@ CLOCK_STEPS = [
 ]  # fmt: skip
 
 
-@clock_runs
 @needs_unsafe
 def test_wall_clock_leases_are_caught_as_early_expiry_under_clock_steps(
     tmp_path: Path, libfaketime: Path
@@ -382,7 +371,6 @@ def test_wall_clock_leases_are_caught_as_early_expiry_under_clock_steps(
     assert results["run"]["faults_ran"] == ["clock-step-forward"]
 
 
-@clock_runs
 def test_leases_are_valid_under_the_same_clock_steps(tmp_path: Path, libfaketime: Path) -> None:
     code, results, run_dir, output = run(tmp_path, *CLOCK_STEPS)
     assert_evidence(run_dir, results)
