@@ -188,6 +188,10 @@ class LocalDB:
         # Nodes whose Raft state was wiped: they start with --join from then on, so an
         # empty node never founds a second cluster (once it has state, --join is moot).
         self.wiped: set[str] = set()
+        # Nodes a fault keeps down until its own stop (a membership change's victim,
+        # wiped and waiting to come back as a new machine): no other restart touches
+        # them, so a kill's heal cannot start the victim early (--nemesis all).
+        self.held: set[str] = set()
 
     def endpoints(self) -> list[str]:
         return [f"{h}:{p}" for h, p in (self.client_addresses[n] for n in self.nodes)]
@@ -256,8 +260,8 @@ class LocalDB:
         return list(victims)
 
     def restart(self, node: str) -> int | None:
-        """Start ``node`` again if it is not running (data dir kept)."""
-        if self.running(node):
+        """Start ``node`` again if it is not running and not held down (data dir kept)."""
+        if self.running(node) or node in self.held:
             return None
         self.restarts[node] += 1
         return self.start(node)

@@ -51,7 +51,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from jepsen_like.clock import ClockRead, NodeClocks, read_clocks
 from jepsen_like.observe import (
@@ -67,6 +67,8 @@ from jepsen_like.observe import (
 )
 from jepsen_like.proxy import Grudge, Link
 from kvstore.client import ClientError, Conflict, Unavailable
+
+T = TypeVar("T")
 
 __all__ = [
     "FAULTS",
@@ -174,6 +176,7 @@ class Net(Protocol):
 class DB(Protocol):
     nodes: list[str]
     paused: set[str]
+    held: set[str]  # kept down by a fault until its stop: restart() leaves them alone
 
     def kill(self, nodes: list[str]) -> list[str]: ...
     def restart(self, node: str) -> int | None: ...
@@ -210,6 +213,8 @@ class Env:
     clock: NodeClocks | None = None  # the nodes run under libfaketime (clock faults)
     drift_window_s: float = 2.0  # how long a drift is watched to measure its rate
     clock_recheck_s: float = 0.3  # between the two reads that show a clock back on time
+    answer_s: float = 10.0  # how long a verifier waits for a node another fault took down
+    traffic_s: float = 15.0  # how long a link fault waits for traffic to act on
 
 
 # ---- faults --------------------------------------------------------------------------
@@ -380,16 +385,23 @@ class Latency(Fault):
 
     async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
         """Every link is set to the delay drawn, and chunks are really held back: the
-        proxies' count of chunks delivered late moves."""
+        proxies' count of chunks delivered late moves. Another group's fault (a
+        partition, nodes down) may leave no traffic to hold back for a while: the
+        count is watched for ``env.traffic_s``; if not one byte crossed any link in
+        that time, the delay had nothing to act on (not applied, the evidence says so)."""
         ev = Evidence()
         links = _links(env)
         wrong = [f"{s}->{d}" for s, d in links if env.net.link_latency((s, d)) != self._set]
         ev.add("every link delayed", not wrong, {"not set": wrong} if wrong else None)
         base = self._before.get("delayed", 0)
         held, now = await eventually(
-            env.net.counters, lambda c: c.get("delayed", 0) > base, env.settle_s
+            env.net.counters, lambda c: c.get("delayed", 0) > base, env.traffic_s
         )
         n = now.get("delayed", 0) - base
+        relayed = now.get("bytes", 0) - self._before.get("bytes", 0)
+        if not held and relayed == 0 and "bytes" in now:
+            ev.not_applied = f"no traffic crossed any link in {env.traffic_s:g} s"
+            return ev
         mean = (now.get("delay_ms", 0) - self._before.get("delay_ms", 0)) / max(1, n)
         ev.add("chunks held back", held, {"delayed_chunks": n, "mean_held_ms": round(mean, 1)})
         return ev
@@ -437,7 +449,11 @@ class DropConnections(Fault):
 
     async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
         """Connections were reset (the reset counter moves) and, where the network counts
-        accepted connections (the proxies), the nodes noticed and dialled again."""
+        accepted connections (the proxies), the nodes noticed and dialled again. The
+        fault resets whatever is open every ``every_s``; another group's fault may leave
+        no connection open for a while, so the counters are watched for
+        ``env.traffic_s``. If no drop found a connection to reset in that time and none
+        was accepted either, there was nothing to act on (not applied, saying so)."""
         ev = Evidence()
         base = self._before
 
@@ -445,8 +461,11 @@ class DropConnections(Fault):
             return c.get(key, 0) - base.get(key, 0)
 
         held, now = await eventually(
-            env.net.counters, lambda c: moved(c, "dropped") > 0, env.settle_s
+            env.net.counters, lambda c: moved(c, "dropped") > 0, env.traffic_s
         )
+        if not held and "accepted" in now and moved(now, "accepted") == 0:
+            ev.not_applied = f"no peer connection open to reset in {env.traffic_s:g} s"
+            return ev
         ev.add("connections reset", held, {"reset": moved(now, "dropped")})
         if "accepted" in now:
             held, now = await eventually(
@@ -594,18 +613,26 @@ class Transfer(Fault):
         return {}
 
     async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
-        """The target itself says it leads (or names itself the leader)."""
+        """The target itself says it leads (or names itself the leader), waiting out
+        another group's fault that has it down or paused for the moment; if it stays
+        so, another running node naming it the leader will do."""
         if details.get("outcome") != "moved":
             return Evidence.nothing(str(details.get("outcome")))
         to = details["to"]
         ev = Evidence()
-        try:
-            st = await env.db.status(to)
-        except Exception as exc:
-            ev.add(f"{to} reports leading", False, f"status failed: {exc!r}")
+        st, why = await _answer(env, to, lambda: env.db.status(to))
+        if st is not None:
+            seen = {"role": st.role, "term": st.term, "leader": st.leader}
+            ev.add(f"{to} reports leading", st.role == "leader" or st.leader == to, seen)
             return ev
-        seen = {"role": st.role, "term": st.term, "leader": st.leader}
-        ev.add(f"{to} reports leading", st.role == "leader" or st.leader == to, seen)
+        for other in env.db.nodes:
+            if other != to and _cannot_answer(env, other) is None:
+                with contextlib.suppress(Exception):
+                    st = await env.db.status(other)
+                    seen = {"node": other, "term": st.term, "leader": st.leader, "to": why}
+                    ev.add(f"{other} names {to} the leader", st.leader == to, seen)
+                    return ev
+        ev.add(f"{to} reports leading", False, why)
         return ev
 
 
@@ -705,8 +732,6 @@ class Clock(Fault):
         ev = Evidence()
         clocks = self._clocks(env)
         for node in sorted(self._moved):
-            if not _readable(env, node, ev):
-                continue
             if self.kind == "clock-strobe":
                 await _verify_strobe(env, node, self._moved[node], ev)
             elif self.kind == "clock-drift":
@@ -728,12 +753,32 @@ CLOCK_TOLERANCE_S: Final = 0.05
 """How far a read-back offset may be from the one set, besides half the round trip."""
 
 
-def _readable(env: Env, node: str, ev: Evidence) -> bool:
-    if node in env.db.paused or not env.db.running(node):
-        why = "paused" if node in env.db.paused else "not running"
-        ev.add(f"{node} clock read skipped", True, f"{node} is {why}: it cannot answer")
-        return False
-    return True
+def _cannot_answer(env: Env, node: str) -> str | None:
+    """Why ``node`` cannot answer a status now (another fault's doing), or None."""
+    if node in env.db.paused:
+        return "paused"
+    return None if env.db.running(node) else "not running"
+
+
+async def _answer(
+    env: Env, node: str, ask: Callable[[], Awaitable[T]]
+) -> tuple[T | None, str | None]:
+    """``ask`` ``node``, waiting out another group's fault (``--nemesis all``): a node
+    killed or paused since this fault started cannot answer now but will when that
+    fault ends, and a node that is slow under load may miss one request. Tries for
+    ``env.answer_s``; returns the answer, or None and why there is none."""
+    deadline = time.monotonic() + env.answer_s
+    why: str | None = None
+    while True:
+        why = _cannot_answer(env, node)
+        if why is None:
+            try:
+                return await ask(), None
+            except Exception as exc:
+                why = f"status failed: {exc!r}"
+        if time.monotonic() >= deadline:
+            return None, why
+        await asyncio.sleep(0.2)
 
 
 def _near(read: ClockRead, wall: float) -> tuple[bool, bool]:
@@ -742,14 +787,15 @@ def _near(read: ClockRead, wall: float) -> tuple[bool, bool]:
 
 
 async def _read(env: Env, node: str, ev: Evidence) -> ClockRead | None:
-    """One read-back, tried up to three times (a loaded node may miss one status)."""
-    for attempt in range(3):
-        try:
-            return await read_clocks(env.db, node)
-        except Exception as exc:
-            if attempt == 2:
-                ev.add(f"{node} clocks read back", False, f"status failed: {exc!r}")
-    return None
+    """One read-back (:func:`_answer`). A node still down or paused at the end is
+    skipped, saying so; one that runs and does not answer fails the check."""
+    read, why = await _answer(env, node, lambda: read_clocks(env.db, node))
+    if read is None:
+        if why in ("paused", "not running"):
+            ev.add(f"{node} clock read skipped", True, f"{node} is {why}: it cannot answer")
+        else:
+            ev.add(f"{node} clocks read back", False, why)
+    return read
 
 
 async def _verify_offset(env: Env, node: str, offset: float, ev: Evidence) -> None:
@@ -811,25 +857,23 @@ async def _verify_true_time(env: Env, nodes: Sequence[str]) -> Evidence | None:
         return None
     ev = Evidence()
     for node in nodes:
-        if not _readable(env, node, ev):
-            continue
         ok, reads = await eventually(
-            lambda n=node: _two_reads(env, n),
-            lambda r: r is not None and all(all(_near(x, 0)) for x in r),
+            lambda n=node: _answer(env, n, lambda n=n: _two_reads(env, n)),
+            lambda r: r[0] is not None and all(all(_near(x, 0)) for x in r[0]),
             env.settle_s,
         )
-        seen = [r.to_json() for r in reads] if reads else "status failed"
+        if reads[0] is None and reads[1] in ("paused", "not running"):
+            ev.add(f"{node} clock read skipped", True, f"{node} is {reads[1]}: it cannot answer")
+            continue
+        seen = [r.to_json() for r in reads[0]] if reads[0] else reads[1]
         ev.add(f"{node} clocks on true time", ok, seen)
     return ev
 
 
-async def _two_reads(env: Env, node: str) -> list[ClockRead] | None:
-    try:
-        first = await read_clocks(env.db, node)
-        await asyncio.sleep(env.clock_recheck_s)
-        return [first, await read_clocks(env.db, node)]
-    except Exception:
-        return None
+async def _two_reads(env: Env, node: str) -> list[ClockRead]:
+    first = await read_clocks(env.db, node)
+    await asyncio.sleep(env.clock_recheck_s)
+    return [first, await read_clocks(env.db, node)]
 
 
 class Membership(Fault):
@@ -871,6 +915,7 @@ class Membership(Fault):
             return {"leader": leader, "victim": victim, "steps": steps.done}
         steps.add("removed", voters=list(members.voters))
         self._seen = _where_it_writes(env, victim)
+        env.db.held.add(victim)  # down until this fault's stop, whatever else heals
         env.db.kill([victim])
         steps.add("killed")
         env.db.wipe(victim)
@@ -884,6 +929,7 @@ class Membership(Fault):
         if victim is None:
             return {}
         steps = _Steps()
+        env.db.held.discard(victim)
         if not env.db.running(victim):
             raft_dir = self._seen.get("raft_dir")
             if raft_dir is not None:  # looked at by verify_stop

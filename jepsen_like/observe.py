@@ -25,8 +25,10 @@ Each observation is a :class:`Check` (what was looked at, whether it showed the 
 effect, what was seen). An :class:`Evidence` gathers a fault's checks: ``verified``
 when there is at least one and all hold, ``unverified`` otherwise, ``not-applied`` when
 the fault itself says it injected nothing (no leader to transfer from, no running node
-to pause), ``error`` when the fault raised. The runner makes a run whose faults are not
-all verified or not-applied end ``unknown``, never ``valid``.
+to pause) or found nothing to act on (a delay while no traffic crossed any link: what
+could be checked, that every link was set, holds), ``error`` when the fault raised. The
+runner makes a run whose faults are not all verified or not-applied end ``unknown``,
+never ``valid``.
 
 The functions take the ``/proc`` root as a parameter, so tests feed them fake trees.
 """
@@ -94,8 +96,8 @@ class Evidence:
     def status(self) -> str:
         if self.error is not None:
             return "error"
-        if self.not_applied is not None and not self.checks:
-            return "not-applied"
+        if self.not_applied is not None and all(c.ok for c in self.checks):
+            return "not-applied"  # what could be checked holds; nothing to act on
         if self.checks and all(c.ok for c in self.checks):
             return "verified"
         return "unverified"

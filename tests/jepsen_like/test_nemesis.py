@@ -34,6 +34,7 @@ from jepsen_like.nemesis import (
     reachable_from,
     verification,
 )
+from jepsen_like.observe import Evidence
 from jepsen_like.proxy import Link
 from kvstore.client import Indeterminate, Members, NodeStatus
 
@@ -152,7 +153,7 @@ class FakeNet:
         self.latency = (0.0, 0.0)
         self.drops = 0
         self.traffic = True
-        self.stats = {"accepted": 0, "dropped": 0, "delayed": 0, "delay_ms": 0}
+        self.stats = {"accepted": 0, "bytes": 0, "dropped": 0, "delayed": 0, "delay_ms": 0}
 
     def partition(self, grudge: Iterable[Link]) -> None:
         self.grudge = frozenset(grudge)
@@ -177,6 +178,7 @@ class FakeNet:
     def counters(self) -> dict[str, int]:
         if self.traffic:  # every look sees a little more traffic
             self.stats["accepted"] += 1
+            self.stats["bytes"] += 100
             if self.latency[0] > 0:
                 self.stats["delayed"] += 3
                 self.stats["delay_ms"] += round(3000 * self.latency[0])
@@ -205,6 +207,7 @@ class FakeDB:
         self.proc = self.root / "proc"
         self.pids: dict[str, int] = {}
         self.wiped: set[str] = set()
+        self.held: set[str] = set()
         for node in self.nodes:
             raft = self.own_data_dir(node) / "raft"
             raft.mkdir(parents=True, exist_ok=True)
@@ -271,7 +274,7 @@ class FakeDB:
         return victims
 
     def restart(self, node: str) -> int | None:
-        if node in self.pids:
+        if node in self.pids or node in self.held:
             return None
         return self._spawn(node)
 
@@ -368,6 +371,8 @@ def make_env(db: FakeDB | None = None, net: FakeNet | None = None) -> Env:
         clock=clocks,
         drift_window_s=0.5,  # a fake's clock is exact: a short window shows the rate
         clock_recheck_s=0.01,
+        answer_s=0.3,
+        traffic_s=0.1,
     )
 
 
@@ -497,7 +502,8 @@ def test_membership_heal_completes_an_interrupted_change() -> None:
     async def body() -> None:
         await schedule.start("membership")
         victim = schedule.timeline[-1].details["victim"]
-        db.restart(victim)  # as if a stop got this far, then failed
+        db.held.discard(victim)  # as if a stop got this far (released, restarted),
+        db.restart(victim)  # then failed
         await db.member_add(victim, learner=True)
         await schedule.heal()
 
@@ -651,6 +657,14 @@ class QuietNet(FakeNet):
         return dict(self.stats)
 
 
+class UndelayedNet(FakeNet):
+    """Traffic flows, but a delay set on the links holds nothing back (a dud proxy)."""
+
+    def counters(self) -> dict[str, int]:
+        self.stats["bytes"] += 100
+        return dict(self.stats)
+
+
 class DudDB(FakeDB):
     """Signals that never land, and the old relative-path wipe: it removes a directory
     the node does not use, so the node comes back with its whole log."""
@@ -681,7 +695,7 @@ class DudDB(FakeDB):
         ("partition-one", DeafNet, FakeDB),
         ("partition-halves", WrongProxyNet, FakeDB),
         ("latency", DeafNet, FakeDB),
-        ("latency", QuietNet, FakeDB),
+        ("latency", UndelayedNet, FakeDB),
         ("drop", QuietNet, FakeDB),
         ("kill-one", FakeNet, DudDB),
         ("kill-all", FakeNet, DudDB),
@@ -774,6 +788,151 @@ def test_not_applied_faults_do_not_make_a_run_unknown() -> None:
     asyncio.run(schedule.start("transfer"))
     assert _evidence(schedule, "start")["status"] == "not-applied"
     assert verification(schedule.timeline)["valid"] is True
+
+
+# ---- overlapping faults (--nemesis all): a verifier waits out another group's fault ----
+
+
+def test_a_clock_read_waits_out_a_kill_by_another_fault() -> None:
+    """The clock was stepped; another group kills the node before the read-back and
+    restarts it a little later. The read-back waits for it and verifies the step (it
+    used to give up: "status failed", and the run ended unknown)."""
+    env = make_env()
+    env.answer_s = 3.0
+    db = env.db
+    assert isinstance(db, FakeDB)
+    clock = itertools.count(0, 1000)
+    schedule = Schedule(["clock-step-forward"], env, interval=0.02, clock_ns=lambda: next(clock))
+    fault = schedule._faults["clock-step-forward"]
+    real_verify = fault.verify_start
+
+    async def killed_meanwhile(env: Env, details: dict[str, object]) -> Evidence:
+        node = str(details["node"])
+        db.kill([node])
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, db.restart, node)
+        return await real_verify(env, details)
+
+    fault.verify_start = killed_meanwhile  # type: ignore[method-assign]
+    asyncio.run(schedule.start("clock-step-forward"))
+    start = _evidence(schedule, "start")
+    assert start["status"] == "verified", start
+    checks = [c["check"] for c in start["checks"]]
+    assert not any("skipped" in c for c in checks), checks
+    assert any("wall clock +" in c for c in checks), checks
+
+
+def test_a_node_still_down_at_the_end_of_the_wait_is_skipped_saying_so() -> None:
+    schedule = make_schedule(["clock-step-forward"])
+    db = schedule.env.db
+    fault = schedule._faults["clock-step-forward"]
+    real_verify = fault.verify_start
+
+    async def killed_for_good(env: Env, details: dict[str, object]) -> Evidence:
+        db.kill([str(details["node"])])
+        return await real_verify(env, details)
+
+    fault.verify_start = killed_for_good  # type: ignore[method-assign]
+    asyncio.run(schedule.start("clock-step-forward"))
+    node = schedule.timeline[-1].details["node"]
+    checks = _evidence(schedule, "start")["checks"]
+    assert checks == [
+        {
+            "check": f"{node} clock read skipped",
+            "ok": True,
+            "observed": f"{node} is not running: it cannot answer",
+        }
+    ]
+
+
+def test_a_kill_and_its_heal_leave_the_membership_victim_down_until_its_own_stop() -> None:
+    """A kill of the victim (another group's) ends while the membership change is in
+    force: its restart must not start the wiped victim early, or the change's own stop
+    finds a Raft directory that is no longer empty and cannot verify the wipe."""
+    schedule = make_schedule(["membership", "kill-one"])
+    db = schedule.env.db
+    assert isinstance(db, FakeDB)
+
+    async def body() -> None:
+        await schedule.start("membership")
+        victim = schedule.timeline[-1].details["victim"]
+        kill = schedule._faults["kill-one"]
+        kill._victims = [victim]  # type: ignore[attr-defined]  # it killed the victim first
+        kid = schedule._next_id
+        schedule._next_id += 1
+        schedule._active[kid] = kill
+        await schedule.stop(kid)
+        assert not db.running(victim), "the kill's stop restarted the held victim"
+        assert victim not in db.alive
+        await schedule.heal()
+
+    asyncio.run(body())
+    stops = [e for e in schedule.timeline if e.event == "stop"]
+    assert stops[0].kind == "kill-one" and stops[0].details["restarted"] == {}
+    member = next(e for e in stops if e.kind == "membership")
+    ev = member.details["evidence"]
+    assert ev["status"] == "verified", ev
+    assert "Raft directory empty before restart" in [c["check"] for c in ev["checks"]]
+    assert healed(schedule.env) and not db.held
+
+
+class EmptyNet(QuietNet):
+    """No connection open anywhere (every link cut, every node down): a drop resets
+    nothing, nobody dials."""
+
+    def drop_connections(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"), [("latency", "no traffic"), ("drop", "no peer connection")]
+)
+def test_a_link_fault_with_nothing_to_act_on_is_not_applied_and_says_why(
+    kind: str, why: str
+) -> None:
+    """Another group's fault left no traffic for a delay or a drop to act on: not
+    applied (the run is not made unknown for it), with the reason; what could be
+    checked (every link set to the delay) is still checked."""
+    env = make_env(net=EmptyNet())
+    clock = itertools.count(0, 1000)
+    schedule = Schedule([kind], env, interval=0.02, clock_ns=lambda: next(clock))
+    asyncio.run(schedule.start(kind))
+    start = _evidence(schedule, "start")
+    assert start["status"] == "not-applied", start
+    assert why in start["not_applied"]
+    assert all(c["ok"] for c in start["checks"])
+    assert verification(schedule.timeline)["valid"] is True
+
+
+def test_a_delay_not_set_on_every_link_is_unverified_even_without_traffic() -> None:
+    class HalfSetNet(EmptyNet):
+        def link_latency(self, link: Link) -> tuple[float, float]:
+            return (0.0, 0.0) if link == ("n1", "n2") else self.latency
+
+    env = make_env(net=HalfSetNet())
+    clock = itertools.count(0, 1000)
+    schedule = Schedule(["latency"], env, interval=0.02, clock_ns=lambda: next(clock))
+    asyncio.run(schedule.start("latency"))
+    assert _evidence(schedule, "start")["status"] == "unverified"
+
+
+def test_a_transfer_whose_target_is_paused_is_verified_by_another_node() -> None:
+    schedule = make_schedule(["transfer"])
+    db = schedule.env.db
+    assert isinstance(db, FakeDB)
+    fault = schedule._faults["transfer"]
+    real_verify = fault.verify_start
+
+    async def paused_meanwhile(env: Env, details: dict[str, object]) -> Evidence:
+        db.pause(str(details["to"]))
+        return await real_verify(env, details)
+
+    fault.verify_start = paused_meanwhile  # type: ignore[method-assign]
+    asyncio.run(schedule.start("transfer"))
+    start = _evidence(schedule, "start")
+    assert start["status"] == "verified", start
+    to = schedule.timeline[-1].details["to"]
+    assert start["checks"][0]["check"].endswith(f"names {to} the leader")
 
 
 def test_a_kind_without_a_verifier_is_unverified() -> None:
