@@ -17,6 +17,7 @@ from cli.kv_commands import (
     DEFAULT_CONFIG,
     ExitCode,
     client_options,
+    consistency_option,
     console,
     emit,
     fail,
@@ -243,11 +244,18 @@ def _show_members(as_json: bool, m: Any) -> None:
 
 
 @member.command("list", short_help="Show voters and learners.")
+@consistency_option
 @client_options
-def member_list(endpoints: str | None, config: str | None, timeout: float, as_json: bool) -> None:
-    """The voters and learners, as the node that answers has applied them."""
+def member_list(
+    consistency: str, endpoints: str | None, config: str | None, timeout: float, as_json: bool
+) -> None:
+    """The voters and learners: the cluster's, confirmed by the leader (linearizable,
+    the default), or as the node that answers has them (serializable)."""
     _show_members(
-        as_json, run_client(endpoints, config, timeout, as_json, lambda c: c.member_list())
+        as_json,
+        run_client(
+            endpoints, config, timeout, as_json, lambda c: c.member_list(consistency=consistency)
+        ),
     )
 
 

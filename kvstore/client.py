@@ -711,10 +711,18 @@ class AsyncClient:
         """Remove ``node`` (voter or learner); returns the membership after it."""
         return await self._member_change(lambda rid: p.MemberRemove(id=rid, node=node))
 
-    async def member_list(self, endpoint: str | None = None) -> Members:
-        """The membership as ``endpoint`` (or the leader, if known) has applied it."""
+    async def member_list(
+        self, endpoint: str | None = None, consistency: str = "linearizable"
+    ) -> Members:
+        """The membership: linearizable by default (the cluster's, confirmed by the
+        leader); ``serializable``: as ``endpoint`` (or whichever node answers) has it in
+        its log, at once."""
+        level = p.Consistency(consistency)
         resp = await self._call(
-            lambda rid: p.MemberList(id=rid), None, leader_only=False, pin=endpoint
+            lambda rid: p.MemberList(id=rid, consistency=level),
+            None,
+            leader_only=level is p.Consistency.LINEARIZABLE and endpoint is None,
+            pin=endpoint,
         )
         return _members(resp)
 
@@ -1124,8 +1132,10 @@ class Client:
     def member_remove(self, node: str) -> Members:
         return self._run(self._async.member_remove(node))
 
-    def member_list(self, endpoint: str | None = None) -> Members:
-        return self._run(self._async.member_list(endpoint))
+    def member_list(
+        self, endpoint: str | None = None, consistency: str = "linearizable"
+    ) -> Members:
+        return self._run(self._async.member_list(endpoint, consistency))
 
     def close(self) -> None:
         if not self._loop.is_running():

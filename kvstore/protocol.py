@@ -355,7 +355,13 @@ class MemberRemove:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemberList:
+    """The voters and learners. Linearizable by default, as a read: answered after a
+    read barrier, so a lagging follower cannot report a membership the cluster has
+    left; ``serializable`` answers from the node's own log at once (a node that is
+    joining, or one cut off from the leader, says what it knows)."""
+
     id: int
+    consistency: Consistency = Consistency.LINEARIZABLE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -882,7 +888,7 @@ _REQUEST_FIELDS: dict[Op, frozenset[str]] = {
     Op.TRANSFER_LEADER: frozenset({"id", "op", "to"}),
     Op.MEMBER_ADD: frozenset({"id", "op", "node", "learner"}),
     Op.MEMBER_REMOVE: frozenset({"id", "op", "node"}),
-    Op.MEMBER_LIST: frozenset({"id", "op"}),
+    Op.MEMBER_LIST: frozenset({"id", "op", "consistency"}),
     Op.TXN: frozenset({"id", "op", "compare", "success", "failure", *_SESSION}),
     Op.LEASE_GRANT: frozenset({"id", "op", "ttl_ms", *_SESSION}),
     Op.LEASE_KEEPALIVE: frozenset({"id", "op", "lease", *_SESSION}),
@@ -940,7 +946,7 @@ def encode_request(req: Request) -> bytes:
         case MemberRemove():
             m.update(node=req.node)
         case MemberList():
-            pass
+            m["consistency"] = str(req.consistency)
         case Txn():
             m["compare"] = [_compare_map(c) for c in req.compares]
             m["success"] = [_txn_op_map(o) for o in req.success]
@@ -1020,7 +1026,7 @@ def decode_request(data: bytes, limits: Limits) -> Request:
         case Op.MEMBER_REMOVE:
             return MemberRemove(id=rid, node=_node_id(f, "node"))
         case Op.MEMBER_LIST:
-            return MemberList(id=rid)
+            return MemberList(id=rid, consistency=_consistency(f))
         case Op.TXN:
             return _txn(f, rid, limits)
         case Op.LEASE_GRANT:

@@ -641,6 +641,8 @@ class ClientServer:
                 case p.MemberAdd() | p.MemberRemove():
                     return await self._member_change(req)
                 case p.MemberList():
+                    if req.consistency is Consistency.LINEARIZABLE:
+                        await self._engine.read_barrier(self._timeout)
                     return self._members(req.id)
                 case p.Watch() | p.WatchCancel():  # streams are served by _answer
                     return _error(req.id, Code.BAD_REQUEST, "watch needs a connection")

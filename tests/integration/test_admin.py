@@ -85,7 +85,7 @@ def test_remove_then_rejoin_as_learner_then_promote_keeps_every_write(
 
     node = lc.cfg.node(victim)
     lc.started.add(cluster.spawn_node(lc.config, node, ["--join"]))
-    empty = _wait(lambda: c.member_list(endpoint=lc.addr(victim)))
+    empty = _wait(lambda: c.member_list(endpoint=lc.addr(victim), consistency="serializable"))
     assert empty.voters == () and empty.learners == (), "a joining node must not bootstrap"
 
     members = c.member_add(victim, learner=True)

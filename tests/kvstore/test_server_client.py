@@ -307,6 +307,31 @@ def test_no_leader_is_unavailable_and_definite() -> None:
     run(body)
 
 
+def test_member_list_is_linearizable_unless_asked_otherwise() -> None:
+    """A node that cannot confirm with a leader that its log is current does not
+    answer the membership by default: a lagging follower once told the fault harness
+    that a removed voter was still one, and the harness never added it back (the
+    cluster ended with two wiped nodes outside it). Serializable answers at once."""
+
+    async def body() -> None:
+        async with cluster("n1") as [n1]:
+            n1.engine.leader = None  # cut off: no leader to confirm with
+            c = client(n1, deadline=0.5)
+            try:
+                with pytest.raises(Unavailable):
+                    await c.member_list(endpoint=n1.addr)
+                with pytest.raises(Unavailable):
+                    await c.member_list()
+                members = await c.member_list(endpoint=n1.addr, consistency="serializable")
+                assert members.voters == ("n1",)
+                n1.engine.leader = "n1"
+                assert (await c.member_list()).voters == ("n1",)
+            finally:
+                await c.close()
+
+    run(body)
+
+
 def test_unreachable_endpoint_is_skipped() -> None:
     async def body() -> None:
         async with cluster("n1") as [n1]:
