@@ -70,10 +70,11 @@ def node(config_path: str, node_id: str, log_level: str, unsafe: str | None, joi
     except KeyError:
         ids = ", ".join(n.id for n in cfg.nodes)
         fail(ExitCode.USAGE, f"{config_path}: no node {node_id!r} (nodes: {ids})")
-    from kvstore.security import SecurityError, node_peer_secret
+    from kvstore.security import SecurityError, node_peer_secret, node_tls
 
     try:
         node_peer_secret(cfg, cfg.node(node_id))
+        node_tls(cfg, cfg.node(node_id))
     except SecurityError as exc:
         fail(ExitCode.USAGE, f"node {node_id} refuses to start: {exc}")
     from kvstore.node import UnsafeMode, main

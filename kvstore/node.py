@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvstore.config import ClusterConfig, Fsync, NodeConfig, load_config
-from kvstore.security import node_peer_secret
+from kvstore.security import node_peer_secret, node_tls
 from kvstore.server import ClientServer, ConnectionLimits
 from kvstore.state_machine import KVStateMachine
 from raft.runtime.node import RaftEngine
@@ -84,6 +84,7 @@ async def start_node(
     campaign with a membership the cluster has long left."""
     me = cfg.node(node_id)
     secret = node_peer_secret(cfg, me)  # SecurityError: refuse to start as configured
+    tls = node_tls(cfg, me)
     if not secret:
         log.warning("%s: INSECURE: peers are not authenticated ([security] insecure)", node_id)
     make_dirs(me.data_dir)
@@ -114,6 +115,7 @@ async def start_node(
         max_frame_bytes=cfg.raft.max_frame_bytes,
         queue_limit=cfg.raft.peer_queue_limit,
         secret=secret,
+        tls=None if tls is None else tls.peer,
     )
     engine.attach(transport)
     engine.start()
@@ -136,7 +138,9 @@ async def start_node(
         election_timeout=election_timeout,
         connection_limits=limits,
     )
-    await server.start(me.client_address.host, me.client_address.port)
+    await server.start(
+        me.client_address.host, me.client_address.port, ssl=None if tls is None else tls.clients
+    )
     return RunningNode(engine, transport, server)
 
 
