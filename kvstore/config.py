@@ -565,6 +565,7 @@ def _check_nodes(
     ids: dict[str, int] = {}
     seen: dict[tuple[str, int], tuple[str, str, Path_]] = {}
     dirs: dict[Path, str] = {}
+    certs: dict[Path, str] = {}
     for k, entry in enumerate(raw):
         known = ("id", "peer_address", "client_address", "data_dir", "cert_file", "key_file")
         t = c.table(("nodes", k), entry, known)
@@ -602,6 +603,12 @@ def _check_nodes(
                 tls[i] = c.file(("nodes", k, key), t[key])
             elif security.ca_file is not None:
                 tls[i] = security.ca_file.parent / f"{nid}{suffix}"
+        if tls[0] is not None and (owner := certs.setdefault(tls[0], nid)) != nid:
+            raise c.fail(
+                ("nodes", k, "cert_file"),
+                f"node {nid!r} shares cert_file {tls[0]} with {owner!r}: a node certificate "
+                "names one member id",
+            )
         peer, client = addrs["peer_address"], addrs["client_address"]
         nodes.append(NodeConfig(nid, peer, client, data_dir, *tls))
     return tuple(nodes)

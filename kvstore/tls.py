@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from kvstore.certs import member_ids, member_uri
 from kvstore.config import ClusterConfig, NodeConfig
@@ -39,6 +40,7 @@ __all__ = [
     "client_context",
     "config_client_context",
     "node_contexts",
+    "peer_tls",
 ]
 
 
@@ -145,25 +147,30 @@ def check_node_files(cfg: ClusterConfig, node: NodeConfig) -> None:
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, x509.InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def peer_tls(ca: Path, cert: Path, key: Path) -> PeerTLS:
+    """Mutual TLS between peers under CA ``ca``, presenting ``cert``/``key``."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    client.check_hostname = False  # the member id is checked instead
+    client.load_cert_chain(cert, key)
+    return PeerTLS(server, client, cert_names_member)
 
 
 def node_contexts(cfg: ClusterConfig, node: NodeConfig) -> NodeTLS:
     """The SSL contexts of ``node`` (run :func:`check_node_files` first)."""
     ca, cert, key = cfg.security.ca_file, node.cert_file, node.key_file
     assert ca is not None and cert is not None and key is not None
-    peer_server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
-    peer_server.verify_mode = ssl.CERT_REQUIRED
-    peer_server.load_cert_chain(cert, key)
-    peer_client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-    peer_client.check_hostname = False  # the member id is checked instead
-    peer_client.load_cert_chain(cert, key)
     clients = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
     clients.verify_mode = ssl.CERT_REQUIRED if cfg.security.client_cert_auth else ssl.CERT_NONE
     clients.load_cert_chain(cert, key)
-    return NodeTLS(PeerTLS(peer_server, peer_client, cert_names_member), clients)
+    return NodeTLS(peer_tls(ca, cert, key), clients)
 
 
 def client_context(
