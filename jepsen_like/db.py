@@ -35,13 +35,12 @@ from kvstore.cluster import (
     OUT_FILE,
     free_ports,
     pid_alive,
+    prepare_tls,
     spawn_node,
     stop_pid,
     wait_for_leader,
 )
 from kvstore.config import ClusterConfig, NodeConfig, load_config, parse_config
-from kvstore.security import ensure_tls_files
-from kvstore.tls import config_client_context
 
 __all__ = [
     "STARTED",
@@ -215,8 +214,7 @@ class LocalDB:
         )
         config_dir = self.config_paths[self.nodes[0]].parent
         cfg = parse_config(text, source="<tls>", base_dir=config_dir)
-        ensure_tls_files(cfg)
-        return config_client_context(cfg)
+        return prepare_tls(cfg)
 
     def client(self, endpoints: list[str], *, timeout: float, deadline: float) -> AsyncClient:
         """A harness client of these nodes (TLS when they speak it)."""

@@ -31,6 +31,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -60,6 +61,7 @@ __all__ = [
     "node_command",
     "pid_alive",
     "poll_status",
+    "prepare_tls",
     "read_pid",
     "running_pid",
     "spawn_node",
@@ -227,6 +229,13 @@ def spawn_node(
     _children[proc.pid] = proc
     pid_path(node).write_text(f"{proc.pid}\n")
     return proc.pid
+
+
+def prepare_tls(cfg: ClusterConfig) -> ssl.SSLContext | None:
+    """Create what is missing of ``cfg``'s TLS files (as :func:`spawn_node` would) and
+    return the context its clients use; None without TLS."""
+    ensure_tls_files(cfg)
+    return config_client_context(cfg)
 
 
 _EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
