@@ -517,6 +517,8 @@ def _check_raft(c: _Checker, raft: RaftSettings, client: ClientSettings) -> None
 
 
 def _check_security(c: _Checker) -> SecuritySettings:
+    """[security]: paths resolved (TLS files need not exist yet: a node checks its own
+    at start), and the TLS keys refused without ``ca_file``."""
     known = (
         "peer_secret_file",
         "insecure",
@@ -529,24 +531,23 @@ def _check_security(c: _Checker) -> SecuritySettings:
     secret_file = c.directory(
         ("security", "peer_secret_file"), sec.get("peer_secret_file", DEFAULT_SECRET_FILE)
     )
-    flags = {}
-    for key in ("insecure", "client_cert_auth"):
-        flags[key] = sec.get(key, False)
-        if type(flags[key]) is not bool:
-            raise c.fail(("security", key), f"[security] {key} must be true or false")
+    flags: dict[str, bool] = {}
+    for name in ("insecure", "client_cert_auth"):
+        flags[name] = sec.get(name, False)
+        if type(flags[name]) is not bool:
+            raise c.fail(("security", name), f"[security] {name} must be true or false")
     ca_file = c.file(("security", "ca_file"), sec["ca_file"]) if "ca_file" in sec else None
     if ca_file is None:
-        for key in ("client_cert_auth", "client_cert_file", "client_key_file"):
-            if sec.get(key, False) is not False:
-                raise c.fail(("security", key), f"[security] {key} needs ca_file (TLS)")
+        for name in ("client_cert_auth", "client_cert_file", "client_key_file"):
+            if sec.get(name, False) is not False:
+                raise c.fail(("security", name), f"[security] {name} needs ca_file (TLS)")
         return SecuritySettings(secret_file, flags["insecure"])
     cert, key = (
         c.file(("security", k), sec[k]) if k in sec else ca_file.parent / f"{CLIENT_CERT_NAME}{x}"
         for k, x in (("client_cert_file", ".crt"), ("client_key_file", ".key"))
     )
-    return SecuritySettings(
-        secret_file, flags["insecure"], ca_file, flags["client_cert_auth"], cert, key
-    )
+    auth = flags["client_cert_auth"]
+    return SecuritySettings(secret_file, flags["insecure"], ca_file, auth, cert, key)
 
 
 def _check_nodes(

@@ -115,7 +115,9 @@ def ensure_tls_files(cfg: ClusterConfig) -> list[Path]:
         ca = CertificateAuthority.create(cfg.id)
         write(ca_key_path(sec.ca_file), ca.pair.key_pem, True)
         write(sec.ca_file, ca.pair.cert_pem, False)
-    wanted = [(n.cert_file, n.key_file, n) for n in cfg.nodes if n.cert_file and n.key_file]
+    wanted: list[tuple[Path, Path, NodeConfig | None]] = [
+        (n.cert_file, n.key_file, n) for n in cfg.nodes if n.cert_file and n.key_file
+    ]
     if sec.client_cert_file and sec.client_key_file:
         wanted.append((sec.client_cert_file, sec.client_key_file, None))
     for cert_file, key_file, _ in wanted:
