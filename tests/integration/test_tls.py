@@ -41,6 +41,9 @@ def test_a_tls_cluster_serves_the_cli_over_tls(make_cluster: MakeCluster) -> Non
     assert got.returncode == 0 and got.stdout == b"hello\n", got.stderr
     status = kv("cluster", "status", "--config", str(lc.config), "--json")
     assert sum(n["role"] == "leader" for n in json.loads(status.stdout)) == 1
+    bench = kv("--cacert", ca, "bench", "--clients", "4", "--ops", "40", "--endpoints",
+               endpoints, "--json")  # fmt: skip
+    assert bench.returncode == 0 and json.loads(bench.stdout)["ok"] == 40, bench.stderr
     # Plain TCP is served on neither port.
     plain = kv("get", "greeting", "--endpoints", endpoints, "--timeout", "1")
     assert plain.returncode == 5, plain.stderr
