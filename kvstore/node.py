@@ -85,8 +85,14 @@ async def start_node(
     me = cfg.node(node_id)
     secret = node_peer_secret(cfg, me)  # SecurityError: refuse to start as configured
     tls = node_tls(cfg, me)
-    if not secret:
+    if not secret and tls is None:
         log.warning("%s: INSECURE: peers are not authenticated ([security] insecure)", node_id)
+    elif not secret:
+        log.warning("%s: no cluster secret: peers are authenticated by certificate only", node_id)
+    if tls is not None:
+        clients = "required" if cfg.security.client_cert_auth else "not required"
+        log.info("%s: TLS on both ports (CA %s)", node_id, cfg.security.ca_file)
+        log.info("%s: client certificates %s", node_id, clients)
     make_dirs(me.data_dir)
     storage: Storage = DiskStorage(me.data_dir / "raft")
     if unsafe is UnsafeMode.LAZY_FSYNC:
