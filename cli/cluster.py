@@ -71,10 +71,11 @@ def node(config_path: str, node_id: str, log_level: str, unsafe: str | None, joi
     except KeyError:
         ids = ", ".join(n.id for n in cfg.nodes)
         fail(ExitCode.USAGE, f"{config_path}: no node {node_id!r} (nodes: {ids})")
-    from kvstore.security import SecurityError, node_peer_secret
+    from kvstore.security import SecurityError, node_peer_secret, node_tls
 
     try:
         node_peer_secret(cfg, cfg.node(node_id))
+        node_tls(cfg, cfg.node(node_id))
     except SecurityError as exc:
         fail(ExitCode.USAGE, f"node {node_id} refuses to start: {exc}")
     from kvstore.node import UnsafeMode, main
@@ -135,15 +136,30 @@ def _table(nodes: Sequence[NodeInfo], title: str | None = None) -> None:
     show_default=True,
     help="Seconds to wait for a leader.",
 )
-def up(config_path: str, fresh: bool, wait: float) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Turn TLS on in the config ([security] ca_file) if it is off, and create the CA "
+    "and certificates that are missing (in tls/ beside the config).",
+)
+def up(config_path: str, fresh: bool, wait: float, tls: bool) -> None:
     """Start the config's nodes that are not running, detached (output in
     <data_dir>/node.out), and wait until a leader is elected."""
     from kvstore.cluster import ClusterError, start_cluster
+    from kvstore.security import SecurityError, ensure_tls_files
 
-    load_config_or_exit(config_path)
+    cfg = load_config_or_exit(config_path)
     try:
+        if tls:
+            from kvstore.cluster_init import enable_tls
+
+            if enable_tls(Path(config_path)):
+                click.echo(f"TLS turned on in {config_path} ([security] ca_file)")
+            cfg = load_config_or_exit(config_path)
+        for path in ensure_tls_files(cfg):
+            click.echo(f"created {path}")
         report = start_cluster(Path(config_path), fresh=fresh, wait=wait)
-    except ClusterError as exc:
+    except (ClusterError, SecurityError, OSError, ValueError) as exc:
         fail(ExitCode.ERROR, str(exc))
     for nid, pid in report.already_running.items():
         click.echo(f"{nid}: already running (pid {pid})")
@@ -288,3 +304,67 @@ def member_remove(
     """Remove NODE_ID from the cluster. Its process keeps running until you stop it."""
     m = run_client(endpoints, config, timeout, as_json, lambda c: c.member_remove(node_id))
     _show_members(as_json, m)
+
+
+@cluster.command(short_help="Write the configuration of a cluster across machines.")
+@click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    required=True,
+    metavar="ID=PEER_HOST:PORT,CLIENT_HOST:PORT",
+    help="A node and the addresses it listens on (repeat for each node).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="Where to write cluster.toml, cluster.secret and tls/.",
+)
+@click.option("--cluster-id", default="main", show_default=True, help="The cluster's id.")
+@click.option("--tls", is_flag=True, help="Create a CA and a certificate per node and client.")
+def init(nodes: tuple[str, ...], directory: str, cluster_id: str, tls: bool) -> None:
+    """Write cluster.toml for the given nodes, the peer secret (mode 0600) and, with
+    --tls, a CA and certificates (keys 0600); then print what to copy to each machine
+    and how to start the nodes."""
+    from kvstore.cluster_init import ca_key_of, copy_plan, init_cluster, parse_node_spec
+    from kvstore.config import ConfigError
+
+    try:
+        specs = [parse_node_spec(n) for n in nodes]
+        report = init_cluster(Path(directory), specs, cluster_id=cluster_id, tls=tls)
+    except (ValueError, OSError) as exc:  # ConfigError is a ValueError
+        code = ExitCode.USAGE if isinstance(exc, ValueError | ConfigError) else ExitCode.ERROR
+        fail(code, str(exc))
+    for path in report.written:
+        click.echo(f"wrote {path}")
+    base = report.config_path.parent
+    click.echo("\nNext steps:")
+    step = 1
+    for nid, files in copy_plan(report.cfg).items():
+        rel = " ".join(str(p.relative_to(base)) for p in files)
+        host = report.cfg.node(nid).peer_address.host
+        click.echo(
+            f"  {step}. on {host} ({nid}): copy cluster.toml {rel} into one directory "
+            "(same relative paths; keep the .key and .secret files mode 0600), then run "
+            f"there:  kv node --config cluster.toml --id {nid}"
+        )
+        step += 1
+    click.echo(
+        f"  {step}. once a leader is elected (kv cluster status --config "
+        f"{report.config_path}), turn on client authentication right away: kv auth "
+        "enable (docs/SECURITY.md)"
+    )
+    if (ca_key := ca_key_of(report.cfg)) is not None:
+        click.echo(
+            f"\nKeep {ca_key} (the CA's key) here, or offline: no node needs it. Clients "
+            "verify the nodes with tls/ca.crt and, with client_cert_auth = true, present "
+            f"tls/client.crt and .key: kv get KEY --config {report.config_path}"
+        )
+    else:
+        click.echo(
+            "\nWithout --tls, nodes off loopback refuse to start unless [security] "
+            "insecure = true: run init again with --tls (docs/SECURITY.md)."
+        )

@@ -27,12 +27,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 if TYPE_CHECKING:
+    import ssl
+
     from kvstore.client import AsyncClient, KeyValue
 
 T = TypeVar("T")
@@ -98,6 +101,39 @@ def resolve_endpoints(endpoints: str | None, config: str | None, as_json: bool) 
         )
     cfg = load_config_or_exit(path, as_json=as_json)
     return [str(n.client_address) for n in cfg.nodes]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFlags:
+    """``kv --cacert/--cert/--key`` (the group's options, kept in the click context)."""
+
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+def resolve_tls(endpoints: str | None, config: str | None, as_json: bool) -> ssl.SSLContext | None:
+    """The TLS context for the nodes, or None for plain TCP. ``--cacert`` (with
+    ``--cert``/``--key`` for client-certificate auth) wins; otherwise the config the
+    endpoints come from (``--config``, or ./cluster.toml without ``--endpoints``) says,
+    through its [security] ca_file and client certificate."""
+    from kvstore.tls import client_context, config_client_context
+
+    ctx = click.get_current_context(silent=True)
+    flags = ctx.find_root().obj if ctx is not None else None
+    flags = flags if isinstance(flags, TLSFlags) else TLSFlags()
+    try:
+        if flags.cacert is not None:
+            key = None if flags.key is None else Path(flags.key)
+            cert = None if flags.cert is None else Path(flags.cert)
+            return client_context(Path(flags.cacert), cert, key)
+        if flags.cert is not None or flags.key is not None:
+            fail(ExitCode.USAGE, "--cert/--key need --cacert (the CA that signed the nodes)")
+        if config is None and (endpoints or not Path(DEFAULT_CONFIG).exists()):
+            return None
+        return config_client_context(load_config_or_exit(config or DEFAULT_CONFIG))
+    except OSError as exc:  # ssl.SSLError included: a key that is not the cert's
+        fail(ExitCode.USAGE, f"cannot use the TLS files: {exc}", as_json=as_json)
 
 
 def text_or_b64(name: str, data: bytes) -> dict[str, str]:
@@ -180,9 +216,10 @@ def run_client(
     from kvstore import client as c
 
     addrs = resolve_endpoints(endpoints, config, as_json)
+    tls = resolve_tls(endpoints, config, as_json)
 
     async def go() -> T:
-        async with c.AsyncClient(addrs, timeout=min(5.0, timeout), deadline=timeout) as cl:
+        async with c.AsyncClient(addrs, timeout=min(5.0, timeout), deadline=timeout, tls=tls) as cl:
             return await op(cl)
 
     try:
@@ -466,6 +503,7 @@ def bench(
         consistency=consistency,
         seed=seed,
         op_deadline=timeout,
+        tls=resolve_tls(endpoints, config, as_json),
     )
     from kvstore.client import ClientError
 

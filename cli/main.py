@@ -16,7 +16,7 @@ from collections.abc import Callable
 import click
 
 from cli.cluster import cluster, member, node
-from cli.kv_commands import COMMANDS
+from cli.kv_commands import COMMANDS, TLSFlags
 from cli.watch_lease import COMMANDS as STREAM_COMMANDS
 
 # The distribution name in pyproject.toml; ``--version`` reads it from the installed
@@ -27,8 +27,29 @@ _SIM_MODULE = "raft.sim.__main__"
 
 @click.group(name="kv", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=_DIST_NAME, prog_name="kv")
-def cli() -> None:
+@click.option(
+    "--cacert",
+    type=click.Path(dir_okay=False),
+    envvar="KV_CACERT",
+    help="Speak TLS to the nodes, verifying them with this CA certificate (env KV_CACERT). "
+    "Default: the config's [security] ca_file, when the config is read.",
+)
+@click.option(
+    "--cert",
+    type=click.Path(dir_okay=False),
+    envvar="KV_CERT",
+    help="Client certificate to present (client_cert_auth; env KV_CERT).",
+)
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False),
+    envvar="KV_KEY",
+    help="The client certificate's private key (env KV_KEY).",
+)
+@click.pass_context
+def cli(ctx: click.Context, cacert: str | None, cert: str | None, key: str | None) -> None:
     """A Raft-replicated, versioned key-value store."""
+    ctx.obj = TLSFlags(cacert, cert, key)
 
 
 @cli.command(short_help="Run the deterministic Raft simulator.")

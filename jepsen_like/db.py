@@ -23,6 +23,7 @@ import contextlib
 import os
 import shutil
 import signal
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,11 +35,12 @@ from kvstore.cluster import (
     OUT_FILE,
     free_ports,
     pid_alive,
+    prepare_tls,
     spawn_node,
     stop_pid,
     wait_for_leader,
 )
-from kvstore.config import ClusterConfig, NodeConfig, load_config
+from kvstore.config import ClusterConfig, NodeConfig, load_config, parse_config
 
 __all__ = [
     "STARTED",
@@ -76,9 +78,9 @@ class Placement:
     client: Mapping[str, Address]
     spawn: Spawner
     header: Sequence[str]  # the comment that opens each node's config
-    # Nodes off loopback need TLS, which the store does not have yet: such a placement
-    # says ``insecure`` explicitly (docs/SECURITY.md).
-    insecure: bool = False
+    # Nodes off loopback must speak TLS (docs/SECURITY.md): the harness then makes a CA
+    # and certificates for the run, and its own clients verify the nodes with them.
+    tls: bool = False
 
 
 def _toml_str(value: str) -> str:
@@ -96,7 +98,7 @@ def render_config(
     data_dirs: Mapping[str, Path],
     store: Mapping[str, int] | None = None,
     header: Sequence[str] | None = None,
-    insecure: bool = False,
+    tls: bool = False,
 ) -> str:
     """cluster.toml text as ``me`` must see the cluster: ``peer`` holds, for every node,
     the address ``me`` dials for it (a proxy, or with ``--net netns`` its real address)
@@ -120,12 +122,13 @@ def render_config(
         lines.append(f"{key} = {_toml_str(shown) if isinstance(shown, str) else shown}")
     if store:
         lines += ["", "[store]", *(f"{key} = {value}" for key, value in store.items())]
-    if insecure:
+    if tls:
         lines += [
             "",
             "[security]",
-            "# Off loopback without TLS: peers are NOT authenticated (a test network only).",
-            "insecure = true",
+            "# Off loopback: TLS, with a CA and certificates the harness made for this run",
+            "# (tls/<node>.crt names the node's id and address).",
+            f"ca_file = {_toml_str(TLS_CA_FILE)}",
         ]
     for node in sorted(peer):
         lines += [
@@ -138,6 +141,9 @@ def render_config(
         ]
     return "\n".join(lines) + "\n"
 
+
+TLS_CA_FILE = "tls/ca.crt"
+"""Relative to the config directory, which every node's config shares."""
 
 HISTORY_EVENTS = 200_000
 """Watch history the test cluster keeps: every event of a run (the watch and lock
@@ -181,6 +187,10 @@ class LocalDB:
         self.data_dirs = {node: run_dir / "data" / node for node in self.nodes}
         self.config_paths = {node: run_dir / "config" / f"{node}.toml" for node in self.nodes}
         self.configs: dict[str, ClusterConfig] = {}
+        self.tls = placement is not None and placement.tls
+        # The harness's own clients: TLS verified against the run's CA (made now, before
+        # any node or client needs it), or plain TCP on loopback.
+        self.client_tls = self._make_tls() if self.tls else None
         self.pids: dict[str, int] = {}  # running (or paused) node processes
         self.paused: set[str] = set()
         self.restarts = dict.fromkeys(self.nodes, 0)
@@ -192,6 +202,27 @@ class LocalDB:
         # wiped and waiting to come back as a new machine): no other restart touches
         # them, so a kill's heal cannot start the victim early (--nemesis all).
         self.held: set[str] = set()
+
+    def _make_tls(self) -> ssl.SSLContext | None:
+        """The run's CA, node and client certificates (in config/tls/, as the node
+        configs name them; each node's names its id and real address)."""
+        text = render_config(
+            self.nodes[0],
+            cluster_id="jepsen",
+            data_root=self.run_dir / "data",
+            raft=self.raft,
+            peer=self.peer_addresses,
+            client=self.client_addresses,
+            data_dirs=self.data_dirs,
+            tls=True,
+        )
+        config_dir = self.config_paths[self.nodes[0]].parent
+        cfg = parse_config(text, source="<tls>", base_dir=config_dir)
+        return prepare_tls(cfg)
+
+    def client(self, endpoints: list[str], *, timeout: float, deadline: float) -> AsyncClient:
+        """A harness client of these nodes (TLS when they speak it)."""
+        return AsyncClient(endpoints, timeout=timeout, deadline=deadline, tls=self.client_tls)
 
     def endpoints(self) -> list[str]:
         return [f"{h}:{p}" for h, p in (self.client_addresses[n] for n in self.nodes)]
@@ -216,7 +247,7 @@ class LocalDB:
                     data_dirs=self.data_dirs,
                     store={"history_events": HISTORY_EVENTS},
                     header=None if self.placement is None else self.placement.header,
-                    insecure=self.placement is not None and self.placement.insecure,
+                    tls=self.tls,
                 )
             )
             self.configs[me] = load_config(path)  # the node's own validation, up front
@@ -323,7 +354,7 @@ class LocalDB:
 
     async def status(self, node: str) -> NodeStatus:
         """``node``'s own answer to the status op."""
-        async with AsyncClient([self._endpoint(node)], timeout=1.0, deadline=1.0) as client:
+        async with self.client([self._endpoint(node)], timeout=1.0, deadline=1.0) as client:
             return await client.status(self._endpoint(node))
 
     def exit_tail(self, node: str, lines: int = 8) -> str:
@@ -355,21 +386,21 @@ class LocalDB:
     async def transfer_leader(self, to: str, deadline: float = 5.0) -> str:
         """Ask the cluster (through the admin op, as an operator would) to move
         leadership to ``to``; returns the new leader. Raises the client's errors."""
-        async with AsyncClient(self.endpoints(), timeout=2.0, deadline=deadline) as client:
+        async with self.client(self.endpoints(), timeout=2.0, deadline=deadline) as client:
             return await client.transfer_leader(to)
 
     async def member_list(self, node: str | None = None) -> Members:
         """The membership as ``node`` (default: whichever answers) has applied it."""
         pin = None if node is None else self._endpoint(node)
-        async with AsyncClient(self.endpoints(), timeout=2.0, deadline=5.0) as client:
+        async with self.client(self.endpoints(), timeout=2.0, deadline=5.0) as client:
             return await client.member_list(pin)
 
     async def member_add(self, node: str, learner: bool) -> Members:
-        async with AsyncClient(self.endpoints(), timeout=2.0, deadline=5.0) as client:
+        async with self.client(self.endpoints(), timeout=2.0, deadline=5.0) as client:
             return await client.member_add(node, learner=learner)
 
     async def member_remove(self, node: str) -> Members:
-        async with AsyncClient(self.endpoints(), timeout=2.0, deadline=5.0) as client:
+        async with self.client(self.endpoints(), timeout=2.0, deadline=5.0) as client:
             return await client.member_remove(node)
 
     async def wait_caught_up(self, node: str, timeout: float) -> int:
@@ -378,7 +409,7 @@ class LocalDB:
         it); returns that index."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with AsyncClient(self.endpoints(), timeout=1.0, deadline=2.0) as client:
+        async with self.client(self.endpoints(), timeout=1.0, deadline=2.0) as client:
             target: int | None = None
             while loop.time() < deadline:
                 with contextlib.suppress(Exception):

@@ -296,7 +296,7 @@ class NetnsNet:
                 f"# its own network namespace ({_PREFIX}{self.run_id}-<node>) and dials its "
                 "peers' real addresses.",
             ],
-            insecure=True,  # 10.x addresses: the store refuses them without TLS otherwise
+            tls=True,  # 10.x addresses: the store refuses them without TLS
         )
 
     # ---- lifecycle ------------------------------------------------------------------

@@ -231,6 +231,7 @@ async def run_async(opts: RunOptions, progress: ProgressHook | None = None) -> R
         op_deadline=opts.op_deadline,
         fencing=opts.unsafe != "no-fencing",
         election_timeout_s=opts.election_ticks * opts.tick_ms / 1000,
+        tls=db.client_tls,
     )
     workload = make_workload(opts.workload, wopts, rec)
     schedule = Schedule(

@@ -85,7 +85,10 @@ class WatchWorkload(Workload):
     async def _watch_node(self, index: int, name: str, endpoint: str) -> None:
         process = WATCHER_PROCESS_BASE + index
         client = AsyncClient(
-            [endpoint], timeout=self.opts.attempt_timeout, deadline=self.opts.op_deadline
+            [endpoint],
+            timeout=self.opts.attempt_timeout,
+            deadline=self.opts.op_deadline,
+            tls=self.opts.tls,
         )
         try:
             while not self._done(name):

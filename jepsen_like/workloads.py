@@ -50,6 +50,7 @@ import abc
 import asyncio
 import contextlib
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -99,6 +100,7 @@ class WorkloadOptions:
     fencing: bool = True  # lock: False writes without the token check (harness self-test)
     election_timeout_s: float = 0.5  # the nodes' base election timeout (ticks x tick)
     lease_ttl_s: float | None = None  # lease: the TTL asked for (None: 4 election timeouts)
+    tls: ssl.SSLContext | None = None  # the nodes speak TLS (--net netns): verify with this
 
 
 # ---- the history ---------------------------------------------------------------------
@@ -164,6 +166,7 @@ class _Process:
             "deadline": opts.op_deadline,
             "backoff_cap": 0.5,
             "rng": random.Random(f"{opts.seed}:client:{number}"),
+            "tls": opts.tls,
         }
         self.reads = AsyncClient(order, **kwargs)
         self.writes = AsyncClient(order, **kwargs)

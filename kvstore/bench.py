@@ -18,6 +18,7 @@ import asyncio
 import enum
 import math
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,7 @@ class BenchConfig:
     seed: int | None = None
     max_seconds: float = 600.0  # hard stop, whatever ``ops`` says
     op_deadline: float = 10.0  # one operation, retries included
+    tls: ssl.SSLContext | None = None  # a TLS cluster: kvstore.tls.client_context
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.keys < 1 or self.value_size < 0:
@@ -188,6 +190,7 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
             timeout=min(5.0, cfg.op_deadline),
             deadline=cfg.op_deadline,
             rng=random.Random(rng.random()),
+            tls=cfg.tls,
         )
         for _ in range(cfg.clients)
     ]

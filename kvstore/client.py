@@ -38,6 +38,7 @@ import functools
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -280,10 +281,10 @@ class _Connection:
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    async def open(cls, addr: str, timeout: float) -> _Connection:
+    async def open(cls, addr: str, timeout: float, tls: ssl.SSLContext | None) -> _Connection:
         host, port = _split_address(addr)
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
             try:
                 writer.write(encode_frame(p.encode_hello(p.Hello())))
                 decoder = FrameDecoder(64 << 10)
@@ -477,7 +478,8 @@ class AsyncClient:
     including retries. ``client_id`` (16 bytes) names the write session; random by
     default. It must be new: the client opens its session under it, and the cluster
     never reopens an id whose session ended (a session cannot be resumed by another
-    client object, whose seqs would start over)."""
+    client object, whose seqs would start over). ``tls``: speak TLS to every node,
+    verifying it with this context (``kvstore.tls.client_context``)."""
 
     def __init__(
         self,
@@ -490,6 +492,7 @@ class AsyncClient:
         backoff_cap: float = 0.25,
         max_writes_in_flight: int = 1000,
         rng: random.Random | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("need at least one endpoint")
@@ -503,6 +506,7 @@ class AsyncClient:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._rng = rng or random.Random()
+        self._tls = tls
         self._session = _Session(client_id or os.urandom(p.CLIENT_ID_BYTES))
         # The state machine keeps 1024 results per session; more writes in flight could
         # make it forget one whose retry then comes back STALE_SEQ (indefinite).
@@ -661,7 +665,7 @@ class AsyncClient:
         k = _key(key)
         e = (p.prefix_end(k) or b"\x00") if prefix else (None if end is None else _key(end))
         addr = endpoint or self._endpoints[0]
-        conn = await _Connection.open(addr, self._timeout)
+        conn = await _Connection.open(addr, self._timeout, self._tls)
         try:
             queue = conn.open_stream(
                 lambda rid: p.Watch(id=rid, key=k, end=e, start_revision=start_revision)
@@ -938,7 +942,9 @@ class AsyncClient:
         ):
             task = None
         if task is None:
-            task = asyncio.get_running_loop().create_task(_Connection.open(addr, timeout))
+            task = asyncio.get_running_loop().create_task(
+                _Connection.open(addr, timeout, self._tls)
+            )
             self._conns[addr] = task
         try:
             return await asyncio.shield(task)

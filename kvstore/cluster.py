@@ -31,6 +31,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -41,7 +42,8 @@ from typing import Any
 
 from kvstore.client import AsyncClient, ClientError, NodeStatus
 from kvstore.config import ClusterConfig, NodeConfig, load_config
-from kvstore.security import ensure_peer_secret
+from kvstore.security import ensure_peer_secret, ensure_tls_files
+from kvstore.tls import config_client_context
 from raft.storage.fs import make_dirs
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "node_command",
     "pid_alive",
     "poll_status",
+    "prepare_tls",
     "read_pid",
     "running_pid",
     "spawn_node",
@@ -204,7 +207,9 @@ def spawn_node(
     that must exec the node in its own process (``ip netns exec NS``), so the pid is
     still the node's."""
     make_dirs(node.data_dir)
-    ensure_peer_secret(load_config(config_path))  # the configuration's: created once
+    cfg = load_config(config_path)
+    ensure_peer_secret(cfg)  # the configuration's: created once
+    ensure_tls_files(cfg)  # likewise, with [security] ca_file
     env = dict(os.environ)
     # The node runs ``-m cli.main``: make the project importable even without an install.
     env["PYTHONPATH"] = os.pathsep.join(
@@ -224,6 +229,13 @@ def spawn_node(
     _children[proc.pid] = proc
     pid_path(node).write_text(f"{proc.pid}\n")
     return proc.pid
+
+
+def prepare_tls(cfg: ClusterConfig) -> ssl.SSLContext | None:
+    """Create what is missing of ``cfg``'s TLS files (as :func:`spawn_node` would) and
+    return the context its clients use; None without TLS."""
+    ensure_tls_files(cfg)
+    return config_client_context(cfg)
 
 
 _EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -374,11 +386,13 @@ async def poll_status(
     """Every node's ``status`` at once: its NodeStatus, or the error text if it did not
     answer within ``timeout``. Pass ``clients`` to reuse connections across polls."""
 
+    tls = config_client_context(cfg)
+
     async def one(node: NodeConfig) -> NodeStatus | str:
         addr = str(node.client_address)
         own = clients is None or node.id not in clients
         client = (
-            AsyncClient([addr], timeout=timeout, deadline=timeout, backoff_cap=0.2)
+            AsyncClient([addr], timeout=timeout, deadline=timeout, backoff_cap=0.2, tls=tls)
             if own
             else clients[node.id]  # type: ignore[index]
         )
@@ -445,8 +459,11 @@ def wait_for_leader(
     process exited meanwhile, with the tail of their output)."""
 
     async def run() -> tuple[str | None, dict[str, NodeStatus | str], dict[str, str]]:
+        tls = config_client_context(cfg)
         clients = {
-            n.id: AsyncClient([str(n.client_address)], timeout=0.5, deadline=0.5, backoff_cap=0.1)
+            n.id: AsyncClient(
+                [str(n.client_address)], timeout=0.5, deadline=0.5, backoff_cap=0.1, tls=tls
+            )
             for n in cfg.nodes
         }
         deadline = time.monotonic() + timeout

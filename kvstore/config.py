@@ -28,7 +28,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -152,14 +152,33 @@ class StoreSettings:
 
 @dataclass(frozen=True, slots=True)
 class SecuritySettings:
-    """[security]: how peers authenticate (docs/SECURITY.md). ``peer_secret_file`` is
-    absolute (relative paths resolve against the config file's directory)."""
+    """[security]: how peers and clients authenticate (docs/SECURITY.md). Paths are
+    absolute (relative ones resolve against the config file's directory).
+
+    ``ca_file`` turns TLS on, on both ports of every node: peers then verify each
+    other's certificate against it (and that it names the member id they claim), and
+    clients verify the node's. ``client_cert_file``/``client_key_file`` are what the
+    ``kv`` tools present when they read this file (defaults beside ``ca_file``; used
+    only if they exist); ``client_cert_auth``: nodes refuse clients without one."""
 
     peer_secret_file: Path = Path("cluster.secret")
     insecure: bool = False
+    ca_file: Path | None = None
+    client_cert_auth: bool = False
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None
 
 
 DEFAULT_SECRET_FILE = "cluster.secret"
+DEFAULT_TLS_DIR = "tls"
+"""Where ``kv cluster up --tls`` and ``kv cluster init --tls`` put the CA and the
+certificates, beside cluster.toml: ``tls/ca.crt``, ``tls/<node id>.crt`` and ``.key``,
+``tls/client.crt`` and ``.key``."""
+CLIENT_CERT_NAME = "client"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +189,10 @@ class NodeConfig:
     peer_address: Address
     client_address: Address
     data_dir: Path
+    # With TLS ([security] ca_file): the node's certificate and key, by default
+    # <ca_file's directory>/<id>.crt and <id>.key. None without TLS.
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +414,12 @@ class _Checker:
         except RuntimeError as exc:  # "~user" for a user this machine does not have
             raise self.fail(path, f"cannot expand {text!r}: {exc}") from None
 
+    def file(self, path: Path_, value: object) -> Path:
+        """A file path (absolute; it need not exist yet: the node checks it at start)."""
+        if value == "":
+            raise self.fail(path, f"{_show(path)} must name a file, not be empty")
+        return self.directory(path, value)
+
     def address(self, path: Path_, value: object) -> Address:
         try:
             return parse_address(self.string(path, value))
@@ -487,7 +516,43 @@ def _check_raft(c: _Checker, raft: RaftSettings, client: ClientSettings) -> None
         )
 
 
-def _check_nodes(c: _Checker, data_root: Path) -> tuple[NodeConfig, ...]:
+def _check_security(c: _Checker) -> SecuritySettings:
+    """[security]: paths resolved (TLS files need not exist yet: a node checks its own
+    at start), and the TLS keys refused without ``ca_file``."""
+    known = (
+        "peer_secret_file",
+        "insecure",
+        "ca_file",
+        "client_cert_auth",
+        "client_cert_file",
+        "client_key_file",
+    )
+    sec = c.table(("security",), c.doc.get("security", {}), known)
+    secret_file = c.directory(
+        ("security", "peer_secret_file"), sec.get("peer_secret_file", DEFAULT_SECRET_FILE)
+    )
+    flags: dict[str, bool] = {}
+    for name in ("insecure", "client_cert_auth"):
+        flags[name] = sec.get(name, False)
+        if type(flags[name]) is not bool:
+            raise c.fail(("security", name), f"[security] {name} must be true or false")
+    ca_file = c.file(("security", "ca_file"), sec["ca_file"]) if "ca_file" in sec else None
+    if ca_file is None:
+        for name in ("client_cert_auth", "client_cert_file", "client_key_file"):
+            if sec.get(name, False) is not False:
+                raise c.fail(("security", name), f"[security] {name} needs ca_file (TLS)")
+        return SecuritySettings(secret_file, flags["insecure"])
+    cert, key = (
+        c.file(("security", k), sec[k]) if k in sec else ca_file.parent / f"{CLIENT_CERT_NAME}{x}"
+        for k, x in (("client_cert_file", ".crt"), ("client_key_file", ".key"))
+    )
+    auth = flags["client_cert_auth"]
+    return SecuritySettings(secret_file, flags["insecure"], ca_file, auth, cert, key)
+
+
+def _check_nodes(
+    c: _Checker, data_root: Path, security: SecuritySettings
+) -> tuple[NodeConfig, ...]:
     raw = c.doc.get("nodes")
     if raw is None or raw == []:
         raise ConfigError(
@@ -501,8 +566,9 @@ def _check_nodes(c: _Checker, data_root: Path) -> tuple[NodeConfig, ...]:
     ids: dict[str, int] = {}
     seen: dict[tuple[str, int], tuple[str, str, Path_]] = {}
     dirs: dict[Path, str] = {}
+    certs: dict[Path, str] = {}
     for k, entry in enumerate(raw):
-        known = ("id", "peer_address", "client_address", "data_dir")
+        known = ("id", "peer_address", "client_address", "data_dir", "cert_file", "key_file")
         t = c.table(("nodes", k), entry, known)
         for key in known[:3]:
             if key not in t:
@@ -530,7 +596,22 @@ def _check_nodes(c: _Checker, data_root: Path) -> tuple[NodeConfig, ...]:
             raise c.fail(
                 ("nodes", k, "data_dir"), f"node {nid!r} shares data_dir {data_dir} with {owner!r}"
             )
-        nodes.append(NodeConfig(nid, addrs["peer_address"], addrs["client_address"], data_dir))
+        tls: list[Path | None] = [None, None]
+        for i, (key, suffix) in enumerate((("cert_file", ".crt"), ("key_file", ".key"))):
+            if key in t and security.ca_file is None:
+                raise c.fail(("nodes", k, key), f"{key} needs [security] ca_file (TLS)")
+            if key in t:
+                tls[i] = c.file(("nodes", k, key), t[key])
+            elif security.ca_file is not None:
+                tls[i] = security.ca_file.parent / f"{nid}{suffix}"
+        if tls[0] is not None and (owner := certs.setdefault(tls[0], nid)) != nid:
+            raise c.fail(
+                ("nodes", k, "cert_file"),
+                f"node {nid!r} shares cert_file {tls[0]} with {owner!r}: a node certificate "
+                "names one member id",
+            )
+        peer, client = addrs["peer_address"], addrs["client_address"]
+        nodes.append(NodeConfig(nid, peer, client, data_dir, *tls))
     return tuple(nodes)
 
 
@@ -554,15 +635,8 @@ def parse_config(
     client = c.settings(ClientSettings, "client")
     store = c.settings(StoreSettings, "store")
     _check_raft(c, raft, client)
-    sec = c.table(("security",), doc.get("security", {}), ("peer_secret_file", "insecure"))
-    secret_file = c.directory(
-        ("security", "peer_secret_file"), sec.get("peer_secret_file", DEFAULT_SECRET_FILE)
-    )
-    insecure = sec.get("insecure", False)
-    if type(insecure) is not bool:
-        raise c.fail(("security", "insecure"), "[security] insecure must be true or false")
-    security = SecuritySettings(secret_file, insecure)
-    nodes = _check_nodes(c, data_root)
+    security = _check_security(c)
+    nodes = _check_nodes(c, data_root, security)
     return ClusterConfig(cid, data_root, raft, client, nodes, store, security)
 
 
@@ -649,6 +723,38 @@ def _render_settings(name: str, settings: object) -> list[str]:
     return out
 
 
+def _security_lines(tls: bool) -> list[str]:
+    on = "" if tls else "# "
+    return [
+        "[security]",
+        "# The cluster secret every peer connection proves it holds (HMAC challenge-",
+        "# response; docs/SECURITY.md). `kv cluster up` creates it (mode 0600) if it is",
+        "# missing; copy the same file to every machine of the cluster.",
+        f"peer_secret_file = {_toml_value(DEFAULT_SECRET_FILE)}",
+        "# true: no peer authentication required, and no TLS required off loopback.",
+        "# Never on a network others can reach.",
+        "insecure = false",
+        "# TLS on both ports of every node when set: peers verify each other's",
+        "# certificate against this CA and that it names the member id they claim;",
+        "# clients verify the node's. `kv cluster up --tls` / `kv cluster init --tls`",
+        "# create the CA (its key, ca.key, stays with whoever issues certificates).",
+        f'{on}ca_file = "{DEFAULT_TLS_DIR}/ca.crt"',
+        "# Each node's certificate and key default to <ca_file's directory>/<id>.crt",
+        "# and <id>.key; a node's own table may set cert_file and key_file instead.",
+        "# true: nodes refuse clients that present no certificate signed by the CA.",
+        f"{on}client_cert_auth = false",
+        "# The certificate the kv tools present when they read this file (defaults:",
+        "# client.crt and client.key beside ca_file; used only if they exist).",
+        f'# client_cert_file = "{DEFAULT_TLS_DIR}/{CLIENT_CERT_NAME}.crt"',
+        f'# client_key_file = "{DEFAULT_TLS_DIR}/{CLIENT_CERT_NAME}.key"',
+        "",
+    ]
+
+
+NodeSpec = tuple[str, Address, Address]
+"""A node for :func:`generate_config`: (id, peer address, client address)."""
+
+
 def generate_config(
     n: int,
     base_port: int = 7100,
@@ -658,15 +764,24 @@ def generate_config(
     raft: Mapping[str, Any] | None = None,
     client: Mapping[str, Any] | None = None,
     store: Mapping[str, Any] | None = None,
+    nodes: Sequence[NodeSpec] | None = None,
+    tls: bool = False,
 ) -> str:
     """cluster.toml text for ``n`` nodes on 127.0.0.1: node ``n{i}`` has peer port
-    ``base_port + i`` and client port ``base_port + 100 + i``. ``raft``/``client``
-    override settings (e.g. ``raft={"fsync": "never", "tick_ms": 20}``); every setting
-    is written out with its comment, so the file documents itself."""
-    if not 1 <= n <= 99:
-        raise ValueError("n must be in 1..99 (client ports sit 100 above peer ports)")
-    if base_port < 1 or base_port + 100 + n > 65535:
-        raise ValueError(f"base_port {base_port} leaves ports outside 1..65535")
+    ``base_port + i`` and client port ``base_port + 100 + i`` (or exactly ``nodes``,
+    then ``n`` and ``base_port`` are ignored). ``raft``/``client`` override settings
+    (e.g. ``raft={"fsync": "never", "tick_ms": 20}``); every setting is written out
+    with its comment, so the file documents itself. ``tls``: [security] ca_file on."""
+    if nodes is None:
+        if not 1 <= n <= 99:
+            raise ValueError("n must be in 1..99 (client ports sit 100 above peer ports)")
+        if base_port < 1 or base_port + 100 + n > 65535:
+            raise ValueError(f"base_port {base_port} leaves ports outside 1..65535")
+        loop = "127.0.0.1"
+        nodes = [
+            (f"n{i}", Address(loop, base_port + i), Address(loop, base_port + 100 + i))
+            for i in range(1, n + 1)
+        ]
     try:
         rs = dataclasses.replace(RaftSettings(), **{**(raft or {})})
         cs = dataclasses.replace(ClientSettings(), **{**(client or {})})
@@ -688,24 +803,17 @@ def generate_config(
         *_render_settings("raft", rs),
         *_render_settings("client", cs),
         *_render_settings("store", ss),
-        "[security]",
-        "# The cluster secret every peer connection proves it holds (HMAC challenge-",
-        "# response; docs/SECURITY.md). `kv cluster up` creates it (mode 0600) if it is",
-        "# missing; copy the same file to every machine of the cluster.",
-        f"peer_secret_file = {_toml_value(DEFAULT_SECRET_FILE)}",
-        "# true: no peer authentication at all. Never on a network others can reach.",
-        "insecure = false",
-        "",
+        *_security_lines(tls),
     ]
-    for i in range(1, n + 1):
+    for nid, peer, client_address in nodes:
         out += [
             "[[nodes]]",
-            f'id = "n{i}"',
+            f"id = {_toml_value(nid)}",
             "# Raft traffic between nodes.",
-            f'peer_address = "127.0.0.1:{base_port + i}"',
+            f"peer_address = {_toml_value(str(peer))}",
             "# Clients (kv CLI, kvstore.client) connect here.",
-            f'client_address = "127.0.0.1:{base_port + 100 + i}"',
-            f"# data_dir = {_toml_value(f'{data_root}/n{i}')}  (the default)",
+            f"client_address = {_toml_value(str(client_address))}",
+            f"# data_dir = {_toml_value(f'{data_root}/{nid}')}  (the default)",
             "",
         ]
     return "\n".join(out)

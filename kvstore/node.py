@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvstore.config import ClusterConfig, Fsync, NodeConfig, load_config
-from kvstore.security import node_peer_secret
+from kvstore.security import node_peer_secret, node_tls
 from kvstore.server import ClientServer, ConnectionLimits
 from kvstore.state_machine import KVStateMachine
 from raft.runtime.node import RaftEngine
@@ -84,8 +84,15 @@ async def start_node(
     campaign with a membership the cluster has long left."""
     me = cfg.node(node_id)
     secret = node_peer_secret(cfg, me)  # SecurityError: refuse to start as configured
-    if not secret:
+    tls = node_tls(cfg, me)
+    if not secret and tls is None:
         log.warning("%s: INSECURE: peers are not authenticated ([security] insecure)", node_id)
+    elif not secret:
+        log.warning("%s: no cluster secret: peers are authenticated by certificate only", node_id)
+    if tls is not None:
+        clients = "required" if cfg.security.client_cert_auth else "not required"
+        log.info("%s: TLS on both ports (CA %s)", node_id, cfg.security.ca_file)
+        log.info("%s: client certificates %s", node_id, clients)
     make_dirs(me.data_dir)
     storage: Storage = DiskStorage(me.data_dir / "raft")
     if unsafe is UnsafeMode.LAZY_FSYNC:
@@ -114,6 +121,7 @@ async def start_node(
         max_frame_bytes=cfg.raft.max_frame_bytes,
         queue_limit=cfg.raft.peer_queue_limit,
         secret=secret,
+        tls=None if tls is None else tls.peer,
     )
     engine.attach(transport)
     engine.start()
@@ -136,7 +144,9 @@ async def start_node(
         election_timeout=election_timeout,
         connection_limits=limits,
     )
-    await server.start(me.client_address.host, me.client_address.port)
+    await server.start(
+        me.client_address.host, me.client_address.port, ssl=None if tls is None else tls.clients
+    )
     return RunningNode(engine, transport, server)
 
 

@@ -1,4 +1,5 @@
-"""The cluster secret: created with the configuration, checked before a node starts.
+"""The cluster secret and TLS files: created with the configuration, checked before a
+node starts.
 
 A node authenticates every peer connection with the cluster secret
 (raft/runtime/peer_auth.py). The secret belongs to the cluster's configuration: it
@@ -10,10 +11,13 @@ the benchmark, all through ``kvstore.cluster.spawn_node``). ``kv node`` never cr
 one: a node that finds none refuses to start (:func:`node_peer_secret`), since a
 secret made on one machine alone would shut it out of its own cluster.
 
-Without TLS (not yet available), a node whose peer or client address is not loopback
-refuses to start unless the configuration says ``insecure = true``: the secret
-authenticates peers, but nothing encrypts the traffic or authenticates clients.
-``insecure`` lifts requirements only: a secret that is there is still used.
+TLS (``[security] ca_file``, kvstore/tls.py) works the same way: ``kv cluster up``
+(:func:`ensure_tls_files`) creates the CA and the certificates it finds missing (if it
+holds the CA's key); a node only checks its own files (:func:`node_tls`). Without TLS,
+a node whose peer or client address is not loopback refuses to start unless the
+configuration says ``insecure = true``: the secret authenticates peers, but nothing
+encrypts the traffic or authenticates clients. ``insecure`` lifts requirements only: a
+secret that is there is still used, and so is TLS that is configured.
 """
 
 from __future__ import annotations
@@ -23,9 +27,18 @@ import os
 import stat
 from pathlib import Path
 
+from kvstore.certs import CertificateAuthority, ca_key_path, write_new
 from kvstore.config import Address, ClusterConfig, NodeConfig
+from kvstore.tls import NodeTLS, TLSConfigError, check_node_files, node_contexts
 
-__all__ = ["SECRET_BYTES", "SecurityError", "ensure_peer_secret", "node_peer_secret"]
+__all__ = [
+    "SECRET_BYTES",
+    "SecurityError",
+    "ensure_peer_secret",
+    "ensure_tls_files",
+    "node_peer_secret",
+    "node_tls",
+]
 
 SECRET_BYTES = 32
 MIN_SECRET_CHARS = 32
@@ -62,13 +75,73 @@ def node_peer_secret(cfg: ClusterConfig, node: NodeConfig) -> bytes:
         return _read_secret(cfg.security.peer_secret_file)
     addresses = (node.peer_address, node.client_address)
     exposed = [f"{a.host}:{a.port}" for a in addresses if not _loopback(a)]
-    if exposed:
+    if exposed and not cfg.security.tls:
         raise SecurityError(
             f"node {node.id} listens on {', '.join(exposed)}, which is not loopback: across "
-            "machines the traffic needs TLS, which this release does not have yet. Set "
-            "[security] insecure = true to run without it (docs/SECURITY.md)"
+            "machines the traffic needs TLS ([security] ca_file; `kv cluster init --tls` "
+            "sets it up). Set [security] insecure = true to run without it "
+            "(docs/SECURITY.md)"
         )
     return _read_secret(cfg.security.peer_secret_file)
+
+
+def node_tls(cfg: ClusterConfig, node: NodeConfig) -> NodeTLS | None:
+    """``node``'s TLS contexts (None without ``ca_file``), or SecurityError naming the
+    file that cannot be used."""
+    if not cfg.security.tls:
+        return None
+    try:
+        check_node_files(cfg, node)
+        return node_contexts(cfg, node)
+    except TLSConfigError as exc:
+        raise SecurityError(str(exc)) from None
+
+
+def ensure_tls_files(cfg: ClusterConfig) -> list[Path]:
+    """Create what is missing of ``cfg``'s TLS files: the CA (with its key beside it),
+    each node's certificate (naming its id and its hosts) and key, the client
+    certificate and key. Existing files are kept. Returns the files written; nothing
+    without ``ca_file``. A missing certificate needs the CA's key (SecurityError)."""
+    sec = cfg.security
+    if sec.ca_file is None:
+        return []
+    written: list[Path] = []
+
+    def write(path: Path, data: bytes, private: bool) -> None:
+        write_new(path, data, private=private)
+        written.append(path)
+
+    if not sec.ca_file.exists():
+        ca = CertificateAuthority.create(cfg.id)
+        write(ca_key_path(sec.ca_file), ca.pair.key_pem, True)
+        write(sec.ca_file, ca.pair.cert_pem, False)
+    wanted: list[tuple[Path, Path, NodeConfig | None]] = [
+        (n.cert_file, n.key_file, n) for n in cfg.nodes if n.cert_file and n.key_file
+    ]
+    if sec.client_cert_file and sec.client_key_file:
+        wanted.append((sec.client_cert_file, sec.client_key_file, None))
+    for cert_file, key_file, _ in wanted:
+        if cert_file.exists() != key_file.exists():
+            have, lack = (cert_file, key_file) if cert_file.exists() else (key_file, cert_file)
+            raise SecurityError(f"{have} exists but {lack} does not: restore it or remove both")
+    missing = [w for w in wanted if not w[0].exists()]
+    if not missing:
+        return written
+    try:
+        ca = CertificateAuthority.load(sec.ca_file)
+    except (OSError, ValueError) as exc:
+        raise SecurityError(
+            f"cannot issue certificates for {', '.join(str(m[0]) for m in missing)}: the "
+            f"CA's key ({ca_key_path(sec.ca_file)}) is unusable: {exc}"
+        ) from None
+    for cert_file, key_file, node in missing:
+        if node is None:
+            pair = ca.issue_client(f"raftkv client of {cfg.id}")
+        else:
+            pair = ca.issue_node(node.id, [node.peer_address.host, node.client_address.host])
+        write(key_file, pair.key_pem, True)
+        write(cert_file, pair.cert_pem, False)
+    return written
 
 
 def _read_secret(path: Path) -> bytes:

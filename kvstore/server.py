@@ -53,6 +53,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any, Protocol
 
 from raft.engine import Engine
@@ -249,8 +250,17 @@ class ClientServer:
         assert self._server is not None and self._server.sockets, "server not started"
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._on_connect, host, port)
+    async def start(self, host: str, port: int, ssl: SSLContext | None = None) -> None:
+        """Listen on ``host:port``; with ``ssl``, clients speak TLS. NB: asyncio runs
+        the handler only after the TLS handshake, so a handshake in progress does not
+        count against ``max_connections``; ``frame_timeout`` bounds it instead."""
+        self._server = await asyncio.start_server(
+            self._on_connect,
+            host,
+            port,
+            ssl=ssl,
+            ssl_handshake_timeout=None if ssl is None else self._conn_limits.frame_timeout,
+        )
         self.start_timers()
         log.info("client server %s listening on %s:%d", self._node_id, host, self.port)
 

@@ -29,6 +29,15 @@ MAC: wrong secret or cluster id; an unknown member; another protocol version), s
 misconfiguration is found from the refusing node's log. An ``insecure`` node uses an
 empty secret: the handshake then still checks the cluster id, and authenticates nothing.
 
+*TLS* (optional, :class:`~raft.runtime.peer_tls.PeerTLS`). Both ends verify the other's
+certificate against the cluster's CA during the TLS handshake (bounded by
+``connect_timeout``), then run the handshake above inside the encrypted channel. The
+dialer refuses an acceptor whose certificate does not name the member it dialled
+before sending anything; the acceptor refuses a dialer whose certificate does not name
+the member id it claims (``"refused"``, reason logged here only). The secret proves
+membership of the cluster, the certificate binds the member id. A failed TLS
+handshake ends the connection before our handler runs: no reply, no log line.
+
 *Inbound.* A connection carries messages from the dialer only (two connections per pair
 of nodes, one per direction, as in etcd's streams). Bytes go through a
 :class:`~raft.framing.FrameDecoder` bounded by ``max_frame_bytes`` and then
@@ -76,6 +85,7 @@ from raft.errors import CodecError, RaftError
 from raft.framing import HEADER_BYTES, FrameDecoder, encode_frame
 from raft.messages import Message
 from raft.runtime.peer_auth import NONCE_BYTES, PeerKey, derive_key
+from raft.runtime.peer_tls import PeerTLS
 from raft.types import NodeId
 
 __all__ = [
@@ -211,14 +221,17 @@ class PeerTransport:
         write_timeout: float = 10.0,
         unreachable_interval: float = 0.1,
         secret: bytes = b"",
+        tls: PeerTLS | None = None,
     ) -> None:
         """``secret``: the cluster secret every peer must prove it holds (b"": an
-        insecure node, which authenticates nothing)."""
+        insecure node, which authenticates nothing). ``tls``: mutual TLS, each
+        certificate naming its member id (module docstring)."""
         if queue_limit < 1 or queue_bytes_limit < 1:
             raise ValueError("queue limits must be >= 1")
         self.node_id = node_id
         self.cluster_id = cluster_id
         self._key = PeerKey(derive_key(secret, cluster_id))
+        self._tls = tls
         self._listen = listen
         self._on_message = on_message
         self._on_unreachable = on_unreachable
@@ -252,7 +265,13 @@ class PeerTransport:
             raise RuntimeError("transport already started or closed")
         self._loop = asyncio.get_running_loop()
         host, port = self._listen
-        self._server = await asyncio.start_server(self._accept, host, port)
+        self._server = await asyncio.start_server(
+            self._accept,
+            host,
+            port,
+            ssl=None if self._tls is None else self._tls.server,
+            ssl_handshake_timeout=None if self._tls is None else self._connect_timeout,
+        )
         for link in self._links.values():
             self._start_link(link)
 
@@ -397,9 +416,21 @@ class PeerTransport:
     async def _dial(self, link: _Link) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host, port = link.address
         async with asyncio.timeout(self._connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            if self._tls is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=self._tls.client, ssl_handshake_timeout=self._connect_timeout
+                )
             try:
                 _set_nodelay(writer)
+                if self._tls is not None and not self._tls.names(
+                    writer.get_extra_info("peercert") or {}, link.peer
+                ):
+                    raise HandshakeError(
+                        f"the certificate of the node at {host}:{port} does not name "
+                        f"member {link.peer}"
+                    )
                 await self._authenticate_to(link, reader, writer)
             except BaseException:
                 writer.close()
@@ -586,6 +617,10 @@ class PeerTransport:
             return None, "bad credentials: another cluster secret, or another cluster id"
         if node not in self._links:
             return None, f"it holds the secret but claims {node!r}, not a member"
+        if self._tls is not None and not self._tls.names(
+            writer.get_extra_info("peercert") or {}, node
+        ):
+            return None, f"it claims {node!r}, which its certificate does not name"
         writer.write(_pack_hello("ok"))
         await writer.drain()
         return node, ""

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from kvstore import cluster
 from kvstore.client import AsyncClient, Client, NodeStatus
 from kvstore.config import ClusterConfig, generate_config, load_config
+from kvstore.tls import config_client_context
 
 TICK_MS = 25  # elections in 250-500 ms
 
@@ -99,14 +101,19 @@ class LocalCluster:
     def client(self, *node_ids: str, **kwargs: Any) -> Client:
         """A sync client to ``node_ids`` (default all); closed by the finalizer."""
         addrs = [self.addr(n) for n in node_ids] if node_ids else self.addrs
-        c = Client(addrs, **{"deadline": 20.0, **kwargs})
+        c = Client(addrs, **{"deadline": 20.0, "tls": self.tls, **kwargs})
         self._clients.append(c)
         return c
 
     def async_client(self, *node_ids: str, **kwargs: Any) -> AsyncClient:
         """An async client (the caller closes it, inside its event loop)."""
         addrs = [self.addr(n) for n in node_ids] if node_ids else self.addrs
-        return AsyncClient(addrs, **{"deadline": 20.0, **kwargs})
+        return AsyncClient(addrs, **{"deadline": 20.0, "tls": self.tls, **kwargs})
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """The context the kv tools use for this config (None without TLS)."""
+        return config_client_context(self.cfg)
 
     # -- state --
 
@@ -156,15 +163,17 @@ MakeCluster = Callable[..., LocalCluster]
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
-    """``make_cluster(start=True, **raft_settings)`` → a running LocalCluster."""
+    """``make_cluster(start=True, tls=False, **raft_settings)`` → a running LocalCluster
+    (``tls``: [security] ca_file on; the certificates are made at start)."""
     made: list[LocalCluster] = []
 
-    def make(start: bool = True, **raft: Any) -> LocalCluster:
+    def make(start: bool = True, tls: bool = False, **raft: Any) -> LocalCluster:
         root = tmp_path / f"cluster{len(made)}"
         root.mkdir()
         config = root / "cluster.toml"
         settings = {"tick_ms": TICK_MS, "fsync": "always", **raft}
-        config.write_text(generate_config(3, cluster.free_base_port(), "./data", raft=settings))
+        text = generate_config(3, cluster.free_base_port(), "./data", raft=settings, tls=tls)
+        config.write_text(text)
         lc = LocalCluster(config)
         made.append(lc)
         if start:

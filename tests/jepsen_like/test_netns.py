@@ -1,4 +1,5 @@
-"""``--net netns``: real network namespaces, silent drops, netem, ss -K, and one real run.
+"""``--net netns``: real network namespaces, silent drops, netem, ss -K, and one real run
+(over TLS: the nodes' addresses are not loopback).
 
 Everything but the refusal tests needs root and a working ``ip netns add``, and is
 skipped otherwise. Sockets "inside" a namespace are made by a short-lived thread that
@@ -403,3 +404,7 @@ def test_register_partition_over_real_namespaces_is_linearizable(tmp_path: Path)
     assert all(w["kind"].startswith("partition-") for w in results["stats"]["faults"])
     config = (out[2] / "config" / "n1.toml").read_text()
     assert "--net netns" in config and "127.0.0.1" not in config
+    # Off loopback the nodes speak TLS with the run's certificates, never insecure.
+    assert 'ca_file = "tls/ca.crt"' in config and "insecure" not in config
+    tls = out[2] / "config" / "tls"
+    assert {p.name for p in tls.iterdir()} >= {"ca.crt", "n1.crt", "n1.key", "client.crt"}
