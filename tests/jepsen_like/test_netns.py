@@ -28,7 +28,7 @@ from jepsen_like import db, netns
 from jepsen_like.cli import main
 from jepsen_like.netns import PEER_PORT, NetnsNet
 from jepsen_like.runner import RunOptions, validate_options
-from tests.jepsen_like.test_runs import COMMON, assert_valid, run
+from tests.jepsen_like.test_runs import CLOCK_STEPS, COMMON, assert_evidence, assert_valid, run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -408,3 +408,24 @@ def test_register_partition_over_real_namespaces_is_linearizable(tmp_path: Path)
     assert 'ca_file = "tls/ca.crt"' in config and "insecure" not in config
     tls = out[2] / "config" / "tls"
     assert {p.name for p in tls.iterdir()} >= {"ca.crt", "n1.crt", "n1.key", "client.crt"}
+
+
+@needs_netns
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_clock_steps_inside_namespaces_take_effect_and_leases_hold(
+    tmp_path: Path, libfaketime: Path
+) -> None:
+    """Both wrappers at once: ``ip netns exec`` execs ``env LD_PRELOAD=libfaketime``
+    which execs the node (one pid). Every step is read back through the node's status
+    over TLS, from outside its namespace, and the leases stay valid."""
+    code, results, run_dir, output = run(tmp_path, "--net", "netns", *CLOCK_STEPS)
+    assert_evidence(run_dir, results)
+    assert results["verdict"] == "valid", (output, results["checkers"])
+    assert code == 0
+    assert results["run"]["options"]["net"] == "netns"
+    steps = [f for f in results["stats"]["faults"] if f["kind"] == "clock-step-forward"]
+    evidence = [f["details"]["evidence"] for f in steps]
+    assert steps and all(e["status"] == "verified" for e in evidence), evidence
+    reads = [c for e in evidence for c in e["checks"] if "wall clock +" in c["check"]]
+    assert reads, "no step was read back (only skipped)"
