@@ -390,7 +390,8 @@ class LocalDB:
             return await client.transfer_leader(to)
 
     async def member_list(self, node: str | None = None) -> Members:
-        """The membership as ``node`` (default: whichever answers) has applied it."""
+        """The cluster's membership, confirmed by the leader (linearizable); pinned to
+        ``node``, that node answers, and only if it can confirm with a leader."""
         pin = None if node is None else self._endpoint(node)
         async with self.client(self.endpoints(), timeout=2.0, deadline=5.0) as client:
             return await client.member_list(pin)

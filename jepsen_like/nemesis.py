@@ -394,13 +394,12 @@ class Latency(Fault):
         wrong = [f"{s}->{d}" for s, d in links if env.net.link_latency((s, d)) != self._set]
         ev.add("every link delayed", not wrong, {"not set": wrong} if wrong else None)
         base = self._before.get("delayed", 0)
-        held, now = await eventually(
-            env.net.counters, lambda c: c.get("delayed", 0) > base, env.traffic_s
-        )
+        window = env.traffic_s if "bytes" in self._before else env.settle_s
+        held, now = await eventually(env.net.counters, lambda c: c.get("delayed", 0) > base, window)
         n = now.get("delayed", 0) - base
         relayed = now.get("bytes", 0) - self._before.get("bytes", 0)
         if not held and relayed == 0 and "bytes" in now:
-            ev.not_applied = f"no traffic crossed any link in {env.traffic_s:g} s"
+            ev.not_applied = f"no traffic crossed any link in {window:g} s"
             return ev
         mean = (now.get("delay_ms", 0) - self._before.get("delay_ms", 0)) / max(1, n)
         ev.add("chunks held back", held, {"delayed_chunks": n, "mean_held_ms": round(mean, 1)})
@@ -602,6 +601,8 @@ class Transfer(Fault):
             return {"leader": None, "outcome": "no leader to transfer from"}
         to = env.rng.choice([n for n in env.db.nodes if n != leader])
         details: dict[str, Any] = {"leader": leader, "to": to}
+        with contextlib.suppress(Exception):  # for the verifier: a term to be past
+            details["term_before"] = (await env.db.status(leader)).term
         try:
             details["new_leader"] = await env.db.transfer_leader(to)
             details["outcome"] = "moved"
@@ -614,23 +615,29 @@ class Transfer(Fault):
 
     async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
         """The target itself says it leads (or names itself the leader), waiting out
-        another group's fault that has it down or paused for the moment; if it stays
-        so, another running node naming it the leader will do."""
+        another group's fault that has it down or paused for the moment. If it stays
+        so, another running node that names it the leader *in a later term than the
+        old leader's before the transfer* will do (a node cut off since an earlier
+        term of the target's would otherwise pass)."""
         if details.get("outcome") != "moved":
             return Evidence.nothing(str(details.get("outcome")))
         to = details["to"]
         ev = Evidence()
-        st, why = await _answer(env, to, lambda: env.db.status(to))
+        deadline = time.monotonic() + env.answer_s
+        st, why = await _answer(env, to, lambda: env.db.status(to), deadline)
         if st is not None:
             seen = {"role": st.role, "term": st.term, "leader": st.leader}
             ev.add(f"{to} reports leading", st.role == "leader" or st.leader == to, seen)
             return ev
+        before = details.get("term_before")
         for other in env.db.nodes:
-            if other != to and _cannot_answer(env, other) is None:
-                with contextlib.suppress(Exception):
-                    st = await env.db.status(other)
-                    seen = {"node": other, "term": st.term, "leader": st.leader, "to": why}
-                    ev.add(f"{other} names {to} the leader", st.leader == to, seen)
+            if before is None or other == to or _cannot_answer(env, other) is not None:
+                continue
+            with contextlib.suppress(Exception):
+                st = await env.db.status(other)
+                if st.leader == to and st.term > before:
+                    seen = {"node": other, "term": st.term, "term_before": before, "to": why}
+                    ev.add(f"{other} names {to} the leader", True, seen)
                     return ev
         ev.add(f"{to} reports leading", False, why)
         return ev
@@ -728,19 +735,24 @@ class Clock(Fault):
 
     async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
         """Each moved node's wall clock reads back off by what was set, its monotonic
-        clock not at all."""
-        ev = Evidence()
+        clock not at all. The nodes are read in parallel, within one ``answer_s`` for
+        the whole fault (plus the drift window). A node another fault keeps down or
+        paused all that time is noted, not counted: if no node could be read, the
+        fault is not applied as far as anyone can tell."""
         clocks = self._clocks(env)
-        for node in sorted(self._moved):
+        deadline = time.monotonic() + env.answer_s
+
+        async def one(node: str) -> Evidence:
+            ev = Evidence()
             if self.kind == "clock-strobe":
-                await _verify_strobe(env, node, self._moved[node], ev)
+                await _verify_strobe(env, node, self._moved[node], ev, deadline)
             elif self.kind == "clock-drift":
-                await _verify_drift(env, node, clocks.settings[node].rate, ev)
+                await _verify_drift(env, node, clocks.settings[node].rate, ev, deadline)
             else:
-                await _verify_offset(env, node, self._moved[node], ev)
-        if not ev.checks:
-            return Evidence.nothing("no moved node could answer (paused or down)")
-        return ev
+                await _verify_offset(env, node, self._moved[node], ev, deadline)
+            return ev
+
+        return _merged(await asyncio.gather(*(one(n) for n in sorted(self._moved))))
 
     async def verify_stop(self, env: Env, details: dict[str, Any]) -> Evidence | None:
         """Each node's wall clock is back on true time (read twice, 0.3 s apart: no
@@ -754,21 +766,22 @@ CLOCK_TOLERANCE_S: Final = 0.05
 
 
 def _cannot_answer(env: Env, node: str) -> str | None:
-    """Why ``node`` cannot answer a status now (another fault's doing), or None."""
+    """Why ``node`` cannot answer now because of another fault, or None. A node the
+    harness killed (or holds down) has no pid; a node that died on its own keeps its
+    pid until it is reaped, so it is asked, fails to answer, and fails the check (the
+    nodes checker reports the crash too)."""
     if node in env.db.paused:
         return "paused"
-    return None if env.db.running(node) else "not running"
+    return "down" if env.db.pid(node) is None else None
 
 
 async def _answer(
-    env: Env, node: str, ask: Callable[[], Awaitable[T]]
+    env: Env, node: str, ask: Callable[[], Awaitable[T]], deadline: float
 ) -> tuple[T | None, str | None]:
     """``ask`` ``node``, waiting out another group's fault (``--nemesis all``): a node
     killed or paused since this fault started cannot answer now but will when that
-    fault ends, and a node that is slow under load may miss one request. Tries for
-    ``env.answer_s``; returns the answer, or None and why there is none."""
-    deadline = time.monotonic() + env.answer_s
-    why: str | None = None
+    fault ends, and a node that is slow under load may miss one request. Tries until
+    ``deadline`` (monotonic); returns the answer, or None and why there is none."""
     while True:
         why = _cannot_answer(env, node)
         if why is None:
@@ -781,25 +794,36 @@ async def _answer(
         await asyncio.sleep(0.2)
 
 
+def _merged(parts: Sequence[Evidence]) -> Evidence:
+    """One node's evidence each, in node order; no check at all: not applied."""
+    ev = Evidence()
+    for part in parts:
+        ev.checks += part.checks
+        ev.notes += part.notes
+    if not ev.checks:
+        ev.not_applied = "no moved node could be read: " + "; ".join(ev.notes)
+    return ev
+
+
 def _near(read: ClockRead, wall: float) -> tuple[bool, bool]:
     tol = CLOCK_TOLERANCE_S + read.error
     return abs(read.wall_offset - wall) <= tol, abs(read.mono_offset) <= tol
 
 
-async def _read(env: Env, node: str, ev: Evidence) -> ClockRead | None:
-    """One read-back (:func:`_answer`). A node still down or paused at the end is
-    skipped, saying so; one that runs and does not answer fails the check."""
-    read, why = await _answer(env, node, lambda: read_clocks(env.db, node))
+async def _read(env: Env, node: str, ev: Evidence, deadline: float) -> ClockRead | None:
+    """One read-back (:func:`_answer`). A node another fault still keeps down or
+    paused at the deadline is noted; one that runs and does not answer fails."""
+    read, why = await _answer(env, node, lambda: read_clocks(env.db, node), deadline)
     if read is None:
-        if why in ("paused", "not running"):
-            ev.add(f"{node} clock read skipped", True, f"{node} is {why}: it cannot answer")
+        if why in ("paused", "down"):
+            ev.notes.append(f"{node} not read: {why} (another fault) until the deadline")
         else:
             ev.add(f"{node} clocks read back", False, why)
     return read
 
 
-async def _verify_offset(env: Env, node: str, offset: float, ev: Evidence) -> None:
-    read = await _read(env, node, ev)
+async def _verify_offset(env: Env, node: str, offset: float, ev: Evidence, deadline: float) -> None:
+    read = await _read(env, node, ev, deadline)
     if read is None:
         return
     wall_ok, mono_ok = _near(read, offset)
@@ -808,10 +832,10 @@ async def _verify_offset(env: Env, node: str, offset: float, ev: Evidence) -> No
     ev.add(f"{node} monotonic clock untouched", mono_ok, seen)
 
 
-async def _verify_strobe(env: Env, node: str, offset: float, ev: Evidence) -> None:
+async def _verify_strobe(env: Env, node: str, offset: float, ev: Evidence, deadline: float) -> None:
     reads = []
     for _ in range(15):
-        read = await _read(env, node, ev)
+        read = await _read(env, node, ev, deadline)
         if read is None:
             return
         reads.append(read)
@@ -826,10 +850,12 @@ async def _verify_strobe(env: Env, node: str, offset: float, ev: Evidence) -> No
     ev.add(f"{node} monotonic clock untouched", all(_near(r, 0)[1] for r in reads), seen)
 
 
-async def _verify_drift(env: Env, node: str, rate: float, ev: Evidence) -> None:
-    first = await _read(env, node, ev)
+async def _verify_drift(env: Env, node: str, rate: float, ev: Evidence, deadline: float) -> None:
+    first = await _read(env, node, ev, deadline)
+    if first is None:
+        return
     await asyncio.sleep(env.drift_window_s)
-    second = await _read(env, node, ev)
+    second = await _read(env, node, ev, deadline + env.drift_window_s)
     if first is None or second is None:
         return
     span = second.at - first.at
@@ -853,21 +879,29 @@ async def _verify_drift(env: Env, node: str, rate: float, ev: Evidence) -> None:
 
 
 async def _verify_true_time(env: Env, nodes: Sequence[str]) -> Evidence | None:
+    """Each node read twice, back on true time; in parallel, within one deadline."""
     if not nodes:
         return None
-    ev = Evidence()
-    for node in nodes:
-        ok, reads = await eventually(
-            lambda n=node: _answer(env, n, lambda n=n: _two_reads(env, n)),
-            lambda r: r[0] is not None and all(all(_near(x, 0)) for x in r[0]),
-            env.settle_s,
-        )
-        if reads[0] is None and reads[1] in ("paused", "not running"):
-            ev.add(f"{node} clock read skipped", True, f"{node} is {reads[1]}: it cannot answer")
-            continue
-        seen = [r.to_json() for r in reads[0]] if reads[0] else reads[1]
-        ev.add(f"{node} clocks on true time", ok, seen)
-    return ev
+    deadline = time.monotonic() + env.answer_s
+
+    async def one(node: str) -> Evidence:
+        ev = Evidence()
+        reads, why = None, None
+        while True:
+            reads, why = await _answer(env, node, lambda: _two_reads(env, node), deadline)
+            if reads is not None and all(all(_near(r, 0)) for r in reads):
+                break
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        if reads is None and why in ("paused", "down"):
+            ev.notes.append(f"{node} not read: {why} (another fault) until the deadline")
+            return ev
+        ok = reads is not None and all(all(_near(r, 0)) for r in reads)
+        ev.add(f"{node} clocks on true time", ok, [r.to_json() for r in reads] if reads else why)
+        return ev
+
+    return _merged(await asyncio.gather(*(one(n) for n in nodes)))
 
 
 async def _two_reads(env: Env, node: str) -> list[ClockRead]:
@@ -901,6 +935,8 @@ class Membership(Fault):
         self._seen: dict[str, Any] = {}  # where the victim really keeps its state
 
     async def start(self, env: Env) -> dict[str, Any]:
+        if self._victim is not None:  # a previous stop failed: finish that restore first
+            await self.stop(env)
         leader = await env.db.leader()
         if leader is None:
             return {"leader": None, "outcome": "no leader to change membership through"}

@@ -84,6 +84,7 @@ class Evidence:
     """The checks of one fault's start (or stop)."""
 
     checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be looked at, and why
     not_applied: str | None = None  # the fault's own word that it injected nothing
     error: str | None = None
     took_ms: float = 0.0
@@ -104,6 +105,8 @@ class Evidence:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "checks": [c.to_json() for c in self.checks]}
+        if self.notes:
+            out["notes"] = self.notes
         if self.not_applied is not None:
             out["not_applied"] = self.not_applied
         if self.error is not None:

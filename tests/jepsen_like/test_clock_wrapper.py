@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jepsen_like.clock import NodeClocks
 
 # Runs under the wrapper: a CLOCK_MONOTONIC condition variable, waited on for 200 ms
@@ -40,11 +42,12 @@ print(rc, round(early_ms, 3))
 ETIMEDOUT = 110
 
 
+@pytest.mark.parametrize("offset", [30.0, -30.0, -0.1])
 def test_a_timed_wait_under_the_wrapper_waits_until_its_deadline(
-    tmp_path: Path, libfaketime: Path
+    tmp_path: Path, libfaketime: Path, offset: float
 ) -> None:
     clocks = NodeClocks(tmp_path / "clock", ["n1"], lib=libfaketime)
-    clocks.set("n1", None, offset=30.0)  # a stepped wall clock must not matter either
+    clocks.set("n1", None, offset=offset)  # a stepped wall clock must not matter either
     out = subprocess.run(
         [*clocks.wrapper("n1"), sys.executable, "-c", CHILD],
         capture_output=True,
@@ -55,3 +58,4 @@ def test_a_timed_wait_under_the_wrapper_waits_until_its_deadline(
     rc, early_ms = int(out[0]), float(out[1])
     assert rc == ETIMEDOUT
     assert early_ms <= 0, f"the 200 ms wait returned {early_ms} ms before its deadline"
+    assert early_ms > -5000, f"the 200 ms wait overslept by {-early_ms} ms (a stepped clock?)"

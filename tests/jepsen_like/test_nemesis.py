@@ -204,6 +204,7 @@ class FakeDB:
         self.nodes = NODES[n]
         self.paused: set[str] = set()
         self.the_leader: str | None = "n2"
+        self.term = 3  # a transfer makes a new term
         self.proc = self.root / "proc"
         self.pids: dict[str, int] = {}
         self.wiped: set[str] = set()
@@ -256,7 +257,7 @@ class FakeDB:
         return NodeStatus(
             node,
             role,
-            3,
+            self.term,
             self.the_leader,
             "",
             10,
@@ -300,6 +301,7 @@ class FakeDB:
 
     async def transfer_leader(self, to: str) -> str:
         self.the_leader = to
+        self.term += 1
         return to
 
     # Membership, as the leader applies it; restart() of a wiped node models --join.
@@ -822,7 +824,9 @@ def test_a_clock_read_waits_out_a_kill_by_another_fault() -> None:
     assert any("wall clock +" in c for c in checks), checks
 
 
-def test_a_node_still_down_at_the_end_of_the_wait_is_skipped_saying_so() -> None:
+def test_a_node_still_down_at_the_end_of_the_wait_is_noted_and_proves_nothing() -> None:
+    """Killed by another fault for the whole wait: no read, so nothing is verified (a
+    skip used to count as a passing check, and a fault nobody saw was "verified")."""
     schedule = make_schedule(["clock-step-forward"])
     db = schedule.env.db
     fault = schedule._faults["clock-step-forward"]
@@ -835,14 +839,40 @@ def test_a_node_still_down_at_the_end_of_the_wait_is_skipped_saying_so() -> None
     fault.verify_start = killed_for_good  # type: ignore[method-assign]
     asyncio.run(schedule.start("clock-step-forward"))
     node = schedule.timeline[-1].details["node"]
-    checks = _evidence(schedule, "start")["checks"]
-    assert checks == [
-        {
-            "check": f"{node} clock read skipped",
-            "ok": True,
-            "observed": f"{node} is not running: it cannot answer",
-        }
-    ]
+    ev = _evidence(schedule, "start")
+    assert ev["status"] == "not-applied" and ev["checks"] == [], ev
+    assert ev["notes"] == [f"{node} not read: down (another fault) until the deadline"]
+
+
+def test_a_node_that_died_on_its_own_fails_the_clock_check() -> None:
+    """A node that crashed (the harness still has its pid: no fault killed it) is asked,
+    does not answer, and the check fails: not a skip."""
+
+    class CrashingDB(FakeDB):
+        crashed: set[str] = set()
+
+        async def status(self, node: str) -> NodeStatus:
+            if node in self.crashed:
+                raise ConnectionRefusedError(f"{node} is gone")
+            return await super().status(node)
+
+    env = make_env(CrashingDB())
+    db = env.db
+    assert isinstance(db, CrashingDB)
+    clock = itertools.count(0, 1000)
+    schedule = Schedule(["clock-step-forward"], env, interval=0.02, clock_ns=lambda: next(clock))
+    fault = schedule._faults["clock-step-forward"]
+    real_verify = fault.verify_start
+
+    async def crashed_meanwhile(env: Env, details: dict[str, object]) -> Evidence:
+        db.crashed.add(str(details["node"]))
+        return await real_verify(env, details)
+
+    fault.verify_start = crashed_meanwhile  # type: ignore[method-assign]
+    asyncio.run(schedule.start("clock-step-forward"))
+    ev = _evidence(schedule, "start")
+    assert ev["status"] == "unverified", ev
+    assert "is gone" in str(ev["checks"][0]["observed"])
 
 
 def test_a_kill_and_its_heal_leave_the_membership_victim_down_until_its_own_stop() -> None:
@@ -874,6 +904,26 @@ def test_a_kill_and_its_heal_leave_the_membership_victim_down_until_its_own_stop
     assert ev["status"] == "verified", ev
     assert "Raft directory empty before restart" in [c["check"] for c in ev["checks"]]
     assert healed(schedule.env) and not db.held
+
+
+def test_a_membership_start_first_finishes_the_restore_a_failed_stop_left() -> None:
+    """A stop that failed leaves its victim held down; the group goes on and starts the
+    kind again. That start must bring the old victim back first, or it stays held (and
+    out of the cluster) for the rest of the run."""
+    schedule = make_schedule(["membership"])
+    db = schedule.env.db
+    assert isinstance(db, FakeDB)
+    fault = schedule._faults["membership"]
+
+    async def body() -> tuple[str, str]:
+        first = await fault.start(schedule.env)
+        assert first["victim"] in db.held
+        second = await fault.start(schedule.env)  # no stop in between
+        return first["victim"], second["victim"]
+
+    old, new = asyncio.run(body())
+    assert db.running(old) and old in db.voters and old not in db.held
+    assert new in db.held and not db.running(new)
 
 
 class EmptyNet(QuietNet):
@@ -933,6 +983,26 @@ def test_a_transfer_whose_target_is_paused_is_verified_by_another_node() -> None
     assert start["status"] == "verified", start
     to = schedule.timeline[-1].details["to"]
     assert start["checks"][0]["check"].endswith(f"names {to} the leader")
+
+
+def test_a_stale_view_of_the_target_leading_does_not_verify_a_transfer() -> None:
+    """The target is paused and every other node still names it the leader, but from
+    the term before the transfer (cut off since): not evidence of this transfer."""
+    schedule = make_schedule(["transfer"])
+    db = schedule.env.db
+    assert isinstance(db, FakeDB)
+
+    fault = schedule._faults["transfer"]
+    real_verify = fault.verify_start
+
+    async def paused_and_stale(env: Env, details: dict[str, object]) -> Evidence:
+        db.pause(str(details["to"]))
+        db.term = int(details["term_before"])  # type: ignore[call-overload]
+        return await real_verify(env, details)
+
+    fault.verify_start = paused_and_stale  # type: ignore[method-assign]
+    asyncio.run(schedule.start("transfer"))
+    assert _evidence(schedule, "start")["status"] == "unverified"
 
 
 def test_a_kind_without_a_verifier_is_unverified() -> None:
