@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from kvstore import protocol as p
 from kvstore.commands import (
     MAX_TTL_MS,
+    AlarmType,
     Compare,
     CompareOp,
     CompareTarget,
@@ -112,6 +113,8 @@ requests = st.one_of(
     st.builds(p.MemberAdd, id=rid, node=st.text(min_size=1, max_size=16), learner=st.booleans()),
     st.builds(p.MemberRemove, id=rid, node=st.text(min_size=1, max_size=16)),
     st.builds(p.MemberList, id=rid),
+    st.builds(p.AlarmList, id=rid),
+    st.builds(p.AlarmDisarm, id=rid, alarm=st.none() | st.sampled_from(AlarmType)),
 )
 
 kvs = st.builds(
@@ -124,6 +127,9 @@ kvs = st.builds(
     lease=uint,
 )
 node = st.text(min_size=1, max_size=16)
+alarm_infos = st.lists(
+    st.builds(p.AlarmInfo, alarm=st.sampled_from(["NOSPACE", "CORRUPT"]), node=node), max_size=3
+).map(tuple)
 error_codes = st.sampled_from([c for c in Code if c not in (Code.OK, Code.COMPARE_FAILED)])
 
 
@@ -145,6 +151,7 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
                 "lease",
                 "watch",
                 "ok",
+                "alarms",
             ]
         )
     )
@@ -170,6 +177,9 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
         return resp, Op.WATCH
     if kind == "ok":
         return p.OkResponse(id=i), Op.WATCH_CANCEL
+    if kind == "alarms":
+        op = draw(st.sampled_from([Op.ALARM_LIST, Op.ALARM_DISARM]))
+        return p.AlarmsResponse(id=i, alarms=draw(alarm_infos)), op
     if kind == "error":
         code = draw(error_codes)
         leader = draw(st.none() | node) if code is Code.NOT_LEADER else None
@@ -221,6 +231,9 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
         leader_addr=draw(st.none() | st.just("h:1")),
         commit=draw(uint),
         applied=draw(uint),
+        alarms=draw(st.none() | alarm_infos),
+        data_bytes=draw(st.none() | uint),
+        quota_bytes=draw(st.none() | uint),
     )
     return resp, Op.STATUS
 
