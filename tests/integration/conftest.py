@@ -156,15 +156,17 @@ MakeCluster = Callable[..., LocalCluster]
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
-    """``make_cluster(start=True, **raft_settings)`` → a running LocalCluster."""
+    """``make_cluster(start=True, store=None, **raft_settings)`` → a running
+    LocalCluster (``store``: its [store] settings)."""
     made: list[LocalCluster] = []
 
-    def make(start: bool = True, **raft: Any) -> LocalCluster:
+    def make(start: bool = True, store: dict[str, Any] | None = None, **raft: Any) -> LocalCluster:
         root = tmp_path / f"cluster{len(made)}"
         root.mkdir()
         config = root / "cluster.toml"
         settings = {"tick_ms": TICK_MS, "fsync": "always", **raft}
-        config.write_text(generate_config(3, cluster.free_base_port(), "./data", raft=settings))
+        text = generate_config(3, cluster.free_base_port(), "./data", raft=settings, store=store)
+        config.write_text(text)
         lc = LocalCluster(config)
         made.append(lc)
         if start:
