@@ -282,6 +282,22 @@ def test_hello_wire_format_is_the_documented_one() -> None:
     }
 
 
+def test_alarm_ops_wire_format_is_the_documented_one() -> None:
+    disarm = p.AlarmDisarm(id=4, alarm=AlarmType.NOSPACE)
+    assert msgpack.unpackb(p.encode_request(disarm)) == {
+        "id": 4,
+        "op": "alarm_disarm",
+        "alarm": "NOSPACE",
+    }
+    assert p.decode_request(_req(id=4, op="alarm_disarm"), LIMITS) == p.AlarmDisarm(id=4)
+    answer = p.AlarmsResponse(id=4, alarms=(p.AlarmInfo(alarm="NOSPACE", node="n1"),))
+    assert msgpack.unpackb(p.encode_response(answer)) == {
+        "id": 4,
+        "code": "OK",
+        "alarms": [{"alarm": "NOSPACE", "node": "n1"}],
+    }
+
+
 def test_request_wire_format_is_the_documented_one() -> None:
     req = p.Put(id=3, key=b"k", value=b"v", session=p.Session(client=CLIENT, seq=2, ack=1))
     assert msgpack.unpackb(p.encode_request(req)) == {
@@ -371,6 +387,11 @@ RANGE_K = {"op": "range", "key": b"k"}
         ({"id": 1, "op": "watch", "key": b""}, Code.BAD_REQUEST),
         ({"id": 1, "op": "watch", "key": b"k", "start_revision": -1}, Code.BAD_REQUEST),
         ({"id": 1, "op": "watch_cancel"}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "alarm_disarm", "alarm": "CORRUPT"}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "alarm_disarm", "alarm": "nospace"}, Code.BAD_REQUEST),  # exact name
+        ({"id": 1, "op": "alarm_disarm", "alarm": 1}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "alarm_disarm", **SESSION}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "alarm_list", "alarm": "NOSPACE"}, Code.BAD_REQUEST),
     ],
 )  # fmt: skip
 def test_bad_request_is_answered_with_its_id(fields: dict[str, Any], code: Code) -> None:
@@ -428,6 +449,8 @@ def test_definite_codes() -> None:
     assert p.is_definite(Code.CONFLICT, Op.MEMBER_REMOVE)
     for code in (Code.NOT_LEADER, Code.UNAVAILABLE, Code.COMPARE_FAILED, Code.TOO_LARGE):
         assert p.is_definite(code, Op.PUT)
+    assert p.is_definite(Code.NOSPACE, Op.PUT) and p.is_definite(Code.NOSPACE, Op.TXN)
+    assert not p.is_definite(Code.TIMEOUT, Op.ALARM_DISARM)
 
 
 def test_limits_must_fit_a_maximal_put() -> None:
