@@ -4,6 +4,7 @@ ProtocolError (h11's fuzz invariant), with the code a client would get back."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]  # no stubs upstream
@@ -23,7 +24,18 @@ from kvstore.commands import (
     RangeOp,
     read_only,
 )
-from kvstore.protocol import Code, Consistency, Limits, Op, ProtocolError
+from kvstore.protocol import (
+    _HELLO_REPLY_FIELDS,
+    _LIMIT_FIELDS,
+    _OK_FIELDS,
+    _REQUEST_FIELDS,
+    Code,
+    Consistency,
+    Limits,
+    Op,
+    ProtocolError,
+)
+from raft.framing import FrameDecoder, FrameTooLarge, encode_frame
 from tests.kvstore.txn_strategies import one_write_per_key
 
 LIMITS = Limits(max_frame_bytes=64 << 10, max_key_bytes=64, max_value_bytes=1024)
@@ -465,6 +477,7 @@ FIELD_NAMES = sorted(
     | {"expected_value", "expected_version", "client", "seq", "ack", "code", "message"}
     | {"kv", "kvs", "more", "revision", "prev", "current", "leader", "leader_addr"}
     | {"hello", "version", "node", "limits", "role", "term", "commit", "applied"}
+    | {"alarm", "alarms", "data_bytes", "quota_bytes"}
 )
 scalars = st.one_of(
     st.none(),
@@ -487,14 +500,14 @@ maps = st.dictionaries(st.sampled_from(FIELD_NAMES), values, max_size=9)
 
 
 def _all_decoders(data: bytes) -> None:
-    for decode in (
-        lambda d: p.decode_request(d, LIMITS),
-        lambda d: p.decode_response(d, lambda _: Op.SCAN, LIMITS),
-        lambda d: p.decode_response(d, lambda _: Op.CAS, LIMITS),
-        lambda d: p.decode_response(d, lambda _: Op.STATUS, LIMITS),
-        p.decode_hello,
-        p.decode_hello_reply,
-    ):
+    """Every decoder of the client protocol on ``data``: the server's (requests,
+    hellos) and the client's (a response to a request of every op, hello replies)."""
+    with contextlib.suppress(ProtocolError):
+        p.decode_request(data, LIMITS)
+    for op in Op:
+        with contextlib.suppress(ProtocolError):
+            p.decode_response(data, lambda _, op=op: op, LIMITS)  # type: ignore[misc]
+    for decode in (p.decode_hello, p.decode_hello_reply):
         with contextlib.suppress(ProtocolError):
             decode(data)
 
@@ -518,6 +531,104 @@ def test_mutated_requests_raise_only_protocol_error(req: p.Request, data: st.Dat
     name = data.draw(st.sampled_from([*m, "extra"]))
     m[name] = data.draw(values)
     _all_decoders(msgpack.packb(m, use_bin_type=True))
+
+
+def _some_fields(data: st.DataObject, names: frozenset[str]) -> dict[str, Any]:
+    """Any subset of ``names``, each holding any msgpack value."""
+    chosen = data.draw(st.lists(st.sampled_from(sorted(names)), unique=True)) if names else []
+    return {name: data.draw(values) for name in chosen}
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(list(Op)), st.data())
+def test_requests_of_any_field_values_decode_or_raise_protocol_error(
+    op: Op, data: st.DataObject
+) -> None:
+    """Structure-aware: a request map of the right op, with any subset of that op's
+    fields holding any values. It decodes to a request that round-trips, or raises
+    ProtocolError carrying the request's id."""
+    names = sorted(_REQUEST_FIELDS[op] - {"id", "op"})
+    m = {
+        name: data.draw(values)
+        for name in data.draw(
+            st.lists(st.sampled_from(names) if names else st.nothing(), unique=True)
+        )
+    }
+    m.update(id=7, op=op.value)
+    try:
+        req = p.decode_request(msgpack.packb(m, use_bin_type=True), LIMITS)
+    except ProtocolError as exc:
+        assert exc.request_id == 7
+        return
+    assert p.op_of(req) is op and p.decode_request(p.encode_request(req), LIMITS) == req
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(list(Op)), st.data())
+def test_responses_of_any_field_values_decode_or_raise_protocol_error(
+    op: Op, data: st.DataObject
+) -> None:
+    """Structure-aware, for the client: an OK response map of the op's fields, each
+    any value: a response that round-trips, or ProtocolError."""
+    names = sorted(_OK_FIELDS[op] - {"id", "code"})
+    m = {
+        name: data.draw(values)
+        for name in data.draw(
+            st.lists(st.sampled_from(names) if names else st.nothing(), unique=True)
+        )
+    }
+    m.update(id=7, code="OK")
+    try:
+        resp = p.decode_response(msgpack.packb(m, use_bin_type=True), lambda _: op, LIMITS)
+    except ProtocolError:
+        return
+    assert resp is not None
+    assert p.decode_response(p.encode_response(resp), lambda _: op, LIMITS) == resp
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.binary(max_size=64)
+        | requests.map(p.encode_request).map(encode_frame)
+        | maps.map(lambda m: encode_frame(msgpack.packb(m, use_bin_type=True))),
+        max_size=6,
+    ).map(b"".join),
+    st.lists(st.integers(0, 4096), max_size=8),
+)
+def test_any_client_byte_stream_yields_requests_or_one_error(
+    stream: bytes, cuts: list[int]
+) -> None:
+    """The path a client connection's bytes take at the server (kvstore/server.py): the
+    frame layer at the announced frame limit, then decode_request on every frame. The
+    only errors are FrameTooLarge (the stream is lost: the server closes) and
+    ProtocolError (answered, with the id when it could be read)."""
+    dec = FrameDecoder(LIMITS.max_frame_bytes)
+    bounds = [0, *sorted({min(c, len(stream)) for c in cuts}), len(stream)]
+    with contextlib.suppress(FrameTooLarge):
+        for a, b in itertools.pairwise(bounds):
+            dec.feed(stream[a:b])
+            for frame in dec.frames():
+                with contextlib.suppress(ProtocolError):
+                    p.decode_request(frame, LIMITS)
+
+
+@settings(max_examples=200)
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(_HELLO_REPLY_FIELDS | _LIMIT_FIELDS)), values, max_size=9
+    ),
+    st.sampled_from([None, "raftkv"]),
+)
+def test_hello_replies_of_any_field_values_raise_only_protocol_error(
+    m: dict[str, Any], magic: str | None
+) -> None:
+    if magic is not None:
+        m["hello"] = magic
+    if "limits" in m and isinstance(m["limits"], dict):
+        m["limits"] = {k: v for k, v in m["limits"].items() if k in _LIMIT_FIELDS}
+    with contextlib.suppress(ProtocolError):
+        p.decode_hello_reply(msgpack.packb(m, use_bin_type=True))
 
 
 def test_nil_means_absent_in_txn_fields() -> None:
