@@ -13,6 +13,8 @@
   leader change since + the time without a leader since (none, or none that can
   commit: kvstore/sim/cluster.py says when) + one election timeout + ``slack``.
 - **The Raft loop never dies** but by a crash (kvstore/sim/node.py).
+- **The NOSPACE alarm holds**: while the log has raised it (and not disarmed it since),
+  no put, lease grant or putting transaction is applied OK (kvstore/quota.py).
 
 Times are the simulation's true time (one machine, one true clock), never a node's.
 The first violation ends the run; its kind and detail name what broke.
@@ -22,7 +24,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvstore.commands import CommandError, ExpireLease, LeaseRevoke, Put, decode_command
+from kvstore.commands import (
+    CommandError,
+    DisarmAlarm,
+    ExpireLease,
+    LeaseGrant,
+    LeaseRevoke,
+    Put,
+    RaiseAlarm,
+    Txn,
+    decode_command,
+)
+from kvstore.quota import branch_puts
 from kvstore.state_machine import Result, ResultCode
 from raft.types import Index, NodeId
 
@@ -66,6 +79,11 @@ class Checker:
         self.leader_changes = 0
         self.unavailable = 0.0  # seconds without a leader that can commit
         self.stats = {"applies": 0, "reads": 0, "writes": 0, "keepalives": 0, "expired": 0}
+        self.stats["alarms"] = 0  # NOSPACE alarms raised by the log
+        # Whether the NOSPACE alarm is raised as of the highest index applied: indexes
+        # are first applied in increasing order (every replica applies in order, and a
+        # committed entry is never lost), so this follows the log.
+        self._nospace = False
 
     def now(self) -> float:
         return self._now()  # type: ignore[operator,no-any-return]
@@ -89,6 +107,8 @@ class Checker:
             _, cmd = decode_command(command)
         except CommandError:
             return
+        if r.code is ResultCode.OK:
+            self._check_alarm(index, cmd, r)
         if isinstance(cmd, Put) and r.code is ResultCode.OK:
             # A retry answered from the session's cache returns the first result, with
             # the revision of the first write; only a second write has another one.
@@ -103,6 +123,20 @@ class Checker:
             self._rev_kv[rev] = (cmd.key, cmd.value)
         elif isinstance(cmd, ExpireLease | LeaseRevoke) and r.code is ResultCode.OK:
             self.lease_revoked(cmd.lease)
+
+    def _check_alarm(self, index: Index, cmd: object, r: Result) -> None:
+        if isinstance(cmd, RaiseAlarm):
+            self.stats["alarms"] += not self._nospace
+            self._nospace = True
+        elif isinstance(cmd, DisarmAlarm):
+            self._nospace = False
+        elif self._nospace and (
+            isinstance(cmd, Put | LeaseGrant)
+            or (isinstance(cmd, Txn) and branch_puts(cmd.success if r.data[0] else cmd.failure))
+        ):
+            self.fail(
+                "nospace-ignored", f"{type(cmd).__name__} applied OK at {index} under NOSPACE"
+            )
 
     # ---- reads and writes ---------------------------------------------------------------
 
