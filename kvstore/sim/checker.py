@@ -9,7 +9,9 @@
   returns is what the log wrote at that revision.
 - **The lease bound**: a lease is revoked no earlier than (invoke of its last
   acknowledged keep-alive, or of its grant, + TTL - 1% of TTL for clock drift), and,
-  once abandoned, no later than that invoke + TTL + (TTL + one election timeout) per
+  once abandoned, no later than that invoke (for the grant: the time the log applied
+  it, when later; the leader's lessor starts the lease there, and a grant can wait
+  long at a node whose disk stalls) + TTL + (TTL + one election timeout) per
   leader change since + the time without a leader since (none, or none that can
   commit: kvstore/sim/cluster.py says when) + one election timeout + ``slack``.
 - **The Raft loop never dies** but by a crash (kvstore/sim/node.py).
@@ -61,6 +63,7 @@ class LeaseRecord:
     unavailable_at: float  # leaderless + stalled-leader seconds counted at ``start``
     abandoned: bool = False
     revoked_at: float | None = None
+    granted_at: float = 0.0  # when the log first applied the grant
 
 
 class Checker:
@@ -74,6 +77,7 @@ class Checker:
         self._rev_kv: dict[int, tuple[bytes, bytes]] = {}
         self._floor: dict[bytes, int] = {}  # per key: revision every later read must see
         self.leases: dict[int, LeaseRecord] = {}
+        self._grants_applied: dict[int, float] = {}  # lease -> when its grant applied
         # Revocations applied before the client heard of its grant: lease -> when.
         self._revoked_early: dict[int, float] = {}
         self.leader_changes = 0
@@ -123,6 +127,8 @@ class Checker:
             self._rev_kv[rev] = (cmd.key, cmd.value)
         elif isinstance(cmd, ExpireLease | LeaseRevoke) and r.code is ResultCode.OK:
             self.lease_revoked(cmd.lease)
+        elif isinstance(cmd, LeaseGrant) and r.code is ResultCode.OK:
+            self._grants_applied[r.data[0]] = self.now()
 
     def _check_alarm(self, index: Index, cmd: object, r: Result) -> None:
         if isinstance(cmd, RaiseAlarm):
@@ -172,6 +178,7 @@ class Checker:
     ) -> None:
         """A grant invoked at ``invoked``, when the counters were ``at``, answered OK."""
         rec = LeaseRecord(lease, ttl_ms / 1000, invoked, *at)
+        rec.granted_at = self._grants_applied.pop(lease, invoked)
         rec.revoked_at = self._revoked_early.pop(lease, None)
         self.leases[lease] = rec
         self._check_early(rec)
@@ -214,7 +221,7 @@ class Checker:
     def latest_revocation(self, rec: LeaseRecord) -> float:
         changes = self.leader_changes - rec.changes_at
         return (
-            rec.start
+            max(rec.start, rec.granted_at)
             + rec.ttl
             + changes * (rec.ttl + self.election_timeout)
             + (self.unavailable - rec.unavailable_at)

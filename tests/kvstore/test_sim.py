@@ -8,7 +8,15 @@ import asyncio
 
 import pytest
 
-from kvstore.commands import AlarmType, Delete, Header, Put, RaiseAlarm, encode_command
+from kvstore.commands import (
+    AlarmType,
+    Delete,
+    Header,
+    LeaseGrant,
+    Put,
+    RaiseAlarm,
+    encode_command,
+)
 from kvstore.mvcc import KeyValue
 from kvstore.sim.checker import Checker, Violation
 from kvstore.sim.cluster import KVSim, SimParams, run_seed
@@ -94,6 +102,24 @@ def test_a_stale_read_is_caught() -> None:
     floor = c.read_floor(b"k")
     with pytest.raises(Violation, match="stale-read"):
         c.read_done("n1", b"k", floor, (5, b"v"))
+
+
+def test_the_late_bound_of_a_lease_starts_when_its_grant_is_applied() -> None:
+    """A grant can wait at a node whose disk stalls long after its invoke; the leader's
+    lessor starts the lease only when the log applies it. (``python -m kvstore.sim
+    --seed 20 --load 20`` failed with late-expiry this way: invoked at 16.95 s, applied
+    at 21.08 s.)"""
+    c, now = checker()
+    grant = encode_command(Header(b"c" * 16, 2, 1), LeaseGrant(2000))
+    now[0] = 4.0
+    c.on_apply("n1", 1, 1, grant, Result(ResultCode.OK, None, None, 0, "", [1, 2000]))
+    c.lease_granted(1, 2000, invoked=0.0)
+    c.abandoned(1)
+    now[0] = 4.0 + 2.0 + 1.0 + 1.5  # from the apply: TTL + election timeout + slack
+    c.check_late()
+    now[0] += 0.01
+    with pytest.raises(Violation, match="late-expiry"):
+        c.check_late()
 
 
 def test_a_growing_write_applied_under_the_alarm_is_caught() -> None:
