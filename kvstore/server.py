@@ -242,6 +242,9 @@ class ClientServer:
         self._min_ttl_ms = math.ceil(MIN_TTL_ELECTION_TIMEOUTS * election_timeout * 1000)
         # Expiry proposals in flight (a dict: cancelled in a deterministic order).
         self._expiring: dict[asyncio.Task[None], None] = {}
+        # This node's NOSPACE alarm proposal in flight: concurrent writes past the
+        # quota share it rather than each proposing one.
+        self._raising: asyncio.Task[None] | None = None
         # How long a transfer_leader waits to see the new leader (capped by the request
         # timeout); the node passes two election timeouts.
         self._transfer_timeout = transfer_timeout or self._timeout
@@ -282,8 +285,9 @@ class ClientServer:
         self._ticker = asyncio.get_running_loop().create_task(self._lease_ticker())
 
     def stop_timers(self) -> list[asyncio.Task[None]]:
-        """Cancel the lease ticker and the expiries it proposed; returns the tasks."""
-        tasks = [t for t in (self._ticker, *self._expiring) if t is not None]
+        """Cancel the lease ticker, the expiries it proposed and an alarm being raised;
+        returns the tasks."""
+        tasks = [t for t in (self._ticker, *self._expiring, self._raising) if t is not None]
         for task in tasks:
             task.cancel()
         self._ticker = None
@@ -768,6 +772,11 @@ class ClientServer:
         me = self._node_id.encode()
         if (AlarmType.NOSPACE, me) in self._sm.alarms():
             return
+        if self._raising is None or self._raising.done():
+            self._raising = asyncio.ensure_future(self._propose_nospace(me))
+        await asyncio.shield(self._raising)
+
+    async def _propose_nospace(self, me: bytes) -> None:
         alarm = encode_command(_SESSIONLESS, RaiseAlarm(AlarmType.NOSPACE, me))
         try:
             await self._engine.propose(alarm, self._timeout)

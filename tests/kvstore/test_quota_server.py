@@ -5,6 +5,7 @@ with ``LocalEngine`` (one replica, no Raft) under the real ClientServer."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -103,6 +104,22 @@ def test_nospace_after_an_unknown_outcome_is_indeterminate() -> None:
             with pytest.raises(Indeterminate, match="NOSPACE after an unknown outcome"):
                 await c.put(b"k0", VALUE)
             assert (await c.get(b"k0")).value == VALUE
+
+    run(body)
+
+
+def test_concurrent_writes_past_the_quota_raise_the_alarm_once() -> None:
+    async def body() -> None:
+        async with node(quota=PUT_BYTES) as (engine, _, c):
+            await c.put(b"k0", VALUE)
+            engine.delay = 0.05  # the alarm's proposal takes a while: writes pile up
+            proposals = engine.proposals
+            results = await asyncio.gather(
+                *(c.put(b"k%d" % i, VALUE) for i in range(1, 9)), return_exceptions=True
+            )
+            assert all(isinstance(r, NoSpace) for r in results), results
+            assert engine.proposals == proposals + 1
+            assert await c.alarm_list() == NOSPACE_N1
 
     run(body)
 
