@@ -16,7 +16,9 @@
   commit: kvstore/sim/cluster.py says when) + one election timeout + ``slack``.
 - **The Raft loop never dies** but by a crash (kvstore/sim/node.py).
 - **The NOSPACE alarm holds**: while the log has raised it (and not disarmed it since),
-  no put, lease grant or putting transaction is applied OK (kvstore/quota.py).
+  no put, lease grant or putting transaction takes effect (kvstore/quota.py). A retry
+  of one that took effect before the alarm is answered OK from its session's cache:
+  that is no new write (its revision, or its lease id, is not new).
 
 Times are the simulation's true time (one machine, one true clock), never a node's.
 The first violation ends the run; its kind and detail name what broke.
@@ -66,6 +68,13 @@ class LeaseRecord:
     granted_at: float = 0.0  # when the log first applied the grant
 
 
+def _grows(cmd: object, r: Result) -> bool:
+    """A command the NOSPACE alarm refuses, as it was applied OK."""
+    if isinstance(cmd, Txn):
+        return branch_puts(cmd.success if r.data[0] else cmd.failure)
+    return isinstance(cmd, Put | LeaseGrant)
+
+
 class Checker:
     def __init__(self, now: object, election_timeout: float, slack: float) -> None:
         self._now = now  # callable: true time
@@ -88,6 +97,10 @@ class Checker:
         # are first applied in increasing order (every replica applies in order, and a
         # committed entry is never lost), so this follows the log.
         self._nospace = False
+        # The highest store revision and lease id any result has shown: a result
+        # beyond them is a write taking effect now, not a cached answer.
+        self._top_revision = 0
+        self._top_lease = 0
 
     def now(self) -> float:
         return self._now()  # type: ignore[operator,no-any-return]
@@ -113,6 +126,9 @@ class Checker:
             return
         if r.code is ResultCode.OK:
             self._check_alarm(index, cmd, r)
+        self._top_revision = max(self._top_revision, r.revision)
+        if isinstance(cmd, LeaseGrant) and r.code is ResultCode.OK:
+            self._top_lease = max(self._top_lease, r.data[0])
         if isinstance(cmd, Put) and r.code is ResultCode.OK:
             # A retry answered from the session's cache returns the first result, with
             # the revision of the first write; only a second write has another one.
@@ -136,13 +152,15 @@ class Checker:
             self._nospace = True
         elif isinstance(cmd, DisarmAlarm):
             self._nospace = False
-        elif self._nospace and (
-            isinstance(cmd, Put | LeaseGrant)
-            or (isinstance(cmd, Txn) and branch_puts(cmd.success if r.data[0] else cmd.failure))
-        ):
-            self.fail(
-                "nospace-ignored", f"{type(cmd).__name__} applied OK at {index} under NOSPACE"
-            )
+        elif self._nospace and _grows(cmd, r) and self._takes_effect(cmd, r):
+            what = type(cmd).__name__
+            self.fail("nospace-ignored", f"{what} applied OK at index {index} under NOSPACE")
+
+    def _takes_effect(self, cmd: object, r: Result) -> bool:
+        """Whether ``r`` is a write taking effect now rather than a cached answer."""
+        if isinstance(cmd, LeaseGrant):
+            return bool(r.data[0] > self._top_lease)
+        return r.revision > self._top_revision
 
     # ---- reads and writes ---------------------------------------------------------------
 

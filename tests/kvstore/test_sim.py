@@ -131,9 +131,14 @@ def test_a_growing_write_applied_under_the_alarm_is_caught() -> None:
     c.on_apply("n1", 1, 2, encode_command(system, RaiseAlarm(AlarmType.NOSPACE, b"n1")), ok)
     refused = Result(ResultCode.NOSPACE, None, None, 1)
     c.on_apply("n1", 1, 3, encode_command(client, Put(b"k", b"w")), refused)
-    c.on_apply("n1", 1, 4, encode_command(client, Delete(b"k")), ok)
+    c.on_apply(
+        "n1", 1, 4, encode_command(client, Delete(b"k")), Result(ResultCode.OK, None, None, 2)
+    )
+    # A retry of the first put is answered from the session's cache: no new write.
+    c.on_apply("n1", 1, 5, encode_command(client, Put(b"k", b"v")), put_ok)
+    fresh = Result(ResultCode.OK, KeyValue(b"k", b"x", 3, 3, 1), None, 3)
     with pytest.raises(Violation, match="nospace-ignored"):
-        c.on_apply("n2", 1, 5, encode_command(client, Put(b"k", b"x")), put_ok)
+        c.on_apply("n2", 1, 6, encode_command(Header(b"c" * 16, 3, 2), Put(b"k", b"x")), fresh)
 
 
 def test_an_early_and_a_late_expiry_are_caught() -> None:
