@@ -21,7 +21,9 @@ differently would then apply the same log to different states:
    tombstone counts less than the record it removes), transactions that only read and
    delete, session open and close, lease revoke and keep-alive, and the alarm
    commands themselves are always admitted, so there is always a way out: delete
-   keys, then disarm.
+   keys, then disarm. A retry of a write is answered from its session's cache as
+   always (dissertation §6.3): OK if it took effect before the alarm, NOSPACE if the
+   alarm refused it, whatever the alarm is now.
 
 ``DisarmAlarm`` clears the alarm whatever the size is; if the data is still past a
 proposer's quota, that proposer's next growing write raises it again (etcd behaves the
