@@ -127,11 +127,18 @@ def _table(nodes: Sequence[NodeInfo], title: str | None = None) -> None:
 
 
 def _usage(s: Any) -> str:
-    """Data size over quota, in MiB, as the node counts it."""
+    """Data size over quota, as the node counts them."""
     if s is None or s.data_bytes is None or s.quota_bytes is None:
         return "-"
     pct = 100 * s.data_bytes / s.quota_bytes
-    return f"{s.data_bytes / 2**20:.1f}/{s.quota_bytes / 2**20:.0f} MiB ({pct:.0f}%)"
+    return f"{_size(s.data_bytes)} / {_size(s.quota_bytes)} ({pct:.0f}%)"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 @cluster.command(short_help="Start every node; wait for a leader.")
