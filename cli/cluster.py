@@ -105,10 +105,10 @@ def _table(nodes: Sequence[NodeInfo], title: str | None = None) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("node", "pid", "role", "term", "commit", "applied", "lag", "leader", "client"):
-        table.add_column(
-            col, justify="right" if col in ("pid", "term", "commit", "applied", "lag") else "left"
-        )
+    numbers = ("pid", "term", "commit", "applied", "lag", "data")
+    columns = ("node", "pid", "role", "term", "commit", "applied", "lag", "leader", "client")
+    for col in (*columns, "data", "alarms"):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for n in nodes:
         s = n.status
         role = {"leader": "[bold green]leader[/]", "down": "[red]down[/]"}.get(n.role, n.role)
@@ -122,8 +122,25 @@ def _table(nodes: Sequence[NodeInfo], title: str | None = None) -> None:
             ),
             (s and s.leader) or "-",
             n.client_address,
+            _usage(s),
+            f"[bold red]{' '.join(n.alarms)}[/]" if n.alarms else "-",
         )
     console().print(table)
+
+
+def _usage(s: Any) -> str:
+    """Data size over quota, as the node counts them."""
+    if s is None or s.data_bytes is None or s.quota_bytes is None:
+        return "-"
+    pct = 100 * s.data_bytes / s.quota_bytes
+    return f"{_size(s.data_bytes)} / {_size(s.quota_bytes)} ({pct:.0f}%)"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 @cluster.command(short_help="Start every node; wait for a leader.")
@@ -211,7 +228,7 @@ def down(config_path: str, timeout: float) -> None:
         click.echo(f"{r.id}: {note}{pid}")
 
 
-@cluster.command(short_help="Show every node's role, term, commit and lag.")
+@cluster.command(short_help="Show every node's role, term, commit, lag and alarms.")
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of per-node objects.")
 @click.option(
@@ -223,7 +240,9 @@ def down(config_path: str, timeout: float) -> None:
 )
 def status(config_path: str, as_json: bool, timeout: float) -> None:
     """Each node's process and Raft state; lag is the leader's commit index minus the
-    node's applied index. A node that does not answer shows as down."""
+    node's applied index; data is the size the storage quota bounds, over the node's
+    quota; alarms are the raised alarms (NOSPACE@n1: raised by n1; see `kv alarm`). A
+    node that does not answer shows as down."""
     from kvstore.cluster import cluster_status
 
     load_config_or_exit(config_path, as_json=as_json)
@@ -368,3 +387,40 @@ def init(nodes: tuple[str, ...], directory: str, cluster_id: str, tls: bool) -> 
             "\nWithout --tls, nodes off loopback refuse to start unless [security] "
             "insecure = true: run init again with --tls (docs/SECURITY.md)."
         )
+
+
+@click.group(short_help="List and disarm the cluster's alarms.")
+def alarm() -> None:
+    """Cluster alarms (etcd's). NOSPACE: the data reached a node's storage quota
+    ([store] quota_bytes); writes that would grow it are refused until it is
+    disarmed. Recover by deleting keys, then `kv alarm disarm` (docs/OPERATIONS.md)."""
+
+
+def _show_alarms(as_json: bool, alarms: Any) -> None:
+    rows = [{"alarm": a.alarm, "node": a.node} for a in alarms]
+    human = "\n".join(f"{a.alarm} (raised by {a.node})" for a in alarms) or "no alarms"
+    emit(as_json, {"alarms": rows}, human)
+
+
+@alarm.command("list", short_help="Show the raised alarms.")
+@client_options
+def alarm_list(endpoints: str | None, config: str | None, timeout: float, as_json: bool) -> None:
+    """The raised alarms, as the cluster has committed them."""
+    _show_alarms(as_json, run_client(endpoints, config, timeout, as_json, lambda c: c.alarm_list()))
+
+
+@alarm.command("disarm", short_help="Clear the raised alarms.")
+@click.argument(
+    "name",
+    required=False,
+    metavar="[NOSPACE]",
+    type=click.Choice(["NOSPACE"], case_sensitive=False),
+)
+@client_options
+def alarm_disarm(
+    name: str | None, endpoints: str | None, config: str | None, timeout: float, as_json: bool
+) -> None:
+    """Clear the NOSPACE alarm (default: every alarm) on every node. If the data is still past
+    a node's quota, the next write that would grow it raises NOSPACE again."""
+    left = run_client(endpoints, config, timeout, as_json, lambda c: c.alarm_disarm(name))
+    _show_alarms(as_json, left)

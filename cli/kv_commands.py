@@ -251,6 +251,8 @@ def run_client(
         fail(
             ExitCode.NOT_FOUND, f"lease not found: {exc}", as_json=as_json, error="lease_not_found"
         )
+    except c.NoSpace as exc:
+        fail(ExitCode.ERROR, f"no space (not applied): {exc}", as_json=as_json, error="nospace")
     except c.Conflict as exc:
         fail(ExitCode.ERROR, f"refused (not applied): {exc}", as_json=as_json, error="conflict")
     except c.ClientError as exc:

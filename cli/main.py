@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import click
 
-from cli.cluster import cluster, member, node
+from cli.cluster import alarm, cluster, member, node
 from cli.kv_commands import COMMANDS, TLSFlags
 from cli.watch_lease import COMMANDS as STREAM_COMMANDS
 
@@ -79,7 +79,7 @@ def sim(
     ctx.exit(_load_sim_main()(argv))
 
 
-for _command in (node, cluster, member, *COMMANDS, *STREAM_COMMANDS):
+for _command in (node, cluster, member, alarm, *COMMANDS, *STREAM_COMMANDS):
     cli.add_command(_command)
 
 

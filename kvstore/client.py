@@ -60,6 +60,7 @@ from .commands import (
     read_only,
 )
 from .protocol import (
+    AlarmInfo,
     Code,
     Consistency,
     KeyValue,
@@ -71,6 +72,7 @@ from .protocol import (
 )
 
 __all__ = [
+    "AlarmInfo",
     "AsyncClient",
     "BadRequest",
     "Client",
@@ -87,6 +89,7 @@ __all__ = [
     "Lease",
     "LeaseNotFound",
     "Members",
+    "NoSpace",
     "NodeStatus",
     "NotFound",
     "PutOp",
@@ -161,6 +164,9 @@ class NodeStatus:
     wall_ms: int | None = None  # the node's wall clock when it answered
     mono_ms: int | None = None  # its monotonic clock (arbitrary origin)
     pid: int | None = None
+    alarms: tuple[AlarmInfo, ...] | None = None  # raised, as this node has applied them
+    data_bytes: int | None = None  # the data size the storage quota bounds
+    quota_bytes: int | None = None  # this node's storage quota
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +194,12 @@ class CompareFailed(ClientError):
         super().__init__(f"compare failed (current version {current and current.version})")
         self.current = current
         self.revision = revision
+
+
+class NoSpace(ClientError):
+    """The write could grow the data past the storage quota, or the cluster's NOSPACE
+    alarm is raised: it was not applied (definite). Delete keys, then disarm the
+    alarm (docs/OPERATIONS.md)."""
 
 
 class Unavailable(ClientError):
@@ -690,6 +702,9 @@ class AsyncClient:
             resp.wall_ms,
             resp.mono_ms,
             resp.pid,
+            resp.alarms,
+            resp.data_bytes,
+            resp.quota_bytes,
         )
 
     async def transfer_leader(self, to: str) -> str:
@@ -729,6 +744,25 @@ class AsyncClient:
             pin=endpoint,
         )
         return _members(resp)
+
+    async def alarm_list(self) -> tuple[AlarmInfo, ...]:
+        """The raised alarms, as the cluster has committed them (a linearizable read)."""
+        resp = await self._call(lambda rid: p.AlarmList(id=rid), None, leader_only=False)
+        assert isinstance(resp, p.AlarmsResponse)
+        return resp.alarms
+
+    async def alarm_disarm(self, alarm: str | None = None) -> tuple[AlarmInfo, ...]:
+        """Clear ``alarm`` ("NOSPACE"; None: every alarm) on every member; returns the
+        alarms left. Idempotent, so an unknown outcome is simply retried. A write still
+        past a node's quota raises NOSPACE again."""
+        kind = None
+        if alarm is not None:
+            kind = p.ALARM_NAMES.get(alarm.upper())
+            if kind is None:
+                raise BadRequest(f"unknown alarm {alarm!r}: one of {sorted(p.ALARM_NAMES)}")
+        resp = await self._call(lambda rid: p.AlarmDisarm(id=rid, alarm=kind), None, admin=True)
+        assert isinstance(resp, p.AlarmsResponse)
+        return resp.alarms
 
     async def _member_change(self, build: Callable[[int], p.Request]) -> Members:
         return _members(await self._call(build, None, admin=True))
@@ -911,6 +945,10 @@ class AsyncClient:
                 if indefinite:
                     raise Indeterminate(f"session expired after an unknown outcome: {resp.message}")
                 raise SessionExpired(resp.message)
+            case Code.NOSPACE:
+                if indefinite:  # an earlier attempt may have been applied
+                    raise Indeterminate(f"NOSPACE after an unknown outcome: {resp.message}")
+                raise NoSpace(resp.message)
             case Code.STALE_SEQ:
                 # The session forgot this seq's result: retrying cannot tell us more.
                 raise Indeterminate(f"outcome forgotten by the server: {resp.message}")
@@ -1142,6 +1180,12 @@ class Client:
         self, endpoint: str | None = None, consistency: str = "linearizable"
     ) -> Members:
         return self._run(self._async.member_list(endpoint, consistency))
+
+    def alarm_list(self) -> tuple[AlarmInfo, ...]:
+        return self._run(self._async.alarm_list())
+
+    def alarm_disarm(self, alarm: str | None = None) -> tuple[AlarmInfo, ...]:
+        return self._run(self._async.alarm_disarm(alarm))
 
     def close(self) -> None:
         if not self._loop.is_running():

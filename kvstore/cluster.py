@@ -362,6 +362,13 @@ class NodeInfo:
     def role(self) -> str:
         return self.status.role if self.status is not None else "down"
 
+    @property
+    def alarms(self) -> list[str]:
+        """The raised alarms as this node has applied them, ``"NOSPACE@n1"`` (type,
+        then the member that raised it); empty when none or unknown."""
+        s = self.status
+        return [f"{a.alarm}@{a.node}" for a in (s.alarms or ())] if s is not None else []
+
     def to_json(self) -> dict[str, Any]:
         s = self.status
         return {
@@ -374,6 +381,9 @@ class NodeInfo:
             "applied": s and s.applied,
             "leader": s and s.leader,
             "lag": self.lag,
+            "alarms": self.alarms,
+            "data_bytes": s and s.data_bytes,
+            "quota_bytes": s and s.quota_bytes,
             "client_address": self.client_address,
             "data_dir": str(self.data_dir),
             "error": self.error,

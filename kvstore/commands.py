@@ -16,7 +16,9 @@ absent optional argument is msgpack nil. A ``Txn`` nests arrays: compares
 (kvstore/lessor.py) proposes it when a lease has run out on the leader's monotonic
 clock, and applying it twice is the same as once (lease ids are never reused).
 ``OpenSession`` is the only command that creates a session (as its request seq 1);
-``CloseSession`` ends one.
+``CloseSession`` ends one. ``RaiseAlarm`` and ``DisarmAlarm`` (kvstore/quota.py) are
+sessionless and idempotent too: raising a raised alarm, or disarming none, changes
+nothing.
 
 The header carries the client session of dissertation §6.3 (exactly-once): ``client_id``
 names the session, ``seq`` numbers the request within it, and ``ack_seq`` tells the
@@ -45,6 +47,7 @@ from typing import Any, NoReturn
 import msgpack  # type: ignore[import-untyped]  # no stubs upstream
 
 __all__ = [
+    "ALARM_MEMBER_MAX",
     "CLIENT_ID_LEN",
     "CLOCKED_FORMATS",
     "COMMAND_TAGS",
@@ -56,6 +59,7 @@ __all__ = [
     "MAX_TTL_MS",
     "MAX_TXN_OPS",
     "MAX_VALUE_LEN",
+    "AlarmType",
     "Cas",
     "CloseSession",
     "Command",
@@ -65,6 +69,7 @@ __all__ = [
     "CompareTarget",
     "Delete",
     "DeleteOp",
+    "DisarmAlarm",
     "ExpireLease",
     "Header",
     "LeaseGrant",
@@ -74,6 +79,7 @@ __all__ = [
     "OpenSession",
     "Put",
     "PutOp",
+    "RaiseAlarm",
     "RangeOp",
     "Tick",
     "Txn",
@@ -107,6 +113,9 @@ MAX_COMMAND_BYTES = 4 * MAX_VALUE_LEN + 64 * 1024
 of many large values beyond it is refused at the gateway, before it can reach a log."""
 MAX_TTL_MS = 1 << 40
 """Longest lease TTL (about 35 years): bounds ``clock + ttl`` far below MAX_INT."""
+
+ALARM_MEMBER_MAX = 255
+"""Longest member id an alarm names (bytes; config ids are at most 63 characters)."""
 
 _MAX_ARRAY_LEN = MAX_TXN_OPS  # widest array: a Txn branch
 
@@ -293,6 +302,29 @@ class ExpireLease:
     lease: int
 
 
+class AlarmType(enum.IntEnum):
+    """A cluster alarm (etcd's ``AlarmType``; the numbers are etcd's and stable)."""
+
+    NOSPACE = 1  # the data reached a member's storage quota: growing writes are refused
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlarm:
+    """``member`` raised ``alarm`` (its proposer found a write past its quota).
+    Sessionless and idempotent: a raised alarm stays raised once."""
+
+    alarm: AlarmType
+    member: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DisarmAlarm:
+    """Clear ``alarm`` for every member that raised it (``kv alarm disarm``).
+    Sessionless and idempotent."""
+
+    alarm: AlarmType
+
+
 Command = (
     Noop
     | Put
@@ -306,6 +338,8 @@ Command = (
     | OpenSession
     | CloseSession
     | ExpireLease
+    | RaiseAlarm
+    | DisarmAlarm
 )
 
 COMMAND_TAGS: dict[type, int] = {
@@ -321,6 +355,9 @@ COMMAND_TAGS: dict[type, int] = {
     OpenSession: 9,
     CloseSession: 10,
     ExpireLease: 11,
+    # 12-24: reserved for the auth commands (issue 11), on another branch.
+    RaiseAlarm: 25,
+    DisarmAlarm: 26,
 }
 """Wire tag of each command class. Append only: a retired tag stays retired."""
 
@@ -337,14 +374,19 @@ _ARITY: dict[type, int] = {
     OpenSession: 0,
     CloseSession: 0,
     ExpireLease: 1,
+    RaiseAlarm: 2,
+    DisarmAlarm: 1,
 }
 _FORMATS_OF: dict[type, tuple[int, ...]] = {
     Tick: CLOCKED_FORMATS,
     LeaseKeepAlive: CLOCKED_FORMATS,
     ExpireLease: (3,),
+    RaiseAlarm: (3,),
+    DisarmAlarm: (3,),
 }
 """Commands that exist only in some formats (the rest exist in all)."""
 _TARGETS = frozenset(int(t) for t in CompareTarget)
+_ALARMS = frozenset(int(a) for a in AlarmType)
 _COMPARE_OPS = frozenset(int(o) for o in CompareOp)
 
 _TAG_TYPES: dict[int, type] = {tag: cls for cls, tag in COMMAND_TAGS.items()}
@@ -437,6 +479,10 @@ def _command(tag: Obj, args: tuple[Obj, ...], version: int) -> Command:
         return LeaseKeepAlive(_int(args[0], "lease", low=1))
     if cls is ExpireLease:
         return ExpireLease(_int(args[0], "lease", low=1))
+    if cls is RaiseAlarm:
+        return RaiseAlarm(_alarm(args[0]), _bytes(args[1], "member", 1, ALARM_MEMBER_MAX))
+    if cls is DisarmAlarm:
+        return DisarmAlarm(_alarm(args[0]))
     key, exp_value, exp_version, new_value = args
     cas = Cas(
         _key(key),
@@ -447,6 +493,12 @@ def _command(tag: Obj, args: tuple[Obj, ...], version: int) -> Command:
     if cas.expected_value is None and cas.expected_version is None:
         raise CommandError("Cas needs expected_value or expected_version")
     return cas
+
+
+def _alarm(v: Obj) -> AlarmType:
+    if type(v) is not int or v not in _ALARMS:
+        _fail("alarm", v)
+    return AlarmType(v)
 
 
 def _array(v: Obj, what: str) -> tuple[Obj, ...]:
@@ -519,6 +571,10 @@ def _args(cmd: Command) -> list[Obj]:
             return [ttl_ms]
         case LeaseRevoke(lease) | LeaseKeepAlive(lease) | ExpireLease(lease):
             return [lease]
+        case RaiseAlarm(alarm, member):
+            return [int(alarm), member]
+        case DisarmAlarm(alarm):
+            return [int(alarm)]
     raise CommandError(f"not a command: {type(cmd).__name__}")  # pragma: no cover
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from kvstore.quota import DEFAULT_QUOTA_BYTES
 from raft.config import Config
 from raft.framing import MAX_FRAME_LIMIT
 from raft.types import NodeId
@@ -54,7 +55,7 @@ __all__ = [
     "parse_config",
 ]
 
-KiB, MiB = 1 << 10, 1 << 20
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 ENVELOPE_BYTES = 64 * KiB
 """Slack for encoding overhead (message header, client session fields) when one limit
 must hold a payload bounded by another: a maximal request must fit in an entry, a
@@ -144,10 +145,13 @@ class ClientSettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """[store]: the replicated state machine's limits (they must agree on every node:
-    they shape snapshots)."""
+    """[store]: the replicated state machine's limits. ``history_events`` must agree on
+    every node (it shapes snapshots); ``quota_bytes`` need not: each node checks it
+    before proposing a write, and the NOSPACE alarm it raises is replicated
+    (kvstore/quota.py)."""
 
     history_events: int = 10_000
+    quota_bytes: int = DEFAULT_QUOTA_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,8 +354,16 @@ def _scan_value(line: str, pos: int, ml: str | None, depth: int) -> tuple[str | 
 _ZERO_ALLOWED = frozenset({"snapshot_catchup_entries"})
 
 
+_HIGHEST = {"quota_bytes": 1 << 50}  # a petabyte: past any disk, far below MAX_INT
+_HINTS = {"quota_bytes": " (there is no 'unlimited': give the most the disk should hold)"}
+
+
 def _lowest(name: str) -> int:
     return 0 if name in _ZERO_ALLOWED else 1
+
+
+def _highest(name: str) -> int:
+    return _HIGHEST.get(name, MAX_FRAME_LIMIT)
 
 
 class _Checker:
@@ -391,10 +403,9 @@ class _Checker:
                 raise self.fail(
                     path, f"[{key}] {name} must be {_type(default)}, not {_type(value)}"
                 )
-            elif type(value) is int and not _lowest(name) <= value <= MAX_FRAME_LIMIT:
-                raise self.fail(
-                    path, f"[{key}] {name} must be in [{_lowest(name)}, {MAX_FRAME_LIMIT}]"
-                )
+            elif type(value) is int and not _lowest(name) <= value <= _highest(name):
+                bounds = f"[{_lowest(name)}, {_highest(name)}]{_HINTS.get(name, '')}"
+                raise self.fail(path, f"[{key}] {name} must be in {bounds}")
             values[name] = value
         return cls(**values)
 
@@ -699,6 +710,11 @@ _DOCS: dict[str, str] = {
     "transfer_interval_ms": "Shortest time between two leadership transfers a node starts.",
     "history_events": "Change events kept for watches (whole revisions are dropped from\n"
     "the oldest end beyond this); a watch from an older revision gets COMPACTED.",
+    "quota_bytes": "Storage quota (etcd's --quota-backend-bytes): the most bytes of keys,\n"
+    "values and retained history. A write past it is refused with NOSPACE and raises\n"
+    "a replicated NOSPACE alarm, which refuses every growing write until deletes make\n"
+    "room and `kv alarm disarm` clears it (docs/OPERATIONS.md). Checked by each node\n"
+    "before proposing, so nodes may differ; there is no 'unlimited' (0 is an error).",
 }
 
 
@@ -708,6 +724,8 @@ def _toml_value(v: object) -> str:
     if type(v) is bool:
         return "true" if v else "false"
     if type(v) is int:
+        if v >= GiB and v % GiB == 0:
+            return f"{v}  # {v // GiB} GiB"
         return f"{v}  # {v // MiB} MiB" if v >= MiB and v % MiB == 0 else str(v)
     if type(v) is str:
         # JSON's escapes are valid TOML escapes; TOML also bans a raw DEL.

@@ -43,6 +43,15 @@ first and then prefers a saved one, so a write after the capture is never seen: 
 live read came after a write, that write had already saved the old value. (Each dict
 operation is atomic under the GIL, and per object in free-threaded builds.) Values
 are immutable ``KeyValue``s, and a restore replaces the dict instead of changing it.
+Size. The store keeps ``data_bytes``, the logical size of what it holds -- every live
+key-value record and every event retained in the history, each counted as its key and
+value plus a fixed overhead (:func:`kv_bytes`; a tombstone event counts its key and
+:data:`TOMBSTONE_OVERHEAD`) -- for the storage quota (etcd's ``--quota-backend-bytes``;
+kvstore/quota.py). It is kept up to date by every write and every trim, in O(1) per
+write (a trim subtracts what it drops, amortised as the trim itself), and recomputed
+once on restore: it is a function of the state, so every replica agrees on it. The
+overheads approximate a record's encoded size in the snapshot; they make a delete
+always shrink the size (its tombstone is smaller than the record it removes).
 TODO(mvcc-history): old *values* are not kept (only events); ``range(..., revision=r)``
 and an explicit ``compact(revision)`` are the next step.
 """
@@ -61,6 +70,8 @@ from sortedcontainers import SortedDict  # type: ignore[import-untyped]  # no st
 __all__ = [
     "DEFAULT_HISTORY_LIMIT",
     "END_OF_KEYSPACE",
+    "KV_OVERHEAD",
+    "TOMBSTONE_OVERHEAD",
     "Compacted",
     "Event",
     "EventType",
@@ -68,6 +79,8 @@ __all__ = [
     "MVCCStore",
     "StoreCapture",
     "WriteBatch",
+    "event_bytes",
+    "kv_bytes",
     "prefix_end",
 ]
 
@@ -78,6 +91,18 @@ every key is non-empty, so no key sorts below it and ``[k, b"\\x00")`` is otherw
 DEFAULT_HISTORY_LIMIT = 10_000
 """Events kept for watches, at least. Must be equal on every replica (it shapes the
 snapshot)."""
+
+
+KV_OVERHEAD = 32
+"""Bytes counted for a key-value record (live, or in a PUT event) beyond its key and
+value: its revisions, version and lease, about as the snapshot encodes them."""
+TOMBSTONE_OVERHEAD = 16
+"""Bytes counted for a DELETE event beyond its key (its revision)."""
+
+
+def kv_bytes(key_len: int, value_len: int) -> int:
+    """The size a key-value record of these lengths counts for (live or as an event)."""
+    return key_len + value_len + KV_OVERHEAD
 
 
 class Compacted(Exception):
@@ -168,6 +193,13 @@ class Event:
         return cls(EventType.DELETE, KeyValue(key, b"", 0, revision, 0))
 
 
+def event_bytes(ev: Event) -> int:
+    """The size one retained event counts for (see the module docstring)."""
+    if ev.type is EventType.DELETE:
+        return len(ev.kv.key) + TOMBSTONE_OVERHEAD
+    return kv_bytes(len(ev.kv.key), len(ev.kv.value))
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The ``end`` that makes ``range(prefix, end)`` return exactly the keys starting with
     ``prefix`` (etcd ``clientv3.GetPrefixRangeEnd``): the prefix with its last non-0xff
@@ -240,6 +272,7 @@ class MVCCStore:
     deterministic, single-threaded."""
 
     __slots__ = (
+        "_bytes",
         "_captures",
         "_compacted",
         "_events",
@@ -265,6 +298,14 @@ class MVCCStore:
         # Captures still encoding (see the module docstring); only this thread changes
         # the tuple, an encoder only flags its capture done.
         self._captures: tuple[StoreCapture, ...] = ()
+        # Invariant: the sum of kv_bytes over the live records and event_bytes over
+        # the events (see Size in the module docstring).
+        self._bytes = 0
+
+    @property
+    def data_bytes(self) -> int:
+        """The logical size of the live records and the retained history (O(1))."""
+        return self._bytes
 
     @property
     def revision(self) -> int:
@@ -319,16 +360,20 @@ class MVCCStore:
         prev = self._kvs.get(key)
         if self._captures:
             self._preserve(key, prev)  # before the dict changes: see capture()
-        if prev is not None and prev.lease:
-            self._detach(prev.lease, key)
+        if prev is not None:
+            self._bytes -= kv_bytes(len(key), len(prev.value))
+            if prev.lease:
+                self._detach(prev.lease, key)
         if kv is None:
             del self._kvs[key]
             self._events.append(Event.tombstone(key, rev))
+            self._bytes += len(key) + TOMBSTONE_OVERHEAD
         else:
             self._kvs[key] = kv
             if kv.lease:
                 self._lease_keys.setdefault(kv.lease, set()).add(key)
             self._events.append(Event(EventType.PUT, kv))
+            self._bytes += 2 * kv_bytes(len(key), len(kv.value))  # the record and its event
 
     def _preserve(self, key: bytes, prev: KeyValue | None) -> None:
         """Copy-on-write for live captures: remember ``key``'s value as of each capture
@@ -357,6 +402,7 @@ class MVCCStore:
         while cut < len(events) and events[cut].revision == last:
             cut += 1
         self._compacted = last
+        self._bytes -= sum(map(event_bytes, events[:cut]))
         del events[:cut]
 
     # ---- history ------------------------------------------------------------------------
@@ -469,6 +515,9 @@ class MVCCStore:
         self._compacted = compacted
         self._events = events
         self._lease_keys = lease_keys
+        self._bytes = sum(kv_bytes(len(k), len(kv.value)) for k, kv in kvs.items()) + sum(
+            map(event_bytes, events)
+        )
         # Captures hold the old dict, which nothing changes any more: they need no
         # copy-on-write from writes to the new one (which would record wrong values).
         self._captures = ()

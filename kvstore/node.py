@@ -143,6 +143,7 @@ async def start_node(
         transfer_timeout=2 * election_timeout,
         election_timeout=election_timeout,
         connection_limits=limits,
+        quota_bytes=cfg.store.quota_bytes,
     )
     await server.start(
         me.client_address.host, me.client_address.port, ssl=None if tls is None else tls.clients

@@ -29,6 +29,7 @@ import msgpack  # type: ignore[import-untyped]  # no stubs upstream
 from .commands import (
     MAX_TTL_MS,
     MAX_TXN_OPS,
+    AlarmType,
     CommandError,
     Compare,
     CompareOp,
@@ -42,11 +43,16 @@ from .commands import (
 )
 
 __all__ = [
+    "ALARM_NAMES",
     "CLIENT_ID_BYTES",
     "MAX_INT",
     "PROTOCOL_NAME",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
+    "AlarmDisarm",
+    "AlarmInfo",
+    "AlarmList",
+    "AlarmsResponse",
     "Cas",
     "Code",
     "CompareFailedResponse",
@@ -114,7 +120,7 @@ MAX_INT = 1 << 63
 """Exclusive upper bound of every integer on the wire (ids, seqs, revisions)."""
 
 _MAX_STR = 4096  # op names, consistency, node ids, addresses, error messages
-_MAX_MAP = 32  # the widest map in the protocol has 9 fields
+_MAX_MAP = 32  # the widest map in the protocol (a status answer) has 15 fields
 
 
 class Code(enum.StrEnum):
@@ -139,6 +145,7 @@ class Code(enum.StrEnum):
     COMPACTED = "COMPACTED"
     CANCELED = "CANCELED"
     SEQ_REUSED = "SEQ_REUSED"
+    NOSPACE = "NOSPACE"
 
 
 class Op(enum.StrEnum):
@@ -161,6 +168,8 @@ class Op(enum.StrEnum):
     WATCH_CANCEL = "watch_cancel"
     SESSION_OPEN = "session_open"
     SESSION_CLOSE = "session_close"
+    ALARM_LIST = "alarm_list"
+    ALARM_DISARM = "alarm_disarm"
 
 
 WRITE_OPS = frozenset(
@@ -179,7 +188,7 @@ WRITE_OPS = frozenset(
 and is a read; :func:`is_definite` cannot tell, and errs on the indefinite side. A
 ``lease_keepalive`` is not one: the leader answers it without the log, and repeating it
 is harmless."""
-ADMIN_OPS = frozenset({Op.TRANSFER_LEADER, Op.MEMBER_ADD, Op.MEMBER_REMOVE})
+ADMIN_OPS = frozenset({Op.TRANSFER_LEADER, Op.MEMBER_ADD, Op.MEMBER_REMOVE, Op.ALARM_DISARM})
 """Ops that change the cluster rather than the data; like writes, they can time out
 with an unknown outcome."""
 
@@ -200,6 +209,7 @@ _ALWAYS_DEFINITE = frozenset(
         Code.COMPACTED,
         Code.CANCELED,
         Code.SEQ_REUSED,
+        Code.NOSPACE,
     }
 )
 
@@ -430,6 +440,22 @@ class SessionClose:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmList:
+    """The raised alarms, as the cluster has committed them (a linearizable read)."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmDisarm:
+    """Clear ``alarm`` (None: every alarm) for every member that raised it; the answer
+    lists the alarms left. Through the log, without a session (it is idempotent)."""
+
+    id: int
+    alarm: AlarmType | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Watch:
     """Stream every change to keys in ``(key, end)`` (as for a range; ``end=None``: the
     key alone) from ``start_revision`` (None: from the next write). The answers are
@@ -471,6 +497,8 @@ Request = (
     | WatchCancel
     | SessionOpen
     | SessionClose
+    | AlarmList
+    | AlarmDisarm
 )
 
 _OP_OF: dict[type, Op] = {
@@ -493,6 +521,8 @@ _OP_OF: dict[type, Op] = {
     LeaseTimeToLive: Op.LEASE_TTL,
     Watch: Op.WATCH,
     WatchCancel: Op.WATCH_CANCEL,
+    AlarmList: Op.ALARM_LIST,
+    AlarmDisarm: Op.ALARM_DISARM,
 }
 
 
@@ -550,6 +580,22 @@ class CompareFailedResponse:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmInfo:
+    """One raised alarm: its name (``"NOSPACE"``) and the member that raised it."""
+
+    alarm: str
+    node: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmsResponse:
+    """The raised alarms (``alarm_list``; after ``alarm_disarm``, those left)."""
+
+    id: int
+    alarms: tuple[AlarmInfo, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatusResponse:
     id: int
     node: str
@@ -564,6 +610,11 @@ class StatusResponse:
     wall_ms: int | None = None
     mono_ms: int | None = None
     pid: int | None = None
+    # The raised alarms as this node has applied them, its data size and its quota
+    # (absent from older servers).
+    alarms: tuple[AlarmInfo, ...] | None = None
+    data_bytes: int | None = None
+    quota_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -651,6 +702,7 @@ class OkResponse:
 Response = (
     ErrorResponse
     | TxnResponse
+    | AlarmsResponse
     | LeaseResponse
     | WatchEvents
     | OkResponse
@@ -898,7 +950,11 @@ _REQUEST_FIELDS: dict[Op, frozenset[str]] = {
     Op.WATCH_CANCEL: frozenset({"id", "op", "watch"}),
     Op.SESSION_OPEN: frozenset({"id", "op", *_SESSION}),
     Op.SESSION_CLOSE: frozenset({"id", "op", *_SESSION}),
+    Op.ALARM_LIST: frozenset({"id", "op"}),
+    Op.ALARM_DISARM: frozenset({"id", "op", "alarm"}),
 }
+ALARM_NAMES: dict[str, AlarmType] = {a.name: a for a in AlarmType}
+"""Alarm names on the wire (``"NOSPACE"``), by the alarm type they stand for."""
 _TARGET_NAMES: dict[str, CompareTarget] = {
     "value": CompareTarget.VALUE,
     "version": CompareTarget.VERSION,
@@ -965,6 +1021,10 @@ def encode_request(req: Request) -> bytes:
             m.update(watch=req.watch)
         case SessionOpen() | SessionClose():
             m.update(_session_map(req.session))
+        case AlarmList():
+            pass
+        case AlarmDisarm():
+            m.update(alarm=None if req.alarm is None else req.alarm.name)
     return _pack(m)
 
 
@@ -1056,6 +1116,14 @@ def decode_request(data: bytes, limits: Limits) -> Request:
             return Watch(id=rid, key=key, end=end, start_revision=start)
         case Op.WATCH_CANCEL:
             return WatchCancel(id=rid, watch=f.int_("watch"))
+        case Op.ALARM_LIST:
+            return AlarmList(id=rid)
+        case Op.ALARM_DISARM:
+            name = f.opt_str("alarm")
+            alarm = None if name is None else ALARM_NAMES.get(name)
+            if name is not None and alarm is None:
+                f.fail(Code.BAD_REQUEST, f"alarm must be one of {sorted(ALARM_NAMES)}")
+            return AlarmDisarm(id=rid, alarm=alarm)
 
 
 def _lease_id(f: _Fields) -> int:
@@ -1257,6 +1325,9 @@ def encode_response(resp: Response) -> bytes:
             m.update(leader=resp.leader, leader_addr=resp.leader_addr)
             m.update(commit=resp.commit, applied=resp.applied)
             m.update(wall_ms=resp.wall_ms, mono_ms=resp.mono_ms, pid=resp.pid)
+            if resp.alarms is not None:
+                m["alarms"] = [_alarm_map(a) for a in resp.alarms]
+            m.update(data_bytes=resp.data_bytes, quota_bytes=resp.quota_bytes)
         case TransferLeaderResponse():
             m.update(code="OK", leader=resp.leader, leader_addr=resp.leader_addr)
             m["term"] = resp.term
@@ -1268,12 +1339,27 @@ def encode_response(resp: Response) -> bytes:
             m["responses"] = [_op_result_map(r) for r in resp.responses]
         case LeaseResponse():
             m.update(code="OK", lease=resp.lease, ttl_ms=resp.ttl_ms)
+        case AlarmsResponse():
+            m.update(code="OK", alarms=[_alarm_map(a) for a in resp.alarms])
         case WatchEvents():
             m.update(code="OK", revision=resp.revision)
             m["events"] = [{"type": e.type, "kv": _kv_map(e.kv)} for e in resp.events]
         case OkResponse():
             m.update(code="OK")
     return _pack(m)
+
+
+def _alarm_map(a: AlarmInfo) -> dict[str, Obj]:
+    return {"alarm": a.alarm, "node": a.node}
+
+
+def _alarms(f: _Fields) -> tuple[AlarmInfo, ...]:
+    """An array of alarm maps. Any alarm name decodes: a newer server may know more."""
+    out = []
+    for m in _maps(f, "alarms"):
+        g = _Fields(m, frozenset({"alarm", "node"}), f.rid)
+        out.append(AlarmInfo(alarm=g.str_("alarm"), node=g.str_("node")))
+    return tuple(out)
 
 
 def _op_result_map(r: RangeResult | WriteOpResult) -> dict[str, Obj]:
@@ -1321,7 +1407,7 @@ _OK_FIELDS: dict[Op, frozenset[str]] = {
     Op.CAS: frozenset({"id", "code", "revision", "prev"}),
     Op.STATUS: frozenset(
         {"id", "code", "node", "role", "term", "leader", "leader_addr", "commit", "applied"}
-        | {"wall_ms", "mono_ms", "pid"}
+        | {"wall_ms", "mono_ms", "pid", "alarms", "data_bytes", "quota_bytes"}
     ),
     Op.TRANSFER_LEADER: frozenset({"id", "code", "leader", "leader_addr", "term"}),
     Op.MEMBER_ADD: _MEMBERS_FIELDS,
@@ -1336,6 +1422,8 @@ _OK_FIELDS: dict[Op, frozenset[str]] = {
     Op.WATCH_CANCEL: frozenset({"id", "code"}),
     Op.SESSION_OPEN: frozenset({"id", "code", "revision", "prev"}),
     Op.SESSION_CLOSE: frozenset({"id", "code", "revision", "prev"}),
+    Op.ALARM_LIST: frozenset({"id", "code", "alarms"}),
+    Op.ALARM_DISARM: frozenset({"id", "code", "alarms"}),
 }
 _COMPARE_FAILED_FIELDS = frozenset({"id", "code", "revision", "current"})
 
@@ -1405,6 +1493,9 @@ def decode_response(
                 wall_ms=f.opt_int("wall_ms"),
                 mono_ms=f.opt_int("mono_ms"),
                 pid=f.opt_int("pid"),
+                alarms=None if f.m.get("alarms") is None else _alarms(f),
+                data_bytes=f.opt_int("data_bytes"),
+                quota_bytes=f.opt_int("quota_bytes"),
             )
         case Op.TRANSFER_LEADER:
             return TransferLeaderResponse(
@@ -1437,6 +1528,8 @@ def decode_response(
             )
         case Op.WATCH_CANCEL:
             return OkResponse(id=rid)
+        case Op.ALARM_LIST | Op.ALARM_DISARM:
+            return AlarmsResponse(id=rid, alarms=_alarms(f))
     raise ProtocolError(Code.BAD_REQUEST, f"no OK response shape for {op}", rid)  # pragma: no cover
 
 

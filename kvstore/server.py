@@ -40,6 +40,12 @@ clock. A ticker follows this node's leadership (promoting the lessor when it bec
 leader, in each new term; demoting it when it is not) and proposes ``ExpireLease`` for
 each lease the lessor finds run out. A keep-alive is answered here, after a ReadIndex
 round has confirmed this node still leads, and is never logged. No wall clock is read.
+
+The storage quota (kvstore/quota.py) is checked here, before proposing: a write that
+may grow the data past this node's ``quota_bytes`` is refused with NOSPACE (definite:
+nothing was proposed) and this node proposes its NOSPACE alarm, which the state machine
+then enforces at apply on every replica. The check costs O(1) for a put: the state
+machine keeps its data size up to date.
 """
 
 from __future__ import annotations
@@ -64,17 +70,20 @@ from raft.types import ConfChange, ConfChangeKind, NodeId
 from . import protocol as p
 from .commands import (
     CLIENT_ID_LEN,
+    AlarmType,
     Cas,
     CloseSession,
     Command,
     CommandError,
     Delete,
+    DisarmAlarm,
     ExpireLease,
     Header,
     LeaseGrant,
     LeaseRevoke,
     OpenSession,
     Put,
+    RaiseAlarm,
     RangeOp,
     Txn,
     TxnOp,
@@ -84,6 +93,7 @@ from .lessor import Lessor
 from .mvcc import END_OF_KEYSPACE, Compacted, Event, EventType
 from .mvcc import KeyValue as StoredKV
 from .protocol import Code, Consistency, Limits, ProtocolError
+from .quota import DEFAULT_QUOTA_BYTES, Alarm, write_growth
 from .state_machine import LeaseObserver, Result, ResultCode
 
 __all__ = ["ClientServer", "ConnectionLimits", "ReadableState"]
@@ -99,7 +109,9 @@ _SPLIT_WRITE_BYTES = 64 << 10
 _REFUSAL_LINGER_S = 0.2  # a refused connection's reply gets this long to arrive
 _WATCH_FRAME_BYTES = 64 << 10  # a watcher that stops reading holds about this, twice
 _LEASE_TICK_S = 0.1  # how often the lessor follows leadership and looks for expiries
-_LESSOR_CLIENT = bytes(CLIENT_ID_LEN)  # ExpireLease is sessionless; never looked up
+# The header of the sessionless commands this server proposes on its own (ExpireLease,
+# RaiseAlarm) and of DisarmAlarm: their client id is never looked up.
+_SESSIONLESS = Header(bytes(CLIENT_ID_LEN), 1, 0)
 MIN_TTL_ELECTION_TIMEOUTS = 1.5
 """A granted TTL is at least this many election timeouts (etcd's minimum): a shorter
 lease could run out during one election, before its holder can reach the new leader."""
@@ -128,6 +140,11 @@ class ReadableState(Protocol):
     def set_lease_observer(self, observer: LeaseObserver | None) -> None: ...
 
     def add_listener(self, callback: Callable[[], None]) -> None: ...
+
+    @property
+    def data_bytes(self) -> int: ...
+
+    def alarms(self) -> list[Alarm]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +210,8 @@ class ClientServer:
     ``request_timeout`` bounds each engine call; keep it below the clients' attempt
     timeout so they hear TIMEOUT rather than silence. ``clock`` is this node's monotonic
     clock (seconds), the lessor's; ``election_timeout`` (seconds) is what every lease
-    gains when this node becomes leader, and 1.5 times it is the shortest TTL granted."""
+    gains when this node becomes leader, and 1.5 times it is the shortest TTL granted.
+    ``quota_bytes`` is this node's storage quota (kvstore/quota.py)."""
 
     def __init__(
         self,
@@ -208,7 +226,11 @@ class ClientServer:
         request_timeout: float | None = None,
         transfer_timeout: float | None = None,
         connection_limits: ConnectionLimits | None = None,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ) -> None:
+        if quota_bytes < 1:
+            raise ValueError("quota_bytes must be positive")
+        self._quota = quota_bytes
         self._engine = engine
         self._sm = state_machine
         self._node_id = node_id
@@ -221,6 +243,9 @@ class ClientServer:
         self._min_ttl_ms = math.ceil(MIN_TTL_ELECTION_TIMEOUTS * election_timeout * 1000)
         # Expiry proposals in flight (a dict: cancelled in a deterministic order).
         self._expiring: dict[asyncio.Task[None], None] = {}
+        # This node's NOSPACE alarm proposal in flight: concurrent writes past the
+        # quota share it rather than each proposing one.
+        self._raising: asyncio.Task[None] | None = None
         # How long a transfer_leader waits to see the new leader (capped by the request
         # timeout); the node passes two election timeouts.
         self._transfer_timeout = transfer_timeout or self._timeout
@@ -270,8 +295,9 @@ class ClientServer:
         self._ticker = asyncio.get_running_loop().create_task(self._lease_ticker())
 
     def stop_timers(self) -> list[asyncio.Task[None]]:
-        """Cancel the lease ticker and the expiries it proposed; returns the tasks."""
-        tasks = [t for t in (self._ticker, *self._expiring) if t is not None]
+        """Cancel the lease ticker, the expiries it proposed and an alarm being raised;
+        returns the tasks."""
+        tasks = [t for t in (self._ticker, *self._expiring, self._raising) if t is not None]
         for task in tasks:
             task.cancel()
         self._ticker = None
@@ -578,9 +604,10 @@ class ClientServer:
 
     async def _expire(self, lease: int) -> None:
         """Propose the expiry of ``lease``; a lost proposal is retried by the lessor."""
-        header = Header(_LESSOR_CLIENT, 1, 0)
         try:
-            await self._engine.propose(encode_command(header, ExpireLease(lease)), self._timeout)
+            await self._engine.propose(
+                encode_command(_SESSIONLESS, ExpireLease(lease)), self._timeout
+            )
             log.info("%s: lease %d expired", self._node_id, lease)
         except (NotLeader, ProposalDropped, TimeoutError) as exc:
             log.debug("expiry of lease %d not applied: %r", lease, exc)
@@ -654,6 +681,11 @@ class ClientServer:
                     if req.consistency is Consistency.LINEARIZABLE:
                         await self._engine.read_barrier(self._timeout)
                     return self._members(req.id)
+                case p.AlarmList():
+                    await self._engine.read_barrier(self._timeout)
+                    return self._alarms(req.id)
+                case p.AlarmDisarm():
+                    return await self._alarm_disarm(req)
                 case p.Watch() | p.WatchCancel():  # streams are served by _answer
                     return _error(req.id, Code.BAD_REQUEST, "watch needs a connection")
         except NotLeader as exc:
@@ -724,6 +756,15 @@ class ClientServer:
                 cmd = OpenSession()
             case p.SessionClose():
                 cmd = CloseSession()
+        growth = write_growth(cmd)
+        if growth and self._sm.data_bytes + growth > self._quota:
+            await self._raise_nospace()
+            msg = (
+                f"NOSPACE: the write would take the data past this node's quota of "
+                f"{self._quota} bytes ({self._sm.data_bytes} used); delete keys, then "
+                "`kv alarm disarm` (docs/OPERATIONS.md)"
+            )
+            return _error(req.id, Code.NOSPACE, msg)
         result = await self._engine.propose(encode_command(header, cmd), self._timeout)
         if not isinstance(result, Result):
             raise TypeError(f"engine returned {type(result).__name__}, not a Result")
@@ -734,6 +775,39 @@ class ClientServer:
                 lease, ttl_ms = result.data
                 return p.LeaseResponse(id=req.id, lease=lease, ttl_ms=ttl_ms)
         return _write_response(req.id, result)
+
+    async def _raise_nospace(self) -> None:
+        """Propose this node's NOSPACE alarm unless it is raised already. NotLeader
+        propagates (the client retries at the leader, which checks its own quota); any
+        other failure is only logged: the write is refused either way, and the next
+        one tries again."""
+        me = self._node_id.encode()
+        if (AlarmType.NOSPACE, me) in self._sm.alarms():
+            return
+        if self._raising is None or self._raising.done():
+            self._raising = asyncio.ensure_future(self._propose_nospace(me))
+        await asyncio.shield(self._raising)
+
+    async def _propose_nospace(self, me: bytes) -> None:
+        alarm = encode_command(_SESSIONLESS, RaiseAlarm(AlarmType.NOSPACE, me))
+        try:
+            await self._engine.propose(alarm, self._timeout)
+            log.warning("%s: NOSPACE alarm raised (quota %d bytes)", self._node_id, self._quota)
+        except (ProposalDropped, TimeoutError) as exc:
+            log.warning("%s: NOSPACE alarm not raised yet: %r", self._node_id, exc)
+
+    async def _alarm_disarm(self, req: p.AlarmDisarm) -> p.Response:
+        """Clear the alarm asked for (all of them by default), through the log. A write
+        still past a quota raises it again (etcd does the same)."""
+        for kind in (req.alarm,) if req.alarm is not None else tuple(AlarmType):
+            await self._engine.propose(
+                encode_command(_SESSIONLESS, DisarmAlarm(kind)), self._timeout
+            )
+        log.info("%s: alarms disarmed (%s)", self._node_id, req.alarm.name if req.alarm else "all")
+        return self._alarms(req.id)
+
+    def _alarms(self, rid: int) -> p.AlarmsResponse:
+        return p.AlarmsResponse(id=rid, alarms=_alarm_infos(self._sm.alarms()))
 
     def _bounded_txn(self, req: p.Txn) -> Txn:
         """The txn with every range limited to ``max_scan_limit`` keys (as a scan is), so
@@ -796,6 +870,9 @@ class ClientServer:
             wall_ms=time.time_ns() // 1_000_000,
             mono_ms=time.monotonic_ns() // 1_000_000,
             pid=os.getpid(),
+            alarms=_alarm_infos(self._sm.alarms()),
+            data_bytes=self._sm.data_bytes,
+            quota_bytes=self._quota,
         )
 
     async def _transfer_leader(self, req: p.TransferLeader) -> p.Response:
@@ -883,6 +960,13 @@ def _error(rid: int | None, code: Code, message: str) -> p.ErrorResponse:
     return p.ErrorResponse(id=rid, code=code, message=message)
 
 
+def _alarm_infos(alarms: list[Alarm]) -> tuple[p.AlarmInfo, ...]:
+    return tuple(
+        p.AlarmInfo(alarm=kind.name, node=member.decode("utf-8", "replace"))
+        for kind, member in alarms
+    )
+
+
 def _opt_kv(kv: StoredKV | None) -> p.KeyValue | None:
     return None if kv is None else _kv(kv)
 
@@ -941,6 +1025,8 @@ def _write_response(rid: int, r: Result) -> p.Response:
             return _error(rid, Code.LEASE_NOT_FOUND, r.message or "lease not found")
         case ResultCode.SEQ_REUSED:
             return _error(rid, Code.SEQ_REUSED, r.message or "seq reused by another command")
+        case ResultCode.NOSPACE:
+            return _error(rid, Code.NOSPACE, r.message or "NOSPACE alarm raised")
     # BAD_COMMAND: we proposed bytes the state machine could not decode: our bug.
     log.error("state machine rejected our command: %s %s", r.code.name, r.message)
     return _error(rid, Code.INTERNAL, f"{r.code.name}: {r.message}")

@@ -15,7 +15,7 @@ splits it in two:
    and a session held by a capture is copied before it changes (copy-on-write,
    ``KVStateMachine._own_session``).
 
-The bytes are those of format 4 (docs/ARCHITECTURE.md), identical to a single
+The bytes are those of format 5 (docs/ARCHITECTURE.md), identical to a single
 ``msgpack.packb`` of the whole state: a msgpack array is its header followed by its
 items, so the long arrays (keys, events, sessions, leases) are written as a header and
 then chunks of :data:`CHUNK_ROWS` rows, each packed on its own with its own array
@@ -33,13 +33,15 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]  # no stubs upstream
 
 from kvstore.mvcc import StoreCapture
+from kvstore.quota import Alarm, alarms_section
 
 __all__ = ["CHUNK_ROWS", "SNAPSHOT_FORMAT_VERSION", "SnapshotCapture"]
 
-SNAPSHOT_FORMAT_VERSION = 4
+SNAPSHOT_FORMAT_VERSION = 5
 """2: leases, lease on keys, event history; 3: digests, ended ids; 4: sessions in LRU
 order by the log (issue 9), each still with its last activity by the old formats'
-clock."""
+clock; 5: format 4 plus a trailing map of named sections (``"alarms"``, issue 11), so
+a new kind of state is a new section rather than a new format."""
 
 CHUNK_ROWS = 1024
 """Rows packed per msgpack call: small enough that the encoder lets go of the GIL often."""
@@ -49,7 +51,16 @@ class SnapshotCapture:
     """A state frozen by :meth:`KVStateMachine.snapshot_capture`; call it (once, in any
     thread) for the snapshot bytes."""
 
-    __slots__ = ("_applied", "_clock", "_ended", "_leases", "_next_lease", "_sessions", "_store")
+    __slots__ = (
+        "_alarms",
+        "_applied",
+        "_clock",
+        "_ended",
+        "_leases",
+        "_next_lease",
+        "_sessions",
+        "_store",
+    )
 
     def __init__(
         self,
@@ -65,6 +76,7 @@ class SnapshotCapture:
         leases: list[tuple[int, Any]],
         next_lease_id: int,
         ended: list[bytes],
+        alarms: frozenset[Alarm] = frozenset(),
     ) -> None:
         self._applied = applied
         self._clock = clock_ms
@@ -73,6 +85,7 @@ class SnapshotCapture:
         self._leases = leases
         self._next_lease = next_lease_id
         self._ended = ended  # ids of ended sessions, oldest first (a copy)
+        self._alarms = alarms  # immutable
 
     def __call__(self) -> bytes:
         try:
@@ -82,12 +95,14 @@ class SnapshotCapture:
 
     def parts(self) -> Iterator[bytes | memoryview]:
         """The snapshot bytes, piece by piece: ``[format, applied_index, clock_ms,
-        [revision, kvs, compacted, events], sessions, leases, next_lease_id, ended]``,
-        sessions least recently active first (results by seq), leases by id and ended
-        session ids oldest first, so equal states give equal bytes on every replica."""
+        [revision, kvs, compacted, events], sessions, leases, next_lease_id, ended,
+        sections]``, sessions least recently active first (results by seq), leases by id
+        and ended session ids oldest first, and ``sections`` a map of every named
+        section (``{"alarms": [[type, member], ...]}``, sorted), so equal states give
+        equal bytes on every replica."""
         packer = msgpack.Packer(use_bin_type=True)
         store = self._store
-        yield packer.pack_array_header(8)
+        yield packer.pack_array_header(9)
         yield packer.pack(SNAPSHOT_FORMAT_VERSION)
         yield packer.pack(self._applied)
         yield packer.pack(self._clock)
@@ -104,6 +119,7 @@ class SnapshotCapture:
         yield from _pack_array(packer, len(leases), _chunks(rows))
         yield packer.pack(self._next_lease)
         yield from _pack_array(packer, len(self._ended), _chunks(iter(self._ended)))
+        yield packer.pack({"alarms": alarms_section(self._alarms)})
 
 
 def _session_obj(item: tuple[bytes, Any]) -> list[Any]:

@@ -58,6 +58,13 @@ its own monotonic clock and proposes ``ExpireLease``, which, like a revoke, dele
 every key attached to the lease in one revision, at the same index on every replica.
 The lessor learns of grants and revokes through :meth:`set_lease_observer`.
 
+Storage quota (kvstore/quota.py). The state machine holds the raised alarms and the
+data size (:attr:`data_bytes`, kept by the store in O(1) per write); it never sees the
+quota itself, a per-node setting the server checks before proposing. While a NOSPACE
+alarm is raised it refuses, at apply, every command that could grow the data (puts,
+cas, lease grants, a Txn whose chosen branch puts) with the definite NOSPACE result;
+everything else -- deletes first -- is admitted, so there is always a way out.
+
 Old logs. Commands of formats 1 and 2 carry the proposing leader's wall clock; for
 them alone the state machine still applies the rules they were written under, so an old
 log replays to exactly the state it had (replicas upgraded from snapshots at different
@@ -82,6 +89,7 @@ from sortedcontainers import SortedList  # type: ignore[import-untyped]  # no st
 from kvstore.commands import (
     CLIENT_ID_LEN,
     CLOCKED_FORMATS,
+    AlarmType,
     Cas,
     CloseSession,
     Command,
@@ -91,6 +99,7 @@ from kvstore.commands import (
     CompareTarget,
     Delete,
     DeleteOp,
+    DisarmAlarm,
     ExpireLease,
     Header,
     LeaseGrant,
@@ -100,6 +109,7 @@ from kvstore.commands import (
     OpenSession,
     Put,
     PutOp,
+    RaiseAlarm,
     RangeOp,
     Tick,
     Txn,
@@ -107,6 +117,12 @@ from kvstore.commands import (
     decode_command,
 )
 from kvstore.mvcc import DEFAULT_HISTORY_LIMIT, Event, KeyValue, MVCCStore, WriteBatch
+from kvstore.quota import (
+    Alarm,
+    branch_puts,
+    decode_alarms_section,
+    refused_under_nospace,
+)
 from kvstore.snapshot import SNAPSHOT_FORMAT_VERSION, SnapshotCapture
 from raft.errors import InvariantViolation
 from raft.types import Index
@@ -138,6 +154,7 @@ class ResultCode(enum.IntEnum):
     STALE_SEQ = 5  # seq at or below the session floor, result gone: not applied
     LEASE_NOT_FOUND = 6  # a Txn put names a lease that does not exist: nothing changed
     SEQ_REUSED = 7  # a cached seq retried with another command: nothing changed
+    NOSPACE = 8  # a NOSPACE alarm is raised and the command could grow the data: nothing changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +218,11 @@ class LeaseObserver(Protocol):
         """The whole set was replaced by a snapshot: (id, ttl_ms) of every lease."""
         ...
 
+
+NOSPACE_MESSAGE = (
+    "NOSPACE alarm raised: the data reached a storage quota; delete keys, then "
+    "`kv alarm disarm` (docs/OPERATIONS.md)"
+)
 
 OLD_SESSION_TTL_MS = 10 * 60 * 1000
 """Formats 1 and 2 evicted a session idle for this long by their clock (replayed)."""
@@ -287,6 +309,10 @@ class KVStateMachine:
         self._lease_observer: LeaseObserver | None = None
         self._validated: tuple[bytes, Any] | None = None  # see validate()
         self._epoch = 0  # snapshot captures so far: see _Session.epoch
+        # Raised alarms (replaced, never changed: a snapshot capture may hold it).
+        # Invariant: _nospace == any NOSPACE alarm in _alarms.
+        self._alarms: frozenset[Alarm] = frozenset()
+        self._nospace = False
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every apply that wrote and after a restore (watches
@@ -346,6 +372,20 @@ class KVStateMachine:
     def lease_count(self) -> int:
         return len(self._leases)
 
+    @property
+    def data_bytes(self) -> int:
+        """The logical size the storage quota bounds (kvstore/quota.py); O(1)."""
+        return self._store.data_bytes
+
+    @property
+    def nospace(self) -> bool:
+        """Whether a NOSPACE alarm is raised (growing writes are refused at apply)."""
+        return self._nospace
+
+    def alarms(self) -> list[Alarm]:
+        """The raised alarms, (type, member id), sorted."""
+        return sorted(self._alarms)
+
     def leases(self) -> Iterator[tuple[int, int]]:
         """(id, ttl_ms) of every lease, by id."""
         for lease in sorted(self._leases):
@@ -392,6 +432,8 @@ class KVStateMachine:
             return self._result(ResultCode.OK)  # idempotent: no session needed
         if isinstance(cmd, ExpireLease):  # idempotent: lease ids are never reused
             return self._revoke_if_present(cmd.lease)
+        if isinstance(cmd, (RaiseAlarm, DisarmAlarm)):  # sessionless, idempotent
+            return self._set_alarm(cmd)
         session = self._sessions.get(client_id)
         if session is None:
             # Format 1 (older logs): a data command with seq 1 opened its session; kept
@@ -429,9 +471,19 @@ class KVStateMachine:
         session.remember(seq, result, digest, self.max_results_per_session)
         return result
 
+    def _set_alarm(self, cmd: RaiseAlarm | DisarmAlarm) -> Result:
+        if isinstance(cmd, RaiseAlarm):
+            self._alarms = self._alarms | {(cmd.alarm, cmd.member)}
+        else:
+            self._alarms = frozenset(a for a in self._alarms if a[0] is not cmd.alarm)
+        self._nospace = any(kind is AlarmType.NOSPACE for kind, _ in self._alarms)
+        return self._result(ResultCode.OK)
+
     def _execute(self, cmd: Command, clocked: bool) -> Result:
         """Run a data command; ``clocked``: it is of format 1 or 2 (old lease rules)."""
         store = self._store
+        if self._nospace and refused_under_nospace(cmd):
+            return self._nospace_result()
         match cmd:
             case Noop() | OpenSession():
                 return self._result(ResultCode.OK)
@@ -471,6 +523,8 @@ class KVStateMachine:
         store = self._store
         succeeded = all(_holds(c, store.get(c.key)) for c in txn.compares)
         branch = txn.success if succeeded else txn.failure
+        if self._nospace and branch_puts(branch):
+            return self._nospace_result()
         for op in branch:
             if isinstance(op, PutOp) and op.lease and op.lease not in self._leases:
                 return self._result(ResultCode.LEASE_NOT_FOUND, message=f"no lease {op.lease}")
@@ -522,6 +576,9 @@ class KVStateMachine:
         self._store.end_batch(batch)
         if self._lease_observer is not None:
             self._lease_observer.lease_revoked(lease)
+
+    def _nospace_result(self) -> Result:
+        return self._result(ResultCode.NOSPACE, message=NOSPACE_MESSAGE)
 
     def _result(
         self,
@@ -609,6 +666,7 @@ class KVStateMachine:
             leases=list(self._leases.items()),
             next_lease_id=self._next_lease_id,
             ended=list(self._ended),
+            alarms=self._alarms,
         )
 
     def validate(self, data: bytes, index: Index | None = None) -> None:
@@ -630,7 +688,7 @@ class KVStateMachine:
             decoded = validated[1]
         else:
             decoded = self._decode(data)
-        applied, clock, store, sessions, ended, leases, next_lease = decoded
+        applied, clock, store, sessions, ended, leases, next_lease, alarms = decoded
         self._store = store
         self._applied_index = applied
         self._clock_ms = clock
@@ -642,23 +700,29 @@ class KVStateMachine:
             (e.expiry_ms, lid) for lid, e in leases.items() if e.expiry_ms
         )
         self._next_lease_id = next_lease
+        self._alarms = alarms
+        self._nospace = any(kind is AlarmType.NOSPACE for kind, _ in alarms)
         if self._lease_observer is not None:
             self._lease_observer.leases_restored(list(self.leases()))
         self._notify()
 
     def _decode(self, data: bytes) -> Any:
         """Snapshot bytes → (applied, clock, store, sessions, ended, leases, next lease
-        id), all new objects; SnapshotError on anything that is not our format."""
+        id, alarms), all new objects; SnapshotError on anything that is not our format.
+        Format 5 is format 4 plus a map of named sections (:func:`_decode_sections`)."""
         try:
             obj = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
-            version = obj[0]
+            version, sections = obj[0], {}
+            if version == SNAPSHOT_FORMAT_VERSION:  # 5: named sections
+                *obj, sections = obj
+                version = 4
             if version == 1:  # before leases and history
                 _, applied, clock, store_state, rows = obj
                 lease_rows, next_lease, ended_rows = (), 1, ()
             elif version == 2:
                 _, applied, clock, store_state, rows, lease_rows, next_lease = obj
                 ended_rows = ()
-            elif version in (3, SNAPSHOT_FORMAT_VERSION):  # 3: digests, ended ids; 4: LRU
+            elif version in (3, 4):  # 3: digests, ended ids; 4: LRU
                 _, applied, clock, store_state, rows, lease_rows, next_lease, ended_rows = obj
             else:
                 raise ValueError(f"unknown snapshot format {version!r}")
@@ -669,11 +733,12 @@ class KVStateMachine:
             sessions = self._decode_sessions(rows, version, clock)
             leases = _decode_leases(lease_rows, next_lease)
             ended = self._decode_ended(ended_rows, sessions)
+            alarms = _decode_sections(sections)
         except SnapshotError:
             raise
         except Exception as exc:  # any shape mismatch in our own format
             raise SnapshotError(f"bad snapshot: {exc}") from exc
-        return applied, clock, store, sessions, ended, leases, next_lease
+        return applied, clock, store, sessions, ended, leases, next_lease, alarms
 
     def _decode_ended(
         self, rows: Any, sessions: OrderedDict[bytes, _Session]
@@ -720,6 +785,21 @@ class KVStateMachine:
                     s.digests[seq] = digest[0]
             sessions[client_id] = s
         return sessions
+
+
+SNAPSHOT_SECTIONS = frozenset({"alarms"})
+"""The named sections format 5 may carry; each absent one is empty state."""
+
+
+def _decode_sections(sections: Any) -> frozenset[Alarm]:
+    """Format 5's trailing map of named sections; an unknown name is refused (it is
+    state this release cannot hold, and dropping it would silently change the state)."""
+    if type(sections) is not dict:
+        raise ValueError("snapshot sections must be a map")
+    unknown = sections.keys() - SNAPSHOT_SECTIONS
+    if unknown:
+        raise ValueError(f"unknown snapshot section(s) {sorted(map(repr, unknown))}")
+    return decode_alarms_section(sections.get("alarms", ()))
 
 
 def _lru(row: tuple[Any, ...]) -> tuple[int, bytes]:

@@ -56,6 +56,7 @@ KV_STATE_MACHINE_MODULES = frozenset(
         "kvstore.snapshot",
         "kvstore.vclock",
         "kvstore.commands",
+        "kvstore.quota",
     }
 )
 # jepsen_like drives the store from the outside, like any client; kvstore.cluster (which

@@ -18,13 +18,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, choices=(3, 5), default=3)
     ap.add_argument("--load", type=float, default=30.0, help="seconds of load and faults")
     ap.add_argument("--faults", default=",".join(FAULTS), help=f"subset of {','.join(FAULTS)}")
+    ap.add_argument(
+        "--quota", type=int, help="[store] quota_bytes: small, the NOSPACE alarm goes on and off"
+    )
     args = ap.parse_args(argv)
     faults = tuple(f for f in args.faults.split(",") if f)
     unknown = set(faults) - set(FAULTS)
     if unknown:
         ap.error(f"unknown faults: {sorted(unknown)}")
-    params = SimParams(nodes=args.nodes, load_s=args.load, faults=faults)
+    params = SimParams(nodes=args.nodes, load_s=args.load, faults=faults, quota_bytes=args.quota)
     opts = f"--nodes {args.nodes} --load {args.load:g} --faults {','.join(faults)}"
+    if args.quota is not None:
+        opts += f" --quota {args.quota}"
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
     failed, started = 0, time.monotonic()
     for seed in seeds:

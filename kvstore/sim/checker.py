@@ -9,10 +9,16 @@
   returns is what the log wrote at that revision.
 - **The lease bound**: a lease is revoked no earlier than (invoke of its last
   acknowledged keep-alive, or of its grant, + TTL - 1% of TTL for clock drift), and,
-  once abandoned, no later than that invoke + TTL + (TTL + one election timeout) per
+  once abandoned, no later than that invoke (for the grant: the time the log applied
+  it, when later; the leader's lessor starts the lease there, and a grant can wait
+  long at a node whose disk stalls) + TTL + (TTL + one election timeout) per
   leader change since + the time without a leader since (none, or none that can
   commit: kvstore/sim/cluster.py says when) + one election timeout + ``slack``.
 - **The Raft loop never dies** but by a crash (kvstore/sim/node.py).
+- **The NOSPACE alarm holds**: while the log has raised it (and not disarmed it since),
+  no put, lease grant or putting transaction takes effect (kvstore/quota.py). A retry
+  of one that took effect before the alarm is answered OK from its session's cache:
+  that is no new write (its revision, or its lease id, is not new).
 
 Times are the simulation's true time (one machine, one true clock), never a node's.
 The first violation ends the run; its kind and detail name what broke.
@@ -22,7 +28,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvstore.commands import CommandError, ExpireLease, LeaseRevoke, Put, decode_command
+from kvstore.commands import (
+    CommandError,
+    DisarmAlarm,
+    ExpireLease,
+    LeaseGrant,
+    LeaseRevoke,
+    Put,
+    RaiseAlarm,
+    Txn,
+    decode_command,
+)
+from kvstore.quota import branch_puts
 from kvstore.state_machine import Result, ResultCode
 from raft.types import Index, NodeId
 
@@ -48,6 +65,14 @@ class LeaseRecord:
     unavailable_at: float  # leaderless + stalled-leader seconds counted at ``start``
     abandoned: bool = False
     revoked_at: float | None = None
+    granted_at: float = 0.0  # when the log first applied the grant
+
+
+def _grows(cmd: object, r: Result) -> bool:
+    """A command the NOSPACE alarm refuses, as it was applied OK."""
+    if isinstance(cmd, Txn):
+        return branch_puts(cmd.success if r.data[0] else cmd.failure)
+    return isinstance(cmd, Put | LeaseGrant)
 
 
 class Checker:
@@ -61,11 +86,21 @@ class Checker:
         self._rev_kv: dict[int, tuple[bytes, bytes]] = {}
         self._floor: dict[bytes, int] = {}  # per key: revision every later read must see
         self.leases: dict[int, LeaseRecord] = {}
+        self._grants_applied: dict[int, float] = {}  # lease -> when its grant applied
         # Revocations applied before the client heard of its grant: lease -> when.
         self._revoked_early: dict[int, float] = {}
         self.leader_changes = 0
         self.unavailable = 0.0  # seconds without a leader that can commit
         self.stats = {"applies": 0, "reads": 0, "writes": 0, "keepalives": 0, "expired": 0}
+        self.stats["alarms"] = 0  # NOSPACE alarms raised by the log
+        # Whether the NOSPACE alarm is raised as of the highest index applied: indexes
+        # are first applied in increasing order (every replica applies in order, and a
+        # committed entry is never lost), so this follows the log.
+        self._nospace = False
+        # The highest store revision and lease id any result has shown: a result
+        # beyond them is a write taking effect now, not a cached answer.
+        self._top_revision = 0
+        self._top_lease = 0
 
     def now(self) -> float:
         return self._now()  # type: ignore[operator,no-any-return]
@@ -89,6 +124,11 @@ class Checker:
             _, cmd = decode_command(command)
         except CommandError:
             return
+        if r.code is ResultCode.OK:
+            self._check_alarm(index, cmd, r)
+        self._top_revision = max(self._top_revision, r.revision)
+        if isinstance(cmd, LeaseGrant) and r.code is ResultCode.OK:
+            self._top_lease = max(self._top_lease, r.data[0])
         if isinstance(cmd, Put) and r.code is ResultCode.OK:
             # A retry answered from the session's cache returns the first result, with
             # the revision of the first write; only a second write has another one.
@@ -103,6 +143,24 @@ class Checker:
             self._rev_kv[rev] = (cmd.key, cmd.value)
         elif isinstance(cmd, ExpireLease | LeaseRevoke) and r.code is ResultCode.OK:
             self.lease_revoked(cmd.lease)
+        elif isinstance(cmd, LeaseGrant) and r.code is ResultCode.OK:
+            self._grants_applied[r.data[0]] = self.now()
+
+    def _check_alarm(self, index: Index, cmd: object, r: Result) -> None:
+        if isinstance(cmd, RaiseAlarm):
+            self.stats["alarms"] += not self._nospace
+            self._nospace = True
+        elif isinstance(cmd, DisarmAlarm):
+            self._nospace = False
+        elif self._nospace and _grows(cmd, r) and self._takes_effect(cmd, r):
+            what = type(cmd).__name__
+            self.fail("nospace-ignored", f"{what} applied OK at index {index} under NOSPACE")
+
+    def _takes_effect(self, cmd: object, r: Result) -> bool:
+        """Whether ``r`` is a write taking effect now rather than a cached answer."""
+        if isinstance(cmd, LeaseGrant):
+            return bool(r.data[0] > self._top_lease)
+        return r.revision > self._top_revision
 
     # ---- reads and writes ---------------------------------------------------------------
 
@@ -138,6 +196,7 @@ class Checker:
     ) -> None:
         """A grant invoked at ``invoked``, when the counters were ``at``, answered OK."""
         rec = LeaseRecord(lease, ttl_ms / 1000, invoked, *at)
+        rec.granted_at = self._grants_applied.pop(lease, invoked)
         rec.revoked_at = self._revoked_early.pop(lease, None)
         self.leases[lease] = rec
         self._check_early(rec)
@@ -180,7 +239,7 @@ class Checker:
     def latest_revocation(self, rec: LeaseRecord) -> float:
         changes = self.leader_changes - rec.changes_at
         return (
-            rec.start
+            max(rec.start, rec.granted_at)
             + rec.ttl
             + changes * (rec.ttl + self.election_timeout)
             + (self.unavailable - rec.unavailable_at)

@@ -14,6 +14,8 @@ latency; a crash of the node cuts their request (an unknown outcome).
 - *The nemesis* crashes nodes (kill -9, or a power loss) and restarts them, splits the
   network, stalls a disk past the clients' timeout, steps wall clocks by up to an hour
   either way, sets clock drift (at most 1%), and moves leadership.
+- With a small ``quota_bytes``, the NOSPACE alarm goes up as the data fills the quota,
+  and *an admin* disarms it now and then (writes past the quota raise it again).
 
 After the load phase everything heals and the run goes on until every abandoned lease
 is revoked (or overdue). :mod:`kvstore.sim.checker` checks every event. One seed fixes
@@ -69,6 +71,7 @@ class SimParams:
     slack_s: float = 1.5
     mono_origin: float = 0.0
     faults: tuple[str, ...] = FAULTS
+    quota_bytes: int | None = None  # None: the default (never reached); no admin
 
     @property
     def election_timeout_s(self) -> float:
@@ -111,6 +114,8 @@ class KVSim:
         self.leader_guess: NodeId | None = None
         self.load_end = p_.load_s
         self.session_expired = 0  # SESSION_EXPIRED answers clients saw
+        self.nospace = 0  # NOSPACE answers clients saw
+        self.disarms = 0  # alarm_disarm answered OK
         self._rid = 0
         self._leader: tuple[int, NodeId] | None = None
         self._last_sample = 0.0
@@ -216,6 +221,9 @@ class KVSim:
                     return None
                 case p.Code.NOT_FOUND | p.Code.COMPARE_FAILED | p.Code.LEASE_NOT_FOUND:
                     return resp
+                case p.Code.NOSPACE:
+                    self.nospace += 1
+                    return resp
                 case p.Code.STALE_SEQ | p.Code.SEQ_REUSED | p.Code.BAD_REQUEST:
                     self.checker.fail("client-refused", f"{resp.code} for seq {seq}")
             await asyncio.sleep(rng.uniform(0.02, 0.1))
@@ -305,6 +313,18 @@ class KVSim:
                 if resp.code is p.Code.NOT_LEADER:
                     self.leader_guess = resp.leader
         return True
+
+    async def admin(self, rng: random.Random) -> None:
+        """Disarm the alarms now and then, wherever the leader is."""
+        while self.loop.time() < self.load_end:
+            await asyncio.sleep(rng.uniform(1.0, 4.0))
+            nid = self.pick(rng)
+            resp = await self.call(nid, p.AlarmDisarm(id=self.next_id()), rng)
+            if isinstance(resp, p.AlarmsResponse):
+                self.disarms += 1
+                self.note(f"alarms disarmed at {nid}")
+            elif isinstance(resp, p.ErrorResponse) and resp.code is p.Code.NOT_LEADER:
+                self.leader_guess = resp.leader
 
     # ---- observation ----------------------------------------------------------------------
 
@@ -406,6 +426,9 @@ class KVSim:
         ]
         fault_rng = random.Random(rng.getrandbits(64))
         tasks.append(self.loop.create_task(script(self) if script else self.nemesis(fault_rng)))
+        if self.params.quota_bytes is not None:
+            admin_rng = random.Random(rng.getrandbits(64))
+            tasks.append(self.loop.create_task(self.admin(admin_rng)))
         healed = False
         give_up = self.load_end + self.params.max_quiet_s
         while self.checker.violation is None:
@@ -443,6 +466,7 @@ class KVSim:
             self._teardown()
         stats = dict(self.checker.stats)
         stats["session_expired"] = self.session_expired
+        stats["nospace"], stats["disarms"] = self.nospace, self.disarms
         return RunResult(self.seed, self.checker.violation, loop.time(), stats, self.trace)
 
     def _teardown(self) -> None:

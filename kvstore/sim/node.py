@@ -172,6 +172,7 @@ class SimKVNode:
             sim.lessor_clock(self),
             election_timeout=p.election_timeout_s,
             request_timeout=p.request_timeout_s,
+            **({} if p.quota_bytes is None else {"quota_bytes": p.quota_bytes}),
         )
         self.server.start_timers()
         self.alive = True

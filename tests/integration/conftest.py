@@ -163,16 +163,24 @@ MakeCluster = Callable[..., LocalCluster]
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
-    """``make_cluster(start=True, tls=False, **raft_settings)`` → a running LocalCluster
-    (``tls``: [security] ca_file on; the certificates are made at start)."""
+    """``make_cluster(start=True, tls=False, store=None, **raft_settings)`` → a running
+    LocalCluster (``tls``: [security] ca_file on, the certificates made at start;
+    ``store``: its [store] settings)."""
     made: list[LocalCluster] = []
 
-    def make(start: bool = True, tls: bool = False, **raft: Any) -> LocalCluster:
+    def make(
+        start: bool = True,
+        tls: bool = False,
+        store: dict[str, Any] | None = None,
+        **raft: Any,
+    ) -> LocalCluster:
         root = tmp_path / f"cluster{len(made)}"
         root.mkdir()
         config = root / "cluster.toml"
         settings = {"tick_ms": TICK_MS, "fsync": "always", **raft}
-        text = generate_config(3, cluster.free_base_port(), "./data", raft=settings, tls=tls)
+        text = generate_config(
+            3, cluster.free_base_port(), "./data", raft=settings, tls=tls, store=store
+        )
         config.write_text(text)
         lc = LocalCluster(config)
         made.append(lc)

@@ -20,6 +20,7 @@ from kvstore.commands import (
     MAX_TTL_MS,
     MAX_TXN_OPS,
     MAX_VALUE_LEN,
+    AlarmType,
     Cas,
     CloseSession,
     Command,
@@ -29,6 +30,7 @@ from kvstore.commands import (
     CompareTarget,
     Delete,
     DeleteOp,
+    DisarmAlarm,
     ExpireLease,
     Header,
     LeaseGrant,
@@ -38,6 +40,7 @@ from kvstore.commands import (
     OpenSession,
     Put,
     PutOp,
+    RaiseAlarm,
     RangeOp,
     Tick,
     Txn,
@@ -86,10 +89,12 @@ commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(LeaseGrant, st.integers(1, MAX_TTL_MS)),
     st.builds(LeaseRevoke, leases),
     st.builds(ExpireLease, leases),
+    st.builds(RaiseAlarm, st.sampled_from(AlarmType), st.binary(min_size=1, max_size=255)),
+    st.builds(DisarmAlarm, st.sampled_from(AlarmType)),
 )
 """Commands of the current format."""
 old_commands: st.SearchStrategy[Command] = commands.filter(
-    lambda c: not isinstance(c, ExpireLease)
+    lambda c: not isinstance(c, (ExpireLease, RaiseAlarm, DisarmAlarm))
 ) | st.sampled_from([Tick(), LeaseKeepAlive(1), LeaseKeepAlive(MAX_INT - 1)])
 """Commands of formats 1 and 2."""
 any_format = st.tuples(headers(), commands) | st.tuples(
@@ -157,9 +162,33 @@ def test_tags_are_explicit() -> None:
         OpenSession: 9,
         CloseSession: 10,
         ExpireLease: 11,
+        RaiseAlarm: 25,
+        DisarmAlarm: 26,
     } == COMMAND_TAGS
-    with pytest.raises(CommandError, match="tag"):
-        decode_command(raw(FORMAT_VERSION, 12, HDR))
+    for unused in (27, 28, 29):  # reserved for more alarm commands
+        with pytest.raises(CommandError, match="tag"):
+            decode_command(raw(FORMAT_VERSION, unused, HDR))
+
+
+def test_alarm_commands_are_validated_and_exist_only_in_format_3() -> None:
+    assert decode_command(raw(3, 25, HDR, 1, b"n1")) == (H, RaiseAlarm(AlarmType.NOSPACE, b"n1"))
+    assert decode_command(raw(3, 26, HDR, 1)) == (H, DisarmAlarm(AlarmType.NOSPACE))
+    for args, match in [
+        ((0, b"n1"), "bad alarm"),  # etcd's NONE is not an alarm
+        ((2, b"n1"), "bad alarm"),  # not one this release knows
+        ((True, b"n1"), "bad alarm"),
+        ((1, b""), "bad member"),
+        ((1, b"x" * 256), "bad member"),
+        ((1, "n1"), "malformed msgpack"),  # the format has no strings
+        ((1,), "takes 2 arguments"),
+    ]:
+        with pytest.raises(CommandError, match=match):
+            decode_command(raw(3, 25, HDR, *args))
+    with pytest.raises(CommandError, match="bad alarm"):
+        decode_command(raw(3, 26, HDR, 3))
+    old = Header(b"c" * CLIENT_ID_LEN, 1, 0, 7, 2)
+    with pytest.raises(CommandError, match="does not exist in command format 2"):
+        encode_command(old, DisarmAlarm(AlarmType.NOSPACE))
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,13 @@ def test_catchup_margin_reaches_the_core_and_may_be_zero() -> None:
     assert cfg.raft.core_config("n1").snapshot_catchup_entries == 0
 
 
+def test_the_quota_may_exceed_the_frame_limit_and_need_not_agree() -> None:
+    """An 8 GiB quota (etcd's suggested maximum) is fine: it is no frame size."""
+    cfg = parse_config(sub("quota_bytes = 2147483648", "quota_bytes = 8589934592")(BASE))
+    assert cfg.store.quota_bytes == 8 << 30
+    assert "quota_bytes = 2147483648  # 2 GiB" in BASE
+
+
 def test_minimal_config_takes_every_default(tmp_path: Path) -> None:
     text = (
         '[[nodes]]\nid = "a"\npeer_address = "localhost:9001"\nclient_address = "h.example:9002"\n'
@@ -155,6 +162,10 @@ BROKEN: list[tuple[str, Edit, tuple[str, int], str]] = [
     ("negative", sub("peer_queue_limit = 4096", "peer_queue_limit = -1"), ("peer_q", 1), "[1, "),
     ("negative margin", sub("snapshot_catchup_entries = 1000", "snapshot_catchup_entries = -1"),
      ("snapshot_catchup", 1), "[0, "),
+    ("quota 0", sub("quota_bytes = 2147483648", "quota_bytes = 0"), ("quota_bytes = 0", 1),
+     "there is no 'unlimited'"),
+    ("quota huge", sub("quota_bytes = 2147483648", "quota_bytes = 1125899906842625"),
+     ("quota_bytes", 1), "[1, 1125899906842624]"),
     ("election<=hb", sub("election_ticks = 10", "election_ticks = 1"), ("election_ticks", 1),
      "election_ticks = 1 must be greater than heartbeat_ticks = 1"),
     ("hb>=default", lambda t: sub("heartbeat_ticks = 1", "heartbeat_ticks = 10")(

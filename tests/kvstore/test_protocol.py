@@ -4,6 +4,7 @@ ProtocolError (h11's fuzz invariant), with the code a client would get back."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]  # no stubs upstream
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from kvstore import protocol as p
 from kvstore.commands import (
     MAX_TTL_MS,
+    AlarmType,
     Compare,
     CompareOp,
     CompareTarget,
@@ -22,7 +24,18 @@ from kvstore.commands import (
     RangeOp,
     read_only,
 )
-from kvstore.protocol import Code, Consistency, Limits, Op, ProtocolError
+from kvstore.protocol import (
+    _HELLO_REPLY_FIELDS,
+    _LIMIT_FIELDS,
+    _OK_FIELDS,
+    _REQUEST_FIELDS,
+    Code,
+    Consistency,
+    Limits,
+    Op,
+    ProtocolError,
+)
+from raft.framing import FrameDecoder, FrameTooLarge, encode_frame
 from tests.kvstore.txn_strategies import one_write_per_key
 
 LIMITS = Limits(max_frame_bytes=64 << 10, max_key_bytes=64, max_value_bytes=1024)
@@ -112,6 +125,8 @@ requests = st.one_of(
     st.builds(p.MemberAdd, id=rid, node=st.text(min_size=1, max_size=16), learner=st.booleans()),
     st.builds(p.MemberRemove, id=rid, node=st.text(min_size=1, max_size=16)),
     st.builds(p.MemberList, id=rid),
+    st.builds(p.AlarmList, id=rid),
+    st.builds(p.AlarmDisarm, id=rid, alarm=st.none() | st.sampled_from(AlarmType)),
 )
 
 kvs = st.builds(
@@ -124,6 +139,9 @@ kvs = st.builds(
     lease=uint,
 )
 node = st.text(min_size=1, max_size=16)
+alarm_infos = st.lists(
+    st.builds(p.AlarmInfo, alarm=st.sampled_from(["NOSPACE", "CORRUPT"]), node=node), max_size=3
+).map(tuple)
 error_codes = st.sampled_from([c for c in Code if c not in (Code.OK, Code.COMPARE_FAILED)])
 
 
@@ -145,6 +163,7 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
                 "lease",
                 "watch",
                 "ok",
+                "alarms",
             ]
         )
     )
@@ -170,6 +189,9 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
         return resp, Op.WATCH
     if kind == "ok":
         return p.OkResponse(id=i), Op.WATCH_CANCEL
+    if kind == "alarms":
+        op = draw(st.sampled_from([Op.ALARM_LIST, Op.ALARM_DISARM]))
+        return p.AlarmsResponse(id=i, alarms=draw(alarm_infos)), op
     if kind == "error":
         code = draw(error_codes)
         leader = draw(st.none() | node) if code is Code.NOT_LEADER else None
@@ -221,6 +243,9 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
         leader_addr=draw(st.none() | st.just("h:1")),
         commit=draw(uint),
         applied=draw(uint),
+        alarms=draw(st.none() | alarm_infos),
+        data_bytes=draw(st.none() | uint),
+        quota_bytes=draw(st.none() | uint),
     )
     return resp, Op.STATUS
 
@@ -266,6 +291,22 @@ def test_hello_wire_format_is_the_documented_one() -> None:
     assert set(m["limits"]) == {"max_frame_bytes", "max_key_bytes", "max_value_bytes"} | {
         "max_scan_limit",
         "max_in_flight",
+    }
+
+
+def test_alarm_ops_wire_format_is_the_documented_one() -> None:
+    disarm = p.AlarmDisarm(id=4, alarm=AlarmType.NOSPACE)
+    assert msgpack.unpackb(p.encode_request(disarm)) == {
+        "id": 4,
+        "op": "alarm_disarm",
+        "alarm": "NOSPACE",
+    }
+    assert p.decode_request(_req(id=4, op="alarm_disarm"), LIMITS) == p.AlarmDisarm(id=4)
+    answer = p.AlarmsResponse(id=4, alarms=(p.AlarmInfo(alarm="NOSPACE", node="n1"),))
+    assert msgpack.unpackb(p.encode_response(answer)) == {
+        "id": 4,
+        "code": "OK",
+        "alarms": [{"alarm": "NOSPACE", "node": "n1"}],
     }
 
 
@@ -358,6 +399,11 @@ RANGE_K = {"op": "range", "key": b"k"}
         ({"id": 1, "op": "watch", "key": b""}, Code.BAD_REQUEST),
         ({"id": 1, "op": "watch", "key": b"k", "start_revision": -1}, Code.BAD_REQUEST),
         ({"id": 1, "op": "watch_cancel"}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "alarm_disarm", "alarm": "CORRUPT"}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "alarm_disarm", "alarm": "nospace"}, Code.BAD_REQUEST),  # exact name
+        ({"id": 1, "op": "alarm_disarm", "alarm": 1}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "alarm_disarm", **SESSION}, Code.BAD_REQUEST),
+        ({"id": 1, "op": "alarm_list", "alarm": "NOSPACE"}, Code.BAD_REQUEST),
     ],
 )  # fmt: skip
 def test_bad_request_is_answered_with_its_id(fields: dict[str, Any], code: Code) -> None:
@@ -415,6 +461,8 @@ def test_definite_codes() -> None:
     assert p.is_definite(Code.CONFLICT, Op.MEMBER_REMOVE)
     for code in (Code.NOT_LEADER, Code.UNAVAILABLE, Code.COMPARE_FAILED, Code.TOO_LARGE):
         assert p.is_definite(code, Op.PUT)
+    assert p.is_definite(Code.NOSPACE, Op.PUT) and p.is_definite(Code.NOSPACE, Op.TXN)
+    assert not p.is_definite(Code.TIMEOUT, Op.ALARM_DISARM)
 
 
 def test_limits_must_fit_a_maximal_put() -> None:
@@ -429,6 +477,7 @@ FIELD_NAMES = sorted(
     | {"expected_value", "expected_version", "client", "seq", "ack", "code", "message"}
     | {"kv", "kvs", "more", "revision", "prev", "current", "leader", "leader_addr"}
     | {"hello", "version", "node", "limits", "role", "term", "commit", "applied"}
+    | {"alarm", "alarms", "data_bytes", "quota_bytes"}
 )
 scalars = st.one_of(
     st.none(),
@@ -451,14 +500,14 @@ maps = st.dictionaries(st.sampled_from(FIELD_NAMES), values, max_size=9)
 
 
 def _all_decoders(data: bytes) -> None:
-    for decode in (
-        lambda d: p.decode_request(d, LIMITS),
-        lambda d: p.decode_response(d, lambda _: Op.SCAN, LIMITS),
-        lambda d: p.decode_response(d, lambda _: Op.CAS, LIMITS),
-        lambda d: p.decode_response(d, lambda _: Op.STATUS, LIMITS),
-        p.decode_hello,
-        p.decode_hello_reply,
-    ):
+    """Every decoder of the client protocol on ``data``: the server's (requests,
+    hellos) and the client's (a response to a request of every op, hello replies)."""
+    with contextlib.suppress(ProtocolError):
+        p.decode_request(data, LIMITS)
+    for op in Op:
+        with contextlib.suppress(ProtocolError):
+            p.decode_response(data, lambda _, op=op: op, LIMITS)  # type: ignore[misc]
+    for decode in (p.decode_hello, p.decode_hello_reply):
         with contextlib.suppress(ProtocolError):
             decode(data)
 
@@ -482,6 +531,104 @@ def test_mutated_requests_raise_only_protocol_error(req: p.Request, data: st.Dat
     name = data.draw(st.sampled_from([*m, "extra"]))
     m[name] = data.draw(values)
     _all_decoders(msgpack.packb(m, use_bin_type=True))
+
+
+def _some_fields(data: st.DataObject, names: frozenset[str]) -> dict[str, Any]:
+    """Any subset of ``names``, each holding any msgpack value."""
+    chosen = data.draw(st.lists(st.sampled_from(sorted(names)), unique=True)) if names else []
+    return {name: data.draw(values) for name in chosen}
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(list(Op)), st.data())
+def test_requests_of_any_field_values_decode_or_raise_protocol_error(
+    op: Op, data: st.DataObject
+) -> None:
+    """Structure-aware: a request map of the right op, with any subset of that op's
+    fields holding any values. It decodes to a request that round-trips, or raises
+    ProtocolError carrying the request's id."""
+    names = sorted(_REQUEST_FIELDS[op] - {"id", "op"})
+    m = {
+        name: data.draw(values)
+        for name in data.draw(
+            st.lists(st.sampled_from(names) if names else st.nothing(), unique=True)
+        )
+    }
+    m.update(id=7, op=op.value)
+    try:
+        req = p.decode_request(msgpack.packb(m, use_bin_type=True), LIMITS)
+    except ProtocolError as exc:
+        assert exc.request_id == 7
+        return
+    assert p.op_of(req) is op and p.decode_request(p.encode_request(req), LIMITS) == req
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(list(Op)), st.data())
+def test_responses_of_any_field_values_decode_or_raise_protocol_error(
+    op: Op, data: st.DataObject
+) -> None:
+    """Structure-aware, for the client: an OK response map of the op's fields, each
+    any value: a response that round-trips, or ProtocolError."""
+    names = sorted(_OK_FIELDS[op] - {"id", "code"})
+    m = {
+        name: data.draw(values)
+        for name in data.draw(
+            st.lists(st.sampled_from(names) if names else st.nothing(), unique=True)
+        )
+    }
+    m.update(id=7, code="OK")
+    try:
+        resp = p.decode_response(msgpack.packb(m, use_bin_type=True), lambda _: op, LIMITS)
+    except ProtocolError:
+        return
+    assert resp is not None
+    assert p.decode_response(p.encode_response(resp), lambda _: op, LIMITS) == resp
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.binary(max_size=64)
+        | requests.map(p.encode_request).map(encode_frame)
+        | maps.map(lambda m: encode_frame(msgpack.packb(m, use_bin_type=True))),
+        max_size=6,
+    ).map(b"".join),
+    st.lists(st.integers(0, 4096), max_size=8),
+)
+def test_any_client_byte_stream_yields_requests_or_one_error(
+    stream: bytes, cuts: list[int]
+) -> None:
+    """The path a client connection's bytes take at the server (kvstore/server.py): the
+    frame layer at the announced frame limit, then decode_request on every frame. The
+    only errors are FrameTooLarge (the stream is lost: the server closes) and
+    ProtocolError (answered, with the id when it could be read)."""
+    dec = FrameDecoder(LIMITS.max_frame_bytes)
+    bounds = [0, *sorted({min(c, len(stream)) for c in cuts}), len(stream)]
+    with contextlib.suppress(FrameTooLarge):
+        for a, b in itertools.pairwise(bounds):
+            dec.feed(stream[a:b])
+            for frame in dec.frames():
+                with contextlib.suppress(ProtocolError):
+                    p.decode_request(frame, LIMITS)
+
+
+@settings(max_examples=200)
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(_HELLO_REPLY_FIELDS | _LIMIT_FIELDS)), values, max_size=9
+    ),
+    st.sampled_from([None, "raftkv"]),
+)
+def test_hello_replies_of_any_field_values_raise_only_protocol_error(
+    m: dict[str, Any], magic: str | None
+) -> None:
+    if magic is not None:
+        m["hello"] = magic
+    if "limits" in m and isinstance(m["limits"], dict):
+        m["limits"] = {k: v for k, v in m["limits"].items() if k in _LIMIT_FIELDS}
+    with contextlib.suppress(ProtocolError):
+        p.decode_hello_reply(msgpack.packb(m, use_bin_type=True))
 
 
 def test_nil_means_absent_in_txn_fields() -> None:

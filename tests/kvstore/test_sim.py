@@ -8,8 +8,19 @@ import asyncio
 
 import pytest
 
+from kvstore.commands import (
+    AlarmType,
+    Delete,
+    Header,
+    LeaseGrant,
+    Put,
+    RaiseAlarm,
+    encode_command,
+)
+from kvstore.mvcc import KeyValue
 from kvstore.sim.checker import Checker, Violation
 from kvstore.sim.cluster import KVSim, SimParams, run_seed
+from kvstore.state_machine import Result, ResultCode
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -64,6 +75,19 @@ def test_leadership_to_clocks_an_hour_ahead_then_an_hour_behind() -> None:
     assert all(rec.revoked_at is not None for rec in sim.checker.leases.values())
 
 
+@pytest.mark.parametrize("seed", range(1, 4))
+def test_the_nospace_alarm_under_faults(seed: int) -> None:
+    """A quota of 5000 bytes fills within seconds: the alarm goes up, writes get NOSPACE,
+    an admin disarms it now and then and the next write raises it again, through
+    crashes, partitions and snapshots; replicas agree on every result, and no growing
+    write is applied while the log holds the alarm."""
+    r = run_seed(seed, SimParams(load_s=20, quota_bytes=5000))
+    replay = f"replay: python -m kvstore.sim --seed {seed} --load 20 --quota 5000"
+    assert r.ok, f"{r.violation}\n{replay}"
+    assert r.stats["alarms"] >= 2 and r.stats["disarms"] >= 1, r.stats  # raised again
+    assert r.stats["nospace"] > 20 and r.stats["writes"] > 20, r.stats
+
+
 # ---- the checker can fail -----------------------------------------------------------------
 
 
@@ -78,6 +102,43 @@ def test_a_stale_read_is_caught() -> None:
     floor = c.read_floor(b"k")
     with pytest.raises(Violation, match="stale-read"):
         c.read_done("n1", b"k", floor, (5, b"v"))
+
+
+def test_the_late_bound_of_a_lease_starts_when_its_grant_is_applied() -> None:
+    """A grant can wait at a node whose disk stalls long after its invoke; the leader's
+    lessor starts the lease only when the log applies it. (``python -m kvstore.sim
+    --seed 20 --load 20`` failed with late-expiry this way: invoked at 16.95 s, applied
+    at 21.08 s.)"""
+    c, now = checker()
+    grant = encode_command(Header(b"c" * 16, 2, 1), LeaseGrant(2000))
+    now[0] = 4.0
+    c.on_apply("n1", 1, 1, grant, Result(ResultCode.OK, None, None, 0, "", [1, 2000]))
+    c.lease_granted(1, 2000, invoked=0.0)
+    c.abandoned(1)
+    now[0] = 4.0 + 2.0 + 1.0 + 1.5  # from the apply: TTL + election timeout + slack
+    c.check_late()
+    now[0] += 0.01
+    with pytest.raises(Violation, match="late-expiry"):
+        c.check_late()
+
+
+def test_a_growing_write_applied_under_the_alarm_is_caught() -> None:
+    c, _ = checker()
+    system, client = Header(bytes(16), 1, 0), Header(b"c" * 16, 2, 1)
+    ok = Result(ResultCode.OK, None, None, 1)
+    put_ok = Result(ResultCode.OK, KeyValue(b"k", b"v", 1, 1, 1), None, 1)
+    c.on_apply("n1", 1, 1, encode_command(client, Put(b"k", b"v")), put_ok)
+    c.on_apply("n1", 1, 2, encode_command(system, RaiseAlarm(AlarmType.NOSPACE, b"n1")), ok)
+    refused = Result(ResultCode.NOSPACE, None, None, 1)
+    c.on_apply("n1", 1, 3, encode_command(client, Put(b"k", b"w")), refused)
+    c.on_apply(
+        "n1", 1, 4, encode_command(client, Delete(b"k")), Result(ResultCode.OK, None, None, 2)
+    )
+    # A retry of the first put is answered from the session's cache: no new write.
+    c.on_apply("n1", 1, 5, encode_command(client, Put(b"k", b"v")), put_ok)
+    fresh = Result(ResultCode.OK, KeyValue(b"k", b"x", 3, 3, 1), None, 3)
+    with pytest.raises(Violation, match="nospace-ignored"):
+        c.on_apply("n2", 1, 6, encode_command(Header(b"c" * 16, 3, 2), Put(b"k", b"x")), fresh)
 
 
 def test_an_early_and_a_late_expiry_are_caught() -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from kvstore import snapshot as snapshot_mod
 from kvstore.commands import Delete, Header, LeaseGrant, OpenSession, Put, encode_command
+from kvstore.quota import alarms_section
 from kvstore.state_machine import SNAPSHOT_FORMAT_VERSION, KVStateMachine
 from raft.config import Config
 from raft.errors import ProposalDropped
@@ -55,6 +56,7 @@ def one_shot(sm: KVStateMachine) -> bytes:
         [[lid, e.ttl_ms, e.expiry_ms] for lid, e in sorted(sm._leases.items())],
         sm._next_lease_id,
         list(sm._ended),
+        {"alarms": alarms_section(sm._alarms)},
     ]
     data: bytes = msgpack.packb(state, use_bin_type=True)
     return data

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from raft.codec import (
     encode_snapshot_meta,
 )
 from raft.errors import CodecError
+from raft.framing import FrameDecoder, FrameTooLarge, encode_frame
 from raft.messages import (
     MESSAGE_TYPES,
     AppendEntries,
@@ -41,6 +43,7 @@ from raft.messages import (
     RequestVote,
     TimeoutNow,
 )
+from raft.runtime.transport import HELLO_MAGIC, _unpack_hello
 from raft.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
 from tests.raft import strategies as rs
 
@@ -249,6 +252,71 @@ def test_truncated_or_extended_message_raises_codec_error(m: Message, data: st.D
         decode_message(raw[:cut])
     with pytest.raises(CodecError):
         decode_message(raw + data.draw(st.binary(min_size=1, max_size=4)))
+
+
+@pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda c: c.__name__)
+@given(data=st.data())
+def test_well_shaped_arrays_of_any_fields_decode_or_raise_codec_error(
+    cls: type, data: st.DataObject
+) -> None:
+    """Structure-aware: the right tag and arity, every field any msgpack value (random
+    arrays rarely get this far). A message that decodes has fields of its declared
+    types: it encodes back to itself."""
+    arity = len(dataclasses.fields(cls))
+    wire = [MESSAGE_TAGS[cls], *(data.draw(msgpack_values) for _ in range(arity))]
+    try:
+        out = decode_message(pack(wire))
+    except CodecError:
+        return
+    assert type(out) is cls and decode_message(encode_message(out)) == out
+
+
+@settings(max_examples=200)
+@given(
+    stream=st.lists(
+        st.binary(max_size=64) | rs.messages.map(encode_message).map(encode_frame), max_size=8
+    ).map(b"".join),
+    cuts=st.lists(st.integers(0, 4096), max_size=8),
+    limit=st.integers(0, 4096),
+)
+def test_any_peer_byte_stream_yields_messages_or_codec_error(
+    stream: bytes, cuts: list[int], limit: int
+) -> None:
+    """The path a peer connection's bytes take (raft/runtime/transport.py,
+    ``_read_messages``): the frame layer, then decode_message on every frame. Whatever
+    the bytes and however they are split, the only error is CodecError (FrameTooLarge
+    is one), and once the framing is lost every later call fails the same way."""
+    dec = FrameDecoder(limit)
+    try:
+        for chunk in _split(stream, cuts):
+            dec.feed(chunk)
+            for frame in dec.frames():
+                assert len(frame) <= limit
+                decodes_or_codec_error(decode_message, frame)
+    except FrameTooLarge:
+        with pytest.raises(FrameTooLarge):
+            dec.feed(b"")
+        with pytest.raises(FrameTooLarge):
+            dec.next_frame()
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *sorted({min(c, len(data)) for c in cuts}), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+hello_like = st.lists(
+    st.just(HELLO_MAGIC) | st.just(2) | msgpack_values, min_size=0, max_size=5
+).map(pack)
+
+
+@settings(max_examples=300)
+@given(data=st.binary(max_size=128) | hello_like)
+def test_peer_hello_parser_never_raises(data: bytes) -> None:
+    """The handshake's frames are read before any authentication: any bytes are a
+    handshake array starting with the magic, or None."""
+    hello = _unpack_hello(data)
+    assert hello is None or (type(hello) is tuple and hello[0] == HELLO_MAGIC)
 
 
 # ---- wrong shapes, table-driven -------------------------------------------------------
