@@ -15,7 +15,7 @@ splits it in two:
    and a session held by a capture is copied before it changes (copy-on-write,
    ``KVStateMachine._own_session``).
 
-The bytes are those of format 4 (docs/ARCHITECTURE.md), identical to a single
+The bytes are those of format 5 (docs/ARCHITECTURE.md), identical to a single
 ``msgpack.packb`` of the whole state: a msgpack array is its header followed by its
 items, so the long arrays (keys, events, sessions, leases) are written as a header and
 then chunks of :data:`CHUNK_ROWS` rows, each packed on its own with its own array
@@ -36,10 +36,12 @@ from kvstore.mvcc import StoreCapture
 
 __all__ = ["CHUNK_ROWS", "SNAPSHOT_FORMAT_VERSION", "SnapshotCapture"]
 
-SNAPSHOT_FORMAT_VERSION = 4
+SNAPSHOT_FORMAT_VERSION = 5
 """2: leases, lease on keys, event history; 3: digests, ended ids; 4: sessions in LRU
 order by the log (issue 9), each still with its last activity by the old formats'
-clock."""
+clock; 5: format 4 plus a trailing map of named sections (``"auth"``: users, roles,
+the auth flag, revision and token key, and the user of each session opened by one).
+Formats up to 4 restore with every section empty."""
 
 CHUNK_ROWS = 1024
 """Rows packed per msgpack call: small enough that the encoder lets go of the GIL often."""
@@ -49,7 +51,16 @@ class SnapshotCapture:
     """A state frozen by :meth:`KVStateMachine.snapshot_capture`; call it (once, in any
     thread) for the snapshot bytes."""
 
-    __slots__ = ("_applied", "_clock", "_ended", "_leases", "_next_lease", "_sessions", "_store")
+    __slots__ = (
+        "_applied",
+        "_auth",
+        "_clock",
+        "_ended",
+        "_leases",
+        "_next_lease",
+        "_sessions",
+        "_store",
+    )
 
     def __init__(
         self,
@@ -65,6 +76,8 @@ class SnapshotCapture:
         leases: list[tuple[int, Any]],
         next_lease_id: int,
         ended: list[bytes],
+        # AuthState.to_obj() at the capture (a fresh container of immutable values).
+        auth: dict[str, Any],
     ) -> None:
         self._applied = applied
         self._clock = clock_ms
@@ -73,6 +86,7 @@ class SnapshotCapture:
         self._leases = leases
         self._next_lease = next_lease_id
         self._ended = ended  # ids of ended sessions, oldest first (a copy)
+        self._auth = auth
 
     def __call__(self) -> bytes:
         try:
@@ -82,12 +96,14 @@ class SnapshotCapture:
 
     def parts(self) -> Iterator[bytes | memoryview]:
         """The snapshot bytes, piece by piece: ``[format, applied_index, clock_ms,
-        [revision, kvs, compacted, events], sessions, leases, next_lease_id, ended]``,
-        sessions least recently active first (results by seq), leases by id and ended
-        session ids oldest first, so equal states give equal bytes on every replica."""
+        [revision, kvs, compacted, events], sessions, leases, next_lease_id, ended,
+        sections]``, sessions least recently active first (results by seq), leases by
+        id and ended session ids oldest first, so equal states give equal bytes on every
+        replica. ``sections`` maps a name to its state: ``"auth"`` is the auth state
+        with ``"sessions"``, ``[client_id, user]`` of each session a user opened."""
         packer = msgpack.Packer(use_bin_type=True)
         store = self._store
-        yield packer.pack_array_header(8)
+        yield packer.pack_array_header(9)
         yield packer.pack(SNAPSHOT_FORMAT_VERSION)
         yield packer.pack(self._applied)
         yield packer.pack(self._clock)
@@ -104,6 +120,8 @@ class SnapshotCapture:
         yield from _pack_array(packer, len(leases), _chunks(rows))
         yield packer.pack(self._next_lease)
         yield from _pack_array(packer, len(self._ended), _chunks(iter(self._ended)))
+        owners = [[cid, s.user] for cid, s in self._sessions if s.user is not None]
+        yield packer.pack({"auth": {**self._auth, "sessions": owners}})
 
 
 def _session_obj(item: tuple[bytes, Any]) -> list[Any]:

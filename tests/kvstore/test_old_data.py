@@ -67,7 +67,7 @@ def test_the_store_goes_on_under_the_new_rules(tmp_path: Path) -> None:
     assert sm.lease_ttl_ms(2) == 3_600_000 and sm.clock_ms == 1_006_001
     twin = KVStateMachine()
     twin.restore(sm.snapshot())
-    assert msgpack.unpackb(sm.snapshot())[0] == 4 and twin.snapshot() == sm.snapshot()
+    assert msgpack.unpackb(sm.snapshot())[0] == 5 and twin.snapshot() == sm.snapshot()
 
 
 def test_a_node_starts_on_the_old_directory_and_serves(tmp_path: Path) -> None:
