@@ -1251,7 +1251,8 @@ def decode_request(data: bytes, limits: Limits) -> Request:
             return AuthToken(id=rid, token=_token(f))
     if op in AUTH_CHANGE_OPS:
         return _auth_change(f, op, rid, limits)
-    return AuthQuery(id=rid, op=op, name=_name(f, "name") if "name" in f.m else None)
+    named = "name" in AUTH_QUERY_FIELDS[op]
+    return AuthQuery(id=rid, op=op, name=_name(f, "name") if named else None)
 
 
 def _auth_change(f: _Fields, op: Op, rid: int, limits: Limits) -> AuthChange:
