@@ -12,7 +12,12 @@ read one JSON object from stdout, and branch on the exit code:
 4     compare failed (cas): nothing written
 5     unavailable: the operation certainly did not happen; safe to retry
 6     indeterminate: the write may or may not have happened
+7     authentication failed or permission denied (auth is on): nothing done
 ====  ===============================================================================
+
+Credentials (when the cluster has auth on, docs/SECURITY.md): ``kv --user NAME`` (or
+``KV_USER``) with the password from ``--password-file FILE`` (or ``KV_PASSWORD_FILE``),
+else ``KV_PASSWORD``, else a prompt if stdin is a terminal. Never on the command line.
 
 Heavy modules (the client, asyncio, rich) are imported inside the commands, so ``kv
 --help`` stays fast.
@@ -49,6 +54,7 @@ class ExitCode(enum.IntEnum):
     COMPARE_FAILED = 4
     UNAVAILABLE = 5
     INDETERMINATE = 6
+    AUTH = 7
 
 
 # ---- shared helpers (also used by cli/cluster.py) -----------------------------------------
@@ -72,6 +78,36 @@ def load_config_or_exit(path: str, *, as_json: bool = False) -> Any:
         return load_config(path)
     except ConfigError as exc:
         fail(ExitCode.USAGE, str(exc), as_json=as_json)
+
+
+def credentials(as_json: bool) -> tuple[str, str] | None:
+    """(user, password) from the ``kv`` group's ``--user``/``--password-file`` (or their
+    environment variables), ``KV_PASSWORD``, or a prompt on a terminal; None without a
+    user. Exit 2 if a user is given and no password can be had."""
+    ctx = click.get_current_context(silent=True)
+    obj = (ctx.find_root().obj if ctx is not None else None) or {}
+    user, path = obj.get("user"), obj.get("password_file")
+    if not user:
+        return None
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(ExitCode.USAGE, f"--password-file {path}: {exc}", as_json=as_json)
+        password = text.rstrip("\r\n")  # one trailing newline is the file's, not the password's
+    elif os.environ.get("KV_PASSWORD"):
+        password = os.environ["KV_PASSWORD"]
+    elif sys.stdin.isatty():
+        password = click.prompt(f"password for {user}", hide_input=True, err=True)
+    else:
+        fail(
+            ExitCode.USAGE,
+            f"--user {user}: no password; pass --password-file FILE or set KV_PASSWORD",
+            as_json=as_json,
+        )
+    if not password:
+        fail(ExitCode.USAGE, f"the password for {user} is empty", as_json=as_json)
+    return user, password
 
 
 def resolve_endpoints(endpoints: str | None, config: str | None, as_json: bool) -> list[str]:
@@ -180,9 +216,12 @@ def run_client(
     from kvstore import client as c
 
     addrs = resolve_endpoints(endpoints, config, as_json)
+    user, password = credentials(as_json) or (None, None)
 
     async def go() -> T:
-        async with c.AsyncClient(addrs, timeout=min(5.0, timeout), deadline=timeout) as cl:
+        async with c.AsyncClient(
+            addrs, timeout=min(5.0, timeout), deadline=timeout, user=user, password=password
+        ) as cl:
             return await op(cl)
 
     try:
@@ -216,6 +255,12 @@ def run_client(
         )
     except c.Conflict as exc:
         fail(ExitCode.ERROR, f"refused (not applied): {exc}", as_json=as_json, error="conflict")
+    except c.AuthFailed as exc:
+        fail(ExitCode.AUTH, f"authentication failed: {exc}", as_json=as_json, error="auth_failed")
+    except c.PermissionDenied as exc:
+        fail(ExitCode.AUTH, f"permission denied: {exc}", as_json=as_json, error="permission_denied")
+    except c.FailedPrecondition as exc:
+        fail(ExitCode.ERROR, f"refused: {exc}", as_json=as_json, error="failed_precondition")
     except c.ClientError as exc:
         fail(ExitCode.ERROR, str(exc), as_json=as_json)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import click
 
+from cli.auth import auth, role, user
 from cli.cluster import cluster, member, node
 from cli.kv_commands import COMMANDS
 from cli.watch_lease import COMMANDS as STREAM_COMMANDS
@@ -27,8 +28,18 @@ _SIM_MODULE = "raft.sim.__main__"
 
 @click.group(name="kv", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=_DIST_NAME, prog_name="kv")
-def cli() -> None:
+@click.option("--user", envvar="KV_USER", help="Log in as this user, if auth is on (env KV_USER).")
+@click.option(
+    "--password-file",
+    envvar="KV_PASSWORD_FILE",
+    type=click.Path(dir_okay=False),
+    help="Read --user's password from this file (env KV_PASSWORD_FILE; else KV_PASSWORD, "
+    "else a prompt on a terminal).",
+)
+@click.pass_context
+def cli(ctx: click.Context, user: str | None, password_file: str | None) -> None:
     """A Raft-replicated, versioned key-value store."""
+    ctx.obj = {"user": user, "password_file": password_file}
 
 
 @cli.command(short_help="Run the deterministic Raft simulator.")
@@ -58,7 +69,7 @@ def sim(
     ctx.exit(_load_sim_main()(argv))
 
 
-for _command in (node, cluster, member, *COMMANDS, *STREAM_COMMANDS):
+for _command in (node, cluster, member, auth, user, role, *COMMANDS, *STREAM_COMMANDS):
     cli.add_command(_command)
 
 
