@@ -447,7 +447,8 @@ class ClientServer:
                         if isinstance(opened, p.ErrorResponse):
                             await conn.send(p.encode_response(opened))
                             continue
-                        task = await conn.spawn(self._watch(req, conn, opened), slot=False)
+                        watcher = self._watch(req, conn, opened, self._watch_user(conn))
+                        task = await conn.spawn(watcher, slot=False)
                         # Closed when the task ends, even one cancelled before it ran.
                         task.add_done_callback(
                             lambda _, rid=req.id, wake=opened: self._close_watch(conn, rid, wake)
@@ -511,6 +512,20 @@ class ClientServer:
         for wake in self._watch_wakeups:
             wake.set()
 
+    def _watch_user(self, conn: _Connection) -> str | None:
+        """The user a watch opened on ``conn`` now runs as (None: auth off)."""
+        if not self._sm.auth.enabled:
+            return None
+        user = self._user_of(0, conn.token)
+        return None if isinstance(user, p.ErrorResponse) else user
+
+    def _watch_refusal(self, req: p.Watch, user: str | None) -> p.ErrorResponse | None:
+        auth = self._sm.auth
+        if auth.permits(user, Permission.READ, [_watch_range(req)]):
+            return None
+        who = "an anonymous client" if user is None else f"user {user!r}"
+        return _error(req.id, Code.PERMISSION_DENIED, f"{who} may not read the watched keys")
+
     def _open_watch(self, req: p.Watch, conn: _Connection) -> asyncio.Event | p.ErrorResponse:
         """Register watch ``req`` on ``conn`` (its wake-up event), or the refusal: no
         read permission on its range (auth on), an id already open, or a watch limit
@@ -519,8 +534,9 @@ class ClientServer:
             user = self._user_of(req.id, conn.token)
             if isinstance(user, p.ErrorResponse):
                 return user
-            if not self._sm.auth.permits(user, Permission.READ, [_watch_range(req)]):
-                return _error(req.id, Code.PERMISSION_DENIED, f"user {user!r} may not read it")
+            refusal = self._watch_refusal(req, user)
+            if refusal is not None:
+                return refusal
         limits = self._conn_limits
         if req.id in conn.watches:
             msg = f"watch id {req.id} is already open on this connection"
@@ -544,15 +560,27 @@ class ClientServer:
         self._watch_wakeups.discard(wake)
         self._watch_count -= 1
 
-    async def _watch(self, req: p.Watch, conn: _Connection, wake: asyncio.Event) -> None:
+    async def _watch(
+        self, req: p.Watch, conn: _Connection, wake: asyncio.Event, user: str | None
+    ) -> None:
         """Stream events to ``conn`` until cancelled, compacted away, or the connection
         ends. Frames hold at most ``max_scan_limit`` events and fit the frame limit. A
         watch whose next frame would pass the connection's ``max_queued_bytes`` (its
-        client is not reading) is cancelled: etcd's slow-watcher treatment."""
+        client is not reading) is cancelled: etcd's slow-watcher treatment. Whenever
+        the auth state changes, ``user``'s permission is checked again: a watcher whose
+        read permission was revoked (or auth came on) gets PERMISSION_DENIED and the
+        stream ends, before any event it may no longer read."""
         next_rev = req.start_revision or self._sm.revision + 1
         first = True
+        checked_at = self._sm.auth.revision
         while conn.watches.get(req.id) is wake:
             wake.clear()
+            if self._sm.auth.revision != checked_at:
+                checked_at = self._sm.auth.revision
+                refusal = self._watch_refusal(req, user)
+                if refusal is not None:
+                    await conn.send(p.encode_response(refusal))
+                    return
             try:
                 events, through = self._sm.events_since(next_rev, req.key, req.end)
             except Compacted as exc:

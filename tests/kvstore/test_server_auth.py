@@ -235,6 +235,25 @@ def test_watch_needs_read_permission_on_its_range() -> None:
     run(body)
 
 
+def test_an_open_watch_ends_when_its_read_permission_is_revoked() -> None:
+    async def body() -> None:
+        async with cluster("n1") as [n1]:
+            await bootstrap(n1)
+            async with as_user(n1, "alice") as alice, as_user(n1, "root") as root:
+                w = await alice.watch("a/", prefix=True)
+                assert await w.__anext__() == ()
+                await root.put("a/1", "seen")
+                (ev,) = await w.__anext__()
+                assert ev.kv.value == b"seen"
+                await root.user_revoke_role("alice", "rw")
+                await root.put("a/2", "secret")
+                with pytest.raises(WatchEnded, match="PERMISSION_DENIED"):
+                    await w.__anext__()  # the end, not the event she may no longer read
+                await w.close()
+
+    run(body)
+
+
 def test_what_a_raw_client_gets_for_bad_tokens() -> None:
     async def body() -> None:
         async with cluster("n1") as [n1]:
