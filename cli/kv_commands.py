@@ -500,6 +500,7 @@ def bench(
 
     if ops is not None and duration is not None:
         raise click.UsageError("give --ops or --duration, not both")
+    user, password = credentials(as_json) or (None, None)
     cfg = BenchConfig(
         endpoints=resolve_endpoints(endpoints, config, as_json),
         clients=clients,
@@ -511,6 +512,8 @@ def bench(
         consistency=consistency,
         seed=seed,
         op_deadline=timeout,
+        user=user,
+        password=password,
     )
     from kvstore.client import ClientError
 

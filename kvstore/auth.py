@@ -147,7 +147,9 @@ class AuthState:
     users: dict[str, User] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
     # (user, kind) -> merged ranges; cleared at every change (not replicated state).
-    _covers: dict[tuple[str, int], list[KeyRange]] = field(default_factory=dict, repr=False)
+    _covers: dict[tuple[str, int], list[KeyRange]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     # ---- checks --------------------------------------------------------------------
 

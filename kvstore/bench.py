@@ -48,6 +48,8 @@ class BenchConfig:
     seed: int | None = None
     max_seconds: float = 600.0  # hard stop, whatever ``ops`` says
     op_deadline: float = 10.0  # one operation, retries included
+    user: str | None = None  # log in as this user (auth on); each client logs in once
+    password: str | None = None
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.keys < 1 or self.value_size < 0:
@@ -188,6 +190,8 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
             timeout=min(5.0, cfg.op_deadline),
             deadline=cfg.op_deadline,
             rng=random.Random(rng.random()),
+            user=cfg.user,
+            password=cfg.password,
         )
         for _ in range(cfg.clients)
     ]
