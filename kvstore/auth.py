@@ -49,9 +49,15 @@ from .commands import (
     AuthDisable,
     AuthEnable,
     Cas,
+    CloseSession,
     Command,
     Delete,
+    ExpireLease,
+    LeaseGrant,
+    LeaseKeepAlive,
     LeaseRevoke,
+    Noop,
+    OpenSession,
     Permission,
     Put,
     RangeOp,
@@ -59,6 +65,7 @@ from .commands import (
     RoleDelete,
     RoleGrantPermission,
     RoleRevokePermission,
+    Tick,
     Txn,
     UserAdd,
     UserChangePassword,
@@ -86,6 +93,9 @@ ROOT = "root"
 """The name of the root user and of the root role."""
 _MAC_BYTES = 32
 _MAX_TOKEN_BYTES = 1024
+
+_ANY_USER = (Noop, OpenSession, CloseSession, LeaseGrant, LeaseKeepAlive, ExpireLease, Tick)
+"""Bookkeeping any authenticated user may do (sessions, leases, no keys touched)."""
 
 KeyRange = tuple[bytes, bytes | None]
 """``[start, end)`` of keys; ``end`` None: no upper bound."""
@@ -223,6 +233,9 @@ class AuthState:
                 writes.extend(key_range(k) for k in lease_keys(lease))
             case _ if isinstance(cmd, AUTH_COMMANDS):
                 return "auth changes need role root"
+            case _ if not isinstance(cmd, _ANY_USER):
+                # Default deny: a command kind added later is root's until given a rule.
+                return f"{type(cmd).__name__} needs role root"
         if not self.permits(user, Permission.READ, reads):
             return f"user {user!r} may not read every key this request reads"
         if not self.permits(user, Permission.WRITE, writes):
