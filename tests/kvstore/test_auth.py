@@ -394,3 +394,25 @@ def test_a_format_4_snapshot_restores_with_auth_off(c: Cluster) -> None:
     old.restore(msgpack.packb(obj, use_bin_type=True))
     assert not old.auth.enabled and old.auth.users == {}
     assert old.session_user(ALICE) == (True, None)
+
+
+def test_replicas_applying_one_log_with_auth_reach_the_same_bytes() -> None:
+    """Everything random (salts, the token key) came from the proposer, in the log."""
+    log = []
+    twin = KVStateMachine()
+    other = Cluster()
+    orig_apply = other.sm.apply
+
+    def recording(index: int, data: bytes) -> Result:
+        log.append((index, data))
+        return orig_apply(index, data)
+
+    other.sm.apply = recording  # type: ignore[method-assign]
+    other.bootstrap()
+    other.open(ALICE, "alice")
+    other.run(ALICE, "alice", Put(b"a/1", b"v"))
+    other.run(ALICE, "alice", Put(b"b/1", b"v"), checked_at=0)  # refused at apply
+    for index, data in log:
+        twin.apply(index, data)
+    assert twin.snapshot() == other.sm.snapshot()
+    assert twin.auth.to_obj() == other.sm.auth.to_obj() and twin.get(b"b/1") is None

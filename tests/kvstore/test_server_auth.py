@@ -56,6 +56,13 @@ async def bootstrap(node: Node) -> None:
         assert await c.auth_status() == (True, node.sm.auth.revision)
 
 
+def test_the_token_ttl_comes_from_the_client_settings() -> None:
+    from kvstore.config import ClientSettings
+
+    assert ConnectionLimits.from_settings(ClientSettings(token_ttl_ms=1500)).token_ttl == 1.5
+    assert ConnectionLimits.from_settings(ClientSettings()).token_ttl == 300.0
+
+
 def test_auth_enable_needs_root() -> None:
     async def body() -> None:
         async with cluster("n1") as [n1], client(n1) as c:
