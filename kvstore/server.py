@@ -714,17 +714,21 @@ class ClientServer:
         try:
             match req:
                 case p.Get() | p.Scan():
-                    if user is not None and not auth.permits(user, Permission.READ, [_range(req)]):
-                        return _denied(req.id, user, "read")
                     if req.consistency is Consistency.LINEARIZABLE:
                         await self._engine.read_barrier(self._timeout)
+                    # Checked after the barrier, against an auth state at least as new
+                    # as every change committed before the read began.
+                    if self._sm.auth.enabled and not self._sm.auth.permits(
+                        user, Permission.READ, [_range(req)]
+                    ):
+                        return _denied(req.id, user)
                     return self._read(req)
                 case p.Txn() if req.read_only:
                     txn = self._bounded_txn(req)
-                    why = auth.denial(user, txn, self._sm.keys_of_lease)
+                    await self._engine.read_barrier(self._timeout)
+                    why = self._sm.auth.denial(user, txn, self._sm.keys_of_lease)
                     if why is not None:
                         return _error(req.id, Code.PERMISSION_DENIED, why)
-                    await self._engine.read_barrier(self._timeout)
                     return self._fit(_txn_response(req.id, self._sm.read_txn(txn)), True)
                 case (
                     p.Put()
@@ -1064,8 +1068,9 @@ def _error(rid: int | None, code: Code, message: str) -> p.ErrorResponse:
     return p.ErrorResponse(id=rid, code=code, message=message)
 
 
-def _denied(rid: int, user: str, what: str) -> p.ErrorResponse:
-    return _error(rid, Code.PERMISSION_DENIED, f"user {user!r} may not {what} every key asked for")
+def _denied(rid: int, user: str | None) -> p.ErrorResponse:
+    who = "an anonymous client" if user is None else f"user {user!r}"
+    return _error(rid, Code.PERMISSION_DENIED, f"{who} may not read every key asked for")
 
 
 def _range(req: p.Get | p.Scan) -> tuple[bytes, bytes | None]:

@@ -194,6 +194,30 @@ def test_a_write_in_flight_when_its_permission_is_revoked_does_not_land() -> Non
     run(body)
 
 
+def test_a_linearizable_read_sees_a_revoke_committed_before_it() -> None:
+    """The read is checked after its read barrier: a revoke that the node applies
+    while the read waits there (committed before the read began) refuses it."""
+
+    async def body() -> None:
+        async with cluster("n1") as [n1]:
+            await bootstrap(n1)
+            async with as_user(n1, "alice") as alice, as_user(n1, "root") as root:
+                await alice.put("a/1", "v")
+                await root.user_get("alice")  # root logged in before the barrier trick
+                real = n1.engine.read_barrier
+
+                async def catching_up(timeout: float) -> int:
+                    n1.engine.read_barrier = real  # type: ignore[method-assign]
+                    await root.user_revoke_role("alice", "rw")  # applied meanwhile
+                    return await real(timeout)
+
+                n1.engine.read_barrier = catching_up  # type: ignore[method-assign]
+                with pytest.raises(PermissionDenied):
+                    await alice.get("a/1")
+
+    run(body)
+
+
 def test_the_client_logs_in_again_when_its_token_expires_or_is_voided() -> None:
     async def body() -> None:
         limits = ConnectionLimits(token_ttl=0.3)
