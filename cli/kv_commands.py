@@ -107,6 +107,11 @@ def credentials(as_json: bool) -> tuple[str, str] | None:
         )
     if not password:
         fail(ExitCode.USAGE, f"the password for {user} is empty", as_json=as_json)
+    from kvstore.commands import name_problem
+
+    problem = name_problem(user)
+    if problem is not None:
+        fail(ExitCode.USAGE, f"--user {user!r}: {problem}", as_json=as_json)
     return user, password
 
 

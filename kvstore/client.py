@@ -65,8 +65,10 @@ from .commands import (
     PutOp,
     RangeOp,
     TxnOp,
+    name_problem,
     read_only,
 )
+from .password import MAX_PASSWORD_BYTES
 from .protocol import (
     Code,
     Consistency,
@@ -562,6 +564,12 @@ class AsyncClient:
             raise ValueError(f"client_id must be {p.CLIENT_ID_BYTES} bytes")
         if (user is None) != (password is None):
             raise ValueError("give user and password together")
+        if user is not None and password is not None:
+            try:
+                _check_name(user)
+                _check_password(password)
+            except BadRequest as exc:
+                raise ValueError(str(exc)) from None
         self._credentials = None if user is None or password is None else (user, password)
         self._token: bytes | None = None
         self._token_user: str | None = None  # who the token authenticates
@@ -860,9 +868,14 @@ class AsyncClient:
         return RoleInfo(resp.name, resp.permissions)
 
     async def _auth_change(self, op: p.Op, **fields: Any) -> None:
+        for field in ("name", "role"):
+            _check_name(fields.get(field))
+        if "password" in fields:
+            _check_password(fields["password"])
         await self._write(lambda rid, s: p.AuthChange(id=rid, op=op, session=s, **fields))
 
     async def _auth_query(self, op: p.Op, name: str | None = None) -> p.Response:
+        _check_name(name)
         return await self._call(
             lambda rid: p.AuthQuery(id=rid, op=op, name=name), None, leader_only=False
         )
@@ -1240,6 +1253,22 @@ def _with_session(
 ) -> p.Request:
     """The request for one attempt: the ack is recomputed, the seq never changes."""
     return build(rid, session.header(seq))
+
+
+def _check_name(name: str | None) -> None:
+    """Refuse locally a user or role name the server would refuse (definite)."""
+    problem = None if name is None else name_problem(name)
+    if problem is not None:
+        raise BadRequest(f"{name!r}: {problem}")
+
+
+def _check_password(password: str) -> None:
+    try:
+        size = len(password.encode())
+    except UnicodeEncodeError:
+        raise BadRequest("the password is not valid text (UTF-8)") from None
+    if not 0 < size <= MAX_PASSWORD_BYTES:
+        raise BadRequest(f"a password must be 1 to {MAX_PASSWORD_BYTES} bytes")
 
 
 def _check_limits(req: p.Request, limits: Limits) -> None:

@@ -14,6 +14,7 @@ from kvstore import protocol as p
 from kvstore.client import (
     AsyncClient,
     AuthFailed,
+    BadRequest,
     FailedPrecondition,
     PermissionDenied,
     WatchEnded,
@@ -61,6 +62,24 @@ def test_the_token_ttl_comes_from_the_client_settings() -> None:
 
     assert ConnectionLimits.from_settings(ClientSettings(token_ttl_ms=1500)).token_ttl == 1.5
     assert ConnectionLimits.from_settings(ClientSettings()).token_ttl == 300.0
+
+
+def test_the_client_refuses_locally_what_the_server_would() -> None:
+    with pytest.raises(ValueError, match="control"):
+        AsyncClient(["127.0.0.1:1"], user="a\nb", password="x")
+    with pytest.raises(ValueError, match="password"):
+        AsyncClient(["127.0.0.1:1"], user="a", password="")
+
+    async def body() -> None:
+        async with cluster("n1") as [n1], client(n1) as c:
+            for bad in (lambda: c.user_add("", "pw"), lambda: c.user_add("u", "\udcff")):
+                with pytest.raises(BadRequest):
+                    await bad()
+            with pytest.raises(BadRequest):
+                await c.role_get("x" * 300)
+            assert n1.engine.proposals == 0  # nothing was sent
+
+    run(body)
 
 
 def test_auth_enable_needs_root() -> None:
