@@ -69,7 +69,7 @@ from raft.framing import FrameDecoder, FrameTooLarge, encode_frame, frame_header
 from raft.types import ConfChange, ConfChangeKind, NodeId
 
 from . import protocol as p
-from .auth import AuthError, AuthState, key_range
+from .auth import ROOT, AuthError, AuthState, key_range
 from .commands import (
     CLIENT_ID_LEN,
     TOKEN_KEY_BYTES,
@@ -813,7 +813,7 @@ class ClientServer:
             case p.Op.USER_LIST:
                 return p.NamesResponse(id=req.id, names=tuple(sorted(auth.users)))
             case p.Op.ROLE_LIST:
-                return p.NamesResponse(id=req.id, names=tuple(sorted({*auth.roles, "root"})))
+                return p.NamesResponse(id=req.id, names=tuple(sorted({*auth.roles, ROOT})))
             case p.Op.USER_GET:
                 assert req.name is not None
                 u = auth.users.get(req.name)
@@ -821,8 +821,8 @@ class ClientServer:
                     return _error(req.id, Code.NOT_FOUND, f"user {req.name!r} not found")
                 return p.UserResponse(id=req.id, name=req.name, roles=tuple(sorted(u.roles)))
         assert req.name is not None
-        if req.name == "root":
-            return p.RoleResponse(id=req.id, name="root", permissions=(("readwrite", b""),))
+        if req.name == ROOT:  # it grants everything, with no permissions of its own
+            return p.RoleResponse(id=req.id, name=ROOT, permissions=(("readwrite", b""),))
         r = auth.roles.get(req.name)
         if r is None:
             return _error(req.id, Code.NOT_FOUND, f"role {req.name!r} not found")
