@@ -577,20 +577,28 @@ def _password(v: Obj) -> PasswordHash:
     return h
 
 
+_HEADER_WIDTH = {1: 4, 2: 4, 3: 3, 4: 5}
+
+
 def _header(v: Obj, version: int) -> Header:
-    width = {4: 5, 3: 3}.get(version, 4)
+    width = _HEADER_WIDTH[version]
     if type(v) is not tuple or len(v) != width:
         _fail(f"header (want array of {width})", v)
-    client_id, seq, ack_seq, *rest = v
-    user, auth_revision = None, 0
+    user, auth_revision, now_ms = None, 0, 0
     if version in AUTH_FORMATS:
-        user = None if rest[0] is None else _name(rest[0], "user")
-        auth_revision = _int(rest[1], "auth_revision")
+        client_id, seq, ack_seq, user_obj, revision = v
+        user = None if user_obj is None else _name(user_obj, "user")
+        auth_revision = _int(revision, "auth_revision")
+    elif version in CLOCKED_FORMATS:
+        client_id, seq, ack_seq, clock = v
+        now_ms = _int(clock, "now_ms")
+    else:
+        client_id, seq, ack_seq = v
     h = Header(
         _bytes(client_id, "client_id", CLIENT_ID_LEN, CLIENT_ID_LEN),
         _int(seq, "seq", low=1),
         _int(ack_seq, "ack_seq"),
-        _int(rest[0], "now_ms") if version in CLOCKED_FORMATS else 0,
+        now_ms,
         version,
         user,
         auth_revision,
