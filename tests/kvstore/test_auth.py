@@ -9,6 +9,8 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvstore.auth import ROOT, AuthError, AuthState, key_range
 from kvstore.commands import (
@@ -39,6 +41,7 @@ from kvstore.commands import (
     encode_command,
 )
 from kvstore.password import PasswordHash, hash_password, verify_password
+from kvstore.protocol import prefix_end
 from kvstore.state_machine import KVStateMachine, Result, ResultCode, SnapshotError
 
 OK = ResultCode.OK
@@ -167,6 +170,27 @@ def test_permissions_cover_ranges_by_prefix(
     perms: list[tuple[Permission, bytes]], rng: Any, need: Permission, allowed: bool
 ) -> None:
     assert state(*perms).permits("u", need, [rng]) is allowed
+
+
+small_keys = st.binary(max_size=3).map(lambda b: bytes(x % 3 * 127 for x in b))  # 0, 127, 254
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(Permission), small_keys), max_size=5), small_keys)
+def test_coverage_agrees_with_a_naive_oracle(grants: list[Any], probe: bytes) -> None:
+    """A key is covered iff some granted prefix of the right kind starts it; a prefix
+    range [Q, prefix_end(Q)) iff some granted prefix starts Q (Q itself is in the range
+    and only a prefix of Q covers it, and that prefix then covers the whole range)."""
+    s = state(*grants)
+    for need in (Permission.READ, Permission.WRITE):
+        mine = {prefix: perm for perm, prefix in grants}  # a later grant replaces
+        given_ = [g for g, perm in mine.items() if perm & need]
+        expect = any(probe.startswith(g) for g in given_)
+        if probe:
+            assert s.permits("u", need, [key_range(probe)]) is expect
+        end = prefix_end(probe)
+        rng = key_range(probe, end, unbounded=end is None)
+        assert s.permits("u", need, [rng]) is expect
 
 
 def test_root_may_do_everything_and_nobody_is_checked_while_auth_is_off() -> None:
