@@ -875,10 +875,10 @@ class AsyncClient:
         await self._write(lambda rid, s: p.AuthChange(id=rid, op=op, session=s, **fields))
 
     async def _auth_query(self, op: p.Op, name: str | None = None) -> p.Response:
+        """Answered by the leader after a read barrier: every change acknowledged
+        before is in the answer."""
         _check_name(name)
-        return await self._call(
-            lambda rid: p.AuthQuery(id=rid, op=op, name=name), None, leader_only=False
-        )
+        return await self._call(lambda rid: p.AuthQuery(id=rid, op=op, name=name), None)
 
     async def _names(self, op: p.Op) -> tuple[str, ...]:
         resp = await self._auth_query(op)
@@ -1149,7 +1149,6 @@ class AsyncClient:
             resp = await self._call(
                 lambda rid: p.Authenticate(id=rid, user=user, password=password),
                 None,
-                leader_only=False,
                 login=True,
             )
         except FailedPrecondition:  # auth is off: carry on without a token

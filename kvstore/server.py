@@ -749,8 +749,13 @@ class ClientServer:
                 case p.Status():
                     return self._status(req)
                 case p.Authenticate():
+                    # Linearizable, as a read: a user added (or a password changed)
+                    # before the login began is seen, whichever node the client found.
+                    await self._engine.read_barrier(self._timeout)
                     return await self._authenticate(req)
                 case p.AuthQuery():
+                    if req.op is not p.Op.AUTH_STATUS:  # auth_status: local, like status
+                        await self._engine.read_barrier(self._timeout)
                     return self._auth_query(req, user)
                 case _ if user is not None and not auth.is_root(user):
                     return _error(req.id, Code.PERMISSION_DENIED, "admin operations need role root")

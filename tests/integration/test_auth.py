@@ -126,7 +126,8 @@ def test_a_token_from_one_node_works_on_another(local_cluster: LocalCluster) -> 
     boot.user_grant_role("root", "root")
     boot.put("k", "v")
     boot.auth_enable()
-    n1, n2 = lc.ids[0], lc.ids[1]
+    n1 = lc.leader()  # a login is answered by the leader, after a read barrier
+    n2 = next(n for n in lc.ids if n != n1)  # a follower: it never saw the login
 
     async def body() -> None:
         first = await _Connection.open(lc.addr(n1), 5.0)

@@ -237,6 +237,30 @@ def test_a_linearizable_read_sees_a_revoke_committed_before_it() -> None:
     run(body)
 
 
+def test_a_login_sees_a_user_added_before_it() -> None:
+    """A login waits for a read barrier: a user whose creation committed before the
+    login began can log in, even if the node applies it only meanwhile."""
+
+    async def body() -> None:
+        async with cluster("n1") as [n1]:
+            await bootstrap(n1)
+            async with as_user(n1, "root") as root:
+                await root.user_list()  # root is logged in before the trick
+                real = n1.engine.read_barrier
+
+                async def catching_up(timeout: float) -> int:
+                    n1.engine.read_barrier = real  # type: ignore[method-assign]
+                    await root.user_add("carol", "carol-pw")  # applied meanwhile
+                    return await real(timeout)
+
+                n1.engine.read_barrier = catching_up  # type: ignore[method-assign]
+                async with client(n1, user="carol", password="carol-pw") as carol:
+                    lease = await carol.lease_grant(60_000)  # needs only a login
+                    assert lease.id >= 1
+
+    run(body)
+
+
 def test_the_client_logs_in_again_when_its_token_expires_or_is_voided() -> None:
     async def body() -> None:
         limits = ConnectionLimits(token_ttl=0.3)
