@@ -78,6 +78,7 @@ from .password import PasswordHash, check_hash
 
 __all__ = [
     "ROOT",
+    "AuthBehind",
     "AuthError",
     "AuthState",
     "KeyRange",
@@ -119,6 +120,11 @@ def _prefix_range(prefix: bytes) -> KeyRange:
 
 class AuthError(Exception):
     """An auth change that cannot apply; nothing changed."""
+
+
+class AuthBehind(AuthError):
+    """A token newer than this replica's auth state (a lagging follower): it may well
+    be valid; ask again later or elsewhere."""
 
 
 class NotFoundError(AuthError):
@@ -266,6 +272,8 @@ class AuthState:
             raise AuthError("token expired: authenticate again")
         u = self.users.get(user)
         if u is None or u.password_revision != password_revision:
+            if password_revision > self.revision:
+                raise AuthBehind("this node has not yet applied the auth state of the token")
             raise AuthError("token no longer valid (user deleted or password changed)")
         return str(user)
 

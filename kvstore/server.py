@@ -69,7 +69,7 @@ from raft.framing import FrameDecoder, FrameTooLarge, encode_frame, frame_header
 from raft.types import ConfChange, ConfChangeKind, NodeId
 
 from . import protocol as p
-from .auth import ROOT, AuthError, AuthState, key_range
+from .auth import ROOT, AuthBehind, AuthError, AuthState, key_range
 from .commands import (
     CLIENT_ID_LEN,
     TOKEN_KEY_BYTES,
@@ -788,6 +788,8 @@ class ClientServer:
         now_ms = time.time_ns() // 1_000_000  # tokens are issued by the wall clock too
         try:
             return self._sm.auth.check_token(token, now_ms, int(self._conn_limits.token_ttl * 1000))
+        except AuthBehind as exc:  # a lagging node: definite, retry (another node)
+            return _error(rid, Code.UNAVAILABLE, str(exc))
         except AuthError as exc:
             return _error(rid, Code.AUTH_FAILED, str(exc))
 

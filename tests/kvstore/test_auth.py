@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvstore.auth import ROOT, AuthError, AuthState, key_range
+from kvstore.auth import ROOT, AuthBehind, AuthError, AuthState, key_range
 from kvstore.commands import (
     AuthDisable,
     AuthEnable,
@@ -274,6 +274,18 @@ def test_tokens_every_way_they_stop_working() -> None:
     s.apply(UserAdd("u", HASH))  # same name, new password revision
     with pytest.raises(AuthError, match="no longer valid"):
         s.check_token(token, now_ms=2000, ttl_ms=5000)
+
+
+def test_a_token_newer_than_a_lagging_replica_is_not_refused_for_good() -> None:
+    """A follower that has not yet applied a user's creation answers 'not yet'
+    (UNAVAILABLE at the server: retry), not 'invalid' (AUTH_FAILED)."""
+    leader, follower = state(), state()
+    leader.apply(UserAdd("new", HASH))
+    token = leader.issue_token("new", issued_ms=1000)
+    with pytest.raises(AuthBehind):
+        follower.check_token(token, now_ms=2000, ttl_ms=5000)
+    follower.apply(UserAdd("new", HASH))
+    assert follower.check_token(token, now_ms=2000, ttl_ms=5000) == "new"
 
 
 def test_password_hash_verifies_only_its_password() -> None:
