@@ -284,6 +284,8 @@ class WatchEnded(ClientError):
     ``Watch.revision + 1``, on any node."""
 
 
+_RELOGIN_CODES = (Code.AUTH_REQUIRED, Code.AUTH_FAILED)
+"""Answers after which a client with credentials logs in again (once) and retries."""
 _FINAL_AUTH_ERRORS: dict[Code, type[ClientError]] = {
     Code.AUTH_REQUIRED: AuthFailed,
     Code.AUTH_FAILED: AuthFailed,
@@ -735,20 +737,35 @@ class AsyncClient:
     ) -> Watch:
         """Stream changes to ``key`` (or every key starting with it, or ``[key, end)``)
         from ``start_revision`` (None: the next write), served by ``endpoint`` (default:
-        the first endpoint). Any node serves watches, followers included."""
+        the first endpoint). Any node serves watches, followers included. With
+        credentials, the watch's first frame is awaited here: one refused for an
+        expired or voided token is opened again after a new login."""
         k = _key(key)
         e = (p.prefix_end(k) or b"\x00") if prefix else (None if end is None else _key(end))
         addr = endpoint or self._endpoints[0]
         await self._first_login()
-        conn = await _Connection.open(addr, self._timeout, self._token)
-        try:
-            queue = conn.open_stream(
-                lambda rid: p.Watch(id=rid, key=k, end=e, start_revision=start_revision)
-            )
-        except BaseException:
+        rev = (start_revision or 1) - 1
+        for attempt in range(2):
+            logins = self._logins
+            conn = await _Connection.open(addr, self._timeout, self._token)
+            try:
+                queue = conn.open_stream(
+                    lambda rid: p.Watch(id=rid, key=k, end=e, start_revision=start_revision)
+                )
+                first = None
+                if self._credentials is not None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._timeout):
+                            first = await queue.get()
+            except BaseException:
+                await conn.close()
+                raise
+            refused = isinstance(first, p.ErrorResponse) and first.code in _RELOGIN_CODES
+            if not refused or attempt:
+                return Watch(conn, queue, rev, first)
             await conn.close()
-            raise
-        return Watch(conn, queue, (start_revision or 1) - 1)
+            await self._relogin(logins)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def status(self, endpoint: str | None = None) -> NodeStatus:
         """One node's view of the cluster (``endpoint``, or whichever node answers)."""
@@ -1034,7 +1051,7 @@ class AsyncClient:
                     if leader_only:
                         self._leader = addr
                     return resp
-                auth_error = resp.code in (Code.AUTH_REQUIRED, Code.AUTH_FAILED)
+                auth_error = resp.code in _RELOGIN_CODES
                 if auth_error and not login and self._credentials and not relogged:
                     relogged = True  # the token expired or auth came on: log in, once
                     await self._relogin(logins)
@@ -1206,10 +1223,15 @@ class Watch:
     server cancels the watch (e.g. it was not read fast enough)."""
 
     def __init__(
-        self, conn: _Connection, queue: asyncio.Queue[p.Response | _ConnectionLost], rev: int
+        self,
+        conn: _Connection,
+        queue: asyncio.Queue[p.Response | _ConnectionLost],
+        rev: int,
+        first: p.Response | _ConnectionLost | None = None,
     ) -> None:
         self._conn = conn
         self._queue = queue
+        self._first = first  # a frame already taken from the queue (watch() peeked)
         self.revision = rev
         self.node = conn.hello.node
 
@@ -1217,9 +1239,11 @@ class Watch:
         return self
 
     async def __anext__(self) -> tuple[p.WatchEvent, ...]:
-        if self._conn.closed and self._queue.empty():
-            raise StopAsyncIteration
-        frame = await self._queue.get()
+        frame, self._first = self._first, None
+        if frame is None:
+            if self._conn.closed and self._queue.empty():
+                raise StopAsyncIteration
+            frame = await self._queue.get()
         if isinstance(frame, _ConnectionLost):
             if self._conn.closed and str(frame) == _CLOSED_BY_US:
                 raise StopAsyncIteration

@@ -280,6 +280,23 @@ def test_the_client_logs_in_again_when_its_token_expires_or_is_voided() -> None:
     run(body)
 
 
+def test_a_watch_opened_with_an_expired_token_logs_in_again() -> None:
+    async def body() -> None:
+        async with cluster("n1", conn_limits=ConnectionLimits(token_ttl=0.3)) as [n1]:
+            await bootstrap(n1)
+            async with as_user(n1, "alice") as alice:
+                await alice.get("pub/x")
+                await asyncio.sleep(0.5)  # the token expired
+                w = await alice.watch("a/", prefix=True)
+                assert await w.__anext__() == () and alice._logins == 2
+                await alice.put("a/1", "v")
+                (ev,) = await w.__anext__()
+                assert ev.kv.key == b"a/1"
+                await w.close()
+
+    run(body)
+
+
 def test_a_client_started_before_auth_came_on_logs_in_and_opens_a_new_session() -> None:
     async def body() -> None:
         async with cluster("n1") as [n1], as_user(n1, "alice") as early:
