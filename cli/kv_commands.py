@@ -12,7 +12,12 @@ read one JSON object from stdout, and branch on the exit code:
 4     compare failed (cas): nothing written
 5     unavailable: the operation certainly did not happen; safe to retry
 6     indeterminate: the write may or may not have happened
+7     authentication failed or permission denied (auth is on): nothing done
 ====  ===============================================================================
+
+Credentials (when the cluster has auth on, docs/SECURITY.md): ``kv --user NAME`` (or
+``KV_USER``) with the password from ``--password-file FILE`` (or ``KV_PASSWORD_FILE``),
+else ``KV_PASSWORD``, else a prompt if stdin is a terminal. Never on the command line.
 
 Heavy modules (the client, asyncio, rich) are imported inside the commands, so ``kv
 --help`` stays fast.
@@ -52,6 +57,7 @@ class ExitCode(enum.IntEnum):
     COMPARE_FAILED = 4
     UNAVAILABLE = 5
     INDETERMINATE = 6
+    AUTH = 7
 
 
 # ---- shared helpers (also used by cli/cluster.py) -----------------------------------------
@@ -75,6 +81,40 @@ def load_config_or_exit(path: str, *, as_json: bool = False) -> Any:
         return load_config(path)
     except ConfigError as exc:
         fail(ExitCode.USAGE, str(exc), as_json=as_json)
+
+
+def credentials(as_json: bool) -> tuple[str, str] | None:
+    """(user, password) from the ``kv`` group's ``--user``/``--password-file`` (or their
+    environment variables), ``KV_PASSWORD``, or a prompt on a terminal; None without a
+    user. Exit 2 if a user is given and no password can be had."""
+    flags = _global_flags()
+    user, path = flags.user, flags.password_file
+    if not user:
+        return None
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(ExitCode.USAGE, f"--password-file {path}: {exc}", as_json=as_json)
+        password = text.rstrip("\r\n")  # one trailing newline is the file's, not the password's
+    elif os.environ.get("KV_PASSWORD"):
+        password = os.environ["KV_PASSWORD"]
+    elif sys.stdin.isatty():
+        password = click.prompt(f"password for {user}", hide_input=True, err=True)
+    else:
+        fail(
+            ExitCode.USAGE,
+            f"--user {user}: no password; pass --password-file FILE or set KV_PASSWORD",
+            as_json=as_json,
+        )
+    if not password:
+        fail(ExitCode.USAGE, f"the password for {user} is empty", as_json=as_json)
+    from kvstore.commands import name_problem
+
+    problem = name_problem(user)
+    if problem is not None:
+        fail(ExitCode.USAGE, f"--user {user!r}: {problem}", as_json=as_json)
+    return user, password
 
 
 def resolve_endpoints(endpoints: str | None, config: str | None, as_json: bool) -> list[str]:
@@ -104,12 +144,21 @@ def resolve_endpoints(endpoints: str | None, config: str | None, as_json: bool) 
 
 
 @dataclass(frozen=True, slots=True)
-class TLSFlags:
-    """``kv --cacert/--cert/--key`` (the group's options, kept in the click context)."""
+class GlobalFlags:
+    """The ``kv`` group's options, kept in the click context: ``--cacert/--cert/--key``
+    (TLS) and ``--user/--password-file`` (auth)."""
 
     cacert: str | None = None
     cert: str | None = None
     key: str | None = None
+    user: str | None = None
+    password_file: str | None = None
+
+
+def _global_flags() -> GlobalFlags:
+    ctx = click.get_current_context(silent=True)
+    flags = ctx.find_root().obj if ctx is not None else None
+    return flags if isinstance(flags, GlobalFlags) else GlobalFlags()
 
 
 def resolve_tls(endpoints: str | None, config: str | None, as_json: bool) -> ssl.SSLContext | None:
@@ -119,9 +168,7 @@ def resolve_tls(endpoints: str | None, config: str | None, as_json: bool) -> ssl
     through its [security] ca_file and client certificate."""
     from kvstore.tls import client_context, config_client_context
 
-    ctx = click.get_current_context(silent=True)
-    flags = ctx.find_root().obj if ctx is not None else None
-    flags = flags if isinstance(flags, TLSFlags) else TLSFlags()
+    flags = _global_flags()
     try:
         if flags.cacert is not None:
             key = None if flags.key is None else Path(flags.key)
@@ -217,9 +264,17 @@ def run_client(
 
     addrs = resolve_endpoints(endpoints, config, as_json)
     tls = resolve_tls(endpoints, config, as_json)
+    user, password = credentials(as_json) or (None, None)
 
     async def go() -> T:
-        async with c.AsyncClient(addrs, timeout=min(5.0, timeout), deadline=timeout, tls=tls) as cl:
+        async with c.AsyncClient(
+            addrs,
+            timeout=min(5.0, timeout),
+            deadline=timeout,
+            tls=tls,
+            user=user,
+            password=password,
+        ) as cl:
             return await op(cl)
 
     try:
@@ -255,6 +310,12 @@ def run_client(
         fail(ExitCode.ERROR, f"no space (not applied): {exc}", as_json=as_json, error="nospace")
     except c.Conflict as exc:
         fail(ExitCode.ERROR, f"refused (not applied): {exc}", as_json=as_json, error="conflict")
+    except c.AuthFailed as exc:
+        fail(ExitCode.AUTH, f"authentication failed: {exc}", as_json=as_json, error="auth_failed")
+    except c.PermissionDenied as exc:
+        fail(ExitCode.AUTH, f"permission denied: {exc}", as_json=as_json, error="permission_denied")
+    except c.FailedPrecondition as exc:
+        fail(ExitCode.ERROR, f"refused: {exc}", as_json=as_json, error="failed_precondition")
     except c.ClientError as exc:
         fail(ExitCode.ERROR, str(exc), as_json=as_json)
 
@@ -494,6 +555,7 @@ def bench(
 
     if ops is not None and duration is not None:
         raise click.UsageError("give --ops or --duration, not both")
+    user, password = credentials(as_json) or (None, None)
     cfg = BenchConfig(
         endpoints=resolve_endpoints(endpoints, config, as_json),
         clients=clients,
@@ -506,6 +568,8 @@ def bench(
         seed=seed,
         op_deadline=timeout,
         tls=resolve_tls(endpoints, config, as_json),
+        user=user,
+        password=password,
     )
     from kvstore.client import ClientError
 

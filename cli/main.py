@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 import click
 
+from cli.auth import auth, role, user
 from cli.cluster import alarm, cluster, member, node
-from cli.kv_commands import COMMANDS, TLSFlags
+from cli.kv_commands import COMMANDS, GlobalFlags
 from cli.watch_lease import COMMANDS as STREAM_COMMANDS
 
 # The distribution name in pyproject.toml; ``--version`` reads it from the installed
@@ -46,10 +47,25 @@ _SIM_MODULE = "raft.sim.__main__"
     envvar="KV_KEY",
     help="The client certificate's private key (env KV_KEY).",
 )
+@click.option("--user", envvar="KV_USER", help="Log in as this user, if auth is on (env KV_USER).")
+@click.option(
+    "--password-file",
+    envvar="KV_PASSWORD_FILE",
+    type=click.Path(dir_okay=False),
+    help="Read --user's password from this file (env KV_PASSWORD_FILE; else KV_PASSWORD, "
+    "else a prompt on a terminal).",
+)
 @click.pass_context
-def cli(ctx: click.Context, cacert: str | None, cert: str | None, key: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    cacert: str | None,
+    cert: str | None,
+    key: str | None,
+    user: str | None,
+    password_file: str | None,
+) -> None:
     """A Raft-replicated, versioned key-value store."""
-    ctx.obj = TLSFlags(cacert, cert, key)
+    ctx.obj = GlobalFlags(cacert, cert, key, user, password_file)
 
 
 @cli.command(short_help="Run the deterministic Raft simulator.")
@@ -79,7 +95,7 @@ def sim(
     ctx.exit(_load_sim_main()(argv))
 
 
-for _command in (node, cluster, member, alarm, *COMMANDS, *STREAM_COMMANDS):
+for _command in (node, cluster, member, alarm, auth, user, role, *COMMANDS, *STREAM_COMMANDS):
     cli.add_command(_command)
 
 

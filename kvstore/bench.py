@@ -50,6 +50,8 @@ class BenchConfig:
     max_seconds: float = 600.0  # hard stop, whatever ``ops`` says
     op_deadline: float = 10.0  # one operation, retries included
     tls: ssl.SSLContext | None = None  # a TLS cluster: kvstore.tls.client_context
+    user: str | None = None  # log in as this user (auth on); each client logs in once
+    password: str | None = None
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.keys < 1 or self.value_size < 0:
@@ -191,6 +193,8 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
             deadline=cfg.op_deadline,
             rng=random.Random(rng.random()),
             tls=cfg.tls,
+            user=cfg.user,
+            password=cfg.password,
         )
         for _ in range(cfg.clients)
     ]

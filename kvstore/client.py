@@ -26,6 +26,15 @@ whose fate is unknown raises :class:`Indeterminate`, never :class:`Unavailable`:
 (and the linearizability checker) must be able to tell "may have happened" from "did
 not happen".
 
+Auth (docs/SECURITY.md). Given ``user`` and ``password``, the client logs in (the
+``authenticate`` op, on any node) before its first request and presents the token to
+every node it connects to, in the hello; a connection opened before a fresh login gets
+the new token by ``auth_token``. When a node answers AUTH_REQUIRED or AUTH_FAILED (the
+token expired, the password changed, auth was switched on or re-enabled) the client
+logs in again once and retries. Its write session is bound to the user it was opened
+as, so a client whose identity changed (auth switched on after it started) opens a new
+session.
+
 :class:`Client` is the same API, synchronous, running an AsyncClient on a private event
 loop in a background thread (for the CLI and scripts).
 """
@@ -57,8 +66,10 @@ from .commands import (
     PutOp,
     RangeOp,
     TxnOp,
+    name_problem,
     read_only,
 )
+from .password import MAX_PASSWORD_BYTES
 from .protocol import (
     AlarmInfo,
     Code,
@@ -74,6 +85,7 @@ from .protocol import (
 __all__ = [
     "AlarmInfo",
     "AsyncClient",
+    "AuthFailed",
     "BadRequest",
     "Client",
     "ClientError",
@@ -84,6 +96,7 @@ __all__ = [
     "CompareTarget",
     "Conflict",
     "DeleteOp",
+    "FailedPrecondition",
     "Indeterminate",
     "KeyValue",
     "Lease",
@@ -92,15 +105,18 @@ __all__ = [
     "NoSpace",
     "NodeStatus",
     "NotFound",
+    "PermissionDenied",
     "PutOp",
     "RangeOp",
     "RangeResult",
+    "RoleInfo",
     "ScanResult",
     "SeqReused",
     "SessionExpired",
     "TooLarge",
     "TxnResult",
     "Unavailable",
+    "UserInfo",
     "Watch",
     "WatchEnded",
     "WatchEvent",
@@ -178,8 +194,36 @@ class Members:
     leader: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    name: str
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoleInfo:
+    """``permissions``: (``"read"|"write"|"readwrite"``, key prefix) pairs."""
+
+    name: str
+    permissions: tuple[tuple[str, bytes], ...]
+
+
 class ClientError(Exception):
     """Base of every error this library raises on purpose."""
+
+
+class AuthFailed(ClientError):
+    """Auth is on and the client could not authenticate: no credentials, a wrong user
+    name or password, or a token no longer valid (definite: nothing was done)."""
+
+
+class PermissionDenied(ClientError):
+    """The user may not do this (definite: nothing was done)."""
+
+
+class FailedPrecondition(ClientError):
+    """An auth change the cluster refused (the user or role exists already, auth
+    enable without a root user, ...): nothing changed (definite)."""
 
 
 class NotFound(ClientError):
@@ -253,6 +297,21 @@ class WatchEnded(ClientError):
     ``Watch.revision + 1``, on any node."""
 
 
+_RELOGIN_CODES = (Code.AUTH_REQUIRED, Code.AUTH_FAILED)
+"""Answers after which a client with credentials logs in again (once) and retries."""
+_FINAL_AUTH_ERRORS: dict[Code, type[ClientError]] = {
+    Code.AUTH_REQUIRED: AuthFailed,
+    Code.AUTH_FAILED: AuthFailed,
+    Code.PERMISSION_DENIED: PermissionDenied,
+    Code.FAILED_PRECONDITION: FailedPrecondition,
+}
+
+
+class _NewIdentity(Exception):
+    """A re-login changed who this client is (auth came on): the write, not applied,
+    must go in a session of the new user."""
+
+
 class _Retry(Exception):
     """One attempt failed in a way worth retrying. ``indefinite``: the request was sent
     and its outcome is unknown."""
@@ -287,18 +346,25 @@ class _Connection:
         self._streams: dict[int, asyncio.Queue[p.Response | _ConnectionLost]] = {}
         self._next_id = 1
         self.closed = False
+        self.token: bytes | None = None  # the login token bound to this connection
         # The server reads no more than this many requests of one connection at once;
         # more would wait unread and time out as if lost (indefinite).
         self._slots = asyncio.Semaphore(hello.limits.max_in_flight or 1 << 30)
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    async def open(cls, addr: str, timeout: float, tls: ssl.SSLContext | None) -> _Connection:
+    async def open(
+        cls,
+        addr: str,
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
+        token: bytes | None = None,
+    ) -> _Connection:
         host, port = _split_address(addr)
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, ssl=tls)
             try:
-                writer.write(encode_frame(p.encode_hello(p.Hello())))
+                writer.write(encode_frame(p.encode_hello(p.Hello(token=token))))
                 decoder = FrameDecoder(64 << 10)
                 while (frame := decoder.next_frame()) is None:
                     chunk = await reader.read(64 << 10)
@@ -312,7 +378,9 @@ class _Connection:
         if isinstance(reply, p.ErrorResponse):
             writer.close()
             raise ConnectionError(f"{addr} refused the handshake: {reply.code} {reply.message}")
-        return cls(addr, reader, writer, reply)
+        conn = cls(addr, reader, writer, reply)
+        conn.token = token
+        return conn
 
     async def request(self, build: Callable[[int], p.Request], timeout: float) -> p.Response:
         """Send one request and wait for its response. Raises _Retry; ``indefinite``
@@ -456,6 +524,9 @@ class _Session:
         self._open: set[int] = set()
         self.opened = False
         self.opening: asyncio.Future[None] | None = None
+        # Who the session was opened as (None: not authenticated): the cluster binds a
+        # session to that user.
+        self.user: str | None = None
 
     def begin(self) -> int:
         seq = self._next_seq
@@ -505,6 +576,8 @@ class AsyncClient:
         max_writes_in_flight: int = 1000,
         rng: random.Random | None = None,
         tls: ssl.SSLContext | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("need at least one endpoint")
@@ -512,6 +585,19 @@ class AsyncClient:
             _split_address(e)  # fail now on a typo, not at the deadline
         if client_id is not None and len(client_id) != p.CLIENT_ID_BYTES:
             raise ValueError(f"client_id must be {p.CLIENT_ID_BYTES} bytes")
+        if (user is None) != (password is None):
+            raise ValueError("give user and password together")
+        if user is not None and password is not None:
+            try:
+                _check_name(user)
+                _check_password(password)
+            except BadRequest as exc:
+                raise ValueError(str(exc)) from None
+        self._credentials = None if user is None or password is None else (user, password)
+        self._token: bytes | None = None
+        self._token_user: str | None = None  # who the token authenticates
+        self._logins = 0  # completed login attempts (a generation count)
+        self._login: asyncio.Future[None] | None = None
         self._endpoints = list(endpoints)
         self._timeout = timeout
         self._deadline = deadline
@@ -673,19 +759,35 @@ class AsyncClient:
     ) -> Watch:
         """Stream changes to ``key`` (or every key starting with it, or ``[key, end)``)
         from ``start_revision`` (None: the next write), served by ``endpoint`` (default:
-        the first endpoint). Any node serves watches, followers included."""
+        the first endpoint). Any node serves watches, followers included. With
+        credentials, the watch's first frame is awaited here: one refused for an
+        expired or voided token is opened again after a new login."""
         k = _key(key)
         e = (p.prefix_end(k) or b"\x00") if prefix else (None if end is None else _key(end))
         addr = endpoint or self._endpoints[0]
-        conn = await _Connection.open(addr, self._timeout, self._tls)
-        try:
-            queue = conn.open_stream(
-                lambda rid: p.Watch(id=rid, key=k, end=e, start_revision=start_revision)
-            )
-        except BaseException:
+        await self._first_login()
+        rev = (start_revision or 1) - 1
+        for attempt in range(2):
+            logins = self._logins
+            conn = await _Connection.open(addr, self._timeout, self._tls, self._token)
+            try:
+                queue = conn.open_stream(
+                    lambda rid: p.Watch(id=rid, key=k, end=e, start_revision=start_revision)
+                )
+                first = None
+                if self._credentials is not None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._timeout):
+                            first = await queue.get()
+            except BaseException:
+                await conn.close()
+                raise
+            refused = isinstance(first, p.ErrorResponse) and first.code in _RELOGIN_CODES
+            if not refused or attempt:
+                return Watch(conn, queue, rev, first)
             await conn.close()
-            raise
-        return Watch(conn, queue, (start_revision or 1) - 1)
+            await self._relogin(logins)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def status(self, endpoint: str | None = None) -> NodeStatus:
         """One node's view of the cluster (``endpoint``, or whichever node answers)."""
@@ -764,6 +866,94 @@ class AsyncClient:
         assert isinstance(resp, p.AlarmsResponse)
         return resp.alarms
 
+    # ---- auth (docs/SECURITY.md) ------------------------------------------------------
+
+    async def auth_enable(self) -> None:
+        """Turn authentication on; FailedPrecondition unless user root has role root."""
+        await self._auth_change(p.Op.AUTH_ENABLE)
+
+    async def auth_disable(self) -> None:
+        await self._auth_change(p.Op.AUTH_DISABLE)
+
+    async def auth_status(self) -> tuple[bool, int]:
+        """(whether auth is on, the auth revision), as the answering node applied it."""
+        resp = await self._call(
+            lambda rid: p.AuthQuery(id=rid, op=p.Op.AUTH_STATUS), None, leader_only=False
+        )
+        assert isinstance(resp, p.AuthStatusResponse)
+        return resp.enabled, resp.revision
+
+    async def user_add(self, name: str, password: str) -> None:
+        await self._auth_change(p.Op.USER_ADD, name=name, password=password)
+
+    async def user_delete(self, name: str) -> None:
+        await self._auth_change(p.Op.USER_DELETE, name=name)
+
+    async def user_passwd(self, name: str, password: str) -> None:
+        """Set ``name``'s password; the user's tokens stop working."""
+        await self._auth_change(p.Op.USER_PASSWD, name=name, password=password)
+
+    async def user_grant_role(self, name: str, role: str) -> None:
+        await self._auth_change(p.Op.USER_GRANT_ROLE, name=name, role=role)
+
+    async def user_revoke_role(self, name: str, role: str) -> None:
+        await self._auth_change(p.Op.USER_REVOKE_ROLE, name=name, role=role)
+
+    async def role_add(self, name: str) -> None:
+        await self._auth_change(p.Op.ROLE_ADD, name=name)
+
+    async def role_delete(self, name: str) -> None:
+        await self._auth_change(p.Op.ROLE_DELETE, name=name)
+
+    async def role_grant_permission(self, name: str, perm: str, prefix: KeyLike) -> None:
+        """Grant ``perm`` ("read", "write" or "readwrite") on keys starting with
+        ``prefix`` (empty: every key)."""
+        if perm not in p.PERMISSION_NAMES:
+            raise ValueError(f"perm must be one of {sorted(p.PERMISSION_NAMES)}")
+        await self._auth_change(
+            p.Op.ROLE_GRANT_PERMISSION,
+            name=name,
+            perm=p.PERMISSION_NAMES[perm],
+            prefix=_key(prefix),
+        )
+
+    async def role_revoke_permission(self, name: str, prefix: KeyLike) -> None:
+        await self._auth_change(p.Op.ROLE_REVOKE_PERMISSION, name=name, prefix=_key(prefix))
+
+    async def user_list(self) -> tuple[str, ...]:
+        return await self._names(p.Op.USER_LIST)
+
+    async def role_list(self) -> tuple[str, ...]:
+        return await self._names(p.Op.ROLE_LIST)
+
+    async def user_get(self, name: str) -> UserInfo:
+        resp = await self._auth_query(p.Op.USER_GET, name)
+        assert isinstance(resp, p.UserResponse)
+        return UserInfo(resp.name, resp.roles)
+
+    async def role_get(self, name: str) -> RoleInfo:
+        resp = await self._auth_query(p.Op.ROLE_GET, name)
+        assert isinstance(resp, p.RoleResponse)
+        return RoleInfo(resp.name, resp.permissions)
+
+    async def _auth_change(self, op: p.Op, **fields: Any) -> None:
+        for field in ("name", "role"):
+            _check_name(fields.get(field))
+        if "password" in fields:
+            _check_password(fields["password"])
+        await self._write(lambda rid, s: p.AuthChange(id=rid, op=op, session=s, **fields))
+
+    async def _auth_query(self, op: p.Op, name: str | None = None) -> p.Response:
+        """Answered by the leader after a read barrier: every change acknowledged
+        before is in the answer."""
+        _check_name(name)
+        return await self._call(lambda rid: p.AuthQuery(id=rid, op=op, name=name), None)
+
+    async def _names(self, op: p.Op) -> tuple[str, ...]:
+        resp = await self._auth_query(op)
+        assert isinstance(resp, p.NamesResponse)
+        return resp.names
+
     async def _member_change(self, build: Callable[[int], p.Request]) -> Members:
         return _members(await self._call(build, None, admin=True))
 
@@ -797,6 +987,11 @@ class AsyncClient:
         deadline = loop.time() + self._deadline
         renewed = False
         while True:
+            await self._first_login()
+            if self._session.opened and self._session.user != self._token_user:
+                # Auth switched on (or off) since the session was opened: the cluster
+                # binds a session to its user, so this identity needs its own.
+                self._session = _Session(os.urandom(p.CLIENT_ID_BYTES))
             session = self._session
             await self._ensure_open(session, deadline)
             seq = session.begin()
@@ -813,6 +1008,8 @@ class AsyncClient:
                     raise
                 renewed = True
                 continue
+            except _NewIdentity:
+                continue  # nothing applied; the loop opens a session as the new user
             finally:
                 session.finish(seq)
             break
@@ -840,6 +1037,7 @@ class AsyncClient:
             raise Unavailable(f"could not open a session: {exc}") from exc
 
     async def _open_session(self, session: _Session, deadline: float) -> None:
+        session.user = self._token_user
         header = p.Session(client=session.client_id, seq=1, ack=0)
         await self._call(
             lambda rid: p.SessionOpen(id=rid, session=header), session, deadline=deadline
@@ -870,12 +1068,17 @@ class AsyncClient:
         pin: str | None = None,
         deadline: float | None = None,
         admin: bool = False,
+        login: bool = False,
     ) -> p.Response:
         """Attempts until a final answer or the deadline. ``session`` marks a write;
         ``admin`` an admin op (an unknown outcome is indefinite, as for a write);
-        ``leader_only`` requests succeed only at the leader, so success caches it."""
+        ``leader_only`` requests succeed only at the leader, so success caches it.
+        ``login``: this is the login itself (no re-login on an auth error)."""
         if self._closed:
             raise ClientError("client is closed")
+        if not login:
+            await self._first_login()
+        relogged = False
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self._deadline
@@ -887,6 +1090,7 @@ class AsyncClient:
             if self._closed:
                 break
             addr = pin or self._pick()
+            logins = self._logins
             try:
                 resp = await self._attempt(addr, build, min(self._timeout, remaining))
             except _Retry as exc:
@@ -899,6 +1103,16 @@ class AsyncClient:
                     if leader_only:
                         self._leader = addr
                     return resp
+                auth_error = resp.code in _RELOGIN_CODES
+                if auth_error and not login and self._credentials and not relogged:
+                    relogged = True  # the token expired or auth came on: log in, once
+                    await self._relogin(logins)
+                    if session is not None and session.user != self._token_user:
+                        if not session.opened:
+                            session.user = self._token_user  # the open goes on as it
+                        elif not indefinite:  # nothing applied: resend in a new session
+                            raise _NewIdentity
+                    continue
                 self._raise_if_final(resp, session, indefinite)
                 last = f"{addr}: {resp.code} {resp.message}"
                 if resp.code in (Code.TIMEOUT, Code.INTERNAL):
@@ -926,6 +1140,11 @@ class AsyncClient:
         self, resp: p.ErrorResponse, session: _Session | None, indefinite: bool
     ) -> None:
         """Map a final error code to its exception; retryable codes return."""
+        final = _FINAL_AUTH_ERRORS.get(resp.code)
+        if final is not None:
+            if indefinite:  # an earlier attempt may have been applied
+                raise Indeterminate(f"{resp.code} after an unknown outcome: {resp.message}")
+            raise final(f"{resp.code}: {resp.message}")
         match resp.code:
             case Code.NOT_FOUND:
                 raise NotFound(resp.message)
@@ -967,8 +1186,51 @@ class AsyncClient:
             raise _Retry(f"cannot connect: {exc!r}", indefinite=False, node_gone=True) from None
         req = build(0)
         _check_limits(req, conn.hello.limits)
+        token = self._token
+        if token is not None and conn.token != token and not isinstance(req, p.Authenticate):
+            # A connection opened before the latest login: give it the new token first.
+            left = max(0.001, timeout - (time.monotonic() - start))
+            bound = await conn.request(lambda rid: p.AuthToken(id=rid, token=token), left)
+            if isinstance(bound, p.ErrorResponse):
+                return bound  # AUTH_FAILED: the caller logs in again
+            conn.token = token
         left = max(0.001, timeout - (time.monotonic() - start))
-        return await conn.request(build, left)
+        resp = await conn.request(build, left)
+        if isinstance(resp, p.TokenResponse):
+            conn.token = resp.token  # the server bound it to this connection
+        return resp
+
+    # ---- login -------------------------------------------------------------------------
+
+    async def _first_login(self) -> None:
+        if self._credentials is not None and self._logins == 0:
+            await self._relogin(0)
+
+    async def _relogin(self, seen: int) -> None:
+        """Log in again, unless a login has completed since generation ``seen`` (the
+        attempt that failed used an older token); concurrent callers share one."""
+        if self._logins != seen:
+            return
+        if self._login is None or self._login.done():
+            self._login = asyncio.ensure_future(self._do_login())
+        await asyncio.shield(self._login)
+
+    async def _do_login(self) -> None:
+        assert self._credentials is not None
+        user, password = self._credentials
+        try:
+            resp = await self._call(
+                lambda rid: p.Authenticate(id=rid, user=user, password=password),
+                None,
+                login=True,
+            )
+        except FailedPrecondition:  # auth is off: carry on without a token
+            self._token, self._token_user = None, None
+        else:
+            assert isinstance(resp, p.TokenResponse)
+            self._token, self._token_user = resp.token, user
+        finally:
+            self._logins += 1
 
     async def _connection(self, addr: str, timeout: float) -> _Connection:
         """The pooled connection to ``addr``: concurrent callers share one dial."""
@@ -981,7 +1243,7 @@ class AsyncClient:
             task = None
         if task is None:
             task = asyncio.get_running_loop().create_task(
-                _Connection.open(addr, timeout, self._tls)
+                _Connection.open(addr, timeout, self._tls, self._token)
             )
             self._conns[addr] = task
         try:
@@ -1017,10 +1279,15 @@ class Watch:
     server cancels the watch (e.g. it was not read fast enough)."""
 
     def __init__(
-        self, conn: _Connection, queue: asyncio.Queue[p.Response | _ConnectionLost], rev: int
+        self,
+        conn: _Connection,
+        queue: asyncio.Queue[p.Response | _ConnectionLost],
+        rev: int,
+        first: p.Response | _ConnectionLost | None = None,
     ) -> None:
         self._conn = conn
         self._queue = queue
+        self._first = first  # a frame already taken from the queue (watch() peeked)
         self.revision = rev
         self.node = conn.hello.node
 
@@ -1028,9 +1295,11 @@ class Watch:
         return self
 
     async def __anext__(self) -> tuple[p.WatchEvent, ...]:
-        if self._conn.closed and self._queue.empty():
-            raise StopAsyncIteration
-        frame = await self._queue.get()
+        frame, self._first = self._first, None
+        if frame is None:
+            if self._conn.closed and self._queue.empty():
+                raise StopAsyncIteration
+            frame = await self._queue.get()
         if isinstance(frame, _ConnectionLost):
             if self._conn.closed and str(frame) == _CLOSED_BY_US:
                 raise StopAsyncIteration
@@ -1063,6 +1332,22 @@ def _with_session(
 ) -> p.Request:
     """The request for one attempt: the ack is recomputed, the seq never changes."""
     return build(rid, session.header(seq))
+
+
+def _check_name(name: str | None) -> None:
+    """Refuse locally a user or role name the server would refuse (definite)."""
+    problem = None if name is None else name_problem(name)
+    if problem is not None:
+        raise BadRequest(f"{name!r}: {problem}")
+
+
+def _check_password(password: str) -> None:
+    try:
+        size = len(password.encode())
+    except UnicodeEncodeError:
+        raise BadRequest("the password is not valid text (UTF-8)") from None
+    if not 0 < size <= MAX_PASSWORD_BYTES:
+        raise BadRequest(f"a password must be 1 to {MAX_PASSWORD_BYTES} bytes")
 
 
 def _check_limits(req: p.Request, limits: Limits) -> None:
@@ -1186,6 +1471,54 @@ class Client:
 
     def alarm_disarm(self, alarm: str | None = None) -> tuple[AlarmInfo, ...]:
         return self._run(self._async.alarm_disarm(alarm))
+
+    def auth_enable(self) -> None:
+        self._run(self._async.auth_enable())
+
+    def auth_disable(self) -> None:
+        self._run(self._async.auth_disable())
+
+    def auth_status(self) -> tuple[bool, int]:
+        return self._run(self._async.auth_status())
+
+    def user_add(self, name: str, password: str) -> None:
+        self._run(self._async.user_add(name, password))
+
+    def user_delete(self, name: str) -> None:
+        self._run(self._async.user_delete(name))
+
+    def user_passwd(self, name: str, password: str) -> None:
+        self._run(self._async.user_passwd(name, password))
+
+    def user_grant_role(self, name: str, role: str) -> None:
+        self._run(self._async.user_grant_role(name, role))
+
+    def user_revoke_role(self, name: str, role: str) -> None:
+        self._run(self._async.user_revoke_role(name, role))
+
+    def user_list(self) -> tuple[str, ...]:
+        return self._run(self._async.user_list())
+
+    def user_get(self, name: str) -> UserInfo:
+        return self._run(self._async.user_get(name))
+
+    def role_add(self, name: str) -> None:
+        self._run(self._async.role_add(name))
+
+    def role_delete(self, name: str) -> None:
+        self._run(self._async.role_delete(name))
+
+    def role_grant_permission(self, name: str, perm: str, prefix: KeyLike) -> None:
+        self._run(self._async.role_grant_permission(name, perm, prefix))
+
+    def role_revoke_permission(self, name: str, prefix: KeyLike) -> None:
+        self._run(self._async.role_revoke_permission(name, prefix))
+
+    def role_list(self) -> tuple[str, ...]:
+        return self._run(self._async.role_list())
+
+    def role_get(self, name: str) -> RoleInfo:
+        return self._run(self._async.role_get(name))
 
     def close(self) -> None:
         if not self._loop.is_running():

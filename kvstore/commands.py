@@ -3,8 +3,9 @@
 Theory of operation. A command is one msgpack array::
 
     [format_version, tag, header, *args]
-    header = [client_id, seq, ack_seq]            (format 3)
-    header = [client_id, seq, ack_seq, now_ms]    (formats 1 and 2)
+    header = [client_id, seq, ack_seq, user, auth_revision]   (format 4)
+    header = [client_id, seq, ack_seq]                        (format 3)
+    header = [client_id, seq, ack_seq, now_ms]                (formats 1 and 2)
 
 ``format_version`` (currently :data:`FORMAT_VERSION`) lets a later release change the
 layout wholesale; ``tag`` names the command kind from the explicit :data:`COMMAND_TAGS`
@@ -29,6 +30,18 @@ lease expiry (``Tick``) and session eviction; entries of those formats still dec
 the state machine replays their lease expiry by that clock so an old log rebuilds the
 state it had. ``Tick`` and ``LeaseKeepAlive`` exist only in formats 1 and 2.
 
+Format 4 adds who asked (kvstore/auth.py): ``user`` (UTF-8 bytes, nil for a request
+made without authentication, as every request is while auth is off) and the
+``auth_revision`` of the auth state the proposing node checked the request's
+permissions against. The state machine re-checks at apply whenever its auth revision
+is newer (etcd's rule), so a write from a user whose permission was revoked while it
+was in flight does not land. The auth commands (users, roles, permissions, enable and
+disable) exist only in format 4. Names (users, roles) travel as UTF-8 bytes; a
+password never does: :class:`UserAdd` and :class:`UserChangePassword` carry the hash
+the proposer computed (kvstore/password.py), and :class:`AuthEnable` the token key
+the proposer drew. Those random parts are left out of :func:`command_digest`, so a
+retry, which the proposer hashes again with a new salt, is still the same command.
+
 Decoding is the gateway (the etcd ``valid()`` discipline, as in raft/codec.py): log
 bytes either become a well-typed ``(Header, Command)`` or raise :class:`CommandError`
 -- never another exception type, never an allocation beyond the limits below. Types
@@ -40,14 +53,18 @@ the same checks, so a request the server accepts is one every replica can decode
 from __future__ import annotations
 
 import enum
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import msgpack  # type: ignore[import-untyped]  # no stubs upstream
 
+from .password import PasswordHash, check_hash
+
 __all__ = [
     "ALARM_MEMBER_MAX",
+    "AUTH_FORMATS",
     "CLIENT_ID_LEN",
     "CLOCKED_FORMATS",
     "COMMAND_TAGS",
@@ -56,10 +73,13 @@ __all__ = [
     "MAX_COMMAND_BYTES",
     "MAX_INT",
     "MAX_KEY_LEN",
+    "MAX_NAME_BYTES",
     "MAX_TTL_MS",
     "MAX_TXN_OPS",
     "MAX_VALUE_LEN",
     "AlarmType",
+    "AuthDisable",
+    "AuthEnable",
     "Cas",
     "CloseSession",
     "Command",
@@ -77,29 +97,46 @@ __all__ = [
     "LeaseRevoke",
     "Noop",
     "OpenSession",
+    "Permission",
     "Put",
     "PutOp",
     "RaiseAlarm",
     "RangeOp",
+    "RoleAdd",
+    "RoleDelete",
+    "RoleGrantPermission",
+    "RoleRevokePermission",
     "Tick",
     "Txn",
     "TxnOp",
+    "UserAdd",
+    "UserChangePassword",
+    "UserDelete",
+    "UserGrantRole",
+    "UserRevokeRole",
     "check_branch",
     "command_digest",
     "decode_command",
     "encode_command",
+    "name_problem",
     "read_only",
 ]
 
-FORMAT_VERSION = 3
-"""3: no clock in the header; leases expire by ``ExpireLease`` from the leader's lessor,
+FORMAT_VERSION = 4
+"""4: the header names the user and the auth revision the request was checked at;
+auth commands. 3: no clock in the header; leases expire by ``ExpireLease`` from the leader's lessor,
 keep-alives are not replicated. 2: sessions are opened only by OpenSession, and a cached
 seq answers only its own command. Commands of older formats, still in the logs of older
 data directories, keep the rules they were applied under (format 1: a data command with
 seq 1 opened its session; formats 1 and 2: the header's clock expired leases)."""
-FORMAT_VERSIONS = (1, 2, 3)
+FORMAT_VERSIONS = (1, 2, 3, 4)
 CLOCKED_FORMATS = (1, 2)
 """Formats whose header carries the proposing leader's wall clock."""
+AUTH_FORMATS = (4,)
+"""Formats whose header carries the user and auth revision."""
+MAX_NAME_BYTES = 256
+"""Longest user or role name (UTF-8)."""
+TOKEN_KEY_BYTES = 32
 CLIENT_ID_LEN = 16
 MAX_KEY_LEN = 4096
 MAX_VALUE_LEN = 1 << 20
@@ -131,13 +168,16 @@ class Header:
     Invariant (checked at the gateway): ``0 <= ack_seq < seq``. ``format`` is the
     command format the entry was written in (not a header field on the wire: the
     command's first element). ``now_ms`` is the leader's wall clock of formats 1 and 2;
-    format 3 has none (always 0)."""
+    formats 3 and 4 have none (always 0). ``user`` (None: not authenticated) and
+    ``auth_revision`` exist in format 4 only (None and 0 in the others)."""
 
     client_id: bytes
     seq: int
     ack_seq: int
     now_ms: int = 0
     format: int = FORMAT_VERSION
+    user: str | None = None
+    auth_revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +365,100 @@ class DisarmAlarm:
     alarm: AlarmType
 
 
+class Permission(enum.IntEnum):
+    """What a role's permission on a key prefix allows (etcd's ``Permission.Type``)."""
+
+    READ = 1
+    WRITE = 2
+    READWRITE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class AuthEnable:
+    """Turn authentication on (refused unless user root exists with role root).
+    ``token_key`` signs login tokens; drawn by the proposer, fresh at every enable, so
+    tokens issued before a disable never work again."""
+
+    token_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDisable:
+    """Turn authentication off: every client may do everything again."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserAdd:
+    name: str
+    password: PasswordHash
+
+
+@dataclass(frozen=True, slots=True)
+class UserDelete:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserChangePassword:
+    """Set a new password hash; the user's tokens stop working."""
+
+    name: str
+    password: PasswordHash
+
+
+@dataclass(frozen=True, slots=True)
+class UserGrantRole:
+    name: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserRevokeRole:
+    name: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoleAdd:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoleDelete:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoleGrantPermission:
+    """Grant ``perm`` on every key starting with ``prefix`` (empty: every key); a
+    grant on a prefix the role already has replaces that permission."""
+
+    name: str
+    perm: Permission
+    prefix: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRevokePermission:
+    name: str
+    prefix: bytes
+
+
+AuthCommand = (
+    AuthEnable
+    | AuthDisable
+    | UserAdd
+    | UserDelete
+    | UserChangePassword
+    | UserGrantRole
+    | UserRevokeRole
+    | RoleAdd
+    | RoleDelete
+    | RoleGrantPermission
+    | RoleRevokePermission
+)
+AUTH_COMMANDS: tuple[type, ...] = AuthCommand.__args__  # type: ignore[attr-defined]
+
 Command = (
     Noop
     | Put
@@ -340,6 +474,7 @@ Command = (
     | ExpireLease
     | RaiseAlarm
     | DisarmAlarm
+    | AuthCommand
 )
 
 COMMAND_TAGS: dict[type, int] = {
@@ -358,6 +493,17 @@ COMMAND_TAGS: dict[type, int] = {
     # 12-24: reserved for the auth commands (issue 11), on another branch.
     RaiseAlarm: 25,
     DisarmAlarm: 26,
+    AuthEnable: 12,
+    AuthDisable: 13,
+    UserAdd: 14,
+    UserDelete: 15,
+    UserChangePassword: 16,
+    UserGrantRole: 17,
+    UserRevokeRole: 18,
+    RoleAdd: 19,
+    RoleDelete: 20,
+    RoleGrantPermission: 21,
+    RoleRevokePermission: 22,
 }
 """Wire tag of each command class. Append only: a retired tag stays retired."""
 
@@ -376,17 +522,30 @@ _ARITY: dict[type, int] = {
     ExpireLease: 1,
     RaiseAlarm: 2,
     DisarmAlarm: 1,
+    AuthEnable: 1,
+    AuthDisable: 0,
+    UserAdd: 2,
+    UserDelete: 1,
+    UserChangePassword: 2,
+    UserGrantRole: 2,
+    UserRevokeRole: 2,
+    RoleAdd: 1,
+    RoleDelete: 1,
+    RoleGrantPermission: 3,
+    RoleRevokePermission: 2,
 }
 _FORMATS_OF: dict[type, tuple[int, ...]] = {
     Tick: CLOCKED_FORMATS,
     LeaseKeepAlive: CLOCKED_FORMATS,
-    ExpireLease: (3,),
-    RaiseAlarm: (3,),
-    DisarmAlarm: (3,),
+    ExpireLease: (3, 4),
+    RaiseAlarm: (3, 4),
+    DisarmAlarm: (3, 4),
+    **{cls: AUTH_FORMATS for cls in AUTH_COMMANDS},
 }
 """Commands that exist only in some formats (the rest exist in all)."""
 _TARGETS = frozenset(int(t) for t in CompareTarget)
 _ALARMS = frozenset(int(a) for a in AlarmType)
+_PERMISSIONS = frozenset(int(p) for p in Permission)
 _COMPARE_OPS = frozenset(int(o) for o in CompareOp)
 
 _TAG_TYPES: dict[int, type] = {tag: cls for cls, tag in COMMAND_TAGS.items()}
@@ -425,17 +584,66 @@ def _value(v: Obj, what: str = "value") -> bytes:
     return _bytes(v, what, 0, MAX_VALUE_LEN)
 
 
+def name_problem(name: object) -> str | None:
+    """What is wrong with a user or role name (None: nothing): 1 to
+    :data:`MAX_NAME_BYTES` bytes of UTF-8, no control characters."""
+    if type(name) is not str or not name:
+        return "a name must be a non-empty string"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"a name must be at most {MAX_NAME_BYTES} bytes"
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        return "a name must not contain control characters"
+    return None
+
+
+def _name(v: Obj, what: str = "name") -> str:
+    if type(v) is not bytes:
+        _fail(what, v)
+    try:
+        name = v.decode()
+    except UnicodeDecodeError:
+        _fail(f"{what} (not UTF-8)", v)
+    problem = name_problem(name)
+    if problem is not None:
+        raise CommandError(f"bad {what}: {problem}")
+    return name
+
+
+def _password(v: Obj) -> PasswordHash:
+    if type(v) is not tuple or len(v) != 5:
+        _fail("password hash (want [salt, log_n, r, p, hash])", v)
+    h = PasswordHash(*v)
+    problem = check_hash(h)
+    if problem is not None:
+        raise CommandError(f"bad password hash: {problem}")
+    return h
+
+
+_HEADER_WIDTH = {1: 4, 2: 4, 3: 3, 4: 5}
+
+
 def _header(v: Obj, version: int) -> Header:
-    width = 4 if version in CLOCKED_FORMATS else 3
+    width = _HEADER_WIDTH[version]
     if type(v) is not tuple or len(v) != width:
         _fail(f"header (want array of {width})", v)
-    client_id, seq, ack_seq, *clock = v
+    user, auth_revision, now_ms = None, 0, 0
+    if version in AUTH_FORMATS:
+        client_id, seq, ack_seq, user_obj, revision = v
+        user = None if user_obj is None else _name(user_obj, "user")
+        auth_revision = _int(revision, "auth_revision")
+    elif version in CLOCKED_FORMATS:
+        client_id, seq, ack_seq, clock = v
+        now_ms = _int(clock, "now_ms")
+    else:
+        client_id, seq, ack_seq = v
     h = Header(
         _bytes(client_id, "client_id", CLIENT_ID_LEN, CLIENT_ID_LEN),
         _int(seq, "seq", low=1),
         _int(ack_seq, "ack_seq"),
-        _int(clock[0], "now_ms") if clock else 0,
+        now_ms,
         version,
+        user,
+        auth_revision,
     )
     if h.ack_seq >= h.seq:
         # A client cannot have been answered for the request it is only now sending.
@@ -483,6 +691,8 @@ def _command(tag: Obj, args: tuple[Obj, ...], version: int) -> Command:
         return RaiseAlarm(_alarm(args[0]), _bytes(args[1], "member", 1, ALARM_MEMBER_MAX))
     if cls is DisarmAlarm:
         return DisarmAlarm(_alarm(args[0]))
+    if cls in AUTH_COMMANDS:
+        return _auth_command(cls, args)
     key, exp_value, exp_version, new_value = args
     cas = Cas(
         _key(key),
@@ -493,6 +703,26 @@ def _command(tag: Obj, args: tuple[Obj, ...], version: int) -> Command:
     if cas.expected_value is None and cas.expected_version is None:
         raise CommandError("Cas needs expected_value or expected_version")
     return cas
+
+
+def _auth_command(cls: type, args: tuple[Obj, ...]) -> Command:
+    if cls is AuthEnable:
+        return AuthEnable(_bytes(args[0], "token_key", TOKEN_KEY_BYTES, 64))
+    if cls is AuthDisable:
+        return AuthDisable()
+    if cls in (UserAdd, UserChangePassword):
+        return cls(_name(args[0]), _password(args[1]))  # type: ignore[no-any-return]
+    if cls in (UserGrantRole, UserRevokeRole):
+        return cls(_name(args[0]), _name(args[1], "role"))  # type: ignore[no-any-return]
+    if cls is RoleGrantPermission:
+        perm = args[1]
+        if type(perm) is not int or perm not in _PERMISSIONS:
+            _fail("permission", perm)
+        prefix = _bytes(args[2], "prefix", 0, MAX_KEY_LEN)
+        return RoleGrantPermission(_name(args[0]), Permission(perm), prefix)
+    if cls is RoleRevokePermission:
+        return RoleRevokePermission(_name(args[0]), _bytes(args[1], "prefix", 0, MAX_KEY_LEN))
+    return cls(_name(args[0]))  # type: ignore[no-any-return]  # UserDelete, RoleAdd/Delete
 
 
 def _alarm(v: Obj) -> AlarmType:
@@ -575,6 +805,20 @@ def _args(cmd: Command) -> list[Obj]:
             return [int(alarm), member]
         case DisarmAlarm(alarm):
             return [int(alarm)]
+        case AuthEnable(token_key):
+            return [token_key]
+        case AuthDisable():
+            return []
+        case UserAdd(name, h) | UserChangePassword(name, h):
+            return [name.encode(), [h.salt, h.log_n, h.r, h.p, h.hash]]
+        case UserGrantRole(name, role) | UserRevokeRole(name, role):
+            return [name.encode(), role.encode()]
+        case UserDelete(name) | RoleAdd(name) | RoleDelete(name):
+            return [name.encode()]
+        case RoleGrantPermission(name, perm, prefix):
+            return [name.encode(), int(perm), prefix]
+        case RoleRevokePermission(name, prefix):
+            return [name.encode(), prefix]
     raise CommandError(f"not a command: {type(cmd).__name__}")  # pragma: no cover
 
 
@@ -595,11 +839,18 @@ def _tuples(v: Obj) -> Obj:
 
 
 def _header_obj(h: Header) -> list[Obj]:
-    if h.format in CLOCKED_FORMATS:
+    if h.format in AUTH_FORMATS:
+        user = None if h.user is None else h.user.encode("utf-8", "surrogatepass")
+        head = [h.client_id, h.seq, h.ack_seq, user, h.auth_revision]
+    elif h.user is not None or h.auth_revision:
+        raise CommandError(f"command format {h.format} carries no user")
+    elif h.format in CLOCKED_FORMATS:
         return [h.client_id, h.seq, h.ack_seq, h.now_ms]
+    else:
+        head = [h.client_id, h.seq, h.ack_seq]
     if h.now_ms:
         raise CommandError(f"command format {h.format} carries no clock (now_ms {h.now_ms})")
-    return [h.client_id, h.seq, h.ack_seq]
+    return head
 
 
 def _unpack(data: bytes) -> Obj:
@@ -653,8 +904,16 @@ def decode_command(data: bytes) -> tuple[Header, Command]:
 def command_digest(cmd: Command) -> int:
     """A checksum of what a command does (its kind and arguments, not its header, which
     changes between retries): a retry must carry the same command as the request its
-    seq first named."""
-    packed = msgpack.packb([COMMAND_TAGS[type(cmd)], *_args(cmd)], use_bin_type=True)
+    seq first named. What the proposer draws afresh for every attempt (a password's
+    salted hash, a token key) is left out: a retry of the same request differs there."""
+    match cmd:
+        case AuthEnable():
+            args: list[Obj] = []
+        case UserAdd(name) | UserChangePassword(name):
+            args = [name.encode()]
+        case _:
+            args = _args(cmd)
+    packed = msgpack.packb([COMMAND_TAGS[type(cmd)], *args], use_bin_type=True)
     return zlib.crc32(packed)
 
 

@@ -141,6 +141,8 @@ class ClientSettings:
     max_watches_per_connection: int = 1000
     max_watches: int = 10_000
     transfer_interval_ms: int = 1000
+    # How long a login token is good for (issue 11; judged by each node's wall clock).
+    token_ttl_ms: int = 300_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -708,6 +710,8 @@ _DOCS: dict[str, str] = {
     "max_watches_per_connection": "Watches open on one connection.",
     "max_watches": "Watches open on one node, over all connections.",
     "transfer_interval_ms": "Shortest time between two leadership transfers a node starts.",
+    "token_ttl_ms": "How long a login token is good for (kv auth; by each node's wall\n"
+    "clock): the client library logs in again when it runs out.",
     "history_events": "Change events kept for watches (whole revisions are dropped from\n"
     "the oldest end beyond this); a watch from an older revision gets COMPACTED.",
     "quota_bytes": "Storage quota (etcd's --quota-backend-bytes): the most bytes of keys,\n"

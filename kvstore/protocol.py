@@ -35,17 +35,23 @@ from .commands import (
     CompareOp,
     CompareTarget,
     DeleteOp,
+    Permission,
     PutOp,
     RangeOp,
     TxnOp,
     check_branch,
+    name_problem,
     read_only,
 )
+from .password import MAX_PASSWORD_BYTES
 
 __all__ = [
     "ALARM_NAMES",
+    "AUTH_CHANGE_OPS",
+    "AUTH_QUERY_OPS",
     "CLIENT_ID_BYTES",
     "MAX_INT",
+    "MAX_TOKEN_BYTES",
     "PROTOCOL_NAME",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
@@ -53,6 +59,11 @@ __all__ = [
     "AlarmInfo",
     "AlarmList",
     "AlarmsResponse",
+    "AuthChange",
+    "AuthQuery",
+    "AuthStatusResponse",
+    "AuthToken",
+    "Authenticate",
     "Cas",
     "Code",
     "CompareFailedResponse",
@@ -74,6 +85,7 @@ __all__ = [
     "MemberList",
     "MemberRemove",
     "MembersResponse",
+    "NamesResponse",
     "OkResponse",
     "Op",
     "ProtocolError",
@@ -81,6 +93,7 @@ __all__ = [
     "RangeResult",
     "Request",
     "Response",
+    "RoleResponse",
     "Scan",
     "ScanResponse",
     "Session",
@@ -88,10 +101,12 @@ __all__ = [
     "SessionOpen",
     "Status",
     "StatusResponse",
+    "TokenResponse",
     "TransferLeader",
     "TransferLeaderResponse",
     "Txn",
     "TxnResponse",
+    "UserResponse",
     "Watch",
     "WatchCancel",
     "WatchEvent",
@@ -116,6 +131,7 @@ PROTOCOL_VERSION = 2
 its first write, would only ever get SESSION_EXPIRED: it is refused at the hello)."""
 SUPPORTED_VERSIONS: tuple[int, ...] = (2,)
 CLIENT_ID_BYTES = 16
+MAX_TOKEN_BYTES = 1024
 MAX_INT = 1 << 63
 """Exclusive upper bound of every integer on the wire (ids, seqs, revisions)."""
 
@@ -146,6 +162,10 @@ class Code(enum.StrEnum):
     CANCELED = "CANCELED"
     SEQ_REUSED = "SEQ_REUSED"
     NOSPACE = "NOSPACE"
+    AUTH_REQUIRED = "AUTH_REQUIRED"  # auth is on and the connection has no token
+    AUTH_FAILED = "AUTH_FAILED"  # wrong user or password; a token invalid or expired
+    PERMISSION_DENIED = "PERMISSION_DENIED"  # the user may not do this
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"  # an auth change the state refuses
 
 
 class Op(enum.StrEnum):
@@ -170,6 +190,55 @@ class Op(enum.StrEnum):
     SESSION_CLOSE = "session_close"
     ALARM_LIST = "alarm_list"
     ALARM_DISARM = "alarm_disarm"
+    AUTHENTICATE = "authenticate"
+    AUTH_TOKEN = "auth_token"
+    AUTH_STATUS = "auth_status"
+    AUTH_ENABLE = "auth_enable"
+    AUTH_DISABLE = "auth_disable"
+    USER_ADD = "user_add"
+    USER_DELETE = "user_delete"
+    USER_PASSWD = "user_passwd"
+    USER_GRANT_ROLE = "user_grant_role"
+    USER_REVOKE_ROLE = "user_revoke_role"
+    USER_LIST = "user_list"
+    USER_GET = "user_get"
+    ROLE_ADD = "role_add"
+    ROLE_DELETE = "role_delete"
+    ROLE_GRANT_PERMISSION = "role_grant_permission"
+    ROLE_REVOKE_PERMISSION = "role_revoke_permission"
+    ROLE_LIST = "role_list"
+    ROLE_GET = "role_get"
+
+
+AUTH_CHANGE_FIELDS: dict[Op, tuple[str, ...]] = {
+    Op.AUTH_ENABLE: (),
+    Op.AUTH_DISABLE: (),
+    Op.USER_ADD: ("name", "password"),
+    Op.USER_DELETE: ("name",),
+    Op.USER_PASSWD: ("name", "password"),
+    Op.USER_GRANT_ROLE: ("name", "role"),
+    Op.USER_REVOKE_ROLE: ("name", "role"),
+    Op.ROLE_ADD: ("name",),
+    Op.ROLE_DELETE: ("name",),
+    Op.ROLE_GRANT_PERMISSION: ("name", "perm", "prefix"),
+    Op.ROLE_REVOKE_PERMISSION: ("name", "prefix"),
+}
+"""Auth changes (writes through the log, with a session) and their fields."""
+AUTH_CHANGE_OPS = frozenset(AUTH_CHANGE_FIELDS)
+AUTH_QUERY_FIELDS: dict[Op, tuple[str, ...]] = {
+    Op.AUTH_STATUS: (),
+    Op.USER_LIST: (),
+    Op.USER_GET: ("name",),
+    Op.ROLE_LIST: (),
+    Op.ROLE_GET: ("name",),
+}
+AUTH_QUERY_OPS = frozenset(AUTH_QUERY_FIELDS)
+PERMISSION_NAMES: dict[str, Permission] = {
+    "read": Permission.READ,
+    "write": Permission.WRITE,
+    "readwrite": Permission.READWRITE,
+}
+PERMISSION_OF = {v: k for k, v in PERMISSION_NAMES.items()}
 
 
 WRITE_OPS = frozenset(
@@ -182,6 +251,7 @@ WRITE_OPS = frozenset(
         Op.LEASE_REVOKE,
         Op.SESSION_OPEN,
         Op.SESSION_CLOSE,
+        *AUTH_CHANGE_OPS,
     }
 )
 """Ops that go through the log with a session. A read-only ``txn`` carries no session
@@ -210,6 +280,10 @@ _ALWAYS_DEFINITE = frozenset(
         Code.CANCELED,
         Code.SEQ_REUSED,
         Code.NOSPACE,
+        Code.AUTH_REQUIRED,
+        Code.AUTH_FAILED,
+        Code.PERMISSION_DENIED,
+        Code.FAILED_PRECONDITION,
     }
 )
 
@@ -477,6 +551,51 @@ class WatchCancel:
     watch: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Authenticate:
+    """Log in: the answer is a token every node accepts (``TokenResponse``), bound to
+    this connection at once."""
+
+    id: int
+    user: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthToken:
+    """Bind ``token`` (from ``authenticate`` on any node) to this connection: later
+    requests on it act as its user."""
+
+    id: int
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthChange:
+    """An auth change (``op`` in :data:`AUTH_CHANGE_OPS`), a write through the log with
+    a session. Which of ``name``, ``password``, ``role``, ``perm``, ``prefix`` it
+    carries is fixed by the op (:data:`AUTH_CHANGE_FIELDS`); the others are None."""
+
+    id: int
+    op: Op
+    session: Session
+    name: str | None = None
+    password: str | None = None
+    role: str | None = None
+    perm: Permission | None = None
+    prefix: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthQuery:
+    """A read of the auth state (``op`` in :data:`AUTH_QUERY_OPS`; ``name`` for the
+    ``*_get`` ops), answered from the node's applied state."""
+
+    id: int
+    op: Op
+    name: str | None = None
+
+
 Request = (
     Get
     | Scan
@@ -499,6 +618,10 @@ Request = (
     | SessionClose
     | AlarmList
     | AlarmDisarm
+    | Authenticate
+    | AuthToken
+    | AuthChange
+    | AuthQuery
 )
 
 _OP_OF: dict[type, Op] = {
@@ -523,10 +646,14 @@ _OP_OF: dict[type, Op] = {
     WatchCancel: Op.WATCH_CANCEL,
     AlarmList: Op.ALARM_LIST,
     AlarmDisarm: Op.ALARM_DISARM,
+    Authenticate: Op.AUTHENTICATE,
+    AuthToken: Op.AUTH_TOKEN,
 }
 
 
 def op_of(request: Request) -> Op:
+    if isinstance(request, AuthChange | AuthQuery):
+        return request.op
     return _OP_OF[type(request)]
 
 
@@ -699,6 +826,45 @@ class OkResponse:
     id: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenResponse:
+    """``authenticate`` succeeded: present ``token`` (opaque) to any node."""
+
+    id: int
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthStatusResponse:
+    id: int
+    enabled: bool
+    revision: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NamesResponse:
+    """``user_list`` or ``role_list``: every name, sorted."""
+
+    id: int
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserResponse:
+    id: int
+    name: str
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoleResponse:
+    """A role's permissions as (``"read"|"write"|"readwrite"``, key prefix), by prefix."""
+
+    id: int
+    name: str
+    permissions: tuple[tuple[str, bytes], ...]
+
+
 Response = (
     ErrorResponse
     | TxnResponse
@@ -713,12 +879,21 @@ Response = (
     | StatusResponse
     | TransferLeaderResponse
     | MembersResponse
+    | TokenResponse
+    | AuthStatusResponse
+    | NamesResponse
+    | UserResponse
+    | RoleResponse
 )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hello:
+    """``token`` (optional): a token from ``authenticate``, bound to the connection as
+    by ``auth_token``, so a client carries its login to every node it connects to."""
+
     version: int = PROTOCOL_VERSION
+    token: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -852,7 +1027,7 @@ class _Fields:
 
 # ---- hello -------------------------------------------------------------------------
 
-_HELLO_FIELDS = frozenset({"hello", "version"})
+_HELLO_FIELDS = frozenset({"hello", "version", "token"})
 _HELLO_REPLY_FIELDS = frozenset(
     {"hello", "version", "node", "leader", "leader_addr", "limits", "code", "message", "versions"}
 )
@@ -862,16 +1037,20 @@ _LIMIT_FIELDS = frozenset(
 
 
 def encode_hello(hello: Hello) -> bytes:
-    return _pack({"hello": PROTOCOL_NAME, "version": hello.version})
+    m: dict[str, Obj] = {"hello": PROTOCOL_NAME, "version": hello.version}
+    if hello.token is not None:
+        m["token"] = hello.token
+    return _pack(m)
 
 
 def decode_hello(data: bytes) -> Hello:
     """The client's first frame. Any version number decodes; the server decides whether
     it speaks it (UNSUPPORTED_VERSION), so a newer client learns which versions exist."""
-    f = _Fields(_unpack(data, max_bin=0, max_array=0), _HELLO_FIELDS, None)
+    f = _Fields(_unpack(data, max_bin=MAX_TOKEN_BYTES, max_array=0), _HELLO_FIELDS, None)
     if f.str_("hello") != PROTOCOL_NAME:
         f.fail(Code.BAD_REQUEST, f"not a {PROTOCOL_NAME} hello")
-    return Hello(version=f.int_("version"))
+    version = f.int_("version")
+    return Hello(version=version, token=_token(f) if f.m.get("token") is not None else None)
 
 
 def encode_hello_reply(reply: HelloOk | ErrorResponse) -> bytes:
@@ -952,6 +1131,10 @@ _REQUEST_FIELDS: dict[Op, frozenset[str]] = {
     Op.SESSION_CLOSE: frozenset({"id", "op", *_SESSION}),
     Op.ALARM_LIST: frozenset({"id", "op"}),
     Op.ALARM_DISARM: frozenset({"id", "op", "alarm"}),
+    Op.AUTHENTICATE: frozenset({"id", "op", "user", "password"}),
+    Op.AUTH_TOKEN: frozenset({"id", "op", "token"}),
+    **{op: frozenset({"id", "op", *names, *_SESSION}) for op, names in AUTH_CHANGE_FIELDS.items()},
+    **{op: frozenset({"id", "op", *names}) for op, names in AUTH_QUERY_FIELDS.items()},
 }
 ALARM_NAMES: dict[str, AlarmType] = {a.name: a for a in AlarmType}
 """Alarm names on the wire (``"NOSPACE"``), by the alarm type they stand for."""
@@ -1025,6 +1208,18 @@ def encode_request(req: Request) -> bytes:
             pass
         case AlarmDisarm():
             m.update(alarm=None if req.alarm is None else req.alarm.name)
+        case Authenticate():
+            m.update(user=req.user, password=req.password)
+        case AuthToken():
+            m.update(token=req.token)
+        case AuthChange():
+            m.update(_session_map(req.session))
+            for name in AUTH_CHANGE_FIELDS[req.op]:
+                v = getattr(req, name)
+                m[name] = PERMISSION_OF[v] if name == "perm" else v
+        case AuthQuery():
+            if req.name is not None:
+                m.update(name=req.name)
     return _pack(m)
 
 
@@ -1124,6 +1319,56 @@ def decode_request(data: bytes, limits: Limits) -> Request:
             if name is not None and alarm is None:
                 f.fail(Code.BAD_REQUEST, f"alarm must be one of {sorted(ALARM_NAMES)}")
             return AlarmDisarm(id=rid, alarm=alarm)
+        case Op.AUTHENTICATE:
+            return Authenticate(id=rid, user=_name(f, "user"), password=_password(f))
+        case Op.AUTH_TOKEN:
+            return AuthToken(id=rid, token=_token(f))
+    if op in AUTH_CHANGE_OPS:
+        return _auth_change(f, op, rid, limits)
+    named = "name" in AUTH_QUERY_FIELDS[op]
+    return AuthQuery(id=rid, op=op, name=_name(f, "name") if named else None)
+
+
+def _auth_change(f: _Fields, op: Op, rid: int, limits: Limits) -> AuthChange:
+    fields: dict[str, Obj] = {}
+    for name in AUTH_CHANGE_FIELDS[op]:
+        if name in ("name", "role"):
+            fields[name] = _name(f, name)
+        elif name == "password":
+            fields[name] = _password(f)
+        elif name == "perm":
+            perm = PERMISSION_NAMES.get(f.str_("perm"))
+            if perm is None:
+                f.fail(Code.BAD_REQUEST, f"perm must be one of {sorted(PERMISSION_NAMES)}")
+            fields[name] = perm
+        else:
+            prefix = f.bytes_("prefix")
+            if len(prefix) > limits.max_key_bytes:
+                f.fail(Code.TOO_LARGE, f"prefix of {len(prefix)} bytes exceeds the key limit")
+            fields[name] = prefix
+    return AuthChange(id=rid, op=op, session=_session(f), **fields)
+
+
+def _name(f: _Fields, field_name: str) -> str:
+    name = f.str_(field_name)
+    problem = name_problem(name)
+    if problem is not None:
+        f.fail(Code.BAD_REQUEST, f"field {field_name!r}: {problem}")
+    return name
+
+
+def _password(f: _Fields) -> str:
+    password = f.str_("password")
+    if not password or len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+        f.fail(Code.BAD_REQUEST, f"password must be 1 to {MAX_PASSWORD_BYTES} bytes")
+    return password
+
+
+def _token(f: _Fields) -> bytes:
+    token = f.bytes_("token")
+    if not 0 < len(token) <= MAX_TOKEN_BYTES:
+        f.fail(Code.BAD_REQUEST, f"token must be 1 to {MAX_TOKEN_BYTES} bytes")
+    return token
 
 
 def _lease_id(f: _Fields) -> int:
@@ -1346,6 +1591,17 @@ def encode_response(resp: Response) -> bytes:
             m["events"] = [{"type": e.type, "kv": _kv_map(e.kv)} for e in resp.events]
         case OkResponse():
             m.update(code="OK")
+        case TokenResponse():
+            m.update(code="OK", token=resp.token)
+        case AuthStatusResponse():
+            m.update(code="OK", enabled=resp.enabled, revision=resp.revision)
+        case NamesResponse():
+            m.update(code="OK", names=list(resp.names))
+        case UserResponse():
+            m.update(code="OK", name=resp.name, roles=list(resp.roles))
+        case RoleResponse():
+            m.update(code="OK", name=resp.name)
+            m["permissions"] = [{"perm": k, "prefix": pfx} for k, pfx in resp.permissions]
     return _pack(m)
 
 
@@ -1424,6 +1680,14 @@ _OK_FIELDS: dict[Op, frozenset[str]] = {
     Op.SESSION_CLOSE: frozenset({"id", "code", "revision", "prev"}),
     Op.ALARM_LIST: frozenset({"id", "code", "alarms"}),
     Op.ALARM_DISARM: frozenset({"id", "code", "alarms"}),
+    Op.AUTHENTICATE: frozenset({"id", "code", "token"}),
+    Op.AUTH_TOKEN: frozenset({"id", "code"}),
+    Op.AUTH_STATUS: frozenset({"id", "code", "enabled", "revision"}),
+    Op.USER_LIST: frozenset({"id", "code", "names"}),
+    Op.ROLE_LIST: frozenset({"id", "code", "names"}),
+    Op.USER_GET: frozenset({"id", "code", "name", "roles"}),
+    Op.ROLE_GET: frozenset({"id", "code", "name", "permissions"}),
+    **{op: frozenset({"id", "code", "revision", "prev"}) for op in AUTH_CHANGE_OPS},
 }
 _COMPARE_FAILED_FIELDS = frozenset({"id", "code", "revision", "current"})
 
@@ -1480,6 +1744,8 @@ def decode_response(
             )
         case Op.PUT | Op.DELETE | Op.CAS | Op.LEASE_REVOKE | Op.SESSION_OPEN | Op.SESSION_CLOSE:
             return WriteResponse(id=rid, revision=f.int_("revision"), prev=_opt_kv(f, "prev"))
+        case _ if op in AUTH_CHANGE_OPS:
+            return WriteResponse(id=rid, revision=f.int_("revision"), prev=_opt_kv(f, "prev"))
         case Op.STATUS:
             return StatusResponse(
                 id=rid,
@@ -1526,10 +1792,26 @@ def decode_response(
                 events=tuple(_event(m, rid) for m in _maps(f, "events")),
                 revision=f.int_("revision"),
             )
-        case Op.WATCH_CANCEL:
+        case Op.WATCH_CANCEL | Op.AUTH_TOKEN:
             return OkResponse(id=rid)
         case Op.ALARM_LIST | Op.ALARM_DISARM:
             return AlarmsResponse(id=rid, alarms=_alarms(f))
+        case Op.AUTHENTICATE:
+            return TokenResponse(id=rid, token=f.bytes_("token"))
+        case Op.AUTH_STATUS:
+            return AuthStatusResponse(
+                id=rid, enabled=f.bool_("enabled"), revision=f.int_("revision")
+            )
+        case Op.USER_LIST | Op.ROLE_LIST:
+            return NamesResponse(id=rid, names=_str_tuple(f, "names"))
+        case Op.USER_GET:
+            return UserResponse(id=rid, name=f.str_("name"), roles=_str_tuple(f, "roles"))
+        case Op.ROLE_GET:
+            return RoleResponse(
+                id=rid,
+                name=f.str_("name"),
+                permissions=tuple(_permission(m, rid) for m in _maps(f, "permissions")),
+            )
     raise ProtocolError(Code.BAD_REQUEST, f"no OK response shape for {op}", rid)  # pragma: no cover
 
 
@@ -1539,6 +1821,14 @@ def _op_result(m: dict[str, Obj], rid: int) -> RangeResult | WriteOpResult:
         return RangeResult(kvs=tuple(_kv_of(x, rid) for x in _maps(g, "kvs")), more=g.bool_("more"))
     g = _Fields(m, frozenset({"prev"}), rid)
     return WriteOpResult(prev=_opt_kv(g, "prev"))
+
+
+def _permission(m: dict[str, Obj], rid: int) -> tuple[str, bytes]:
+    g = _Fields(m, frozenset({"perm", "prefix"}), rid)
+    perm = g.str_("perm")
+    if perm not in PERMISSION_NAMES:
+        g.fail(Code.BAD_REQUEST, f"perm must be one of {sorted(PERMISSION_NAMES)}")
+    return perm, g.bytes_("prefix")
 
 
 _EVENT_TYPES = frozenset({"put", "delete"})

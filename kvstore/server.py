@@ -35,6 +35,14 @@ than pushing each event as it is applied makes the stream gap-free by constructi
 a slow watcher costs nothing but its place in the history: one that falls behind the
 compaction point gets COMPACTED instead of a silent gap.
 
+Auth (kvstore/auth.py, docs/SECURITY.md). While the replicated auth state is off, a
+request costs one attribute read more than before. Once it is on, a connection acts as
+the user of the token bound to it (in the hello, by ``authenticate`` or by
+``auth_token``); each request checks the token (signature, user, password revision,
+expiry by this node's wall clock) and then its permissions against this node's applied
+auth state. A write carries the user and that auth revision into the log, and the state
+machine re-checks it if the auth state moved in between. Admin ops need role root.
+
 Leases run out by the leader's lessor (kvstore/lessor.py), on this node's monotonic
 clock. A ticker follows this node's leadership (promoting the lessor when it becomes
 leader, in each new term; demoting it when it is not) and proposes ``ExpireLease`` for
@@ -68,9 +76,13 @@ from raft.framing import FrameDecoder, FrameTooLarge, encode_frame, frame_header
 from raft.types import ConfChange, ConfChangeKind, NodeId
 
 from . import protocol as p
+from .auth import ROOT, AuthBehind, AuthError, AuthState, key_range
 from .commands import (
     CLIENT_ID_LEN,
+    TOKEN_KEY_BYTES,
     AlarmType,
+    AuthDisable,
+    AuthEnable,
     Cas,
     CloseSession,
     Command,
@@ -82,16 +94,27 @@ from .commands import (
     LeaseGrant,
     LeaseRevoke,
     OpenSession,
+    Permission,
     Put,
     RaiseAlarm,
     RangeOp,
+    RoleAdd,
+    RoleDelete,
+    RoleGrantPermission,
+    RoleRevokePermission,
     Txn,
     TxnOp,
+    UserAdd,
+    UserChangePassword,
+    UserDelete,
+    UserGrantRole,
+    UserRevokeRole,
     encode_command,
 )
 from .lessor import Lessor
 from .mvcc import END_OF_KEYSPACE, Compacted, Event, EventType
 from .mvcc import KeyValue as StoredKV
+from .password import PasswordHash, hash_password, verify_password
 from .protocol import Code, Consistency, Limits, ProtocolError
 from .quota import DEFAULT_QUOTA_BYTES, Alarm, write_growth
 from .state_machine import LeaseObserver, Result, ResultCode
@@ -112,6 +135,20 @@ _LEASE_TICK_S = 0.1  # how often the lessor follows leadership and looks for exp
 # The header of the sessionless commands this server proposes on its own (ExpireLease,
 # RaiseAlarm) and of DisarmAlarm: their client id is never looked up.
 _SESSIONLESS = Header(bytes(CLIENT_ID_LEN), 1, 0)
+_LOGINS_AT_ONCE = 2  # scrypt checks in flight per node (16 MiB and ~50 ms each)
+# Checked when the user does not exist, so a wrong name costs what a wrong password does.
+_DUMMY_HASH = PasswordHash(bytes(16), 14, 8, 1, bytes(32))
+_OPEN_OPS = (p.Status, p.MemberList, p.Authenticate, p.AuthToken)
+
+
+def _open_to_all(req: p.Request) -> bool:
+    """Answered without a token even when auth is on: status, member list, auth
+    status (what a client needs to find its way, as in etcd) and the login itself."""
+    return isinstance(req, _OPEN_OPS) or (
+        isinstance(req, p.AuthQuery) and req.op is p.Op.AUTH_STATUS
+    )
+
+
 MIN_TTL_ELECTION_TIMEOUTS = 1.5
 """A granted TTL is at least this many election timeouts (etcd's minimum): a shorter
 lease could run out during one election, before its holder can reach the new leader."""
@@ -137,6 +174,13 @@ class ReadableState(Protocol):
 
     def lease_ttl_ms(self, lease: int) -> int | None: ...
 
+    @property
+    def auth(self) -> AuthState: ...
+
+    def session_user(self, client_id: bytes) -> tuple[bool, str | None]: ...
+
+    def keys_of_lease(self, lease: int) -> list[bytes]: ...
+
     def set_lease_observer(self, observer: LeaseObserver | None) -> None: ...
 
     def add_listener(self, callback: Callable[[], None]) -> None: ...
@@ -160,6 +204,7 @@ class ConnectionLimits:
     max_watches_per_connection: int = 1000
     max_watches: int = 10_000
     transfer_interval: float = 1.0
+    token_ttl: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> ConnectionLimits:
@@ -185,6 +230,7 @@ class ConnectionLimits:
             ),
             max_watches=get("max_watches", d.max_watches),
             transfer_interval=ms("transfer_interval", d.transfer_interval),
+            token_ttl=ms("token_ttl", d.token_ttl),
         )
 
 
@@ -262,6 +308,7 @@ class ClientServer:
         self._handlers: set[asyncio.Task[None]] = set()
         self._watch_wakeups: set[asyncio.Event] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._login_slots = asyncio.Semaphore(_LOGINS_AT_ONCE)
         state_machine.add_listener(self._wake_watchers)
         state_machine.set_lease_observer(self._lessor)
 
@@ -390,6 +437,7 @@ class ClientServer:
             msg = f"version {hello.version} not supported"
             await conn.send(p.encode_hello_reply(_error(None, Code.UNSUPPORTED_VERSION, msg)))
             return False
+        conn.token = hello.token  # checked with each request (it may expire meanwhile)
         leader = self._leader_hint()
         reply = p.HelloOk(
             version=hello.version,
@@ -435,7 +483,8 @@ class ClientServer:
                         if isinstance(opened, p.ErrorResponse):
                             await conn.send(p.encode_response(opened))
                             continue
-                        task = await conn.spawn(self._watch(req, conn, opened), slot=False)
+                        watcher = self._watch(req, conn, opened, self._watch_user(conn))
+                        task = await conn.spawn(watcher, slot=False)
                         # Closed when the task ends, even one cancelled before it ran.
                         task.add_done_callback(
                             lambda _, rid=req.id, wake=opened: self._close_watch(conn, rid, wake)
@@ -479,7 +528,18 @@ class ClientServer:
                 resp = _error(req.id, Code.NOT_FOUND, f"no watch {req.watch} on this connection")
             await conn.send(p.encode_response(resp))
             return
-        resp = await self.handle(req)
+        if isinstance(req, p.AuthToken):
+            resp = p.OkResponse(id=req.id)
+            if self._sm.auth.enabled:  # while auth is off any token is kept, unchecked
+                who = self._user_of(req.id, req.token)
+                resp = who if isinstance(who, p.ErrorResponse) else resp
+            if isinstance(resp, p.OkResponse):
+                conn.token = req.token
+            await conn.send(p.encode_response(resp))
+            return
+        resp = await self.handle(req, conn.token)
+        if isinstance(resp, p.TokenResponse):
+            conn.token = resp.token  # a login binds its token to its connection
         await conn.send(p.encode_response(resp))
 
     # ---- watches -------------------------------------------------------------------------
@@ -488,9 +548,31 @@ class ClientServer:
         for wake in self._watch_wakeups:
             wake.set()
 
+    def _watch_user(self, conn: _Connection) -> str | None:
+        """The user a watch opened on ``conn`` now runs as (None: auth off)."""
+        if not self._sm.auth.enabled:
+            return None
+        user = self._user_of(0, conn.token)
+        return None if isinstance(user, p.ErrorResponse) else user
+
+    def _watch_refusal(self, req: p.Watch, user: str | None) -> p.ErrorResponse | None:
+        auth = self._sm.auth
+        if auth.permits(user, Permission.READ, [_watch_range(req)]):
+            return None
+        who = "an anonymous client" if user is None else f"user {user!r}"
+        return _error(req.id, Code.PERMISSION_DENIED, f"{who} may not read the watched keys")
+
     def _open_watch(self, req: p.Watch, conn: _Connection) -> asyncio.Event | p.ErrorResponse:
-        """Register watch ``req`` on ``conn`` (its wake-up event), or the refusal: an id
-        already open, or a watch limit reached."""
+        """Register watch ``req`` on ``conn`` (its wake-up event), or the refusal: no
+        read permission on its range (auth on), an id already open, or a watch limit
+        reached."""
+        if self._sm.auth.enabled:
+            user = self._user_of(req.id, conn.token)
+            if isinstance(user, p.ErrorResponse):
+                return user
+            refusal = self._watch_refusal(req, user)
+            if refusal is not None:
+                return refusal
         limits = self._conn_limits
         if req.id in conn.watches:
             msg = f"watch id {req.id} is already open on this connection"
@@ -514,15 +596,27 @@ class ClientServer:
         self._watch_wakeups.discard(wake)
         self._watch_count -= 1
 
-    async def _watch(self, req: p.Watch, conn: _Connection, wake: asyncio.Event) -> None:
+    async def _watch(
+        self, req: p.Watch, conn: _Connection, wake: asyncio.Event, user: str | None
+    ) -> None:
         """Stream events to ``conn`` until cancelled, compacted away, or the connection
         ends. Frames hold at most ``max_scan_limit`` events and fit the frame limit. A
         watch whose next frame would pass the connection's ``max_queued_bytes`` (its
-        client is not reading) is cancelled: etcd's slow-watcher treatment."""
+        client is not reading) is cancelled: etcd's slow-watcher treatment. Whenever
+        the auth state changes, ``user``'s permission is checked again: a watcher whose
+        read permission was revoked (or auth came on) gets PERMISSION_DENIED and the
+        stream ends, before any event it may no longer read."""
         next_rev = req.start_revision or self._sm.revision + 1
         first = True
+        checked_at = self._sm.auth.revision
         while conn.watches.get(req.id) is wake:
             wake.clear()
+            if self._sm.auth.revision != checked_at:
+                checked_at = self._sm.auth.revision
+                refusal = self._watch_refusal(req, user)
+                if refusal is not None:
+                    await conn.send(p.encode_response(refusal))
+                    return
             try:
                 events, through = self._sm.events_since(next_rev, req.key, req.end)
             except Compacted as exc:
@@ -644,17 +738,34 @@ class ClientServer:
 
     # ---- requests ------------------------------------------------------------------------
 
-    async def handle(self, req: p.Request) -> p.Response:
-        """One validated request → its response. Never raises (bar cancellation)."""
+    async def handle(self, req: p.Request, token: bytes | None = None) -> p.Response:
+        """One validated request → its response, as the user of ``token`` (the one
+        bound to the request's connection). Never raises (bar cancellation)."""
+        user: str | None = None
+        auth = self._sm.auth
+        if auth.enabled and not _open_to_all(req):
+            who = self._user_of(req.id, token)
+            if isinstance(who, p.ErrorResponse):
+                return who
+            user = who
         try:
             match req:
                 case p.Get() | p.Scan():
                     if req.consistency is Consistency.LINEARIZABLE:
                         await self._engine.read_barrier(self._timeout)
+                    # Checked after the barrier, against an auth state at least as new
+                    # as every change committed before the read began.
+                    if self._sm.auth.enabled and not self._sm.auth.permits(
+                        user, Permission.READ, [_range(req)]
+                    ):
+                        return _denied(req.id, user)
                     return self._read(req)
                 case p.Txn() if req.read_only:
-                    await self._engine.read_barrier(self._timeout)
                     txn = self._bounded_txn(req)
+                    await self._engine.read_barrier(self._timeout)
+                    why = self._sm.auth.denial(user, txn, self._sm.keys_of_lease)
+                    if why is not None:
+                        return _error(req.id, Code.PERMISSION_DENIED, why)
                     return self._fit(_txn_response(req.id, self._sm.read_txn(txn)), True)
                 case (
                     p.Put()
@@ -665,14 +776,26 @@ class ClientServer:
                     | p.LeaseRevoke()
                     | p.SessionOpen()
                     | p.SessionClose()
+                    | p.AuthChange()
                 ):
-                    return await self._write(req)
+                    return await self._write(req, user)
                 case p.LeaseKeepAlive():
                     return await self._lease_keepalive(req)
                 case p.LeaseTimeToLive():
                     return await self._lease_ttl(req)
                 case p.Status():
                     return self._status(req)
+                case p.Authenticate():
+                    # Linearizable, as a read: a user added (or a password changed)
+                    # before the login began is seen, whichever node the client found.
+                    await self._engine.read_barrier(self._timeout)
+                    return await self._authenticate(req)
+                case p.AuthQuery():
+                    if req.op is not p.Op.AUTH_STATUS:  # auth_status: local, like status
+                        await self._engine.read_barrier(self._timeout)
+                    return self._auth_query(req, user)
+                case _ if user is not None and not auth.is_root(user):
+                    return _error(req.id, Code.PERMISSION_DENIED, "admin operations need role root")
                 case p.TransferLeader():
                     return await self._transfer_leader(req)
                 case p.MemberAdd() | p.MemberRemove():
@@ -686,8 +809,8 @@ class ClientServer:
                     return self._alarms(req.id)
                 case p.AlarmDisarm():
                     return await self._alarm_disarm(req)
-                case p.Watch() | p.WatchCancel():  # streams are served by _answer
-                    return _error(req.id, Code.BAD_REQUEST, "watch needs a connection")
+                case p.Watch() | p.WatchCancel() | p.AuthToken():  # served by _answer
+                    return _error(req.id, Code.BAD_REQUEST, "this op needs a connection")
         except NotLeader as exc:
             return self._not_leader(req.id, exc.leader)
         except ProposalDropped as exc:
@@ -699,6 +822,63 @@ class ClientServer:
         except Exception as exc:
             log.exception("request %r failed", req)
             return _error(req.id, Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    # ---- auth ------------------------------------------------------------------------
+
+    def _user_of(self, rid: int, token: bytes | None) -> str | p.ErrorResponse:
+        """The user ``token`` authenticates (auth is on), or the refusal."""
+        if token is None:
+            return _error(rid, Code.AUTH_REQUIRED, "authentication is on: authenticate first")
+        now_ms = time.time_ns() // 1_000_000  # tokens are issued by the wall clock too
+        try:
+            return self._sm.auth.check_token(token, now_ms, int(self._conn_limits.token_ttl * 1000))
+        except AuthBehind as exc:  # a lagging node: definite, retry (another node)
+            return _error(rid, Code.UNAVAILABLE, str(exc))
+        except AuthError as exc:
+            return _error(rid, Code.AUTH_FAILED, str(exc))
+
+    async def _authenticate(self, req: p.Authenticate) -> p.Response:
+        """Check the password (scrypt, off the event loop, a few at a time) and issue
+        a token. A wrong user name costs the same as a wrong password, and both get the
+        same answer."""
+        if not self._sm.auth.enabled:
+            return _error(req.id, Code.FAILED_PRECONDITION, "authentication is not enabled")
+        found = self._sm.auth.users.get(req.user)
+        async with self._login_slots:
+            h = _DUMMY_HASH if found is None else found.password
+            ok = await asyncio.to_thread(verify_password, req.password, h)
+        auth = self._sm.auth  # it may have changed while the hash was computed
+        if not ok or found is None or auth.users.get(req.user) is not found or not auth.enabled:
+            return _error(req.id, Code.AUTH_FAILED, "wrong user name or password")
+        token = auth.issue_token(req.user, time.time_ns() // 1_000_000)
+        return p.TokenResponse(id=req.id, token=token)
+
+    def _auth_query(self, req: p.AuthQuery, user: str | None) -> p.Response:
+        """Users and roles as this node has applied them; root only once auth is on."""
+        auth = self._sm.auth
+        if auth.enabled and req.op is not p.Op.AUTH_STATUS and not auth.is_root(user):
+            return _error(req.id, Code.PERMISSION_DENIED, "reading users and roles needs role root")
+        match req.op:
+            case p.Op.AUTH_STATUS:
+                return p.AuthStatusResponse(id=req.id, enabled=auth.enabled, revision=auth.revision)
+            case p.Op.USER_LIST:
+                return p.NamesResponse(id=req.id, names=tuple(sorted(auth.users)))
+            case p.Op.ROLE_LIST:
+                return p.NamesResponse(id=req.id, names=tuple(sorted({*auth.roles, ROOT})))
+            case p.Op.USER_GET:
+                assert req.name is not None
+                u = auth.users.get(req.name)
+                if u is None:
+                    return _error(req.id, Code.NOT_FOUND, f"user {req.name!r} not found")
+                return p.UserResponse(id=req.id, name=req.name, roles=tuple(sorted(u.roles)))
+        assert req.name is not None
+        if req.name == ROOT:  # it grants everything, with no permissions of its own
+            return p.RoleResponse(id=req.id, name=ROOT, permissions=(("readwrite", b""),))
+        r = auth.roles.get(req.name)
+        if r is None:
+            return _error(req.id, Code.NOT_FOUND, f"role {req.name!r} not found")
+        perms = tuple((p.PERMISSION_OF[perm], prefix) for prefix, perm in r.perms)
+        return p.RoleResponse(id=req.id, name=req.name, permissions=perms)
 
     def _read(self, req: p.Get | p.Scan) -> p.Response:
         revision = self._sm.revision
@@ -733,11 +913,16 @@ class ClientServer:
         | p.LeaseGrant
         | p.LeaseRevoke
         | p.SessionOpen
-        | p.SessionClose,
+        | p.SessionClose
+        | p.AuthChange,
+        user: str | None,
     ) -> p.Response:
         s = req.session
         assert s is not None, "the protocol gives every writing request a session"
-        header = Header(s.client, s.seq, s.ack)
+        auth = self._sm.auth
+        # The revision the checks below are made at (the state machine re-checks the
+        # command if the auth state has moved on by the time it applies).
+        header = Header(s.client, s.seq, s.ack, user=user, auth_revision=auth.revision)
         cmd: Command
         match req:
             case p.Put():
@@ -756,6 +941,14 @@ class ClientServer:
                 cmd = OpenSession()
             case p.SessionClose():
                 cmd = CloseSession()
+            case p.AuthChange():
+                cmd = await _auth_command(req)
+        if self._sm.auth.enabled:
+            # Against the state now (a password hash may have taken a while); if that is
+            # newer than the header's revision, the state machine re-checks at apply.
+            refused = self._refusal(req, user, cmd)
+            if refused is not None:
+                return refused
         growth = write_growth(cmd)
         if growth and self._sm.data_bytes + growth > self._quota:
             await self._raise_nospace()
@@ -808,6 +1001,17 @@ class ClientServer:
 
     def _alarms(self, rid: int) -> p.AlarmsResponse:
         return p.AlarmsResponse(id=rid, alarms=_alarm_infos(self._sm.alarms()))
+
+    def _refusal(self, req: p.Request, user: str | None, cmd: Command) -> p.ErrorResponse | None:
+        """PERMISSION_DENIED if ``user`` may not send ``cmd`` (the state machine's own
+        rule, kvstore/auth.py), or the session is another user's (issue 11)."""
+        why = self._sm.auth.denial(user, cmd, self._sm.keys_of_lease)
+        if why is None:
+            session = getattr(req, "session", None)
+            is_open, owner = self._sm.session_user(session.client) if session else (False, None)
+            if is_open and owner != user:
+                why = "the session belongs to another user"
+        return None if why is None else _error(req.id, Code.PERMISSION_DENIED, why)
 
     def _bounded_txn(self, req: p.Txn) -> Txn:
         """The txn with every range limited to ``max_scan_limit`` keys (as a scan is), so
@@ -967,6 +1171,54 @@ def _alarm_infos(alarms: list[Alarm]) -> tuple[p.AlarmInfo, ...]:
     )
 
 
+def _denied(rid: int, user: str | None) -> p.ErrorResponse:
+    who = "an anonymous client" if user is None else f"user {user!r}"
+    return _error(rid, Code.PERMISSION_DENIED, f"{who} may not read every key asked for")
+
+
+def _range(req: p.Get | p.Scan) -> tuple[bytes, bytes | None]:
+    if isinstance(req, p.Get):
+        return key_range(req.key)
+    return key_range(req.start, req.end, unbounded=req.end is None)
+
+
+def _watch_range(req: p.Watch) -> tuple[bytes, bytes | None]:
+    return key_range(req.key, req.end)
+
+
+async def _auth_command(req: p.AuthChange) -> Command:
+    """The command for an auth change: a password is hashed here, off the event loop,
+    with a fresh salt; ``auth_enable`` draws the token key. Neither is in the digest
+    (commands.command_digest), so a retry is the same request."""
+    match req.op:
+        case p.Op.AUTH_ENABLE:
+            return AuthEnable(os.urandom(TOKEN_KEY_BYTES))
+        case p.Op.AUTH_DISABLE:
+            return AuthDisable()
+        case p.Op.USER_ADD | p.Op.USER_PASSWD:
+            assert req.name is not None and req.password is not None
+            h = await asyncio.to_thread(hash_password, req.password)
+            cls = UserAdd if req.op is p.Op.USER_ADD else UserChangePassword
+            return cls(req.name, h)
+    assert req.name is not None
+    match req.op:
+        case p.Op.USER_DELETE:
+            return UserDelete(req.name)
+        case p.Op.USER_GRANT_ROLE | p.Op.USER_REVOKE_ROLE:
+            assert req.role is not None
+            role_cls = UserGrantRole if req.op is p.Op.USER_GRANT_ROLE else UserRevokeRole
+            return role_cls(req.name, req.role)
+        case p.Op.ROLE_ADD:
+            return RoleAdd(req.name)
+        case p.Op.ROLE_DELETE:
+            return RoleDelete(req.name)
+        case p.Op.ROLE_GRANT_PERMISSION:
+            assert req.perm is not None and req.prefix is not None
+            return RoleGrantPermission(req.name, req.perm, req.prefix)
+    assert req.prefix is not None
+    return RoleRevokePermission(req.name, req.prefix)
+
+
 def _opt_kv(kv: StoredKV | None) -> p.KeyValue | None:
     return None if kv is None else _kv(kv)
 
@@ -1027,6 +1279,10 @@ def _write_response(rid: int, r: Result) -> p.Response:
             return _error(rid, Code.SEQ_REUSED, r.message or "seq reused by another command")
         case ResultCode.NOSPACE:
             return _error(rid, Code.NOSPACE, r.message or "NOSPACE alarm raised")
+        case ResultCode.PERMISSION_DENIED:
+            return _error(rid, Code.PERMISSION_DENIED, r.message or "permission denied")
+        case ResultCode.FAILED_PRECONDITION:
+            return _error(rid, Code.FAILED_PRECONDITION, r.message)
     # BAD_COMMAND: we proposed bytes the state machine could not decode: our bug.
     log.error("state machine rejected our command: %s %s", r.code.name, r.message)
     return _error(rid, Code.INTERNAL, f"{r.code.name}: {r.message}")

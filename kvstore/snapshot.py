@@ -40,8 +40,10 @@ __all__ = ["CHUNK_ROWS", "SNAPSHOT_FORMAT_VERSION", "SnapshotCapture"]
 SNAPSHOT_FORMAT_VERSION = 5
 """2: leases, lease on keys, event history; 3: digests, ended ids; 4: sessions in LRU
 order by the log (issue 9), each still with its last activity by the old formats'
-clock; 5: format 4 plus a trailing map of named sections (``"alarms"``, issue 11), so
-a new kind of state is a new section rather than a new format."""
+clock; 5: format 4 plus a trailing map of named sections, so a new kind of state is a
+new section rather than a new format: ``"alarms"`` (the raised alarms) and ``"auth"``
+(users, roles, the auth flag, revision and token key, and the user of each session
+opened by one). Formats up to 4 restore with every section empty."""
 
 CHUNK_ROWS = 1024
 """Rows packed per msgpack call: small enough that the encoder lets go of the GIL often."""
@@ -54,6 +56,7 @@ class SnapshotCapture:
     __slots__ = (
         "_alarms",
         "_applied",
+        "_auth",
         "_clock",
         "_ended",
         "_leases",
@@ -76,7 +79,9 @@ class SnapshotCapture:
         leases: list[tuple[int, Any]],
         next_lease_id: int,
         ended: list[bytes],
-        alarms: frozenset[Alarm] = frozenset(),
+        alarms: frozenset[Alarm],
+        # AuthState.to_obj() at the capture (a fresh container of immutable values).
+        auth: dict[str, Any],
     ) -> None:
         self._applied = applied
         self._clock = clock_ms
@@ -86,6 +91,7 @@ class SnapshotCapture:
         self._next_lease = next_lease_id
         self._ended = ended  # ids of ended sessions, oldest first (a copy)
         self._alarms = alarms  # immutable
+        self._auth = auth
 
     def __call__(self) -> bytes:
         try:
@@ -96,10 +102,11 @@ class SnapshotCapture:
     def parts(self) -> Iterator[bytes | memoryview]:
         """The snapshot bytes, piece by piece: ``[format, applied_index, clock_ms,
         [revision, kvs, compacted, events], sessions, leases, next_lease_id, ended,
-        sections]``, sessions least recently active first (results by seq), leases by id
-        and ended session ids oldest first, and ``sections`` a map of every named
-        section (``{"alarms": [[type, member], ...]}``, sorted), so equal states give
-        equal bytes on every replica."""
+        sections]``, sessions least recently active first (results by seq), leases by
+        id and ended session ids oldest first, and ``sections`` a map of every named
+        section: ``"alarms"``, ``[[type, member], ...]`` sorted; ``"auth"``, the auth
+        state with ``"sessions"``, ``[client_id, user]`` of each session a user opened;
+        so equal states give equal bytes on every replica."""
         packer = msgpack.Packer(use_bin_type=True)
         store = self._store
         yield packer.pack_array_header(9)
@@ -119,7 +126,12 @@ class SnapshotCapture:
         yield from _pack_array(packer, len(leases), _chunks(rows))
         yield packer.pack(self._next_lease)
         yield from _pack_array(packer, len(self._ended), _chunks(iter(self._ended)))
-        yield packer.pack({"alarms": alarms_section(self._alarms)})
+        owners = [[cid, s.user] for cid, s in self._sessions if s.user is not None]
+        sections = {
+            "alarms": alarms_section(self._alarms),
+            "auth": {**self._auth, "sessions": owners},
+        }
+        yield packer.pack(sections)
 
 
 def _session_obj(item: tuple[bytes, Any]) -> list[Any]:

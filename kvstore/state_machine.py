@@ -86,7 +86,10 @@ from typing import Any, Protocol
 import msgpack  # type: ignore[import-untyped]  # no stubs upstream
 from sortedcontainers import SortedList  # type: ignore[import-untyped]  # no stubs upstream
 
+from kvstore.auth import AuthError, AuthState, NotFoundError, session_owners_from_obj
 from kvstore.commands import (
+    AUTH_COMMANDS,
+    AUTH_FORMATS,
     CLIENT_ID_LEN,
     CLOCKED_FORMATS,
     AlarmType,
@@ -155,6 +158,8 @@ class ResultCode(enum.IntEnum):
     LEASE_NOT_FOUND = 6  # a Txn put names a lease that does not exist: nothing changed
     SEQ_REUSED = 7  # a cached seq retried with another command: nothing changed
     NOSPACE = 8  # a NOSPACE alarm is raised and the command could grow the data: nothing changed
+    PERMISSION_DENIED = 9  # auth on, and the user may not do this: nothing changed
+    FAILED_PRECONDITION = 10  # an auth change the auth state refuses: nothing changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +247,9 @@ class _Session:
     # command_digest of the request each cached seq answered (absent: restored from a
     # format-2 snapshot, which did not keep it; such a result answers any retry).
     digests: dict[int, int] = field(default_factory=dict)
+    # The user whose OpenSession created it (None: opened without authentication).
+    # While auth is on, only that user's requests may use the session.
+    user: str | None = None
 
     def acknowledge(self, ack_seq: int) -> None:
         """The client has every answer up to ``ack_seq``: forget them (§6.3)."""
@@ -307,6 +315,7 @@ class KVStateMachine:
         self._next_lease_id = 1
         self._listeners: list[Callable[[], None]] = []
         self._lease_observer: LeaseObserver | None = None
+        self._auth = AuthState()
         self._validated: tuple[bytes, Any] | None = None  # see validate()
         self._epoch = 0  # snapshot captures so far: see _Session.epoch
         # Raised alarms (replaced, never changed: a snapshot capture may hold it).
@@ -348,6 +357,21 @@ class KVStateMachine:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    @property
+    def auth(self) -> AuthState:
+        """The replicated auth state, for reading (the server's checks); it changes only
+        by applied commands."""
+        return self._auth
+
+    def session_user(self, client_id: bytes) -> tuple[bool, str | None]:
+        """(whether session ``client_id`` is open, the user who opened it)."""
+        session = self._sessions.get(client_id)
+        return (False, None) if session is None else (True, session.user)
+
+    def keys_of_lease(self, lease: int) -> list[bytes]:
+        """The keys attached to ``lease``, in key order."""
+        return self._store.keys_of_lease(lease)
 
     def get(self, key: bytes) -> KeyValue | None:
         return self._store.get(key)
@@ -445,7 +469,11 @@ class KVStateMachine:
                 return self._result(
                     ResultCode.SESSION_EXPIRED, message="session ended: open a new one"
                 )
+            why = self._recheck(header, cmd)
+            if why is not None:  # no session is opened for a user refused meanwhile
+                return self._result(ResultCode.PERMISSION_DENIED, message=why)
             session = self._open_session(client_id, clocked)
+            session.user = header.user
         else:
             session = self._own_session(client_id, session)
             self._sessions.move_to_end(client_id)
@@ -453,6 +481,12 @@ class KVStateMachine:
                 self._activity.remove((session.last_active_ms, client_id))
                 session.last_active_ms = self._clock_ms
                 self._activity.add((session.last_active_ms, client_id))
+        auth = self._auth
+        if auth.enabled and session.user != header.user:
+            # Another user's client id (issue 11): refused, the session untouched.
+            return self._result(
+                ResultCode.PERMISSION_DENIED, message="the session belongs to another user"
+            )
         if isinstance(cmd, CloseSession):
             self._end_session(client_id)
             return self._result(ResultCode.OK)
@@ -467,6 +501,12 @@ class KVStateMachine:
             return cached
         if seq <= session.floor:
             return self._result(ResultCode.STALE_SEQ, message=f"seq {seq} <= floor {session.floor}")
+        why = self._recheck(header, cmd)
+        if why is not None:
+            # Cached like any result: a retry gets the same definite refusal.
+            result = self._result(ResultCode.PERMISSION_DENIED, message=why)
+            session.remember(seq, result, digest, self.max_results_per_session)
+            return result
         result = self._execute(cmd, clocked)
         session.remember(seq, result, digest, self.max_results_per_session)
         return result
@@ -478,6 +518,19 @@ class KVStateMachine:
             self._alarms = frozenset(a for a in self._alarms if a[0] is not cmd.alarm)
         self._nospace = any(kind is AlarmType.NOSPACE for kind, _ in self._alarms)
         return self._result(ResultCode.OK)
+
+    def _recheck(self, header: Header, cmd: Command) -> str | None:
+        """Why ``cmd`` may not apply (None: it may). The proposer checked it against
+        auth revision ``header.auth_revision``; only if the auth state has changed
+        since is it checked again (etcd's rule), so a permission revoked while the
+        request was in flight is enforced. A command of a format without a user
+        (older nodes) counts as unauthenticated once auth is on."""
+        auth = self._auth
+        if not auth.enabled:
+            return None
+        if header.format in AUTH_FORMATS and header.auth_revision >= auth.revision:
+            return None
+        return auth.denial(header.user, cmd, self.keys_of_lease)
 
     def _execute(self, cmd: Command, clocked: bool) -> Result:
         """Run a data command; ``clocked``: it is of format 1 or 2 (old lease rules)."""
@@ -516,6 +569,14 @@ class KVStateMachine:
                 return self._result(ResultCode.OK, data=[lease, entry.ttl_ms])
             case LeaseRevoke(lease):
                 return self._revoke_if_present(lease)
+            case _ if isinstance(cmd, AUTH_COMMANDS):
+                try:
+                    self._auth.apply(cmd)
+                except NotFoundError as exc:
+                    return self._result(ResultCode.NOT_FOUND, message=str(exc))
+                except AuthError as exc:
+                    return self._result(ResultCode.FAILED_PRECONDITION, message=str(exc))
+                return self._result(ResultCode.OK)
         raise InvariantViolation(f"unhandled command {cmd!r}")  # pragma: no cover
 
     def _txn(self, txn: Txn, batch: WriteBatch | None) -> Result:
@@ -629,6 +690,7 @@ class KVStateMachine:
             dict(session.results),
             self._epoch,
             dict(session.digests),
+            session.user,
         )
         self._sessions[client_id] = own
         return own
@@ -667,6 +729,7 @@ class KVStateMachine:
             next_lease_id=self._next_lease_id,
             ended=list(self._ended),
             alarms=self._alarms,
+            auth=self._auth.to_obj(),
         )
 
     def validate(self, data: bytes, index: Index | None = None) -> None:
@@ -688,8 +751,9 @@ class KVStateMachine:
             decoded = validated[1]
         else:
             decoded = self._decode(data)
-        applied, clock, store, sessions, ended, leases, next_lease, alarms = decoded
+        applied, clock, store, sessions, ended, leases, next_lease, alarms, auth = decoded
         self._store = store
+        self._auth = auth
         self._applied_index = applied
         self._clock_ms = clock
         self._sessions = sessions
@@ -708,8 +772,9 @@ class KVStateMachine:
 
     def _decode(self, data: bytes) -> Any:
         """Snapshot bytes → (applied, clock, store, sessions, ended, leases, next lease
-        id, alarms), all new objects; SnapshotError on anything that is not our format.
-        Format 5 is format 4 plus a map of named sections (:func:`_decode_sections`)."""
+        id, alarms, auth state), all new objects; SnapshotError on anything that is not
+        our format. Format 5 is format 4 plus a map of named sections
+        (:func:`_decode_sections`); sessions carry the user who opened them (``auth``)."""
         try:
             obj = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
             version, sections = obj[0], {}
@@ -733,12 +798,12 @@ class KVStateMachine:
             sessions = self._decode_sessions(rows, version, clock)
             leases = _decode_leases(lease_rows, next_lease)
             ended = self._decode_ended(ended_rows, sessions)
-            alarms = _decode_sections(sections)
+            alarms, auth = _decode_sections(sections, sessions)
         except SnapshotError:
             raise
         except Exception as exc:  # any shape mismatch in our own format
             raise SnapshotError(f"bad snapshot: {exc}") from exc
-        return applied, clock, store, sessions, ended, leases, next_lease, alarms
+        return applied, clock, store, sessions, ended, leases, next_lease, alarms, auth
 
     def _decode_ended(
         self, rows: Any, sessions: OrderedDict[bytes, _Session]
@@ -787,19 +852,33 @@ class KVStateMachine:
         return sessions
 
 
-SNAPSHOT_SECTIONS = frozenset({"alarms"})
+SNAPSHOT_SECTIONS = frozenset({"alarms", "auth"})
 """The named sections format 5 may carry; each absent one is empty state."""
 
 
-def _decode_sections(sections: Any) -> frozenset[Alarm]:
+def _decode_sections(
+    sections: Any, sessions: OrderedDict[bytes, _Session]
+) -> tuple[frozenset[Alarm], AuthState]:
     """Format 5's trailing map of named sections; an unknown name is refused (it is
-    state this release cannot hold, and dropping it would silently change the state)."""
+    state this release cannot hold, and dropping it would silently change the state).
+    Sets the user of each session a user opened."""
     if type(sections) is not dict:
         raise ValueError("snapshot sections must be a map")
     unknown = sections.keys() - SNAPSHOT_SECTIONS
     if unknown:
         raise ValueError(f"unknown snapshot section(s) {sorted(map(repr, unknown))}")
-    return decode_alarms_section(sections.get("alarms", ()))
+    alarms = decode_alarms_section(sections.get("alarms", ()))
+    section = sections.get("auth")
+    if section is None:
+        return alarms, AuthState()
+    if type(section) is not dict:
+        raise ValueError("auth section must be a map")
+    section = dict(section)
+    owners = session_owners_from_obj(section.pop("sessions", ()), sessions)
+    auth = AuthState.from_obj(section)
+    for cid, user in owners.items():
+        sessions[cid].user = user
+    return alarms, auth
 
 
 def _lru(row: tuple[Any, ...]) -> tuple[int, bytes]:

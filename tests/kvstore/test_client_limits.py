@@ -155,10 +155,10 @@ def test_a_pipelining_client_that_does_not_read_is_not_read() -> None:
                 served = 0
                 real = n1.server.handle
 
-                async def counting(req: p.Request) -> p.Response:
+                async def counting(req: p.Request, token: bytes | None = None) -> p.Response:
                     nonlocal served
                     served += 1
-                    return await real(req)
+                    return await real(req, token)
 
                 n1.server.handle = counting  # type: ignore[method-assign]
                 r, w = await raw_connect(n1)

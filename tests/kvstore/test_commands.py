@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvstore.commands import (
+    AUTH_COMMANDS,
     CLIENT_ID_LEN,
     COMMAND_TAGS,
     FORMAT_VERSION,
@@ -21,6 +22,8 @@ from kvstore.commands import (
     MAX_TXN_OPS,
     MAX_VALUE_LEN,
     AlarmType,
+    AuthDisable,
+    AuthEnable,
     Cas,
     CloseSession,
     Command,
@@ -38,16 +41,27 @@ from kvstore.commands import (
     LeaseRevoke,
     Noop,
     OpenSession,
+    Permission,
     Put,
     PutOp,
     RaiseAlarm,
     RangeOp,
+    RoleAdd,
+    RoleDelete,
+    RoleGrantPermission,
+    RoleRevokePermission,
     Tick,
     Txn,
+    UserAdd,
+    UserChangePassword,
+    UserDelete,
+    UserGrantRole,
+    UserRevokeRole,
     command_digest,
     decode_command,
     encode_command,
 )
+from kvstore.password import PasswordHash
 from tests.kvstore.txn_strategies import one_write_per_key
 
 keys = st.binary(min_size=1, max_size=64)
@@ -57,11 +71,14 @@ ints = st.integers(min_value=0, max_value=MAX_INT - 1)
 
 @st.composite
 def headers(draw: st.DrawFn, fmt: int = FORMAT_VERSION) -> Header:
-    """A header of command format ``fmt``: formats 1 and 2 carry a clock, 3 none."""
+    """A header of command format ``fmt``: formats 1 and 2 carry a clock, 3 none, 4 a
+    user and an auth revision."""
     seq = draw(st.integers(min_value=1, max_value=MAX_INT - 1))
     ack = draw(st.integers(min_value=0, max_value=seq - 1))
     cid = draw(st.binary(min_size=CLIENT_ID_LEN, max_size=CLIENT_ID_LEN))
-    return Header(cid, seq, ack, draw(ints) if fmt < 3 else 0, fmt)
+    if fmt < 4:
+        return Header(cid, seq, ack, draw(ints) if fmt < 3 else 0, fmt)
+    return Header(cid, seq, ack, 0, fmt, draw(st.none() | names), draw(ints))
 
 
 cas = st.builds(Cas, keys, st.none() | values, st.none() | ints, values).filter(
@@ -78,6 +95,28 @@ write_ops = st.builds(PutOp, keys, values, ints) | st.builds(DeleteOp, keys)
 branches = st.lists(range_ops | write_ops, max_size=6).map(one_write_per_key)
 txns = st.builds(Txn, st.lists(compares, max_size=4).map(tuple), branches, branches)
 leases = st.integers(min_value=1, max_value=MAX_INT - 1)
+names = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=20)
+hashes = st.builds(
+    PasswordHash,
+    st.binary(min_size=16, max_size=64),
+    st.integers(10, 20),
+    st.integers(1, 16),
+    st.integers(1, 4),
+    st.binary(min_size=32, max_size=64),
+)
+auth_commands: st.SearchStrategy[Command] = st.one_of(
+    st.builds(AuthEnable, st.binary(min_size=32, max_size=64)),
+    st.just(AuthDisable()),
+    st.builds(UserAdd, names, hashes),
+    st.builds(UserDelete, names),
+    st.builds(UserChangePassword, names, hashes),
+    st.builds(UserGrantRole, names, names),
+    st.builds(UserRevokeRole, names, names),
+    st.builds(RoleAdd, names),
+    st.builds(RoleDelete, names),
+    st.builds(RoleGrantPermission, names, st.sampled_from(Permission), st.binary(max_size=64)),
+    st.builds(RoleRevokePermission, names, st.binary(max_size=64)),
+)
 commands: st.SearchStrategy[Command] = st.one_of(
     st.just(Noop()),
     st.just(OpenSession()),
@@ -91,10 +130,11 @@ commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(ExpireLease, leases),
     st.builds(RaiseAlarm, st.sampled_from(AlarmType), st.binary(min_size=1, max_size=255)),
     st.builds(DisarmAlarm, st.sampled_from(AlarmType)),
+    auth_commands,
 )
 """Commands of the current format."""
 old_commands: st.SearchStrategy[Command] = commands.filter(
-    lambda c: not isinstance(c, (ExpireLease, RaiseAlarm, DisarmAlarm))
+    lambda c: not isinstance(c, (ExpireLease, RaiseAlarm, DisarmAlarm, *AUTH_COMMANDS))
 ) | st.sampled_from([Tick(), LeaseKeepAlive(1), LeaseKeepAlive(MAX_INT - 1)])
 """Commands of formats 1 and 2."""
 any_format = st.tuples(headers(), commands) | st.tuples(
@@ -109,7 +149,7 @@ def raw(*items: object) -> bytes:
     return data
 
 
-HDR = [H.client_id, 1, 0]
+HDR = [H.client_id, 1, 0, None, 0]
 
 
 @given(any_format)
@@ -133,11 +173,65 @@ def test_format_3_has_no_clock_tick_or_replicated_keepalive() -> None:
     """Issue 9: no replicated decision reads a clock, so the current format has none."""
     with pytest.raises(CommandError, match="carries no clock"):
         encode_command(Header(b"c" * CLIENT_ID_LEN, 1, 0, 5), Noop())
-    for cmd in (Tick(), LeaseKeepAlive(1)):
-        with pytest.raises(CommandError, match="does not exist in command format 3"):
-            encode_command(H, cmd)
+    for fmt in (3, 4):
+        for cmd in (Tick(), LeaseKeepAlive(1)):
+            with pytest.raises(CommandError, match=f"does not exist in command format {fmt}"):
+                encode_command(Header(H.client_id, 1, 0, 0, fmt), cmd)
     with pytest.raises(CommandError, match="header"):
-        decode_command(raw(3, 0, [*HDR, 0]))
+        decode_command(raw(3, 0, [*HDR[:3], 0]))
+
+
+def test_format_4_names_the_user_and_older_formats_cannot() -> None:
+    alice = Header(H.client_id, 3, 1, user="alice", auth_revision=7)
+    assert decode_command(encode_command(alice, Put(b"k", b"v"))) == (alice, Put(b"k", b"v"))
+    with pytest.raises(CommandError, match="carries no user"):
+        encode_command(Header(H.client_id, 1, 0, 0, 3, "alice"), Noop())
+    for bad_user in (b"", b"\xff", b"a\nb", b"x" * 257, 5):
+        with pytest.raises(CommandError, match="user"):
+            decode_command(raw(4, 0, [H.client_id, 1, 0, bad_user, 0]))
+    with pytest.raises(CommandError, match="max_str_len"):  # names travel as bytes
+        decode_command(raw(4, 0, [H.client_id, 1, 0, "alice", 0]))
+    with pytest.raises(CommandError, match="auth_revision"):
+        decode_command(raw(4, 0, [H.client_id, 1, 0, None, -1]))
+    with pytest.raises(CommandError, match="header"):
+        decode_command(raw(4, 0, [H.client_id, 1, 0]))  # a format-3 header
+
+
+@pytest.mark.parametrize("fmt", [1, 2, 3])
+def test_auth_commands_exist_only_in_format_4(fmt: int) -> None:
+    with pytest.raises(CommandError, match="does not exist in command format"):
+        encode_command(Header(H.client_id, 1, 0, 0, fmt), RoleAdd("r"))
+
+
+@pytest.mark.parametrize(
+    ("tag", "args", "match"),
+    [
+        (12, [b"short"], "token_key"),
+        (14, [b"u", [b"s" * 16, 30, 8, 1, b"h" * 32]], "log_n"),  # 2**30: a gigabyte a login
+        (14, [b"u", [b"s" * 4, 14, 8, 1, b"h" * 32]], "salt"),
+        (14, [b"u", [b"s" * 16, 14, 8, 1]], "password hash"),
+        (15, [b""], "name"),
+        (17, [b"u", b"\x00"], "role"),
+        (21, [b"r", 4, b"k"], "permission"),
+        (21, [b"r", True, b"k"], "permission"),
+        (22, [b"r", b"k" * (MAX_KEY_LEN + 1)], "prefix"),
+    ],
+)
+def test_bad_auth_commands_are_refused(tag: int, args: list[object], match: str) -> None:
+    with pytest.raises(CommandError, match=match):
+        decode_command(raw(4, tag, HDR, *args))
+
+
+def test_the_digest_leaves_out_what_the_proposer_draws_afresh() -> None:
+    """A retried user_add is hashed again with a new salt, a retried auth_enable draws
+    a new key: still the same request for the session's seq check."""
+    h1 = PasswordHash(b"a" * 16, 14, 8, 1, b"x" * 32)
+    h2 = PasswordHash(b"b" * 16, 14, 8, 1, b"y" * 32)
+    assert command_digest(UserAdd("u", h1)) == command_digest(UserAdd("u", h2))
+    assert command_digest(UserAdd("u", h1)) != command_digest(UserAdd("v", h1))
+    assert command_digest(UserAdd("u", h1)) != command_digest(UserChangePassword("u", h1))
+    assert command_digest(AuthEnable(b"k" * 32)) == command_digest(AuthEnable(b"j" * 32))
+    assert command_digest(RoleAdd("r")) != command_digest(RoleDelete("r"))
 
 
 @given(headers(), commands)
@@ -162,17 +256,29 @@ def test_tags_are_explicit() -> None:
         OpenSession: 9,
         CloseSession: 10,
         ExpireLease: 11,
+        AuthEnable: 12,
+        AuthDisable: 13,
+        UserAdd: 14,
+        UserDelete: 15,
+        UserChangePassword: 16,
+        UserGrantRole: 17,
+        UserRevokeRole: 18,
+        RoleAdd: 19,
+        RoleDelete: 20,
+        RoleGrantPermission: 21,
+        RoleRevokePermission: 22,
         RaiseAlarm: 25,
         DisarmAlarm: 26,
     } == COMMAND_TAGS
-    for unused in (27, 28, 29):  # reserved for more alarm commands
+    for unused in (23, 24, 27, 28, 29):  # free (24 and below: auth; 27-29: alarms)
         with pytest.raises(CommandError, match="tag"):
             decode_command(raw(FORMAT_VERSION, unused, HDR))
 
 
-def test_alarm_commands_are_validated_and_exist_only_in_format_3() -> None:
-    assert decode_command(raw(3, 25, HDR, 1, b"n1")) == (H, RaiseAlarm(AlarmType.NOSPACE, b"n1"))
-    assert decode_command(raw(3, 26, HDR, 1)) == (H, DisarmAlarm(AlarmType.NOSPACE))
+def test_alarm_commands_are_validated_and_exist_from_format_3_on() -> None:
+    raised = RaiseAlarm(AlarmType.NOSPACE, b"n1")
+    assert decode_command(raw(FORMAT_VERSION, 25, HDR, 1, b"n1")) == (H, raised)
+    assert decode_command(raw(FORMAT_VERSION, 26, HDR, 1)) == (H, DisarmAlarm(AlarmType.NOSPACE))
     for args, match in [
         ((0, b"n1"), "bad alarm"),  # etcd's NONE is not an alarm
         ((2, b"n1"), "bad alarm"),  # not one this release knows
@@ -183,9 +289,11 @@ def test_alarm_commands_are_validated_and_exist_only_in_format_3() -> None:
         ((1,), "takes 2 arguments"),
     ]:
         with pytest.raises(CommandError, match=match):
-            decode_command(raw(3, 25, HDR, *args))
+            decode_command(raw(FORMAT_VERSION, 25, HDR, *args))
     with pytest.raises(CommandError, match="bad alarm"):
-        decode_command(raw(3, 26, HDR, 3))
+        decode_command(raw(FORMAT_VERSION, 26, HDR, 3))
+    h3 = Header(H.client_id, 1, 0, 0, 3)
+    assert decode_command(raw(3, 26, HDR[:3], 1)) == (h3, DisarmAlarm(AlarmType.NOSPACE))
     old = Header(b"c" * CLIENT_ID_LEN, 1, 0, 7, 2)
     with pytest.raises(CommandError, match="does not exist in command format 2"):
         encode_command(old, DisarmAlarm(AlarmType.NOSPACE))
@@ -317,7 +425,7 @@ def test_invalid_headers_rejected(header: Header) -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (raw(4, 1, HDR, b"k", b"v"), "format version"),
+        (raw(5, 1, HDR, b"k", b"v"), "format version"),
         (raw(True, 1, HDR, b"k", b"v"), "format version"),
         (raw(1, 99, HDR), "tag"),
         (raw(1, 1, HDR, b"k"), "Put takes 2"),

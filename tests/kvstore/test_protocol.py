@@ -127,6 +127,65 @@ requests = st.one_of(
     st.builds(p.MemberList, id=rid),
     st.builds(p.AlarmList, id=rid),
     st.builds(p.AlarmDisarm, id=rid, alarm=st.none() | st.sampled_from(AlarmType)),
+    st.builds(
+        p.Authenticate,
+        id=rid,
+        user=st.sampled_from(["root", "ü"]),
+        password=st.text(min_size=1, max_size=20),
+    ),
+    st.builds(p.AuthToken, id=rid, token=st.binary(min_size=1, max_size=p.MAX_TOKEN_BYTES)),
+    st.builds(
+        p.AuthQuery, id=rid, op=st.sampled_from([Op.AUTH_STATUS, Op.USER_LIST, Op.ROLE_LIST])
+    ),
+    st.builds(
+        p.AuthQuery, id=rid, op=st.sampled_from([Op.USER_GET, Op.ROLE_GET]), name=st.just("r")
+    ),
+    st.builds(
+        p.AuthChange,
+        id=rid,
+        op=st.sampled_from([Op.AUTH_ENABLE, Op.AUTH_DISABLE]),
+        session=sessions(),
+    ),
+    st.builds(
+        p.AuthChange,
+        id=rid,
+        op=st.sampled_from([Op.USER_ADD, Op.USER_PASSWD]),
+        session=sessions(),
+        name=st.just("u"),
+        password=st.text(min_size=1, max_size=20),
+    ),
+    st.builds(
+        p.AuthChange,
+        id=rid,
+        op=st.sampled_from([Op.USER_DELETE, Op.ROLE_ADD, Op.ROLE_DELETE]),
+        session=sessions(),
+        name=st.just("u"),
+    ),
+    st.builds(
+        p.AuthChange,
+        id=rid,
+        op=st.sampled_from([Op.USER_GRANT_ROLE, Op.USER_REVOKE_ROLE]),
+        session=sessions(),
+        name=st.just("u"),
+        role=st.just("r"),
+    ),
+    st.builds(
+        p.AuthChange,
+        id=rid,
+        op=st.just(Op.ROLE_GRANT_PERMISSION),
+        session=sessions(),
+        name=st.just("r"),
+        perm=st.sampled_from(list(p.PERMISSION_OF)),
+        prefix=st.binary(max_size=8),
+    ),
+    st.builds(
+        p.AuthChange,
+        id=rid,
+        op=st.just(Op.ROLE_REVOKE_PERMISSION),
+        session=sessions(),
+        name=st.just("r"),
+        prefix=st.binary(max_size=8),
+    ),
 )
 
 kvs = st.builds(
@@ -164,9 +223,37 @@ def responses(draw: st.DrawFn) -> tuple[p.Response, Op]:
                 "watch",
                 "ok",
                 "alarms",
+                "auth",
             ]
         )
     )
+    if kind == "auth":
+        names = st.lists(node, max_size=4).map(tuple)
+        perms = st.lists(
+            st.tuples(st.sampled_from(["read", "write", "readwrite"]), st.binary(max_size=8)),
+            max_size=3,
+        ).map(tuple)
+        return draw(
+            st.sampled_from(
+                [
+                    (
+                        p.TokenResponse(id=i, token=draw(st.binary(min_size=1, max_size=64))),
+                        Op.AUTHENTICATE,
+                    ),
+                    (p.OkResponse(id=i), Op.AUTH_TOKEN),
+                    (
+                        p.AuthStatusResponse(
+                            id=i, enabled=draw(st.booleans()), revision=draw(uint)
+                        ),
+                        Op.AUTH_STATUS,
+                    ),
+                    (p.NamesResponse(id=i, names=draw(names)), Op.USER_LIST),
+                    (p.UserResponse(id=i, name=draw(node), roles=draw(names)), Op.USER_GET),
+                    (p.RoleResponse(id=i, name=draw(node), permissions=draw(perms)), Op.ROLE_GET),
+                    (p.WriteResponse(id=i, revision=draw(uint), prev=None), Op.ROLE_ADD),
+                ]
+            )
+        )
     if kind == "txn":
         results = st.builds(
             p.RangeResult, kvs=st.lists(kvs, max_size=3).map(tuple), more=st.booleans()
@@ -436,6 +523,60 @@ def test_unreadable_request_has_no_id(data: bytes) -> None:
     assert info.value.request_id is None
 
 
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"op": "authenticate", "user": "", "password": "x"}, "name"),
+        ({"op": "authenticate", "user": "a\nb", "password": "x"}, "control"),
+        ({"op": "authenticate", "user": "u" * 257, "password": "x"}, "at most 256"),
+        ({"op": "authenticate", "user": b"root", "password": "x"}, "string"),
+        ({"op": "authenticate", "user": "root", "password": ""}, "password"),
+        ({"op": "authenticate", "user": "root", "password": "x" * 1025}, "password"),
+        ({"op": "authenticate", "user": "root"}, "missing field 'password'"),
+        ({"op": "auth_token", "token": b""}, "token"),
+        ({"op": "auth_token", "token": "text"}, "binary"),
+        ({"op": "auth_token", "token": b"x" * 1025}, "token"),
+        ({"op": "user_add", "name": "u", "password": "p"}, "missing field 'client'"),
+        ({"op": "user_add", "name": "u", **SESSION}, "missing field 'password'"),
+        ({"op": "user_add", "name": "u", "password": "p", "role": "r", **SESSION}, "unknown field"),
+        (
+            {"op": "role_grant_permission", "name": "r", "perm": "all", "prefix": b"", **SESSION},
+            "perm",
+        ),
+        (
+            {"op": "role_grant_permission", "name": "r", "perm": "read", "prefix": "a/", **SESSION},
+            "binary",
+        ),
+        ({"op": "role_revoke_permission", "name": "r", **SESSION}, "missing field 'prefix'"),
+        ({"op": "user_get"}, "missing field 'name'"),
+        ({"op": "user_list", "name": "x"}, "unknown field"),
+    ],
+)
+def test_bad_auth_fields_are_refused_with_the_request_id(
+    fields: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ProtocolError, match=match) as info:
+        p.decode_request(_req(id=5, **fields), LIMITS)
+    assert info.value.request_id == 5 and info.value.code is Code.BAD_REQUEST
+
+
+def test_a_hello_may_carry_a_token() -> None:
+    hello = p.Hello(token=b"t" * 40)
+    assert p.decode_hello(p.encode_hello(hello)) == hello
+    assert msgpack.unpackb(p.encode_hello(hello))["token"] == b"t" * 40
+    for bad in ("text", b"", b"x" * (p.MAX_TOKEN_BYTES + 1), 7):
+        with pytest.raises(ProtocolError):
+            p.decode_hello(_req(hello="raftkv", version=2, token=bad))
+
+
+def test_auth_errors_are_definite() -> None:
+    for code in (Code.AUTH_REQUIRED, Code.AUTH_FAILED, Code.PERMISSION_DENIED):
+        for op in (Op.PUT, Op.MEMBER_REMOVE, Op.USER_ADD):
+            assert p.is_definite(code, op)
+    assert p.is_definite(Code.FAILED_PRECONDITION, Op.AUTH_ENABLE)
+    assert not p.is_definite(Code.TIMEOUT, Op.USER_ADD)  # auth changes are writes
+
+
 def test_bad_hello() -> None:
     with pytest.raises(ProtocolError):
         p.decode_hello(_req(hello="http", version=1))
@@ -478,6 +619,8 @@ FIELD_NAMES = sorted(
     | {"kv", "kvs", "more", "revision", "prev", "current", "leader", "leader_addr"}
     | {"hello", "version", "node", "limits", "role", "term", "commit", "applied"}
     | {"alarm", "alarms", "data_bytes", "quota_bytes"}
+    | {"user", "password", "token", "name", "perm", "prefix", "roles", "names", "permissions"}
+    | {"enabled"}
 )
 scalars = st.one_of(
     st.none(),

@@ -56,7 +56,13 @@ def one_shot(sm: KVStateMachine) -> bytes:
         [[lid, e.ttl_ms, e.expiry_ms] for lid, e in sorted(sm._leases.items())],
         sm._next_lease_id,
         list(sm._ended),
-        {"alarms": alarms_section(sm._alarms)},
+        {
+            "alarms": alarms_section(sm._alarms),
+            "auth": {
+                **sm.auth.to_obj(),
+                "sessions": [[cid, s.user] for cid, s in sm._sessions.items() if s.user],
+            },
+        },
     ]
     data: bytes = msgpack.packb(state, use_bin_type=True)
     return data

@@ -563,9 +563,8 @@ def test_format_2_snapshot_restores_and_its_cached_results_answer_retries() -> N
     first = r.apply(put)
     obj = msgpack.unpackb(r.sm.snapshot(), use_list=True)
     assert obj[0] == 5
-    del obj[8]  # format 5 added the named sections
     obj[0] = 2
-    del obj[7]  # format 3 added the ended session ids
+    del obj[7:]  # format 3 added the ended session ids, format 5 the sections
     obj[4] = [[cid_, ms, floor, [row[:2] for row in rows]] for cid_, ms, floor, rows in obj[4]]
     old = KVStateMachine()
     old.restore(msgpack.packb(obj, use_bin_type=True))
@@ -582,8 +581,8 @@ def test_a_format_3_snapshot_keeps_its_eviction_order() -> None:
     for c in clients:
         r.apply(c.cmd(Noop()))
     obj = msgpack.unpackb(r.sm.snapshot(), use_list=True)
-    del obj[8]  # format 5 added the named sections
     obj[0] = 3
+    del obj[8]  # format 5 added the named sections
     active = {cid(1): 700, cid(2): 500, cid(3): 500}  # cid(2) the oldest, by id
     obj[4] = [[c, active[c], floor, rows] for c, _, floor, rows in obj[4]]
     obj[2] = 700  # the old clock, at least every last activity
