@@ -19,6 +19,7 @@ import pytest
 from kvstore.certs import CertificateAuthority, write_new
 from kvstore.tls import peer_tls
 from raft.framing import encode_frame
+from raft.runtime import transport
 from raft.runtime.peer_auth import PeerKey, derive_key
 from raft.runtime.peer_tls import PeerTLS
 from raft.runtime.transport import HELLO_MAGIC
@@ -83,13 +84,14 @@ def test_peers_with_certificates_exchange_messages(certs: Certs) -> None:
                 assert await n2.recv() == hb("n1", "n2", commit)
             n2.t.send([hb("n2", "n1", 7)])
             assert await n1.recv() == hb("n2", "n1", 7)
-            # Plain TCP gets no handshake reply at all: the TLS layer drops it.
+            # Plain TCP gets no handshake reply at all: the TLS handshake fails, and
+            # is counted as a refusal.
             reader, writer = await asyncio.open_connection(*n2.t.address)
             hello = [HELLO_MAGIC, V, PeerKey.nonce()]
             writer.write(encode_frame(msgpack.packb(hello, use_bin_type=True)))
             assert await reader.read(4096) == b""
             writer.close()
-            assert n2.t.stats()["rejected"] == 0  # never reached the handshake
+            assert n2.t.stats()["rejected"] == 1
         finally:
             await n1.t.close()
             await n2.t.close()
@@ -165,12 +167,11 @@ def test_the_acceptor_refuses_a_certificate_that_does_not_bind_the_claimed_id(
             n1.t.update_peers({"n3": n3.t.address, "n2": ("127.0.0.1", 9)})
             n3.t.update_peers({"n1": n1.t.address})
             result = await dial_tls(n1.t.address, certs.dialer_context(presented), "n3", "n1")
-            if refusal is None:
+            if refusal is None:  # the TLS handshake fails: no hello is exchanged
                 assert isinstance(result, OSError | EOFError), result
-                assert n1.t.stats()["rejected"] == 0
             else:
                 assert result == REFUSED
-                assert n1.t.stats()["rejected"] == 1
+            assert n1.t.stats()["rejected"] == 1
             # The genuine n3 is still served.
             n3.t.send([hb("n3", "n1", 5)])
             assert await n1.recv() == hb("n3", "n1", 5)
@@ -180,8 +181,7 @@ def test_the_acceptor_refuses_a_certificate_that_does_not_bind_the_claimed_id(
             await n3.t.close()
 
     run(main())
-    if refusal is not None:
-        assert refusal in caplog.text
+    assert (refusal or "TLS handshake failed") in caplog.text
 
 
 def test_the_genuine_certificate_passes_the_acceptor(certs: Certs) -> None:
@@ -206,3 +206,50 @@ def test_a_peer_tls_context_must_verify_both_ways(certs: Certs) -> None:
     lax = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     with pytest.raises(ValueError, match="require client certificates"):
         PeerTLS(lax, good.client, good.names)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_idle_connections_are_bounded_by_the_handshake_limit(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tls: bool
+) -> None:
+    """Connections that never start TLS (or never say hello) hold at most
+    MAX_HANDSHAKES slots; the rest are closed at once, with TLS as without. Then a
+    genuine peer still gets in, and close() ends handshakes in progress (the connect
+    timeout is far longer than the test)."""
+    monkeypatch.setattr(transport, "MAX_HANDSHAKES", 4)
+
+    def node(node_id: str, peers: dict[str, tuple[str, int]] | None = None) -> Node:
+        return Node(node_id, peers, tls=certs.tls(node_id) if tls else None, connect_timeout=60)
+
+    async def main() -> None:
+        n1 = node("n1")
+        n3: Node | None = None
+        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        try:
+            await n1.t.start()
+            n1.t.update_peers({"n3": ("127.0.0.1", 9)})
+            idle = [await asyncio.open_connection(*n1.t.address) for _ in range(10)]
+            await wait_for(lambda: sum(r.at_eof() for r, _ in idle) == 6)
+            assert n1.t.stats()["handshaking"] == 4
+            assert n1.t.stats()["rejected"] == 6
+            for _, w in idle:
+                w.close()
+            await wait_for(lambda: n1.t.stats()["handshaking"] == 0)
+            assert n1.t.stats()["rejected"] == 10  # 4 handshakes that failed, counted
+            n3 = node("n3", {"n1": n1.t.address})
+            await n3.t.start()
+            n3.t.send([hb("n3", "n1", 1)])
+            assert await n1.recv() == hb("n3", "n1", 1)
+            idle = [await asyncio.open_connection(*n1.t.address) for _ in range(2)]
+            await wait_for(lambda: n1.t.stats()["handshaking"] == 2)
+            await n1.t.close()  # within the test's bound, not after connect_timeout
+            await wait_for(lambda: all(r.at_eof() for r, _ in idle))
+        finally:
+            for _, w in idle:
+                w.close()
+            await n1.t.close()
+            if n3 is not None:
+                await n3.t.close()
+
+    run(main())
+    assert ("TLS handshake failed" if tls else "no valid handshake") in caplog.text
