@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "CA_KEY_SUFFIX",
+    "MEMBER_URI_PREFIX",
     "CertPair",
     "CertificateAuthority",
     "ca_key_path",

@@ -32,8 +32,8 @@ empty secret: the handshake then still checks the cluster id, and authenticates 
 *TLS* (optional, :class:`~raft.runtime.peer_tls.PeerTLS`). Both ends verify the other's
 certificate against the cluster's CA during the TLS handshake (bounded by
 ``connect_timeout``), then run the handshake above inside the encrypted channel. The
-dialer refuses an acceptor whose certificate does not name the member it dialled
-before sending anything; the acceptor refuses a dialer whose certificate does not name
+dialer refuses an acceptor whose certificate does not bind the member it dialled
+before sending anything; the acceptor refuses a dialer whose certificate does not bind
 the member id it claims (``"refused"``, reason logged here only). The secret proves
 membership of the cluster, the certificate binds the member id.
 
@@ -435,7 +435,7 @@ class PeerTransport:
                     writer.get_extra_info("peercert") or {}, link.peer
                 ):
                     raise HandshakeError(
-                        f"the certificate of the node at {host}:{port} does not name "
+                        f"the certificate of the node at {host}:{port} does not bind "
                         f"member {link.peer}"
                     )
                 await self._authenticate_to(link, reader, writer)
@@ -647,7 +647,7 @@ class PeerTransport:
         if self._tls is not None and not self._tls.names(
             writer.get_extra_info("peercert") or {}, node
         ):
-            return None, f"it claims {node!r}, which its certificate does not name"
+            return None, f"it claims {node!r}, which its certificate does not bind"
         writer.write(_pack_hello("ok"))
         await writer.drain()
         return node, ""

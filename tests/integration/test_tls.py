@@ -110,7 +110,7 @@ def test_forged_peer_certificates_are_refused(make_cluster: MakeCluster) -> None
     assert c.get("before").value == b"1" and c.put("after", "2").revision == 2
     assert all(lc.pid(n) is not None for n in lc.ids)
     log = (lc.cfg.node("n1").data_dir / "node.log").read_text()
-    assert "it claims 'n3', which its certificate does not name" in log
+    assert "it claims 'n3', which its certificate does not bind" in log
 
 
 def test_client_cert_auth_refuses_a_client_without_a_certificate(

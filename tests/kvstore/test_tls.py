@@ -19,6 +19,7 @@ from kvstore.security import (
     node_peer_secret,
     node_tls,
 )
+from tests.raft.runtime.test_transport_tls import issue_multi
 
 
 def config(tmp_path: Path, text: str | None = None):  # type: ignore[no-untyped-def]
@@ -99,12 +100,23 @@ def test_a_certificate_naming_another_member_refuses_the_start(tmp_path: Path) -
     ensure_tls_files(cfg)
     for x in ("crt", "key"):
         (tmp_path / f"tls/n1.{x}").write_bytes((tmp_path / f"tls/n2.{x}").read_bytes())
-    refused(cfg, "n1", r"n1\.crt names member n2, not n1: peers would refuse")
+    refused(cfg, "n1", r"n1\.crt names member n2, not n1 alone: peers would refuse")
     text = generate_config(3, tls=True).replace(
         'id = "n1"', 'id = "n1"\ncert_file = "tls/n2.crt"\nkey_file = "tls/n2.key"'
     )
     with pytest.raises(ConfigError, match=r"node 'n2' shares cert_file .*n2\.crt with 'n1'"):
         config(tmp_path, text)
+
+
+def test_a_certificate_naming_several_members_refuses_the_start(tmp_path: Path) -> None:
+    """Peers would refuse it (one key must not speak as several members)."""
+    cfg = config(tmp_path)
+    ensure_tls_files(cfg)
+    ca = CertificateAuthority.load(cfg.security.ca_file)
+    both = issue_multi(ca, ["n1", "n2"])
+    (tmp_path / "tls/n1.crt").write_bytes(both.cert_pem)
+    (tmp_path / "tls/n1.key").write_bytes(both.key_pem)
+    refused(cfg, "n1", r"n1\.crt names member n1, n2, not n1 alone: peers would refuse")
 
 
 def test_a_certificate_from_another_ca_refuses_the_start(tmp_path: Path) -> None:

@@ -10,14 +10,17 @@ name the id it claims or that another CA signed, and neither accepts plain TCP.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from kvstore.certs import CertificateAuthority, write_new
-from kvstore.tls import peer_tls
+from kvstore.certs import CertificateAuthority, CertPair, member_uri, write_new
+from kvstore.tls import cert_names_member, peer_tls
 from raft.framing import encode_frame
 from raft.runtime import transport
 from raft.runtime.peer_auth import PeerKey, derive_key
@@ -41,7 +44,8 @@ pytestmark = pytest.mark.timeout(30)
 
 class Certs:
     """A CA and certificates for n1..n3 and a client in ``root``; ``rogue`` is another
-    CA's certificate naming n3."""
+    CA's certificate naming n3; ``n2+n3`` one of this CA's naming both (this tool never
+    issues such a certificate, but a CA an operator runs might)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -51,6 +55,7 @@ class Certs:
             self._write(node, ca.issue_node(node, ["127.0.0.1"]))
         self._write("client", ca.issue_client("a client"))
         self._write("rogue", CertificateAuthority.create("other").issue_node("n3", ["127.0.0.1"]))
+        self._write("n2+n3", issue_multi(ca, ["n2", "n3"]))
 
     def _write(self, name: str, pair: object) -> Path:
         cert = self.root / f"{name}.crt"
@@ -64,6 +69,14 @@ class Certs:
     def dialer_context(self, name: str) -> ssl.SSLContext:
         """A hand-made dialer's context presenting ``name``'s certificate."""
         return self.tls(name).client
+
+
+def issue_multi(ca: CertificateAuthority, members: list[str]) -> CertPair:
+    """A node certificate of ``ca`` naming every one of ``members``."""
+    names = [x509.UniformResourceIdentifier(member_uri(m)) for m in members]
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    return ca._issue("several members", names, usages)
 
 
 @pytest.fixture
@@ -99,13 +112,15 @@ def test_peers_with_certificates_exchange_messages(certs: Certs) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("presented", ["n3", "n2+n3"])
 def test_the_dialer_refuses_an_acceptor_whose_certificate_names_another_member(
-    certs: Certs, caplog: pytest.LogCaptureFixture
+    certs: Certs, caplog: pytest.LogCaptureFixture, presented: str
 ) -> None:
-    """n3 (a member, holding the secret) listens where n1 expects n2: n1 sends nothing."""
+    """n3 (a member, holding the secret) listens where n1 expects n2: n1 sends nothing,
+    also when n3's certificate names n2 as well as n3."""
 
     async def main() -> None:
-        impostor = Node("n3", tls=certs.tls("n3"))
+        impostor = Node("n3", tls=certs.tls(presented))
         await impostor.t.start()
         impostor.t.update_peers({"n1": ("127.0.0.1", 9)})
         n1 = Node("n1", {"n2": impostor.t.address}, tls=certs.tls("n1"))
@@ -119,7 +134,7 @@ def test_the_dialer_refuses_an_acceptor_whose_certificate_names_another_member(
             await impostor.t.close()
 
     run(main())
-    assert "does not name member n2" in caplog.text
+    assert "does not bind member n2" in caplog.text
 
 
 async def dial_tls(
@@ -151,8 +166,9 @@ async def dial_tls(
 @pytest.mark.parametrize(
     ("presented", "refusal"),
     [
-        ("n2", "it claims 'n3', which its certificate does not name"),
-        ("client", "it claims 'n3', which its certificate does not name"),
+        ("n2", "it claims 'n3', which its certificate does not bind"),
+        ("client", "it claims 'n3', which its certificate does not bind"),
+        ("n2+n3", "it claims 'n3', which its certificate does not bind"),
         ("rogue", None),  # another CA: the TLS handshake fails, the handshake never runs
     ],
 )
@@ -253,3 +269,30 @@ def test_idle_connections_are_bounded_by_the_handshake_limit(
 
     run(main())
     assert ("TLS handshake failed" if tls else "no valid handshake") in caplog.text
+
+
+def test_a_certificate_naming_several_members_binds_none(certs: Certs) -> None:
+    """The store's callback, on what ``getpeercert()`` returns for each certificate."""
+
+    async def peercert(name: str) -> dict[str, object]:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(certs.root / f"{name}.crt", certs.root / f"{name}.key")
+        listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server)
+        try:
+            client = ssl.create_default_context(cafile=certs.ca)
+            client.check_hostname = False
+            _, w = await asyncio.open_connection(*listener.sockets[0].getsockname(), ssl=client)
+            cert: dict[str, object] = w.get_extra_info("peercert")
+            w.close()
+            return cert
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+    async def main() -> None:
+        both = await peercert("n2+n3")
+        assert not cert_names_member(both, "n2") and not cert_names_member(both, "n3")
+        n3 = await peercert("n3")
+        assert cert_names_member(n3, "n3") and not cert_names_member(n3, "n2")
+
+    run(main())
