@@ -28,8 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kvstore.config import ca_key_file
+
 __all__ = [
-    "CA_KEY_SUFFIX",
     "MEMBER_URI_PREFIX",
     "CertPair",
     "CertificateAuthority",
@@ -40,7 +41,6 @@ __all__ = [
 ]
 
 MEMBER_URI_PREFIX = "urn:raftkv:member:"
-CA_KEY_SUFFIX = ".key"
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest leaf lifetime clients commonly accept
 
@@ -61,8 +61,9 @@ def member_ids(cert: x509.Certificate) -> list[str]:
 
 
 def ca_key_path(ca_file: Path) -> Path:
-    """Where the CA's private key lives: ``ca.crt`` → ``ca.key``."""
-    return ca_file.with_suffix(CA_KEY_SUFFIX)
+    """Where the CA's private key lives: ``ca.crt`` → ``ca.key`` (one rule, kept in
+    kvstore/config.py, which refuses a node whose files would land there)."""
+    return ca_key_file(ca_file)
 
 
 @dataclass(frozen=True, slots=True)
