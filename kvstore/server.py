@@ -238,6 +238,7 @@ class ClientServer:
         self._ssl: SSLContext | None = None
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._lingering: set[asyncio.StreamWriter] = set()  # refused, reply on its way
         self._watch_wakeups: set[asyncio.Event] = set()
         self._ticker: asyncio.Task[None] | None = None
         state_machine.add_listener(self._wake_watchers)
@@ -297,6 +298,8 @@ class ClientServer:
         self._sm.set_lease_observer(None)
         if self._server is not None:
             self._server.close()
+        for writer in list(self._lingering):  # not left open when the loop ends
+            self._end_refused(writer)
         for task in list(self._handlers):
             task.cancel()
         if self._handlers:
@@ -327,7 +330,12 @@ class ClientServer:
             # The reply and then EOF, before closing: closing at once, with the client's
             # hello unread, could reset the connection and lose the reply.
             writer.write_eof()
-        loop.call_later(_REFUSAL_LINGER_S, writer.close)
+        self._lingering.add(writer)
+        loop.call_later(_REFUSAL_LINGER_S, self._end_refused, writer)
+
+    def _end_refused(self, writer: asyncio.StreamWriter) -> None:
+        self._lingering.discard(writer)
+        writer.close()
 
     async def _start_tls(self, writer: asyncio.StreamWriter, peer: object) -> bool:
         """Upgrade a counted connection to TLS within ``frame_timeout``; False (counted,
