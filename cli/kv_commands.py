@@ -7,7 +7,9 @@ read one JSON object from stdout, and branch on the exit code:
 ====  ===============================================================================
 0     ok
 1     error (bad request, value too large, internal error)
-2     usage or config error (nothing was sent)
+2     usage or config error (nothing was sent), a node's TLS certificate refused
+      (JSON ``"error": "tls"``: the CA the tool trusts did not sign it, or it does
+      not name the host dialled)
 3     not found
 4     compare failed (cas): nothing written
 5     unavailable: the operation certainly did not happen; safe to retry
@@ -66,7 +68,7 @@ class ExitCode(enum.IntEnum):
 def fail(code: ExitCode, message: str, *, as_json: bool = False, **extra: Any) -> NoReturn:
     """Report an error (stderr for people, a JSON object on stdout for scripts) and exit."""
     if as_json:
-        error = code.name.lower() if code is not ExitCode.ERROR else extra.pop("error", "error")
+        error = extra.pop("error", None) or code.name.lower()
         click.echo(json.dumps({"ok": False, "error": error, "message": message, **extra}))
     else:
         click.echo(f"kv: {message}", err=True)
@@ -296,6 +298,8 @@ def run_client(
             f"outcome unknown, the write may or may not have happened: {exc}",
             as_json=as_json,
         )
+    except c.CertificateError as exc:
+        fail(ExitCode.USAGE, str(exc), as_json=as_json, error="tls")
     except (c.Unavailable, c.SessionExpired) as exc:
         fail(ExitCode.UNAVAILABLE, f"unavailable (not applied): {exc}", as_json=as_json)
     except c.TooLarge as exc:
@@ -571,10 +575,12 @@ def bench(
         user=user,
         password=password,
     )
-    from kvstore.client import ClientError
+    from kvstore.client import CertificateError, ClientError
 
     try:
         result = asyncio.run(run_bench(cfg))
+    except CertificateError as exc:
+        fail(ExitCode.USAGE, str(exc), as_json=as_json, error="tls")
     except ClientError as exc:
         fail(ExitCode.UNAVAILABLE, str(exc), as_json=as_json)
     if as_json:

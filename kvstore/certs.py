@@ -11,14 +11,17 @@ server. The client certificate names no member: it can authenticate a client
 
 The CA's key (``ca.key`` beside ``ca.crt``) signs certificates and nothing else: no node
 needs it, and across machines it should stay on the machine that ran ``kv cluster init``
-(or offline). Private keys are written mode 0600, never overwritten, and fsynced.
+(or offline). Private keys are written mode 0600, never overwritten, and fsynced; a
+certificate and its key land together or not at all (:func:`write_pair`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,18 +31,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kvstore.config import ca_key_file
+
 __all__ = [
-    "CA_KEY_SUFFIX",
+    "MEMBER_URI_PREFIX",
     "CertPair",
     "CertificateAuthority",
     "ca_key_path",
     "member_ids",
     "member_uri",
     "write_new",
+    "write_pair",
 ]
 
 MEMBER_URI_PREFIX = "urn:raftkv:member:"
-CA_KEY_SUFFIX = ".key"
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest leaf lifetime clients commonly accept
 
@@ -60,8 +65,9 @@ def member_ids(cert: x509.Certificate) -> list[str]:
 
 
 def ca_key_path(ca_file: Path) -> Path:
-    """Where the CA's private key lives: ``ca.crt`` → ``ca.key``."""
-    return ca_file.with_suffix(CA_KEY_SUFFIX)
+    """Where the CA's private key lives: ``ca.crt`` → ``ca.key`` (one rule, kept in
+    kvstore/config.py, which refuses a node whose files would land there)."""
+    return ca_key_file(ca_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +198,73 @@ class CertificateAuthority:
 
 
 def write_new(path: Path, data: bytes, *, private: bool) -> None:
-    """Write a new file, fsynced; a private key is mode 0600 from its creation, a
-    certificate 0644. FileExistsError if it exists: nothing is ever overwritten."""
+    """Write a new file whole or not at all (see :func:`write_pair`); a private key is
+    mode 0600 from its creation, a certificate 0644. FileExistsError if it exists:
+    nothing is ever overwritten."""
+    tmp = _stage(path, data, private=private)
+    try:
+        _publish(tmp, path)
+    finally:
+        _discard(tmp)
+
+
+def write_pair(cert_path: Path, key_path: Path, pair: CertPair) -> None:
+    """Write a new certificate and its key so that a crash leaves both or neither,
+    except in one narrow window that :func:`kvstore.security.ensure_tls_files` reports.
+
+    Each file is first written whole to a temporary beside it (created with O_EXCL, the
+    key's mode 0600 from the start) and fsynced; then the key is linked into place, the
+    certificate after it, and both directories fsynced. Until the first link nothing
+    is visible (a crash leaves only hidden ``.<name>.*.tmp`` files); a failure after it
+    removes the key again. Only a crash between the two links leaves the key without
+    its certificate: a half pair, which the next run refuses naming both files, rather
+    than making a new key beside an old one. (The key goes first because a CA
+    certificate without its key is the normal state of a node's machine.)
+    FileExistsError, with nothing written, if either file exists."""
+    for path in (key_path, cert_path):
+        if path.exists():
+            raise FileExistsError(f"{path} exists: certificates and keys are never overwritten")
+    key_tmp = _stage(key_path, pair.key_pem, private=True)
+    try:
+        cert_tmp = _stage(cert_path, pair.cert_pem, private=False)
+        try:
+            _publish(key_tmp, key_path)
+            try:
+                _publish(cert_tmp, cert_path)
+            except BaseException:
+                key_path.unlink()  # ours, just linked: the pair lands whole or not at all
+                raise
+        finally:
+            _discard(cert_tmp)
+    finally:
+        _discard(key_tmp)
+
+
+def _stage(path: Path, data: bytes, *, private: bool) -> Path:
+    """``data`` in a new, fsynced temporary beside ``path`` (mode 0600, or 0644)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "wb") as f:
+        if not private:
+            os.fchmod(f.fileno(), 0o644)
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    return Path(name)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Give the complete ``tmp`` its final name ``path`` and make that durable. A hard
+    link, not a rename: it fails (FileExistsError) rather than replace a file that
+    appeared meanwhile."""
+    os.link(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _discard(tmp: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()

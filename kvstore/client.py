@@ -87,6 +87,7 @@ __all__ = [
     "AsyncClient",
     "AuthFailed",
     "BadRequest",
+    "CertificateError",
     "Client",
     "ClientError",
     "Compacted",
@@ -251,6 +252,13 @@ class Unavailable(ClientError):
     was not applied (every attempt was refused before entering the log)."""
 
 
+class CertificateError(ClientError):
+    """A node's TLS certificate failed verification against the client's CA (another
+    CA, a host name it does not name, expired...). Definite: nothing was sent, and no
+    retry can help until the configuration changes, so it is raised at the first
+    attempt rather than retried until the deadline."""
+
+
 class Indeterminate(ClientError):
     """The write may or may not have been applied (an attempt timed out or its
     connection died after sending). Deliberately not a subclass of Unavailable."""
@@ -362,7 +370,14 @@ class _Connection:
     ) -> _Connection:
         host, port = _split_address(addr)
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+            try:
+                reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+            except ssl.SSLCertVerificationError as exc:
+                raise CertificateError(
+                    f"cannot verify the TLS certificate of {addr}: {exc.verify_message} "
+                    "(the client's CA, --cacert or [security] ca_file, must be the one "
+                    "that signed the node's certificate, which must name the host dialled)"
+                ) from None
             try:
                 writer.write(encode_frame(p.encode_hello(p.Hello(token=token))))
                 decoder = FrameDecoder(64 << 10)

@@ -391,12 +391,19 @@ class NodeInfo:
 
 
 async def poll_status(
-    cfg: ClusterConfig, timeout: float = 1.0, clients: dict[str, AsyncClient] | None = None
+    cfg: ClusterConfig,
+    timeout: float = 1.0,
+    clients: dict[str, AsyncClient] | None = None,
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> dict[str, NodeStatus | str]:
     """Every node's ``status`` at once: its NodeStatus, or the error text if it did not
-    answer within ``timeout``. Pass ``clients`` to reuse connections across polls."""
-
-    tls = config_client_context(cfg)
+    answer within ``timeout``. Pass ``clients`` to reuse connections across polls, and
+    ``tls`` (``config_client_context(cfg)``) for the clients it makes itself: built by
+    the caller once, before the event loop runs, since it reads the CA and key files
+    (ValueError without it when ``cfg`` has TLS and some node has no client)."""
+    if tls is None and cfg.security.tls and any(n.id not in (clients or {}) for n in cfg.nodes):
+        raise ValueError("poll_status: cfg has TLS; pass tls=config_client_context(cfg)")
 
     async def one(node: NodeConfig) -> NodeStatus | str:
         addr = str(node.client_address)
@@ -456,7 +463,7 @@ def _infos(
 def cluster_status(config_path: Path, timeout: float = 1.0) -> list[NodeInfo]:
     """Process and Raft state of every node of the config (one status round)."""
     cfg = load_config(config_path)
-    statuses = asyncio.run(poll_status(cfg, timeout))
+    statuses = asyncio.run(poll_status(cfg, timeout, tls=config_client_context(cfg)))
     return _infos(cfg, config_path, statuses)
 
 
@@ -468,8 +475,9 @@ def wait_for_leader(
     Returns (leader id or None, the last statuses, nodes of ``watch`` (id → pid) whose
     process exited meanwhile, with the tail of their output)."""
 
+    tls = config_client_context(cfg)  # reads files: once, and not on the event loop
+
     async def run() -> tuple[str | None, dict[str, NodeStatus | str], dict[str, str]]:
-        tls = config_client_context(cfg)
         clients = {
             n.id: AsyncClient(
                 [str(n.client_address)], timeout=0.5, deadline=0.5, backoff_cap=0.1, tls=tls

@@ -49,6 +49,7 @@ __all__ = [
     "SecuritySettings",
     "SourceLines",
     "StoreSettings",
+    "ca_key_file",
     "generate_config",
     "load_config",
     "parse_address",
@@ -563,6 +564,30 @@ def _check_security(c: _Checker) -> SecuritySettings:
     return SecuritySettings(secret_file, flags["insecure"], ca_file, auth, cert, key)
 
 
+def ca_key_file(ca_file: Path) -> Path:
+    """Where the CA's private key lives: ``ca.crt`` → ``ca.key`` (kvstore/certs.py
+    writes it there; config checks that no node's file lands on it)."""
+    return ca_file.with_suffix(".key")
+
+
+def _security_files(security: SecuritySettings) -> dict[Path, str]:
+    """The files of [security] that a node's certificate or key must not be."""
+    files = {security.peer_secret_file: "the cluster secret ([security] peer_secret_file)"}
+    if security.ca_file is not None:
+        files[security.ca_file] = "the CA certificate ([security] ca_file)"
+        files.setdefault(ca_key_file(security.ca_file), "the CA's key (beside ca_file)")
+    for path, what in (
+        (
+            security.client_cert_file,
+            "the kv tools' client certificate ([security] client_cert_file)",
+        ),
+        (security.client_key_file, "the kv tools' client key ([security] client_key_file)"),
+    ):
+        if path is not None:
+            files.setdefault(path, what)
+    return files
+
+
 def _check_nodes(
     c: _Checker, data_root: Path, security: SecuritySettings
 ) -> tuple[NodeConfig, ...]:
@@ -579,7 +604,7 @@ def _check_nodes(
     ids: dict[str, int] = {}
     seen: dict[tuple[str, int], tuple[str, str, Path_]] = {}
     dirs: dict[Path, str] = {}
-    certs: dict[Path, str] = {}
+    files = _security_files(security)  # path -> what it is; a node's may be none of them
     for k, entry in enumerate(raw):
         known = ("id", "peer_address", "client_address", "data_dir", "cert_file", "key_file")
         t = c.table(("nodes", k), entry, known)
@@ -617,11 +642,20 @@ def _check_nodes(
                 tls[i] = c.file(("nodes", k, key), t[key])
             elif security.ca_file is not None:
                 tls[i] = security.ca_file.parent / f"{nid}{suffix}"
-        if tls[0] is not None and (owner := certs.setdefault(tls[0], nid)) != nid:
+            if (path := tls[i]) is None:
+                continue
+            if (other := files.get(path)) is None:
+                files[path] = f"the {key} of node {nid!r}"
+                continue
+            if key in t:
+                how, fix = "", f"point {key} elsewhere"
+            else:
+                how = f" (<ca_file's directory>/{nid}{suffix}, by default)"
+                fix = f"choose another node id, or set {key} in its [[nodes]] table"
             raise c.fail(
-                ("nodes", k, "cert_file"),
-                f"node {nid!r} shares cert_file {tls[0]} with {owner!r}: a node certificate "
-                "names one member id",
+                ("nodes", k, key if key in t else "id"),
+                f"the {key} of node {nid!r}{how}, {path}, would be {other}: each TLS "
+                f"file must be its own (a node certificate names one member id); {fix}",
             )
         peer, client = addrs["peer_address"], addrs["client_address"]
         nodes.append(NodeConfig(nid, peer, client, data_dir, *tls))

@@ -27,7 +27,7 @@ import os
 import stat
 from pathlib import Path
 
-from kvstore.certs import CertificateAuthority, ca_key_path, write_new
+from kvstore.certs import CertificateAuthority, CertPair, ca_key_path, write_pair
 from kvstore.config import Address, ClusterConfig, NodeConfig
 from kvstore.tls import NodeTLS, TLSConfigError, check_node_files, node_contexts
 
@@ -100,21 +100,29 @@ def node_tls(cfg: ClusterConfig, node: NodeConfig) -> NodeTLS | None:
 def ensure_tls_files(cfg: ClusterConfig) -> list[Path]:
     """Create what is missing of ``cfg``'s TLS files: the CA (with its key beside it),
     each node's certificate (naming its id and its hosts) and key, the client
-    certificate and key. Existing files are kept. Returns the files written; nothing
-    without ``ca_file``. A missing certificate needs the CA's key (SecurityError)."""
+    certificate and key. Existing files are kept; each certificate lands with its key
+    or not at all (:func:`kvstore.certs.write_pair`). Returns the files written; nothing
+    without ``ca_file``. SecurityError, naming the files, for a missing certificate
+    without the CA's key, and for half a pair (a crash mid-creation, or a file removed)."""
     sec = cfg.security
     if sec.ca_file is None:
         return []
     written: list[Path] = []
 
-    def write(path: Path, data: bytes, private: bool) -> None:
-        write_new(path, data, private=private)
-        written.append(path)
+    def write(cert: Path, key: Path, pair: CertPair) -> None:
+        write_pair(cert, key, pair)
+        written.extend((key, cert))
 
+    ca_key = ca_key_path(sec.ca_file)
     if not sec.ca_file.exists():
+        if ca_key.exists():  # a CA certificate without its key is a node's normal state
+            raise SecurityError(
+                f"{ca_key} exists but {sec.ca_file} does not (an interrupted creation "
+                f"leaves this): if no certificate was issued by this CA, remove {ca_key}; "
+                f"otherwise restore {sec.ca_file} (every node has a copy)"
+            )
         ca = CertificateAuthority.create(cfg.id)
-        write(ca_key_path(sec.ca_file), ca.pair.key_pem, True)
-        write(sec.ca_file, ca.pair.cert_pem, False)
+        write(sec.ca_file, ca_key, ca.pair)
     wanted: list[tuple[Path, Path, NodeConfig | None]] = [
         (n.cert_file, n.key_file, n) for n in cfg.nodes if n.cert_file and n.key_file
     ]
@@ -123,7 +131,10 @@ def ensure_tls_files(cfg: ClusterConfig) -> list[Path]:
     for cert_file, key_file, _ in wanted:
         if cert_file.exists() != key_file.exists():
             have, lack = (cert_file, key_file) if cert_file.exists() else (key_file, cert_file)
-            raise SecurityError(f"{have} exists but {lack} does not: restore it or remove both")
+            raise SecurityError(
+                f"{have} exists but {lack} does not (an interrupted creation, or a file "
+                f"removed): restore {lack}, or remove {have} to have both made anew"
+            )
     missing = [w for w in wanted if not w[0].exists()]
     if not missing:
         return written
@@ -139,8 +150,7 @@ def ensure_tls_files(cfg: ClusterConfig) -> list[Path]:
             pair = ca.issue_client(f"raftkv client of {cfg.id}")
         else:
             pair = ca.issue_node(node.id, [node.peer_address.host, node.client_address.host])
-        write(key_file, pair.key_pem, True)
-        write(cert_file, pair.cert_pem, False)
+        write(cert_file, key_file, pair)
     return written
 
 

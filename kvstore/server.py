@@ -22,7 +22,8 @@ Engine errors map onto codes by what they promise: NotLeader and ProposalDropped
 certainly did not apply (NOT_LEADER / UNAVAILABLE), TimeoutError may have (TIMEOUT).
 
 What one client may hold is bounded (:class:`ConnectionLimits`, from ``[client]``;
-docs/SECURITY.md): connections per node (more are refused politely), requests in flight
+docs/SECURITY.md): connections per node (more are refused politely; with TLS the count
+includes handshakes in progress, see :meth:`ClientServer.start`), requests in flight
 per connection, a frame begun must complete in time, a connection with nothing in
 flight and no watch closes when idle, response bytes waiting for a client that does not
 read (the node stops reading its requests; a watch that would add more is cancelled),
@@ -117,6 +118,7 @@ from .mvcc import KeyValue as StoredKV
 from .password import PasswordHash, hash_password, verify_password
 from .protocol import Code, Consistency, Limits, ProtocolError
 from .quota import DEFAULT_QUOTA_BYTES, Alarm, write_growth
+from .refusals import RefusalLog
 from .state_machine import LeaseObserver, Result, ResultCode
 
 __all__ = ["ClientServer", "ConnectionLimits", "ReadableState"]
@@ -302,10 +304,12 @@ class ClientServer:
         )
         self._watch_count = 0
         self._last_transfer = float("-inf")
-        self._refused = 0  # connections refused since the last log line about it
-        self._refused_logged = float("-inf")
+        self._refusals = RefusalLog(log, f"{node_id}: refused a client connection")
+        self._tls_failures = RefusalLog(log, f"{node_id}: a client's TLS handshake failed")
+        self._ssl: SSLContext | None = None
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._lingering: set[asyncio.StreamWriter] = set()  # refused, reply on its way
         self._watch_wakeups: set[asyncio.Event] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._login_slots = asyncio.Semaphore(_LOGINS_AT_ONCE)
@@ -323,18 +327,29 @@ class ClientServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self, host: str, port: int, ssl: SSLContext | None = None) -> None:
-        """Listen on ``host:port``; with ``ssl``, clients speak TLS. NB: asyncio runs
-        the handler only after the TLS handshake, so a handshake in progress does not
-        count against ``max_connections``; ``frame_timeout`` bounds it instead."""
-        self._server = await asyncio.start_server(
-            self._on_connect,
-            host,
-            port,
-            ssl=ssl,
-            ssl_handshake_timeout=None if ssl is None else self._conn_limits.frame_timeout,
-        )
+        """Listen on ``host:port``; with ``ssl``, clients speak TLS.
+
+        The listener is plain TCP even then: each connection is counted against
+        ``max_connections`` first and upgraded by its own handler, within
+        ``frame_timeout``. (With ``ssl=`` on the server, asyncio would run the
+        handshake before any handler, so connections that never finish one would
+        each hold a file descriptor, uncounted.) Past the limit a TLS connection is
+        closed at once: the polite error needs a handshake, which is what it must not
+        get."""
+        self._ssl = ssl
+        self._server = await asyncio.start_server(self._on_connect, host, port)
         self.start_timers()
         log.info("client server %s listening on %s:%d", self._node_id, host, self.port)
+
+    def stats(self) -> dict[str, int]:
+        """``connections``: open now (TLS handshakes in progress included);
+        ``refused``: over ``max_connections`` since start; ``tls_failed``: TLS
+        handshakes that failed or timed out since start."""
+        return {
+            "connections": len(self._handlers),
+            "refused": self._refusals.total,
+            "tls_failed": self._tls_failures.total,
+        }
 
     def start_timers(self) -> None:
         """Start the lease ticker (``start`` does; a simulation calls :meth:`handle`
@@ -356,6 +371,8 @@ class ClientServer:
         self._sm.set_lease_observer(None)
         if self._server is not None:
             self._server.close()
+        for writer in list(self._lingering):  # not left open when the loop ends
+            self._end_refused(writer)
         for task in list(self._handlers):
             task.cancel()
         if self._handlers:
@@ -373,20 +390,38 @@ class ClientServer:
         task.add_done_callback(self._handlers.discard)
 
     def _refuse(self, writer: asyncio.StreamWriter) -> None:
-        """Over max_connections: one polite error, then close; logged once a minute."""
+        """Over max_connections: one polite error (plain TCP only), then close; logged
+        once a minute."""
         msg = f"too many connections (this node serves {self._conn_limits.max_connections})"
+        loop = asyncio.get_running_loop()
+        self._refusals.note(loop.time(), msg)
+        if self._ssl is not None:
+            writer.close()
+            return
         with contextlib.suppress(Exception):
             writer.write(encode_frame(p.encode_hello_reply(_error(None, Code.UNAVAILABLE, msg))))
             # The reply and then EOF, before closing: closing at once, with the client's
             # hello unread, could reset the connection and lose the reply.
             writer.write_eof()
-        asyncio.get_running_loop().call_later(_REFUSAL_LINGER_S, writer.close)
-        self._refused += 1
-        now = asyncio.get_running_loop().time()
-        if now - self._refused_logged >= 60:
-            n = self._refused
-            log.warning("%s: refused %d client connection(s): %s", self._node_id, n, msg)
-            self._refused, self._refused_logged = 0, now
+        self._lingering.add(writer)
+        loop.call_later(_REFUSAL_LINGER_S, self._end_refused, writer)
+
+    def _end_refused(self, writer: asyncio.StreamWriter) -> None:
+        self._lingering.discard(writer)
+        writer.close()
+
+    async def _start_tls(self, writer: asyncio.StreamWriter, peer: object) -> bool:
+        """Upgrade a counted connection to TLS within ``frame_timeout``; False (counted,
+        logged once a minute) if the handshake fails or does not finish in time."""
+        assert self._ssl is not None
+        timeout = self._conn_limits.frame_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await writer.start_tls(self._ssl, ssl_handshake_timeout=timeout)
+        except (OSError, EOFError) as exc:  # ssl.SSLError, TimeoutError, resets
+            self._tls_failures.note(asyncio.get_running_loop().time(), f"{peer}: {exc!r}")
+            return False
+        return True
 
     # ---- one connection ----------------------------------------------------------------
 
@@ -398,7 +433,15 @@ class ClientServer:
         # One decoder for the whole stream: bytes pipelined right behind the hello are
         # already the first requests.
         decoder = FrameDecoder(self._limits.max_frame_bytes)
+        usable = self._ssl is None  # the stream's protocol will hear of the close
         try:
+            # NB: no await before _start_tls: bytes read before the upgrade would be
+            # lost to the TLS layer. This task's first step runs before the loop first
+            # reads the new socket, and the upgrade pauses reading at once.
+            if not usable:
+                usable = await self._start_tls(writer, peer)
+                if not usable:
+                    return
             if await self._handshake(reader, decoder, conn):
                 fatal = await self._read_requests(reader, decoder, conn)
                 await conn.drain_tasks()
@@ -415,8 +458,11 @@ class ClientServer:
         finally:
             conn.cancel_tasks()
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            # NB: after an upgrade that failed or was cancelled mid-handshake, asyncio
+            # never tells the stream its transport closed: wait_closed() would hang.
+            if usable:
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
 
     async def _handshake(
         self, reader: asyncio.StreamReader, decoder: FrameDecoder, conn: _Connection

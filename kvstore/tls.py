@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from kvstore.certs import member_ids, member_uri
+from kvstore.certs import MEMBER_URI_PREFIX, member_ids, member_uri
 from kvstore.config import ClusterConfig, NodeConfig
 from raft.runtime.peer_tls import PeerCert, PeerTLS
 from raft.types import NodeId
@@ -57,8 +57,12 @@ class NodeTLS:
 
 
 def cert_names_member(cert: PeerCert, node_id: NodeId) -> bool:
-    """Whether a verified peer certificate (``getpeercert()``) binds ``node_id``."""
-    return ("URI", member_uri(node_id)) in cert.get("subjectAltName", ())
+    """Whether a verified peer certificate (``getpeercert()``) binds ``node_id``, and
+    no other member: a certificate naming several ids would let one key speak as each
+    of them, so it binds none (this tool never issues one)."""
+    uris = [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
+    named = [u for u in uris if isinstance(u, str) and u.startswith(MEMBER_URI_PREFIX)]
+    return named == [member_uri(node_id)]
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -115,11 +119,12 @@ def check_node_files(cfg: ClusterConfig, node: NodeConfig) -> None:
             f"{cfg.security.ca_file}: peers and clients would refuse it"
         )
     named = member_ids(cert)
-    if node.id not in named:
+    if named != [node.id]:
         which = f"names member {', '.join(named)}" if named else "names no member id"
         raise TLSConfigError(
-            f"the certificate {node.cert_file} {which}, not {node.id}: peers would refuse "
-            f"it (a node certificate must carry the URI {member_uri(node.id)!r})"
+            f"the certificate {node.cert_file} {which}, not {node.id} alone: peers would "
+            f"refuse it (a node certificate must carry the URI {member_uri(node.id)!r} "
+            "and no other member's)"
         )
     host = node.client_address.host
     if not _names_host(cert, host):

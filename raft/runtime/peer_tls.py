@@ -29,7 +29,8 @@ PeerCert = dict[str, Any]
 class PeerTLS:
     """``server`` must require a client certificate (``CERT_REQUIRED``) and ``client``
     must verify the server's; both against the cluster's CA. ``names(cert, node_id)``:
-    whether ``cert`` binds ``node_id``."""
+    whether ``cert`` binds ``node_id`` (names it, and no other member: one key must
+    not speak as several members)."""
 
     server: ssl.SSLContext
     client: ssl.SSLContext

@@ -32,11 +32,18 @@ empty secret: the handshake then still checks the cluster id, and authenticates 
 *TLS* (optional, :class:`~raft.runtime.peer_tls.PeerTLS`). Both ends verify the other's
 certificate against the cluster's CA during the TLS handshake (bounded by
 ``connect_timeout``), then run the handshake above inside the encrypted channel. The
-dialer refuses an acceptor whose certificate does not name the member it dialled
-before sending anything; the acceptor refuses a dialer whose certificate does not name
+dialer refuses an acceptor whose certificate does not bind the member it dialled
+before sending anything; the acceptor refuses a dialer whose certificate does not bind
 the member id it claims (``"refused"``, reason logged here only). The secret proves
-membership of the cluster, the certificate binds the member id. A failed TLS
-handshake ends the connection before our handler runs: no reply, no log line.
+membership of the cluster, the certificate binds the member id.
+
+The acceptor listens on plain TCP and upgrades each connection itself
+(``StreamWriter.start_tls``) only after it has taken one of the ``MAX_HANDSHAKES``
+slots: with ``ssl=`` on the server, asyncio would run the handshake before our handler,
+outside every limit, so idle connections that never start TLS would each hold a file
+descriptor for ``connect_timeout`` with no cap. A failed TLS handshake is counted as
+``rejected`` and goes to the same rate-limited refusal log as a bad hello (no reply:
+there is no channel to send one on).
 
 *Inbound.* A connection carries messages from the dialer only (two connections per pair
 of nodes, one per direction, as in etcd's streams). Bytes go through a
@@ -105,10 +112,12 @@ HELLO_MAGIC = b"raftkv-peer"
 PROTOCOL_VERSION = 2
 _REFUSED = "refused"
 HANDSHAKE_MAX_BYTES = 4096
-MAX_HANDSHAKES = 64
-"""Inbound peer connections authenticating at once; more are closed unanswered."""
-REFUSAL_LOG_INTERVAL = 10.0
 """Largest hello or reply frame; read before the real frame limit applies."""
+MAX_HANDSHAKES = 64
+"""Inbound peer connections authenticating at once (TLS handshake included); more are
+closed unanswered."""
+REFUSAL_LOG_INTERVAL = 10.0
+"""At most one log line per this many seconds about refused inbound connections."""
 
 _READ_CHUNK = 256 << 10
 _LENGTH = struct.Struct(">I")
@@ -265,13 +274,8 @@ class PeerTransport:
             raise RuntimeError("transport already started or closed")
         self._loop = asyncio.get_running_loop()
         host, port = self._listen
-        self._server = await asyncio.start_server(
-            self._accept,
-            host,
-            port,
-            ssl=None if self._tls is None else self._tls.server,
-            ssl_handshake_timeout=None if self._tls is None else self._connect_timeout,
-        )
+        # Plain TCP even with TLS: _accept upgrades, inside the handshake limit.
+        self._server = await asyncio.start_server(self._accept, host, port)
         for link in self._links.values():
             self._start_link(link)
 
@@ -305,8 +309,11 @@ class PeerTransport:
             link.queued_bytes = 0
 
     def stats(self) -> dict[str, int]:
-        """A snapshot of the counters in :data:`STAT_KEYS`, plus ``queued`` (now)."""
-        return {**self._stats, "queued": sum(len(lk.queue) for lk in self._links.values())}
+        """A snapshot of the counters in :data:`STAT_KEYS`, plus two gauges: ``queued``
+        (frames now queued) and ``handshaking`` (inbound connections now holding a
+        handshake slot, TLS handshake included; at most ``MAX_HANDSHAKES``)."""
+        queued = sum(len(lk.queue) for lk in self._links.values())
+        return {**self._stats, "queued": queued, "handshaking": self._handshaking}
 
     # ---- outbound --------------------------------------------------------------------
 
@@ -428,7 +435,7 @@ class PeerTransport:
                     writer.get_extra_info("peercert") or {}, link.peer
                 ):
                     raise HandshakeError(
-                        f"the certificate of the node at {host}:{port} does not name "
+                        f"the certificate of the node at {host}:{port} does not bind "
                         f"member {link.peer}"
                     )
                 await self._authenticate_to(link, reader, writer)
@@ -538,7 +545,12 @@ class PeerTransport:
         try:
             self._handshaking += 1
             try:
-                peer = await self._handshake(reader, writer, remote)
+                # NB: no await before _start_tls. Until the upgrade, bytes that arrive
+                # go to this plain stream's reader and would be lost to the TLS layer;
+                # asyncio runs this handler's first step before it first reads the
+                # socket, so the upgrade (which pauses reading) wins that race.
+                if self._tls is None or await self._start_tls(writer, remote):
+                    peer = await self._handshake(reader, writer, remote)
             finally:
                 self._handshaking -= 1
             if peer is not None:
@@ -555,6 +567,21 @@ class PeerTransport:
             if peer is not None and self._inbound.get(peer) is writer:
                 del self._inbound[peer]
             writer.close()
+
+    async def _start_tls(self, writer: asyncio.StreamWriter, remote: object) -> bool:
+        """Upgrade an accepted connection to TLS (the dialer's certificate verified
+        against the CA); False after refusing (counted, logged) one that fails."""
+        assert self._tls is not None
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await writer.start_tls(
+                    self._tls.server, ssl_handshake_timeout=self._connect_timeout
+                )
+        except (OSError, EOFError) as exc:  # ssl.SSLError, TimeoutError, resets
+            self._stats["rejected"] += 1
+            self._log_refusal(remote, f"TLS handshake failed: {exc!r}")
+            return False
+        return True
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote: object
@@ -620,7 +647,7 @@ class PeerTransport:
         if self._tls is not None and not self._tls.names(
             writer.get_extra_info("peercert") or {}, node
         ):
-            return None, f"it claims {node!r}, which its certificate does not name"
+            return None, f"it claims {node!r}, which its certificate does not bind"
         writer.write(_pack_hello("ok"))
         await writer.drain()
         return node, ""

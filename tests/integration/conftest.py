@@ -118,7 +118,7 @@ class LocalCluster:
     # -- state --
 
     def statuses(self, timeout: float = 1.0) -> dict[str, NodeStatus | str]:
-        return asyncio.run(cluster.poll_status(self.cfg, timeout))
+        return asyncio.run(cluster.poll_status(self.cfg, timeout, tls=self.tls))
 
     def status(self, node_id: str) -> NodeStatus | None:
         s = self.statuses()[node_id]

@@ -62,6 +62,27 @@ def test_init_refuses_a_broken_cluster_before_writing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("node_id", ["client", "ca"])
+def test_init_refuses_a_node_id_whose_files_would_be_the_cas_or_the_clients(
+    tmp_path: Path, node_id: str
+) -> None:
+    """tls/client.crt and tls/ca.crt are taken: refused before anything is written
+    (it used to fail half-way with FileExistsError); without TLS the id is fine."""
+    specs = [parse_node_spec(f"{node_id}=10.0.0.1:7101,10.0.0.1:7201"),
+             parse_node_spec(NODES[1])]  # fmt: skip
+    with pytest.raises(ConfigError, match=f"the cert_file of node '{node_id}'"):
+        init_cluster(tmp_path / "a", specs, cluster_id="prod", tls=True)
+    assert not (tmp_path / "a").exists() or list((tmp_path / "a").iterdir()) == []
+    args = ["cluster", "init", "--dir", str(tmp_path / "b"), "--tls", "--node",
+            f"{node_id}=10.0.0.1:7101,10.0.0.1:7201"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert f"the cert_file of node '{node_id}'" in result.stderr
+    assert "choose another node id" in result.stderr
+    assert not (tmp_path / "b").exists() or list((tmp_path / "b").iterdir()) == []
+    assert init_cluster(tmp_path / "c", specs, cluster_id="prod", tls=False).written
+
+
 def test_kv_cluster_init_prints_the_next_steps(tmp_path: Path) -> None:
     args = ["cluster", "init", "--dir", str(tmp_path), "--tls"]
     result = CliRunner().invoke(cli, [*args, *(a for n in NODES for a in ("--node", n))])

@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 
 from kvstore.certs import CertificateAuthority, ca_key_path, member_ids, member_uri
-from kvstore.config import ConfigError, generate_config, parse_config
+from kvstore.config import Address, ConfigError, generate_config, parse_config
 from kvstore.security import (
     SecurityError,
     ensure_peer_secret,
@@ -19,6 +19,7 @@ from kvstore.security import (
     node_peer_secret,
     node_tls,
 )
+from tests.raft.runtime.test_transport_tls import issue_multi
 
 
 def config(tmp_path: Path, text: str | None = None):  # type: ignore[no-untyped-def]
@@ -99,12 +100,60 @@ def test_a_certificate_naming_another_member_refuses_the_start(tmp_path: Path) -
     ensure_tls_files(cfg)
     for x in ("crt", "key"):
         (tmp_path / f"tls/n1.{x}").write_bytes((tmp_path / f"tls/n2.{x}").read_bytes())
-    refused(cfg, "n1", r"n1\.crt names member n2, not n1: peers would refuse")
+    refused(cfg, "n1", r"n1\.crt names member n2, not n1 alone: peers would refuse")
     text = generate_config(3, tls=True).replace(
         'id = "n1"', 'id = "n1"\ncert_file = "tls/n2.crt"\nkey_file = "tls/n2.key"'
     )
-    with pytest.raises(ConfigError, match=r"node 'n2' shares cert_file .*n2\.crt with 'n1'"):
+    with pytest.raises(
+        ConfigError, match=r"cert_file of node 'n2'.*n2\.crt, would be the cert_file of node 'n1'"
+    ):
         config(tmp_path, text)
+
+
+def test_a_certificate_naming_several_members_refuses_the_start(tmp_path: Path) -> None:
+    """Peers would refuse it (one key must not speak as several members)."""
+    cfg = config(tmp_path)
+    ensure_tls_files(cfg)
+    ca = CertificateAuthority.load(cfg.security.ca_file)
+    both = issue_multi(ca, ["n1", "n2"])
+    (tmp_path / "tls/n1.crt").write_bytes(both.cert_pem)
+    (tmp_path / "tls/n1.key").write_bytes(both.key_pem)
+    refused(cfg, "n1", r"n1\.crt names member n1, n2, not n1 alone: peers would refuse")
+
+
+@pytest.mark.parametrize(
+    ("node_id", "clash"),
+    [
+        ("client", r"client\.crt, would be the kv tools' client certificate"),
+        ("ca", r"ca\.crt, would be the CA certificate \(\[security\] ca_file\)"),
+    ],
+)
+def test_a_node_id_whose_tls_files_would_be_the_clusters_is_a_config_error(
+    tmp_path: Path, node_id: str, clash: str
+) -> None:
+    """<ca dir>/<id>.crt must not be the client's or the CA's file: the tools would
+    present a member's certificate as theirs, or creating the files would fail half-way.
+    The error points at the id (or at the key that names the file)."""
+    local = Address("127.0.0.1", 7101), Address("127.0.0.1", 7201)
+    text = generate_config(0, nodes=[(node_id, *local)], tls=True)
+    line = text.splitlines().index(f'id = "{node_id}"') + 1
+    with pytest.raises(ConfigError, match=f":{line}: the cert_file of node '{node_id}' .*{clash}"):
+        config(tmp_path, text)
+    assert config(tmp_path, generate_config(0, nodes=[(node_id, *local)]))  # no TLS: fine
+    explicit = generate_config(3, tls=True).replace(
+        'id = "n1"', 'id = "n1"\ncert_file = "n1.crt"\nkey_file = "tls/ca.key"'
+    )
+    line = explicit.splitlines().index('key_file = "tls/ca.key"') + 1
+    clash = r"key_file of node 'n1', .*ca\.key, would be the CA's key .*point key_file elsewhere"
+    with pytest.raises(ConfigError, match=f":{line}: the {clash}"):
+        config(tmp_path, explicit)
+    same = generate_config(3, tls=True).replace(
+        'id = "n2"', 'id = "n2"\ncert_file = "tls/n1.key"'
+    )  # another node's key as this one's certificate
+    with pytest.raises(
+        ConfigError, match=r"cert_file of node 'n2', .*would be the key_file of node 'n1'"
+    ):
+        config(tmp_path, same)
 
 
 def test_a_certificate_from_another_ca_refuses_the_start(tmp_path: Path) -> None:

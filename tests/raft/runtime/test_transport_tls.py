@@ -10,15 +10,19 @@ name the id it claims or that another CA signed, and neither accepts plain TCP.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from kvstore.certs import CertificateAuthority, write_new
-from kvstore.tls import peer_tls
+from kvstore.certs import CertificateAuthority, CertPair, member_uri, write_new
+from kvstore.tls import cert_names_member, peer_tls
 from raft.framing import encode_frame
+from raft.runtime import transport
 from raft.runtime.peer_auth import PeerKey, derive_key
 from raft.runtime.peer_tls import PeerTLS
 from raft.runtime.transport import HELLO_MAGIC
@@ -40,7 +44,8 @@ pytestmark = pytest.mark.timeout(30)
 
 class Certs:
     """A CA and certificates for n1..n3 and a client in ``root``; ``rogue`` is another
-    CA's certificate naming n3."""
+    CA's certificate naming n3; ``n2+n3`` one of this CA's naming both (this tool never
+    issues such a certificate, but a CA an operator runs might)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -50,6 +55,7 @@ class Certs:
             self._write(node, ca.issue_node(node, ["127.0.0.1"]))
         self._write("client", ca.issue_client("a client"))
         self._write("rogue", CertificateAuthority.create("other").issue_node("n3", ["127.0.0.1"]))
+        self._write("n2+n3", issue_multi(ca, ["n2", "n3"]))
 
     def _write(self, name: str, pair: object) -> Path:
         cert = self.root / f"{name}.crt"
@@ -63,6 +69,14 @@ class Certs:
     def dialer_context(self, name: str) -> ssl.SSLContext:
         """A hand-made dialer's context presenting ``name``'s certificate."""
         return self.tls(name).client
+
+
+def issue_multi(ca: CertificateAuthority, members: list[str]) -> CertPair:
+    """A node certificate of ``ca`` naming every one of ``members``."""
+    names = [x509.UniformResourceIdentifier(member_uri(m)) for m in members]
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    return ca._issue("several members", names, usages)
 
 
 @pytest.fixture
@@ -83,13 +97,14 @@ def test_peers_with_certificates_exchange_messages(certs: Certs) -> None:
                 assert await n2.recv() == hb("n1", "n2", commit)
             n2.t.send([hb("n2", "n1", 7)])
             assert await n1.recv() == hb("n2", "n1", 7)
-            # Plain TCP gets no handshake reply at all: the TLS layer drops it.
+            # Plain TCP gets no handshake reply at all: the TLS handshake fails, and
+            # is counted as a refusal.
             reader, writer = await asyncio.open_connection(*n2.t.address)
             hello = [HELLO_MAGIC, V, PeerKey.nonce()]
             writer.write(encode_frame(msgpack.packb(hello, use_bin_type=True)))
             assert await reader.read(4096) == b""
             writer.close()
-            assert n2.t.stats()["rejected"] == 0  # never reached the handshake
+            assert n2.t.stats()["rejected"] == 1
         finally:
             await n1.t.close()
             await n2.t.close()
@@ -97,13 +112,15 @@ def test_peers_with_certificates_exchange_messages(certs: Certs) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("presented", ["n3", "n2+n3"])
 def test_the_dialer_refuses_an_acceptor_whose_certificate_names_another_member(
-    certs: Certs, caplog: pytest.LogCaptureFixture
+    certs: Certs, caplog: pytest.LogCaptureFixture, presented: str
 ) -> None:
-    """n3 (a member, holding the secret) listens where n1 expects n2: n1 sends nothing."""
+    """n3 (a member, holding the secret) listens where n1 expects n2: n1 sends nothing,
+    also when n3's certificate names n2 as well as n3."""
 
     async def main() -> None:
-        impostor = Node("n3", tls=certs.tls("n3"))
+        impostor = Node("n3", tls=certs.tls(presented))
         await impostor.t.start()
         impostor.t.update_peers({"n1": ("127.0.0.1", 9)})
         n1 = Node("n1", {"n2": impostor.t.address}, tls=certs.tls("n1"))
@@ -117,7 +134,7 @@ def test_the_dialer_refuses_an_acceptor_whose_certificate_names_another_member(
             await impostor.t.close()
 
     run(main())
-    assert "does not name member n2" in caplog.text
+    assert "does not bind member n2" in caplog.text
 
 
 async def dial_tls(
@@ -149,8 +166,9 @@ async def dial_tls(
 @pytest.mark.parametrize(
     ("presented", "refusal"),
     [
-        ("n2", "it claims 'n3', which its certificate does not name"),
-        ("client", "it claims 'n3', which its certificate does not name"),
+        ("n2", "it claims 'n3', which its certificate does not bind"),
+        ("client", "it claims 'n3', which its certificate does not bind"),
+        ("n2+n3", "it claims 'n3', which its certificate does not bind"),
         ("rogue", None),  # another CA: the TLS handshake fails, the handshake never runs
     ],
 )
@@ -165,12 +183,11 @@ def test_the_acceptor_refuses_a_certificate_that_does_not_bind_the_claimed_id(
             n1.t.update_peers({"n3": n3.t.address, "n2": ("127.0.0.1", 9)})
             n3.t.update_peers({"n1": n1.t.address})
             result = await dial_tls(n1.t.address, certs.dialer_context(presented), "n3", "n1")
-            if refusal is None:
+            if refusal is None:  # the TLS handshake fails: no hello is exchanged
                 assert isinstance(result, OSError | EOFError), result
-                assert n1.t.stats()["rejected"] == 0
             else:
                 assert result == REFUSED
-                assert n1.t.stats()["rejected"] == 1
+            assert n1.t.stats()["rejected"] == 1
             # The genuine n3 is still served.
             n3.t.send([hb("n3", "n1", 5)])
             assert await n1.recv() == hb("n3", "n1", 5)
@@ -180,8 +197,7 @@ def test_the_acceptor_refuses_a_certificate_that_does_not_bind_the_claimed_id(
             await n3.t.close()
 
     run(main())
-    if refusal is not None:
-        assert refusal in caplog.text
+    assert (refusal or "TLS handshake failed") in caplog.text
 
 
 def test_the_genuine_certificate_passes_the_acceptor(certs: Certs) -> None:
@@ -206,3 +222,77 @@ def test_a_peer_tls_context_must_verify_both_ways(certs: Certs) -> None:
     lax = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     with pytest.raises(ValueError, match="require client certificates"):
         PeerTLS(lax, good.client, good.names)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_idle_connections_are_bounded_by_the_handshake_limit(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tls: bool
+) -> None:
+    """Connections that never start TLS (or never say hello) hold at most
+    MAX_HANDSHAKES slots; the rest are closed at once, with TLS as without. Then a
+    genuine peer still gets in, and close() ends handshakes in progress (the connect
+    timeout is far longer than the test)."""
+    monkeypatch.setattr(transport, "MAX_HANDSHAKES", 4)
+
+    def node(node_id: str, peers: dict[str, tuple[str, int]] | None = None) -> Node:
+        return Node(node_id, peers, tls=certs.tls(node_id) if tls else None, connect_timeout=60)
+
+    async def main() -> None:
+        n1 = node("n1")
+        n3: Node | None = None
+        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        try:
+            await n1.t.start()
+            n1.t.update_peers({"n3": ("127.0.0.1", 9)})
+            idle = [await asyncio.open_connection(*n1.t.address) for _ in range(10)]
+            await wait_for(lambda: sum(r.at_eof() for r, _ in idle) == 6)
+            assert n1.t.stats()["handshaking"] == 4
+            assert n1.t.stats()["rejected"] == 6
+            for _, w in idle:
+                w.close()
+            await wait_for(lambda: n1.t.stats()["handshaking"] == 0)
+            assert n1.t.stats()["rejected"] == 10  # 4 handshakes that failed, counted
+            n3 = node("n3", {"n1": n1.t.address})
+            await n3.t.start()
+            n3.t.send([hb("n3", "n1", 1)])
+            assert await n1.recv() == hb("n3", "n1", 1)
+            idle = [await asyncio.open_connection(*n1.t.address) for _ in range(2)]
+            await wait_for(lambda: n1.t.stats()["handshaking"] == 2)
+            await n1.t.close()  # within the test's bound, not after connect_timeout
+            await wait_for(lambda: all(r.at_eof() for r, _ in idle))
+        finally:
+            for _, w in idle:
+                w.close()
+            await n1.t.close()
+            if n3 is not None:
+                await n3.t.close()
+
+    run(main())
+    assert ("TLS handshake failed" if tls else "no valid handshake") in caplog.text
+
+
+def test_a_certificate_naming_several_members_binds_none(certs: Certs) -> None:
+    """The store's callback, on what ``getpeercert()`` returns for each certificate."""
+
+    async def peercert(name: str) -> dict[str, object]:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(certs.root / f"{name}.crt", certs.root / f"{name}.key")
+        listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server)
+        try:
+            client = ssl.create_default_context(cafile=certs.ca)
+            client.check_hostname = False
+            _, w = await asyncio.open_connection(*listener.sockets[0].getsockname(), ssl=client)
+            cert: dict[str, object] = w.get_extra_info("peercert")
+            w.close()
+            return cert
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+    async def main() -> None:
+        both = await peercert("n2+n3")
+        assert not cert_names_member(both, "n2") and not cert_names_member(both, "n3")
+        n3 = await peercert("n3")
+        assert cert_names_member(n3, "n3") and not cert_names_member(n3, "n2")
+
+    run(main())
