@@ -73,6 +73,7 @@ __all__ = [
     "LIBFAKETIME",
     "ClockRead",
     "NodeClocks",
+    "Setting",
     "available",
     "process_start",
     "read_clocks",
@@ -151,6 +152,17 @@ class NodeClocks:
         self._write(node, f"{base:+.6f} x{rate:.6f}")
         setting = self.settings[node] = Setting(offset, rate, now)
         return setting
+
+    def process_starting(self, node: str) -> None:
+        """``node``'s process is about to start (a restart, during a drift). A rate
+        applies from the process's start, so the line written for the old process
+        would step the new one's wall clock by (start' - start) x (rate - 1); the line
+        is rewritten for a process starting now, continuing the drift where it is (a
+        machine's clock does not reset when a process restarts)."""
+        setting = self.settings[node]
+        if setting.rate != 1.0:
+            now = time.time()
+            self._write(node, f"{setting.expected_offset(now):+.6f} x{setting.rate:.6f}")
 
     def reset(self, node: str) -> Setting:
         self._write(node, "+0 x1")

@@ -261,7 +261,10 @@ class LocalDB:
         extra: tuple[str, ...] = () if self.unsafe is None else ("--unsafe", self.unsafe)
         if node in self.wiped:
             extra += ("--join",)
-        wrapper = [] if self.clock is None else self.clock.wrapper(node)
+        wrapper = []
+        if self.clock is not None:
+            self.clock.process_starting(node)
+            wrapper = self.clock.wrapper(node)
         if self.placement is None:
             cfg = self.configs[node].node(node)
             pid = spawn_node(self.config_paths[node], cfg, extra, wrapper=wrapper)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from jepsen_like.clock import NodeClocks
+from jepsen_like.clock import NodeClocks, Setting
 
 # Runs under the wrapper: a CLOCK_MONOTONIC condition variable, waited on for 200 ms
 # with nobody to signal it; prints the return code and how early it came back (ms).
@@ -59,3 +60,28 @@ def test_a_timed_wait_under_the_wrapper_waits_until_its_deadline(
     assert rc == ETIMEDOUT
     assert early_ms <= 0, f"the 200 ms wait returned {early_ms} ms before its deadline"
     assert early_ms > -5000, f"the 200 ms wait overslept by {-early_ms} ms (a stepped clock?)"
+
+
+def test_a_node_restarted_during_a_drift_goes_on_drifting_where_it_was(
+    tmp_path: Path, libfaketime: Path
+) -> None:
+    """A rate applies from the process's start: a node restarted 50 s into a 1% drift
+    would come back at offset 0 (a 0.5 s step back) under the old process's line. The
+    harness rewrites the line before the new process starts."""
+    clocks = NodeClocks(tmp_path / "clock", ["n1"], lib=libfaketime)
+    clocks.set("n1", None, offset=0.0, rate=1.01)  # the line for a process starting now
+    clocks.settings["n1"] = Setting(0.0, 1.01, time.time() - 50)  # ...as if set 50 s ago
+    clocks.process_starting("n1")
+    read = "import time; print(time.time())"
+    before = time.time()
+    out = subprocess.run(
+        [*clocks.wrapper("n1"), sys.executable, "-c", read],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    after = time.time()
+    offset = float(out) - (before + after) / 2
+    expected = clocks.settings["n1"].expected_offset((before + after) / 2)
+    assert abs(offset - expected) < 0.05 + (after - before) / 2, (offset, expected)

@@ -36,7 +36,7 @@ from jepsen_like.nemesis import (
 )
 from jepsen_like.observe import Evidence
 from jepsen_like.proxy import Link
-from kvstore.client import Indeterminate, Members, NodeStatus
+from kvstore.client import Indeterminate, Members, NodeStatus, Unavailable
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -924,6 +924,58 @@ def test_a_membership_start_first_finishes_the_restore_a_failed_stop_left() -> N
     old, new = asyncio.run(body())
     assert db.running(old) and old in db.voters and old not in db.held
     assert new in db.held and not db.running(new)
+
+
+def test_a_drift_read_across_a_restart_is_read_again_from_the_new_process() -> None:
+    env = make_env()
+    env.answer_s = 3.0
+    db = env.db
+    assert isinstance(db, FakeDB)
+    clock = itertools.count(0, 1000)
+    schedule = Schedule(["clock-drift"], env, interval=0.02, clock_ns=lambda: next(clock))
+    fault = schedule._faults["clock-drift"]
+    real_verify = fault.verify_start
+
+    async def restarted_meanwhile(env: Env, details: dict[str, object]) -> Evidence:
+        node = str(details["node"])
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, lambda: (db.kill([node]), db.restart(node)))
+        return await real_verify(env, details)
+
+    fault.verify_start = restarted_meanwhile  # type: ignore[method-assign]
+    asyncio.run(schedule.start("clock-drift"))
+    ev = _evidence(schedule, "start")
+    assert ev["status"] == "verified", ev
+    assert any("restarted between the reads" in n for n in ev["notes"]), ev
+    pids = {c["observed"]["first"]["pid"] for c in ev["checks"]}
+    assert pids == {c["observed"]["second"]["pid"] for c in ev["checks"]} and len(pids) == 1
+
+
+def test_a_membership_start_that_cannot_finish_the_last_restore_is_not_applied() -> None:
+    """No quorum for longer than the retries: the start says so (not applied) rather
+    than failing as an error, and the heal finishes the old restore later."""
+    schedule = make_schedule(["membership"])
+    db = schedule.env.db
+    assert isinstance(db, FakeDB)
+    fault = schedule._faults["membership"]
+    fault.conflict_retry_s = 0.1  # type: ignore[attr-defined]
+
+    async def body() -> None:
+        old = (await fault.start(schedule.env))["victim"]
+        real = db.member_list
+
+        async def no_leader(node: str | None = None) -> Members:
+            raise Unavailable("no leader known")
+
+        db.member_list = no_leader  # type: ignore[method-assign]
+        await schedule.start("membership")
+        db.member_list = real  # type: ignore[method-assign]
+        await schedule.heal()
+        assert old not in db.held and db.running(old) and old in db.voters
+
+    asyncio.run(body())
+    ev = _evidence(schedule, "start")
+    assert ev["status"] == "not-applied" and "not restored yet" in ev["not_applied"], ev
 
 
 class EmptyNet(QuietNet):
