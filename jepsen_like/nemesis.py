@@ -630,9 +630,14 @@ class Transfer(Fault):
             ev.add(f"{to} reports leading", st.role == "leader" or st.leader == to, seen)
             return ev
         before = details.get("term_before")
-        for other in env.db.nodes:
-            if before is None or other == to or _cannot_answer(env, other) is not None:
-                continue
+        others = [n for n in env.db.nodes if n != to and _cannot_answer(env, n) is None]
+        if why in ("down", "paused") and not others:
+            ev.notes.append(f"{to} {why} (another fault), and no other node could answer")
+            ev.not_applied = "nobody could be asked whether it took effect"
+            return ev
+        for other in others:
+            if before is None:
+                break
             with contextlib.suppress(Exception):
                 st = await env.db.status(other)
                 if st.leader == to and st.term > before:

@@ -1037,6 +1037,26 @@ def test_a_transfer_whose_target_is_paused_is_verified_by_another_node() -> None
     assert start["checks"][0]["check"].endswith(f"names {to} the leader")
 
 
+def test_a_transfer_nobody_can_be_asked_about_is_noted_not_verified() -> None:
+    """Every node killed by another fault right after the transfer: no observation at
+    all, so the transfer is not applied as far as anyone can tell (not verified)."""
+    schedule = make_schedule(["transfer"])
+    db = schedule.env.db
+    assert isinstance(db, FakeDB)
+    fault = schedule._faults["transfer"]
+    real_verify = fault.verify_start
+
+    async def all_killed(env: Env, details: dict[str, object]) -> Evidence:
+        db.kill(list(db.nodes))
+        return await real_verify(env, details)
+
+    fault.verify_start = all_killed  # type: ignore[method-assign]
+    asyncio.run(schedule.start("transfer"))
+    ev = _evidence(schedule, "start")
+    assert ev["status"] == "not-applied" and ev["checks"] == [], ev
+    assert "no other node could answer" in ev["notes"][0]
+
+
 def test_a_stale_view_of_the_target_leading_does_not_verify_a_transfer() -> None:
     """The target is paused and every other node still names it the leader, but from
     the term before the transfer (cut off since): not evidence of this transfer."""
