@@ -64,6 +64,7 @@ from jepsen_like.observe import (
     open_paths,
     proc_state,
     startups,
+    terms_led,
 )
 from jepsen_like.proxy import Grudge, Link
 from kvstore.client import ClientError, Conflict, Unavailable
@@ -603,6 +604,7 @@ class Transfer(Fault):
         details: dict[str, Any] = {"leader": leader, "to": to}
         with contextlib.suppress(Exception):  # for the verifier: a term to be past
             details["term_before"] = (await env.db.status(leader)).term
+        details["log_offset"] = _size(env.db.own_data_dir(to) / "node.log")
         try:
             details["new_leader"] = await env.db.transfer_leader(to)
             details["outcome"] = "moved"
@@ -615,10 +617,11 @@ class Transfer(Fault):
 
     async def verify_start(self, env: Env, details: dict[str, Any]) -> Evidence:
         """The target itself says it leads (or names itself the leader), waiting out
-        another group's fault that has it down or paused for the moment. If it stays
-        so, another running node that names it the leader *in a later term than the
-        old leader's before the transfer* will do (a node cut off since an earlier
-        term of the target's would otherwise pass)."""
+        another group's fault that has it down or paused for the moment. Else (it led
+        and lost it again since, or stays down) its own log saying it led a term later
+        than the old leader's before the transfer, or another running node naming it
+        the leader in such a term (a node cut off since an earlier term of the
+        target's would otherwise pass)."""
         if details.get("outcome") != "moved":
             return Evidence.nothing(str(details.get("outcome")))
         to = details["to"]
@@ -627,9 +630,17 @@ class Transfer(Fault):
         st, why = await _answer(env, to, lambda: env.db.status(to), deadline)
         if st is not None:
             seen = {"role": st.role, "term": st.term, "leader": st.leader}
-            ev.add(f"{to} reports leading", st.role == "leader" or st.leader == to, seen)
-            return ev
+            if st.role == "leader" or st.leader == to:
+                ev.add(f"{to} reports leading", True, seen)
+                return ev
+            why = f"{to} answers {seen}"  # led and lost it since? its log says
         before = details.get("term_before")
+        log = env.db.own_data_dir(to) / "node.log"
+        led = terms_led(_read_from(log, details.get("log_offset", 0)))
+        if before is not None and any(t > before for t in led):
+            seen = {"terms_led": led, "term_before": before, "now": why}
+            ev.add(f"{to} logged leading in a later term", True, seen)
+            return ev
         others = [n for n in env.db.nodes if n != to and _cannot_answer(env, n) is None]
         if why in ("down", "paused") and not others:
             ev.notes.append(f"{to} {why} (another fault), and no other node could answer")

@@ -56,6 +56,7 @@ __all__ = [
     "probe_link",
     "proc_state",
     "startups",
+    "terms_led",
 ]
 
 PROC: Final = Path("/proc")
@@ -162,6 +163,7 @@ def dir_listing(path: Path) -> list[str] | None:
 
 _STARTED = re.compile(r": started at term (\d+), snapshot (\d+), (\d+) log entries")
 _SERVING = re.compile(r": serving \(pid (\d+)\)")
+_LEADING = re.compile(r": lessor promoted in term (\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +205,12 @@ def startups(text: str) -> list[Startup]:
     if pending is not None:
         found.append(Startup(None, *pending))
     return found
+
+
+def terms_led(text: str) -> list[int]:
+    """The terms a node's log says it led (its lessor is promoted once per term it
+    leads): evidence of leadership that a later election cannot take back."""
+    return [int(m[1]) for line in text.splitlines() if (m := _LEADING.search(line))]
 
 
 # ---- links --------------------------------------------------------------------------

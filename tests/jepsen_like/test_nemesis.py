@@ -302,6 +302,8 @@ class FakeDB:
     async def transfer_leader(self, to: str) -> str:
         self.the_leader = to
         self.term += 1
+        with open(self.own_data_dir(to) / "node.log", "a") as log:
+            log.write(f"x INFO kvstore.server: {to}: lessor promoted in term {self.term}\n")
         return to
 
     # Membership, as the leader applies it; restart() of a wiped node models --join.
@@ -685,6 +687,9 @@ class DudDB(FakeDB):
         self.wiped.add(node)
         shutil.rmtree(self.root / "elsewhere" / node, ignore_errors=True)
 
+    async def transfer_leader(self, to: str) -> str:
+        return to  # says it moved; nothing happened, nothing logged
+
     async def status(self, node: str) -> NodeStatus:
         # Never moved, and its clocks never either (a node started without libfaketime).
         wall = time.time_ns() // 1_000_000
@@ -1018,8 +1023,24 @@ def test_a_delay_not_set_on_every_link_is_unverified_even_without_traffic() -> N
     assert _evidence(schedule, "start")["status"] == "unverified"
 
 
+class UnloggedDB(FakeDB):
+    """Transfers happen, but the target's log says nothing of them: the other ways to
+    see a transfer are what is tested."""
+
+    async def transfer_leader(self, to: str) -> str:
+        self.the_leader = to
+        self.term += 1
+        return to
+
+
+def _transfer_schedule() -> Schedule:
+    clock = itertools.count(0, 1000)
+    env = make_env(UnloggedDB())
+    return Schedule(["transfer"], env, interval=0.02, clock_ns=lambda: next(clock))
+
+
 def test_a_transfer_whose_target_is_paused_is_verified_by_another_node() -> None:
-    schedule = make_schedule(["transfer"])
+    schedule = _transfer_schedule()
     db = schedule.env.db
     assert isinstance(db, FakeDB)
     fault = schedule._faults["transfer"]
@@ -1040,7 +1061,7 @@ def test_a_transfer_whose_target_is_paused_is_verified_by_another_node() -> None
 def test_a_transfer_nobody_can_be_asked_about_is_noted_not_verified() -> None:
     """Every node killed by another fault right after the transfer: no observation at
     all, so the transfer is not applied as far as anyone can tell (not verified)."""
-    schedule = make_schedule(["transfer"])
+    schedule = _transfer_schedule()
     db = schedule.env.db
     assert isinstance(db, FakeDB)
     fault = schedule._faults["transfer"]
@@ -1057,10 +1078,43 @@ def test_a_transfer_nobody_can_be_asked_about_is_noted_not_verified() -> None:
     assert "no other node could answer" in ev["notes"][0]
 
 
+def test_a_transfer_whose_target_led_and_lost_it_again_is_verified_by_its_log() -> None:
+    """Another fault's election took leadership from the target before it could be
+    asked: its own log says it led a term after the transfer began."""
+    schedule = make_schedule(["transfer"])
+    db = schedule.env.db
+    assert isinstance(db, FakeDB)
+    fault = schedule._faults["transfer"]
+    real_verify = fault.verify_start
+
+    async def deposed_meanwhile(env: Env, details: dict[str, object]) -> Evidence:
+        db.the_leader, db.term = None, db.term + 5
+        return await real_verify(env, details)
+
+    fault.verify_start = deposed_meanwhile  # type: ignore[method-assign]
+    asyncio.run(schedule.start("transfer"))
+    ev = _evidence(schedule, "start")
+    assert ev["status"] == "verified", ev
+    assert ev["checks"][0]["check"].endswith("logged leading in a later term")
+
+
+def test_a_transfer_whose_target_never_logged_leading_is_unverified() -> None:
+    class SilentDB(FakeDB):
+        async def transfer_leader(self, to: str) -> str:
+            self.term += 1
+            return to  # says moved; nobody leads, nothing logged
+
+    env = make_env(SilentDB())
+    clock = itertools.count(0, 1000)
+    schedule = Schedule(["transfer"], env, interval=0.02, clock_ns=lambda: next(clock))
+    asyncio.run(schedule.start("transfer"))
+    assert _evidence(schedule, "start")["status"] == "unverified"
+
+
 def test_a_stale_view_of_the_target_leading_does_not_verify_a_transfer() -> None:
     """The target is paused and every other node still names it the leader, but from
     the term before the transfer (cut off since): not evidence of this transfer."""
-    schedule = make_schedule(["transfer"])
+    schedule = _transfer_schedule()
     db = schedule.env.db
     assert isinstance(db, FakeDB)
 
