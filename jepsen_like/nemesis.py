@@ -567,10 +567,17 @@ class Pause(Fault):
         if pid is None:
             return Evidence.nothing(f"{details.get('leader') or 'the node'} was not running")
         ev = Evidence()
+        victim = details["paused"]
         stopped, state = await eventually(
-            lambda: proc_state(pid, env.proc), lambda s: s == "T", env.settle_s
+            lambda: proc_state(pid, env.proc),
+            lambda s: s == "T" or env.db.pid(victim) != pid,
+            env.settle_s,
         )
-        ev.add(f"{details['paused']} pid {pid} stopped", stopped, _state_word(state))
+        if state != "T" and env.db.pid(victim) != pid:  # another fault killed it first
+            ev.notes.append(f"{victim} pid {pid} killed by another fault before it was seen")
+            ev.not_applied = "the paused process was killed (another fault) before it was seen"
+            return ev
+        ev.add(f"{victim} pid {pid} stopped", stopped, _state_word(state))
         return ev
 
     async def verify_stop(self, env: Env, details: dict[str, Any]) -> Evidence | None:
@@ -797,7 +804,10 @@ async def _answer(
     """``ask`` ``node``, waiting out another group's fault (``--nemesis all``): a node
     killed or paused since this fault started cannot answer now but will when that
     fault ends, and a node that is slow under load may miss one request. Tries until
-    ``deadline`` (monotonic); returns the answer, or None and why there is none."""
+    ``deadline`` (monotonic); returns the answer, or None and why there is none: the
+    other fault's doing (``down``, ``paused``) if one had the node at any time in the
+    wait, else the last failure."""
+    interfered: str | None = None  # another fault had it down or paused meanwhile
     while True:
         why = _cannot_answer(env, node)
         if why is None:
@@ -805,8 +815,12 @@ async def _answer(
                 return await ask(), None
             except Exception as exc:
                 why = f"status failed: {exc!r}"
+        else:
+            interfered = why
         if time.monotonic() >= deadline:
-            return None, why
+            # Back only just before the deadline (a restarted node replays its log
+            # first): it had no fair chance to answer, which is the other fault's doing.
+            return None, interfered or why
         await asyncio.sleep(0.2)
 
 

@@ -983,6 +983,61 @@ def test_a_membership_start_that_cannot_finish_the_last_restore_is_not_applied()
     assert ev["status"] == "not-applied" and "not restored yet" in ev["not_applied"], ev
 
 
+def test_a_pause_killed_by_another_fault_before_it_is_seen_is_noted() -> None:
+    """kill-all right after pause-one (the 10-minute lock run): the stopped process is
+    gone before the verifier looks, and that is the other fault's doing."""
+    schedule = make_schedule(["pause-one"])
+    db = schedule.env.db
+    assert isinstance(db, FakeDB)
+    fault = schedule._faults["pause-one"]
+    real_verify = fault.verify_start
+
+    async def killed_first(env: Env, details: dict[str, object]) -> Evidence:
+        db.kill([str(details["paused"])])
+        return await real_verify(env, details)
+
+    fault.verify_start = killed_first  # type: ignore[method-assign]
+    asyncio.run(schedule.start("pause-one"))
+    ev = _evidence(schedule, "start")
+    assert ev["status"] == "not-applied" and ev["checks"] == [], ev
+    assert "killed by another fault" in ev["notes"][0]
+
+
+def test_a_node_back_from_another_fault_too_late_to_answer_is_noted_not_failed() -> None:
+    """Killed by another fault, restarted just before the deadline, still replaying its
+    log when time ran out: it had no fair chance to answer."""
+
+    class BootingDB(FakeDB):
+        booting: set[str] = set()
+
+        async def status(self, node: str) -> NodeStatus:
+            if node in self.booting:
+                raise ConnectionRefusedError(f"{node} is starting")
+            return await super().status(node)
+
+    env = make_env(BootingDB())
+    env.answer_s = 0.6
+    db = env.db
+    assert isinstance(db, BootingDB)
+    clock = itertools.count(0, 1000)
+    schedule = Schedule(["clock-step-forward"], env, interval=0.02, clock_ns=lambda: next(clock))
+    fault = schedule._faults["clock-step-forward"]
+    real_verify = fault.verify_start
+
+    async def killed_then_booting(env: Env, details: dict[str, object]) -> Evidence:
+        node = str(details["node"])
+        db.kill([node])
+        db.booting.add(node)
+        asyncio.get_running_loop().call_later(0.3, db.restart, node)
+        return await real_verify(env, details)
+
+    fault.verify_start = killed_then_booting  # type: ignore[method-assign]
+    asyncio.run(schedule.start("clock-step-forward"))
+    ev = _evidence(schedule, "start")
+    assert ev["status"] == "not-applied" and ev["checks"] == [], ev
+    assert "down (another fault)" in ev["notes"][0]
+
+
 class EmptyNet(QuietNet):
     """No connection open anywhere (every link cut, every node down): a drop resets
     nothing, nobody dials."""
