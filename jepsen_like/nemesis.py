@@ -575,7 +575,7 @@ class Pause(Fault):
         )
         if state != "T" and env.db.pid(victim) != pid:  # another fault killed it first
             ev.notes.append(f"{victim} pid {pid} killed by another fault before it was seen")
-            ev.not_applied = "the paused process was killed (another fault) before it was seen"
+            ev.superseded = "the paused process was killed (another fault) before it was seen"
             return ev
         ev.add(f"{victim} pid {pid} stopped", stopped, _state_word(state))
         return ev
@@ -651,7 +651,7 @@ class Transfer(Fault):
         others = [n for n in env.db.nodes if n != to and _cannot_answer(env, n) is None]
         if why in ("down", "paused") and not others:
             ev.notes.append(f"{to} {why} (another fault), and no other node could answer")
-            ev.not_applied = "nobody could be asked whether it took effect"
+            ev.superseded = "nobody could be asked whether it took effect"
             return ev
         for other in others:
             if before is None:
@@ -831,7 +831,7 @@ def _merged(parts: Sequence[Evidence]) -> Evidence:
         ev.checks += part.checks
         ev.notes += part.notes
     if not ev.checks:
-        ev.not_applied = "no moved node could be read: " + "; ".join(ev.notes)
+        ev.superseded = "no moved node could be read: " + "; ".join(ev.notes)
     return ev
 
 
@@ -1448,9 +1448,11 @@ async def _verify_healed(env: Env, details: dict[str, Any]) -> Evidence:
 
 def verification(timeline: Sequence[TimelineEvent]) -> dict[str, Any]:
     """The faults checker: every fault's evidence, judged. ``valid`` True when every
-    start, stop and the heal was verified (or the fault says it injected nothing);
-    None (unknown) otherwise: a fault nobody saw take effect proves nothing, so the
-    run cannot be called valid, nor invalid on that account."""
+    start, stop and the heal was verified, or the fault says it injected nothing, or
+    another fault named in its evidence kept it from being seen (``superseded``,
+    counted apart in the summary); None (unknown) otherwise: a fault nobody saw take
+    effect, with no other fault to account for it, proves nothing, so the run cannot
+    be called valid, nor invalid on that account."""
     counts: dict[str, int] = {}
     bad: list[dict[str, Any]] = []
     stopped_later = {(ev.fault, i) for i, ev in enumerate(timeline) if ev.event == "stop"}

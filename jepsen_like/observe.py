@@ -26,7 +26,10 @@ effect, what was seen). An :class:`Evidence` gathers a fault's checks: ``verifie
 when there is at least one and all hold, ``unverified`` otherwise, ``not-applied`` when
 the fault itself says it injected nothing (no leader to transfer from, no running node
 to pause) or found nothing to act on (a delay while no traffic crossed any link: what
-could be checked, that every link was set, holds), ``error`` when the fault raised. The
+could be checked, that every link was set, holds), ``superseded`` when it was applied
+but another fault kept anyone from seeing it (the node it acted on killed or paused
+by another group for the whole wait, said in the notes), ``error`` when the fault
+raised. The
 runner makes a run whose faults are not all verified or not-applied end ``unknown``,
 never ``valid``.
 
@@ -87,6 +90,9 @@ class Evidence:
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what could not be looked at, and why
     not_applied: str | None = None  # the fault's own word that it injected nothing
+    # Applied, but another fault (named in the notes) kept anyone from seeing it: a
+    # node down or paused by another group for the whole wait (--nemesis all).
+    superseded: str | None = None
     error: str | None = None
     took_ms: float = 0.0
 
@@ -100,6 +106,8 @@ class Evidence:
             return "error"
         if self.not_applied is not None and all(c.ok for c in self.checks):
             return "not-applied"  # what could be checked holds; nothing to act on
+        if self.superseded is not None and all(c.ok for c in self.checks):
+            return "superseded"
         if self.checks and all(c.ok for c in self.checks):
             return "verified"
         return "unverified"
@@ -110,6 +118,8 @@ class Evidence:
             out["notes"] = self.notes
         if self.not_applied is not None:
             out["not_applied"] = self.not_applied
+        if self.superseded is not None:
+            out["superseded"] = self.superseded
         if self.error is not None:
             out["error"] = self.error
         out["took_ms"] = self.took_ms

@@ -519,7 +519,7 @@ def _evidence_html(results: dict[str, Any]) -> str:
         "not verified makes the verdict unknown.</p><ul>"
     ]
     for label, ev in items:
-        extra = ev.get("not_applied") or ev.get("error") or ""
+        extra = ev.get("not_applied") or ev.get("superseded") or ev.get("error") or ""
         out.append(
             f"<li><b>{escape(label)}</b>: <span class='{_EV_CLASS.get(ev['status'], 'unknown')}'>"
             f"{escape(ev['status'])}</span> {escape(str(extra))} "
@@ -534,4 +534,10 @@ def _evidence_html(results: dict[str, Any]) -> str:
     return "".join(out)
 
 
-_EV_CLASS = {"verified": "valid", "not-applied": "", "unverified": "invalid", "error": "invalid"}
+_EV_CLASS = {
+    "verified": "valid",
+    "not-applied": "",
+    "superseded": "",
+    "unverified": "invalid",
+    "error": "invalid",
+}

@@ -845,8 +845,10 @@ def test_a_node_still_down_at_the_end_of_the_wait_is_noted_and_proves_nothing() 
     asyncio.run(schedule.start("clock-step-forward"))
     node = schedule.timeline[-1].details["node"]
     ev = _evidence(schedule, "start")
-    assert ev["status"] == "not-applied" and ev["checks"] == [], ev
+    assert ev["status"] == "superseded" and ev["checks"] == [], ev
     assert ev["notes"] == [f"{node} not read: down (another fault) until the deadline"]
+    result = verification(schedule.timeline)
+    assert result["valid"] is True and "1 superseded" in result["summary"], result
 
 
 def test_a_node_that_died_on_its_own_fails_the_clock_check() -> None:
@@ -999,7 +1001,7 @@ def test_a_pause_killed_by_another_fault_before_it_is_seen_is_noted() -> None:
     fault.verify_start = killed_first  # type: ignore[method-assign]
     asyncio.run(schedule.start("pause-one"))
     ev = _evidence(schedule, "start")
-    assert ev["status"] == "not-applied" and ev["checks"] == [], ev
+    assert ev["status"] == "superseded" and ev["checks"] == [], ev
     assert "killed by another fault" in ev["notes"][0]
 
 
@@ -1034,7 +1036,7 @@ def test_a_node_back_from_another_fault_too_late_to_answer_is_noted_not_failed()
     fault.verify_start = killed_then_booting  # type: ignore[method-assign]
     asyncio.run(schedule.start("clock-step-forward"))
     ev = _evidence(schedule, "start")
-    assert ev["status"] == "not-applied" and ev["checks"] == [], ev
+    assert ev["status"] == "superseded" and ev["checks"] == [], ev
     assert "down (another fault)" in ev["notes"][0]
 
 
@@ -1129,7 +1131,7 @@ def test_a_transfer_nobody_can_be_asked_about_is_noted_not_verified() -> None:
     fault.verify_start = all_killed  # type: ignore[method-assign]
     asyncio.run(schedule.start("transfer"))
     ev = _evidence(schedule, "start")
-    assert ev["status"] == "not-applied" and ev["checks"] == [], ev
+    assert ev["status"] == "superseded" and ev["checks"] == [], ev
     assert "no other node could answer" in ev["notes"][0]
 
 
