@@ -10,7 +10,7 @@ import itertools
 import random
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -800,6 +800,21 @@ def test_not_applied_faults_do_not_make_a_run_unknown() -> None:
 # ---- overlapping faults (--nemesis all): a verifier waits out another group's fault ----
 
 
+def before_verify(
+    schedule: Schedule, kind: str, meanwhile: Callable[[dict[str, object]], None]
+) -> None:
+    """Let ``meanwhile`` (another fault, acting) run between the start of ``kind`` and
+    its verification: how the overlaps of ``--nemesis all`` are staged."""
+    fault = schedule._faults[kind]
+    verify = fault.verify_start
+
+    async def staged(env: Env, details: dict[str, object]) -> Evidence:
+        meanwhile(details)
+        return await verify(env, details)
+
+    fault.verify_start = staged  # type: ignore[method-assign]
+
+
 def test_a_clock_read_waits_out_a_kill_by_another_fault() -> None:
     """The clock was stepped; another group kills the node before the read-back and
     restarts it a little later. The read-back waits for it and verifies the step (it
@@ -810,17 +825,14 @@ def test_a_clock_read_waits_out_a_kill_by_another_fault() -> None:
     assert isinstance(db, FakeDB)
     clock = itertools.count(0, 1000)
     schedule = Schedule(["clock-step-forward"], env, interval=0.02, clock_ns=lambda: next(clock))
-    fault = schedule._faults["clock-step-forward"]
-    real_verify = fault.verify_start
 
-    async def killed_meanwhile(env: Env, details: dict[str, object]) -> Evidence:
+    def killed_meanwhile(details: dict[str, object]) -> None:
         node = str(details["node"])
         db.kill([node])
         loop = asyncio.get_running_loop()
         loop.call_later(0.5, db.restart, node)
-        return await real_verify(env, details)
 
-    fault.verify_start = killed_meanwhile  # type: ignore[method-assign]
+    before_verify(schedule, "clock-step-forward", killed_meanwhile)
     asyncio.run(schedule.start("clock-step-forward"))
     start = _evidence(schedule, "start")
     assert start["status"] == "verified", start
@@ -834,14 +846,11 @@ def test_a_node_still_down_at_the_end_of_the_wait_is_noted_and_proves_nothing() 
     skip used to count as a passing check, and a fault nobody saw was "verified")."""
     schedule = make_schedule(["clock-step-forward"])
     db = schedule.env.db
-    fault = schedule._faults["clock-step-forward"]
-    real_verify = fault.verify_start
 
-    async def killed_for_good(env: Env, details: dict[str, object]) -> Evidence:
+    def killed_for_good(details: dict[str, object]) -> None:
         db.kill([str(details["node"])])
-        return await real_verify(env, details)
 
-    fault.verify_start = killed_for_good  # type: ignore[method-assign]
+    before_verify(schedule, "clock-step-forward", killed_for_good)
     asyncio.run(schedule.start("clock-step-forward"))
     node = schedule.timeline[-1].details["node"]
     ev = _evidence(schedule, "start")
@@ -868,14 +877,11 @@ def test_a_node_that_died_on_its_own_fails_the_clock_check() -> None:
     assert isinstance(db, CrashingDB)
     clock = itertools.count(0, 1000)
     schedule = Schedule(["clock-step-forward"], env, interval=0.02, clock_ns=lambda: next(clock))
-    fault = schedule._faults["clock-step-forward"]
-    real_verify = fault.verify_start
 
-    async def crashed_meanwhile(env: Env, details: dict[str, object]) -> Evidence:
+    def crashed_meanwhile(details: dict[str, object]) -> None:
         db.crashed.add(str(details["node"]))
-        return await real_verify(env, details)
 
-    fault.verify_start = crashed_meanwhile  # type: ignore[method-assign]
+    before_verify(schedule, "clock-step-forward", crashed_meanwhile)
     asyncio.run(schedule.start("clock-step-forward"))
     ev = _evidence(schedule, "start")
     assert ev["status"] == "unverified", ev
@@ -940,16 +946,13 @@ def test_a_drift_read_across_a_restart_is_read_again_from_the_new_process() -> N
     assert isinstance(db, FakeDB)
     clock = itertools.count(0, 1000)
     schedule = Schedule(["clock-drift"], env, interval=0.02, clock_ns=lambda: next(clock))
-    fault = schedule._faults["clock-drift"]
-    real_verify = fault.verify_start
 
-    async def restarted_meanwhile(env: Env, details: dict[str, object]) -> Evidence:
+    def restarted_meanwhile(details: dict[str, object]) -> None:
         node = str(details["node"])
         loop = asyncio.get_running_loop()
         loop.call_later(0.2, lambda: (db.kill([node]), db.restart(node)))
-        return await real_verify(env, details)
 
-    fault.verify_start = restarted_meanwhile  # type: ignore[method-assign]
+    before_verify(schedule, "clock-drift", restarted_meanwhile)
     asyncio.run(schedule.start("clock-drift"))
     ev = _evidence(schedule, "start")
     assert ev["status"] == "verified", ev
@@ -991,14 +994,11 @@ def test_a_pause_killed_by_another_fault_before_it_is_seen_is_noted() -> None:
     schedule = make_schedule(["pause-one"])
     db = schedule.env.db
     assert isinstance(db, FakeDB)
-    fault = schedule._faults["pause-one"]
-    real_verify = fault.verify_start
 
-    async def killed_first(env: Env, details: dict[str, object]) -> Evidence:
+    def killed_first(details: dict[str, object]) -> None:
         db.kill([str(details["paused"])])
-        return await real_verify(env, details)
 
-    fault.verify_start = killed_first  # type: ignore[method-assign]
+    before_verify(schedule, "pause-one", killed_first)
     asyncio.run(schedule.start("pause-one"))
     ev = _evidence(schedule, "start")
     assert ev["status"] == "superseded" and ev["checks"] == [], ev
@@ -1023,17 +1023,14 @@ def test_a_node_back_from_another_fault_too_late_to_answer_is_noted_not_failed()
     assert isinstance(db, BootingDB)
     clock = itertools.count(0, 1000)
     schedule = Schedule(["clock-step-forward"], env, interval=0.02, clock_ns=lambda: next(clock))
-    fault = schedule._faults["clock-step-forward"]
-    real_verify = fault.verify_start
 
-    async def killed_then_booting(env: Env, details: dict[str, object]) -> Evidence:
+    def killed_then_booting(details: dict[str, object]) -> None:
         node = str(details["node"])
         db.kill([node])
         db.booting.add(node)
         asyncio.get_running_loop().call_later(0.3, db.restart, node)
-        return await real_verify(env, details)
 
-    fault.verify_start = killed_then_booting  # type: ignore[method-assign]
+    before_verify(schedule, "clock-step-forward", killed_then_booting)
     asyncio.run(schedule.start("clock-step-forward"))
     ev = _evidence(schedule, "start")
     assert ev["status"] == "superseded" and ev["checks"] == [], ev
@@ -1100,14 +1097,11 @@ def test_a_transfer_whose_target_is_paused_is_verified_by_another_node() -> None
     schedule = _transfer_schedule()
     db = schedule.env.db
     assert isinstance(db, FakeDB)
-    fault = schedule._faults["transfer"]
-    real_verify = fault.verify_start
 
-    async def paused_meanwhile(env: Env, details: dict[str, object]) -> Evidence:
+    def paused_meanwhile(details: dict[str, object]) -> None:
         db.pause(str(details["to"]))
-        return await real_verify(env, details)
 
-    fault.verify_start = paused_meanwhile  # type: ignore[method-assign]
+    before_verify(schedule, "transfer", paused_meanwhile)
     asyncio.run(schedule.start("transfer"))
     start = _evidence(schedule, "start")
     assert start["status"] == "verified", start
@@ -1121,14 +1115,11 @@ def test_a_transfer_nobody_can_be_asked_about_is_noted_not_verified() -> None:
     schedule = _transfer_schedule()
     db = schedule.env.db
     assert isinstance(db, FakeDB)
-    fault = schedule._faults["transfer"]
-    real_verify = fault.verify_start
 
-    async def all_killed(env: Env, details: dict[str, object]) -> Evidence:
+    def all_killed(details: dict[str, object]) -> None:
         db.kill(list(db.nodes))
-        return await real_verify(env, details)
 
-    fault.verify_start = all_killed  # type: ignore[method-assign]
+    before_verify(schedule, "transfer", all_killed)
     asyncio.run(schedule.start("transfer"))
     ev = _evidence(schedule, "start")
     assert ev["status"] == "superseded" and ev["checks"] == [], ev
@@ -1141,14 +1132,11 @@ def test_a_transfer_whose_target_led_and_lost_it_again_is_verified_by_its_log() 
     schedule = make_schedule(["transfer"])
     db = schedule.env.db
     assert isinstance(db, FakeDB)
-    fault = schedule._faults["transfer"]
-    real_verify = fault.verify_start
 
-    async def deposed_meanwhile(env: Env, details: dict[str, object]) -> Evidence:
+    def deposed_meanwhile(details: dict[str, object]) -> None:
         db.the_leader, db.term = None, db.term + 5
-        return await real_verify(env, details)
 
-    fault.verify_start = deposed_meanwhile  # type: ignore[method-assign]
+    before_verify(schedule, "transfer", deposed_meanwhile)
     asyncio.run(schedule.start("transfer"))
     ev = _evidence(schedule, "start")
     assert ev["status"] == "verified", ev
@@ -1175,15 +1163,11 @@ def test_a_stale_view_of_the_target_leading_does_not_verify_a_transfer() -> None
     db = schedule.env.db
     assert isinstance(db, FakeDB)
 
-    fault = schedule._faults["transfer"]
-    real_verify = fault.verify_start
-
-    async def paused_and_stale(env: Env, details: dict[str, object]) -> Evidence:
+    def paused_and_stale(details: dict[str, object]) -> None:
         db.pause(str(details["to"]))
         db.term = int(details["term_before"])  # type: ignore[call-overload]
-        return await real_verify(env, details)
 
-    fault.verify_start = paused_and_stale  # type: ignore[method-assign]
+    before_verify(schedule, "transfer", paused_and_stale)
     asyncio.run(schedule.start("transfer"))
     assert _evidence(schedule, "start")["status"] == "unverified"
 
