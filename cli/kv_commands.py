@@ -252,6 +252,52 @@ def consistency_option(f: F) -> F:
     )(f)
 
 
+def fail_for(exc: Exception, as_json: bool, key: bytes | None = None) -> NoReturn:
+    """Exit with the code (and message) for a client exception; ``key`` names the key."""
+    from kvstore import client as c
+
+    if isinstance(exc, c.NotFound):
+        what = f"key {printable(key)!r}" if key is not None else str(exc)
+        fail(ExitCode.NOT_FOUND, f"not found: {what}", as_json=as_json)
+    elif isinstance(exc, c.CompareFailed):
+        fail(
+            ExitCode.COMPARE_FAILED,
+            f"compare failed: the key is {_describe(exc.current)}",
+            as_json=as_json,
+            current=kv_json(exc.current),
+            revision=exc.revision,
+        )
+    elif isinstance(exc, c.Indeterminate):
+        fail(
+            ExitCode.INDETERMINATE,
+            f"outcome unknown, the write may or may not have happened: {exc}",
+            as_json=as_json,
+        )
+    elif isinstance(exc, c.CertificateError):
+        fail(ExitCode.USAGE, str(exc), as_json=as_json, error="tls")
+    elif isinstance(exc, c.Unavailable | c.SessionExpired):
+        fail(ExitCode.UNAVAILABLE, f"unavailable (not applied): {exc}", as_json=as_json)
+    elif isinstance(exc, c.TooLarge):
+        fail(ExitCode.ERROR, f"too large: {exc}", as_json=as_json, error="too_large")
+    elif isinstance(exc, c.BadRequest):
+        fail(ExitCode.ERROR, f"rejected: {exc}", as_json=as_json, error="bad_request")
+    elif isinstance(exc, c.LeaseNotFound):
+        fail(
+            ExitCode.NOT_FOUND, f"lease not found: {exc}", as_json=as_json, error="lease_not_found"
+        )
+    elif isinstance(exc, c.NoSpace):
+        fail(ExitCode.ERROR, f"no space (not applied): {exc}", as_json=as_json, error="nospace")
+    elif isinstance(exc, c.Conflict):
+        fail(ExitCode.ERROR, f"refused (not applied): {exc}", as_json=as_json, error="conflict")
+    elif isinstance(exc, c.AuthFailed):
+        fail(ExitCode.AUTH, f"authentication failed: {exc}", as_json=as_json, error="auth_failed")
+    elif isinstance(exc, c.PermissionDenied):
+        fail(ExitCode.AUTH, f"permission denied: {exc}", as_json=as_json, error="permission_denied")
+    elif isinstance(exc, c.FailedPrecondition):
+        fail(ExitCode.ERROR, f"refused: {exc}", as_json=as_json, error="failed_precondition")
+    fail(ExitCode.ERROR, str(exc), as_json=as_json)
+
+
 def run_client(
     endpoints: str | None,
     config: str | None,
@@ -281,47 +327,8 @@ def run_client(
 
     try:
         return asyncio.run(go())
-    except c.NotFound as exc:
-        what = f"key {printable(key)!r}" if key is not None else str(exc)
-        fail(ExitCode.NOT_FOUND, f"not found: {what}", as_json=as_json)
-    except c.CompareFailed as exc:
-        fail(
-            ExitCode.COMPARE_FAILED,
-            f"compare failed: the key is {_describe(exc.current)}",
-            as_json=as_json,
-            current=kv_json(exc.current),
-            revision=exc.revision,
-        )
-    except c.Indeterminate as exc:
-        fail(
-            ExitCode.INDETERMINATE,
-            f"outcome unknown, the write may or may not have happened: {exc}",
-            as_json=as_json,
-        )
-    except c.CertificateError as exc:
-        fail(ExitCode.USAGE, str(exc), as_json=as_json, error="tls")
-    except (c.Unavailable, c.SessionExpired) as exc:
-        fail(ExitCode.UNAVAILABLE, f"unavailable (not applied): {exc}", as_json=as_json)
-    except c.TooLarge as exc:
-        fail(ExitCode.ERROR, f"too large: {exc}", as_json=as_json, error="too_large")
-    except c.BadRequest as exc:
-        fail(ExitCode.ERROR, f"rejected: {exc}", as_json=as_json, error="bad_request")
-    except c.LeaseNotFound as exc:
-        fail(
-            ExitCode.NOT_FOUND, f"lease not found: {exc}", as_json=as_json, error="lease_not_found"
-        )
-    except c.NoSpace as exc:
-        fail(ExitCode.ERROR, f"no space (not applied): {exc}", as_json=as_json, error="nospace")
-    except c.Conflict as exc:
-        fail(ExitCode.ERROR, f"refused (not applied): {exc}", as_json=as_json, error="conflict")
-    except c.AuthFailed as exc:
-        fail(ExitCode.AUTH, f"authentication failed: {exc}", as_json=as_json, error="auth_failed")
-    except c.PermissionDenied as exc:
-        fail(ExitCode.AUTH, f"permission denied: {exc}", as_json=as_json, error="permission_denied")
-    except c.FailedPrecondition as exc:
-        fail(ExitCode.ERROR, f"refused: {exc}", as_json=as_json, error="failed_precondition")
     except c.ClientError as exc:
-        fail(ExitCode.ERROR, str(exc), as_json=as_json)
+        fail_for(exc, as_json, key)
 
 
 def _describe(kv: KeyValue | None) -> str:
@@ -575,14 +582,12 @@ def bench(
         user=user,
         password=password,
     )
-    from kvstore.client import CertificateError, ClientError
+    from kvstore.client import ClientError, Unavailable
 
     try:
         result = asyncio.run(run_bench(cfg))
-    except CertificateError as exc:
-        fail(ExitCode.USAGE, str(exc), as_json=as_json, error="tls")
-    except ClientError as exc:
-        fail(ExitCode.UNAVAILABLE, str(exc), as_json=as_json)
+    except ClientError as exc:  # a failed warm-up is the cluster's being down
+        fail_for(exc if type(exc) is not ClientError else Unavailable(str(exc)), as_json)
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return

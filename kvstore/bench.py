@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvstore.client import AsyncClient, ClientError, NotFound
+from kvstore.client import AsyncClient, AuthFailed, ClientError, NoSpace, NotFound, PermissionDenied
 
 __all__ = ["BenchConfig", "BenchResult", "LatencyStats", "Workload", "percentile", "run_bench"]
 
@@ -170,15 +170,23 @@ class _Run:
 
 async def _each(
     clients: list[AsyncClient], work: Callable[[int, AsyncClient], Awaitable[Any]]
-) -> int:
-    """Run ``work`` for every client at once; the number that raised a ClientError."""
+) -> list[ClientError]:
+    """Run ``work`` for every client at once; the ClientErrors raised."""
     results = await asyncio.gather(
         *(work(i, c) for i, c in enumerate(clients)), return_exceptions=True
     )
     for r in results:
         if isinstance(r, BaseException) and not isinstance(r, ClientError):
             raise r
-    return sum(isinstance(r, ClientError) for r in results)
+    return [r for r in results if isinstance(r, ClientError)]
+
+
+def _refused(errors: list[ClientError]) -> None:
+    """Raise the first error that retrying cannot cure (a login or permission refused,
+    the NOSPACE alarm), so the caller reports it as such rather than as a cluster down."""
+    for error in errors:
+        if isinstance(error, AuthFailed | PermissionDenied | NoSpace):
+            raise error
 
 
 async def run_bench(cfg: BenchConfig) -> BenchResult:
@@ -200,7 +208,8 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
     ]
     try:
         # Warm-up: every client opens its write session (seq 1) and finds the leader.
-        if await _each(clients, lambda i, c: c.put(keys[i % len(keys)], value)):
+        if errors := await _each(clients, lambda i, c: c.put(keys[i % len(keys)], value)):
+            _refused(errors)
             raise ClientError("warm-up failed: is the cluster up? (kv cluster status)")
         if cfg.workload is not Workload.PUT:
             n = len(clients)
@@ -209,7 +218,8 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
                 for k in keys[i::n]:
                     await c.put(k, value)
 
-            if await _each(clients, preload):
+            if errors := await _each(clients, preload):
+                _refused(errors)
                 raise ClientError("preloading keys failed")
         run = _Run(cfg, value, keys)
         loop = asyncio.get_running_loop()

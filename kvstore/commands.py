@@ -490,7 +490,7 @@ COMMAND_TAGS: dict[type, int] = {
     OpenSession: 9,
     CloseSession: 10,
     ExpireLease: 11,
-    # 12-24: reserved for the auth commands (issue 11), on another branch.
+    # 23-24, 27-29: free.
     RaiseAlarm: 25,
     DisarmAlarm: 26,
     AuthEnable: 12,

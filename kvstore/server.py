@@ -840,6 +840,9 @@ class ClientServer:
                     if req.op is not p.Op.AUTH_STATUS:  # auth_status: local, like status
                         await self._engine.read_barrier(self._timeout)
                     return self._auth_query(req, user)
+                case p.AlarmList():  # any logged-in user: status shows the alarms too
+                    await self._engine.read_barrier(self._timeout)
+                    return self._alarms(req.id)
                 case _ if user is not None and not auth.is_root(user):
                     return _error(req.id, Code.PERMISSION_DENIED, "admin operations need role root")
                 case p.TransferLeader():
@@ -850,9 +853,6 @@ class ClientServer:
                     if req.consistency is Consistency.LINEARIZABLE:
                         await self._engine.read_barrier(self._timeout)
                     return self._members(req.id)
-                case p.AlarmList():
-                    await self._engine.read_barrier(self._timeout)
-                    return self._alarms(req.id)
                 case p.AlarmDisarm():
                     return await self._alarm_disarm(req)
                 case p.Watch() | p.WatchCancel() | p.AuthToken():  # served by _answer

@@ -475,18 +475,18 @@ class KVStateMachine:
             session = self._open_session(client_id, clocked)
             session.user = header.user
         else:
+            if self._auth.enabled and session.user != header.user:
+                # Another user's client id (issue 11): refused, and the session is not
+                # touched (no activity recorded: a stranger cannot keep it from eviction).
+                return self._result(
+                    ResultCode.PERMISSION_DENIED, message="the session belongs to another user"
+                )
             session = self._own_session(client_id, session)
             self._sessions.move_to_end(client_id)
             if clocked and session.last_active_ms != self._clock_ms:
                 self._activity.remove((session.last_active_ms, client_id))
                 session.last_active_ms = self._clock_ms
                 self._activity.add((session.last_active_ms, client_id))
-        auth = self._auth
-        if auth.enabled and session.user != header.user:
-            # Another user's client id (issue 11): refused, the session untouched.
-            return self._result(
-                ResultCode.PERMISSION_DENIED, message="the session belongs to another user"
-            )
         if isinstance(cmd, CloseSession):
             self._end_session(client_id)
             return self._result(ResultCode.OK)
@@ -708,7 +708,7 @@ class KVStateMachine:
     # ---- snapshot -----------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole state as snapshot bytes (format 4, kvstore/snapshot.py), encoded
+        """The whole state as snapshot bytes (format 5, kvstore/snapshot.py), encoded
         here and now; the engine uses :meth:`snapshot_capture` instead."""
         return self.snapshot_capture()()
 

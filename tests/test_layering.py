@@ -57,6 +57,8 @@ KV_STATE_MACHINE_MODULES = frozenset(
         "kvstore.vclock",
         "kvstore.commands",
         "kvstore.quota",
+        "kvstore.auth",
+        "kvstore.password",
     }
 )
 # jepsen_like drives the store from the outside, like any client; kvstore.cluster (which

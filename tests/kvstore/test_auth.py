@@ -355,7 +355,13 @@ def test_a_session_is_bound_to_the_user_who_opened_it(c: Cluster) -> None:
     stolen = encode_command(
         Header(ALICE, victim_seq, victim_seq - 1, 0, 4, "bob", 99), Put(b"a/x", b"bob")
     )
+    assert c.run(ROOTC, ROOT, Put(b"z/1", b"1")).code is OK  # alice's is not the newest
+    order = list(c.sm._sessions)
+    assert order[-1] != ALICE
     assert c.apply_raw(stolen).code is DENIED
+    # Untouched: a stranger's refused commands do not count as the victim's activity
+    # (they would keep it from being evicted).
+    assert list(c.sm._sessions) == order
     assert c.run(ALICE, "alice", Put(b"a/x", b"alice")).code is OK  # the same seq, unharmed
     assert c.sm.get(b"a/x").value == b"alice"  # type: ignore[union-attr]
     # Root is no exception: the session is alice's.

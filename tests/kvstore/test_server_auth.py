@@ -11,14 +11,17 @@ from typing import Any
 import pytest
 
 from kvstore import protocol as p
+from kvstore.bench import BenchConfig, run_bench
 from kvstore.client import (
     AsyncClient,
     AuthFailed,
     BadRequest,
     FailedPrecondition,
+    NoSpace,
     PermissionDenied,
     WatchEnded,
 )
+from kvstore.commands import AlarmType
 from kvstore.server import ConnectionLimits
 from tests.kvstore.test_server_client import (
     Node,
@@ -374,5 +377,45 @@ def test_what_a_raw_client_gets_for_bad_tokens() -> None:
                 assert (await read_frame(r))["code"] == "BAD_REQUEST"  # type: ignore[index]
             finally:
                 w.close()
+
+    run(body)
+
+
+def test_quota_and_alarms_under_auth() -> None:
+    """The two features together: a write the user may not make raises no alarm (the
+    permission check comes first); a permitted one past the quota does; any logged-in
+    user may list the alarms (status shows them anyway), only root may disarm."""
+
+    async def body() -> None:
+        async with cluster("n1") as [n1]:
+            await bootstrap(n1)
+            n1.server._quota = n1.sm.data_bytes + 50
+            async with as_user(n1, "alice") as alice:
+                with pytest.raises(PermissionDenied):
+                    await alice.put("zzz/x", "v" * 200)
+                assert n1.sm.alarms() == []
+                with pytest.raises(NoSpace):
+                    await alice.put("a/x", "v" * 200)
+                assert n1.sm.alarms() == [(AlarmType.NOSPACE, b"n1")]
+                assert [a.alarm for a in await alice.alarm_list()] == ["NOSPACE"]
+                with pytest.raises(PermissionDenied, match="root"):
+                    await alice.alarm_disarm()
+            async with as_user(n1, "root") as root:
+                assert await root.alarm_disarm() == ()
+            assert n1.sm.alarms() == []
+
+    run(body)
+
+
+def test_a_bench_user_without_write_permission_is_told_so() -> None:
+    """The warm-up's refusal is the error reported (kv bench exits 7 for it), not a
+    generic "is the cluster up?"."""
+
+    async def body() -> None:
+        async with cluster("n1") as [n1]:
+            await bootstrap(n1)
+            cfg = BenchConfig([n1.addr], clients=2, ops=4, user="bob", password=PASSWORDS["bob"])
+            with pytest.raises(PermissionDenied):
+                await run_bench(cfg)
 
     run(body)
