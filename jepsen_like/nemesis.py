@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
 from jepsen_like.clock import ClockRead, NodeClocks, Setting, read_clocks
+from jepsen_like.db import DBError
 from jepsen_like.observe import (
     DEAD_STATES,
     PROC,
@@ -981,7 +982,7 @@ class Membership(Fault):
         if self._victim is not None:  # a previous stop failed: finish that restore first
             try:
                 await self.stop(env)
-            except ClientError as exc:  # still no quorum: the heal finishes it
+            except (ClientError, DBError) as exc:  # no quorum, no catch-up: the heal will
                 outcome = f"the previous change is not restored yet: {type(exc).__name__}"
                 return {"leader": None, "outcome": outcome}
         leader = await env.db.leader()

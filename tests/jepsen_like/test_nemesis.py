@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from jepsen_like.clock import NodeClocks
+from jepsen_like.db import DBError
 from jepsen_like.nemesis import (
     FAULTS,
     GROUPS,
@@ -961,9 +962,13 @@ def test_a_drift_read_across_a_restart_is_read_again_from_the_new_process() -> N
     assert pids == {c["observed"]["second"]["pid"] for c in ev["checks"]} and len(pids) == 1
 
 
-def test_a_membership_start_that_cannot_finish_the_last_restore_is_not_applied() -> None:
-    """No quorum for longer than the retries: the start says so (not applied) rather
-    than failing as an error, and the heal finishes the old restore later."""
+@pytest.mark.parametrize("stuck", ["member_list", "wait_caught_up"])
+def test_a_membership_start_that_cannot_finish_the_last_restore_is_not_applied(
+    stuck: str,
+) -> None:
+    """No quorum for longer than the retries (member_list: Unavailable), or the old
+    victim not catching up in time (DBError, the 10-minute lock run): the start says so
+    (not applied) rather than failing as an error, and the heal finishes it later."""
     schedule = make_schedule(["membership"])
     db = schedule.env.db
     assert isinstance(db, FakeDB)
@@ -972,14 +977,16 @@ def test_a_membership_start_that_cannot_finish_the_last_restore_is_not_applied()
 
     async def body() -> None:
         old = (await fault.start(schedule.env))["victim"]
-        real = db.member_list
+        real = getattr(db, stuck)
 
-        async def no_leader(node: str | None = None) -> Members:
-            raise Unavailable("no leader known")
+        async def refuse(*args: object) -> Members:
+            if stuck == "member_list":
+                raise Unavailable("no leader known")
+            raise DBError("n2 did not catch up within 20 s")
 
-        db.member_list = no_leader  # type: ignore[method-assign]
+        setattr(db, stuck, refuse)
         await schedule.start("membership")
-        db.member_list = real  # type: ignore[method-assign]
+        setattr(db, stuck, real)
         await schedule.heal()
         assert old not in db.held and db.running(old) and old in db.voters
 
