@@ -381,9 +381,12 @@ def make_env(db: FakeDB | None = None, net: FakeNet | None = None) -> Env:
     )
 
 
-def make_schedule(kinds: list[str], interval: float = 0.02, **kw: bool) -> Schedule:
+def make_schedule(
+    kinds: list[str], interval: float = 0.02, env: Env | None = None, **kw: bool
+) -> Schedule:
     clock = itertools.count(0, 1000)
-    return Schedule(kinds, make_env(), interval=interval, clock_ns=lambda: next(clock), **kw)
+    env = env or make_env()
+    return Schedule(kinds, env, interval=interval, clock_ns=lambda: next(clock), **kw)
 
 
 def run_schedule(schedule: Schedule, seconds: float) -> None:
@@ -563,9 +566,8 @@ def test_heal_recovers_from_a_fault_whose_stop_failed() -> None:
                 raise RuntimeError("disk on fire")
             return super().restart(node)
 
-    clock = itertools.count(0, 1000)
     env = make_env(FlakyDB())
-    schedule = Schedule(["kill-one"], env, interval=0.02, clock_ns=lambda: next(clock))
+    schedule = make_schedule(["kill-one"], env=env)
 
     async def body() -> dict[str, object]:
         await schedule.start("kill-one")
@@ -719,9 +721,8 @@ class DudDB(FakeDB):
 def test_a_fault_that_does_nothing_is_not_verified(
     kind: str, net: type[FakeNet], db: type[FakeDB]
 ) -> None:
-    clock = itertools.count(0, 1000)
     env = make_env(db(), net())
-    schedule = Schedule([kind], env, interval=0.02, clock_ns=lambda: next(clock))
+    schedule = make_schedule([kind], env=env)
 
     async def body() -> None:
         await schedule.start(kind)
@@ -738,9 +739,8 @@ def test_a_wipe_that_missed_is_caught_at_both_ends() -> None:
     """The old bug itself: the harness wiped a directory the node never used. The node's
     open files show where its Raft state really is (still full), and the restarted node
     logs that it recovered its whole log."""
-    clock = itertools.count(0, 1000)
     env = make_env(DudDB())
-    schedule = Schedule(["membership"], env, interval=0.02, clock_ns=lambda: next(clock))
+    schedule = make_schedule(["membership"], env=env)
 
     async def body() -> None:
         await schedule.start("membership")
@@ -824,8 +824,7 @@ def test_a_clock_read_waits_out_a_kill_by_another_fault() -> None:
     env.answer_s = 3.0
     db = env.db
     assert isinstance(db, FakeDB)
-    clock = itertools.count(0, 1000)
-    schedule = Schedule(["clock-step-forward"], env, interval=0.02, clock_ns=lambda: next(clock))
+    schedule = make_schedule(["clock-step-forward"], env=env)
 
     def killed_meanwhile(details: dict[str, object]) -> None:
         node = str(details["node"])
@@ -876,8 +875,7 @@ def test_a_node_that_died_on_its_own_fails_the_clock_check() -> None:
     env = make_env(CrashingDB())
     db = env.db
     assert isinstance(db, CrashingDB)
-    clock = itertools.count(0, 1000)
-    schedule = Schedule(["clock-step-forward"], env, interval=0.02, clock_ns=lambda: next(clock))
+    schedule = make_schedule(["clock-step-forward"], env=env)
 
     def crashed_meanwhile(details: dict[str, object]) -> None:
         db.crashed.add(str(details["node"]))
@@ -945,8 +943,7 @@ def test_a_drift_read_across_a_restart_is_read_again_from_the_new_process() -> N
     env.answer_s = 3.0
     db = env.db
     assert isinstance(db, FakeDB)
-    clock = itertools.count(0, 1000)
-    schedule = Schedule(["clock-drift"], env, interval=0.02, clock_ns=lambda: next(clock))
+    schedule = make_schedule(["clock-drift"], env=env)
 
     def restarted_meanwhile(details: dict[str, object]) -> None:
         node = str(details["node"])
@@ -1028,8 +1025,7 @@ def test_a_node_back_from_another_fault_too_late_to_answer_is_noted_not_failed()
     env.answer_s = 0.6
     db = env.db
     assert isinstance(db, BootingDB)
-    clock = itertools.count(0, 1000)
-    schedule = Schedule(["clock-step-forward"], env, interval=0.02, clock_ns=lambda: next(clock))
+    schedule = make_schedule(["clock-step-forward"], env=env)
 
     def killed_then_booting(details: dict[str, object]) -> None:
         node = str(details["node"])
@@ -1062,8 +1058,7 @@ def test_a_link_fault_with_nothing_to_act_on_is_not_applied_and_says_why(
     applied (the run is not made unknown for it), with the reason; what could be
     checked (every link set to the delay) is still checked."""
     env = make_env(net=EmptyNet())
-    clock = itertools.count(0, 1000)
-    schedule = Schedule([kind], env, interval=0.02, clock_ns=lambda: next(clock))
+    schedule = make_schedule([kind], env=env)
     asyncio.run(schedule.start(kind))
     start = _evidence(schedule, "start")
     assert start["status"] == "not-applied", start
@@ -1078,8 +1073,7 @@ def test_a_delay_not_set_on_every_link_is_unverified_even_without_traffic() -> N
             return (0.0, 0.0) if link == ("n1", "n2") else self.latency
 
     env = make_env(net=HalfSetNet())
-    clock = itertools.count(0, 1000)
-    schedule = Schedule(["latency"], env, interval=0.02, clock_ns=lambda: next(clock))
+    schedule = make_schedule(["latency"], env=env)
     asyncio.run(schedule.start("latency"))
     assert _evidence(schedule, "start")["status"] == "unverified"
 
@@ -1095,9 +1089,7 @@ class UnloggedDB(FakeDB):
 
 
 def _transfer_schedule() -> Schedule:
-    clock = itertools.count(0, 1000)
-    env = make_env(UnloggedDB())
-    return Schedule(["transfer"], env, interval=0.02, clock_ns=lambda: next(clock))
+    return make_schedule(["transfer"], env=make_env(UnloggedDB()))
 
 
 def test_a_transfer_whose_target_is_paused_is_verified_by_another_node() -> None:
@@ -1157,8 +1149,7 @@ def test_a_transfer_whose_target_never_logged_leading_is_unverified() -> None:
             return to  # says moved; nobody leads, nothing logged
 
     env = make_env(SilentDB())
-    clock = itertools.count(0, 1000)
-    schedule = Schedule(["transfer"], env, interval=0.02, clock_ns=lambda: next(clock))
+    schedule = make_schedule(["transfer"], env=env)
     asyncio.run(schedule.start("transfer"))
     assert _evidence(schedule, "start")["status"] == "unverified"
 
